@@ -1,0 +1,222 @@
+"""The weight graph: parameter nodes, space nodes and the axes that join them.
+
+A ``WeightGraph`` wraps a ``networkx.MultiDiGraph`` (``graph.nx``). Parameter nodes
+hold one state-dict tensor (``kind="parameter"``, ``shape``, ``fixed``); space nodes
+hold a hidden vector space (``kind="space"``, ``size``, ``classes`` it admits,
+optional ``activation`` and ``head_group``). An edge parameter → space says which
+``axis`` (and optional ``slice`` of it) indexes the space, and its ``role``
+(``out``: ``W ← T W``; ``in``: ``W ← W T⁻¹``; ``var``: squares, for running variances).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import networkx as nx
+
+from symmetries.classes import SymmetryClass
+from symmetries.errors import GraphError, UnknownParameterError, UnknownSpaceError
+from symmetries.roles import Role
+
+__all__ = ["WeightGraph", "Parameter", "Space", "Edge"]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One tensor of the state dict. ``shape`` is ``None`` when taken from the tensor itself."""
+    name: str
+    shape: tuple[int, ...] | None
+    fixed: bool = False
+
+
+@dataclass(frozen=True)
+class Space:
+    """A hidden vector space and the classes it admits (the first is the default group)."""
+    name: str
+    size: int
+    classes: tuple[SymmetryClass, ...]
+    activation: str | None = None
+    head_group: str | None = None
+
+    @property
+    def cls(self) -> SymmetryClass:
+        return self.classes[0]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``parameter``'s ``axis`` (restricted to ``slice`` = ``(start, stop)``) indexes ``space`` in ``role``."""
+    parameter: str
+    space: str
+    axis: int
+    role: Role
+    slice: tuple[int, int] | None = None
+
+    def span(self, axis_size: int) -> tuple[int, int]:
+        return self.slice if self.slice is not None else (0, axis_size)
+
+
+class WeightGraph:
+    """An architecture as a graph of weight groups. Build it with ``add_parameter``,
+    ``add_space`` and ``connect``; check it with ``validate``; query it with networkx via ``.nx``."""
+
+    def __init__(self, name: str | None = None):
+        self.nx = nx.MultiDiGraph(name=name or "")
+        self._cache: dict | None = None
+
+    # -- building ------------------------------------------------------------------------
+    def add_parameter(self, name: str, shape: Sequence[int] | None = None, *, fixed: bool = False) -> "WeightGraph":
+        """Declare a tensor; ``fixed=True`` says no symmetry acts on it."""
+        self._new_node(name)
+        self.nx.add_node(name, kind="parameter", shape=None if shape is None else tuple(int(s) for s in shape),
+                         fixed=bool(fixed))
+        return self
+
+    def add_space(self, name: str, size: int, classes: SymmetryClass | Iterable[SymmetryClass], *,
+                  activation: str | None = None, head_group: str | None = None) -> "WeightGraph":
+        """Declare a hidden space of ``size`` units admitting ``classes`` (maximal ones; the first is
+        the group drawn by default). Spaces sharing a ``head_group`` share their head permutation."""
+        self._new_node(name)
+        classes = _as_classes(classes, name)
+        self.nx.add_node(name, kind="space", size=int(size), classes=classes, activation=activation,
+                         head_group=head_group)
+        return self
+
+    def connect(self, parameter: str, space: str, *, axis: int, role: Role | str,
+                slice: tuple[int, int] | None = None) -> "WeightGraph":
+        """Say that ``parameter``'s ``axis`` (or ``slice`` of it) indexes ``space`` in ``role``."""
+        if self.nx.nodes.get(parameter, {}).get("kind") != "parameter":
+            raise UnknownParameterError(f"cannot connect unknown parameter {parameter!r}", parameter=parameter)
+        if self.nx.nodes.get(space, {}).get("kind") != "space":
+            raise UnknownSpaceError(f"cannot connect {parameter!r} to unknown space {space!r}",
+                                    parameter=parameter, space=space)
+        if slice is not None:
+            start, stop = (int(v) for v in slice)
+            if not 0 <= start < stop:
+                raise GraphError(f"slice {slice!r} of {parameter!r} axis {axis} must satisfy 0 ≤ start < stop",
+                                 parameter=parameter, axis=axis, space=space)
+            slice = (start, stop)
+        self.nx.add_edge(parameter, space, axis=int(axis), role=Role.parse(role), slice=slice)
+        self._cache = None
+        return self
+
+    def set_classes(self, space: str, classes: SymmetryClass | Iterable[SymmetryClass]) -> "WeightGraph":
+        """Re-declare what ``space`` admits (returns the graph, modified in place)."""
+        self.space(space)
+        self.nx.nodes[space]["classes"] = _as_classes(classes, space)
+        self._cache = None
+        return self
+
+    def with_classes(self, overrides: dict[str, SymmetryClass | Iterable[SymmetryClass]]) -> "WeightGraph":
+        """A copy of the graph with some spaces re-declared."""
+        g = self.copy()
+        for space, classes in overrides.items():
+            g.set_classes(space, classes)
+        return g
+
+    def copy(self) -> "WeightGraph":
+        g = WeightGraph(self.name)
+        g.nx = self.nx.copy()
+        return g
+
+    def _new_node(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise GraphError(f"node names must be non-empty strings, got {name!r}")
+        if name in self.nx:
+            kind = self.nx.nodes[name]["kind"]
+            raise GraphError(f"{name!r} is already declared as a {kind}",
+                             parameter=name if kind == "parameter" else None,
+                             space=name if kind == "space" else None)
+        self._cache = None
+
+    # -- queries ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.nx.graph.get("name", "")
+
+    def _index(self) -> dict:
+        if self._cache is None:
+            params, spaces, by_param, by_space = {}, {}, {}, {}
+            for node, data in self.nx.nodes(data=True):
+                if data["kind"] == "parameter":
+                    params[node] = Parameter(node, data["shape"], data["fixed"])
+                    by_param[node] = []
+                else:
+                    spaces[node] = Space(node, data["size"], data["classes"], data["activation"],
+                                         data["head_group"])
+                    by_space[node] = []
+            for p, s, data in self.nx.edges(data=True):
+                e = Edge(p, s, data["axis"], data["role"], data["slice"])
+                by_param[p].append(e)
+                by_space[s].append(e)
+            self._cache = dict(params=params, spaces=spaces, by_param=by_param, by_space=by_space)
+        return self._cache
+
+    def parameters(self) -> list[Parameter]:
+        return list(self._index()["params"].values())
+
+    def spaces(self) -> list[Space]:
+        return list(self._index()["spaces"].values())
+
+    def edges(self) -> list[Edge]:
+        return [e for es in self._index()["by_param"].values() for e in es]
+
+    def parameter(self, name: str) -> Parameter:
+        try:
+            return self._index()["params"][name]
+        except KeyError:
+            raise UnknownParameterError(f"graph {self.name!r} has no parameter {name!r}", parameter=name) from None
+
+    def space(self, name: str) -> Space:
+        try:
+            return self._index()["spaces"][name]
+        except KeyError:
+            known = ", ".join(sorted(self._index()["spaces"])) or "none"
+            raise UnknownSpaceError(f"graph {self.name!r} has no space {name!r} (spaces: {known})",
+                                    space=name) from None
+
+    def edges_of(self, parameter: str) -> list[Edge]:
+        """Edges leaving ``parameter`` (the axes symmetries act on)."""
+        self.parameter(parameter)
+        return list(self._index()["by_param"][parameter])
+
+    def edges_at(self, space: str) -> list[Edge]:
+        """Edges entering ``space`` (every tensor axis it indexes)."""
+        self.space(space)
+        return list(self._index()["by_space"][space])
+
+    def head_groups(self) -> dict[str, list[str]]:
+        """Spaces that share one head permutation, by group name."""
+        groups: dict[str, list[str]] = {}
+        for s in self.spaces():
+            if s.head_group is not None:
+                groups.setdefault(s.head_group, []).append(s.name)
+        return groups
+
+    def admits(self, space: str, cls: SymmetryClass) -> bool:
+        """Whether ``cls`` is contained in a class that ``space`` admits (the class lattice)."""
+        return any(cls <= c for c in self.space(space).classes)
+
+    def validate(self, params=None) -> "WeightGraph":
+        """Check the graph (and, if given, a parameter dict against it); raise a typed error naming
+        the parameter, axis and space at fault. Returns the graph."""
+        from .validation import validate
+        validate(self, params)
+        return self
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.nx
+
+    def __repr__(self) -> str:
+        idx = self._index()
+        return (f"WeightGraph({self.name!r}: {len(idx['params'])} parameters, {len(idx['spaces'])} spaces, "
+                f"{self.nx.number_of_edges()} edges)")
+
+
+def _as_classes(classes, space: str) -> tuple[SymmetryClass, ...]:
+    if isinstance(classes, SymmetryClass):
+        classes = (classes,)
+    classes = tuple(classes)
+    if not classes or not all(isinstance(c, SymmetryClass) for c in classes):
+        raise GraphError(f"space {space!r} needs one or more SymmetryClass instances, got {classes!r}", space=space)
+    return classes

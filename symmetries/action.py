@@ -1,0 +1,94 @@
+"""Applying a transform set to a whole parameter set: ``θ ↦ T · θ``.
+
+For every edge parameter → space of the graph whose space has an element ``T``, the
+tensor's axis (or slice of it) is transformed in the edge's role. A tied axis (``out``
+and ``in`` of one space) is transformed once, which is exact because ``T⁻ᵀ = T`` there.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Mapping
+
+import torch
+
+from ._arrays import restore, to_tensor
+from .elements import Element, HeadElement
+from .errors import ElementShapeError, TieError
+from .roles import Role
+from .transforms import TransformSet
+
+__all__ = ["apply"]
+
+
+def apply(graph, params: Mapping, transforms: Mapping[str, Element], *, check: bool = True) -> dict:
+    """Return a new parameter dict ``T · θ`` (the input is never modified).
+
+    ``params`` maps the graph's parameter names to torch tensors or numpy arrays (a
+    ``state_dict()`` works); tensors no space touches are returned as they are (shared,
+    not copied). ``check=False`` skips validation of the graph and parameter shapes.
+    """
+    if not isinstance(transforms, TransformSet):
+        transforms = TransformSet(transforms)
+    if check:
+        graph.validate(params)
+        _check_transforms(graph, transforms)
+    index = graph._index()["by_param"]
+    out = {}
+    for name, x in params.items():
+        edges = [e for e in index[name] if e.space in transforms]
+        if not edges:
+            out[name] = x
+            continue
+        t, was_numpy = to_tensor(x)
+        by_axis = defaultdict(list)
+        for e in edges:
+            by_axis[e.axis % t.dim()].append(e)
+        for axis, group in by_axis.items():
+            t = _apply_axis(t, axis, group, transforms)
+        out[name] = restore(t, was_numpy)
+    return out
+
+
+def _apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
+    size = t.shape[axis]
+    spans = {}
+    for e in edges:  # a tied axis appears twice with one span: keep one edge, role out
+        span = e.span(size)
+        if span not in spans or e.role is Role.OUT:
+            spans[span] = e
+    if len(spans) == 1 and next(iter(spans)) == (0, size):
+        e = spans[(0, size)]
+        return transforms[e.space].apply(t, axis, e.role)
+    pieces, pos = [], 0
+    for (start, stop), e in sorted(spans.items()):
+        if start > pos:
+            pieces.append(t.narrow(axis, pos, start - pos))
+        pieces.append(transforms[e.space].apply(t.narrow(axis, start, stop - start), axis, e.role))
+        pos = stop
+    if pos < size:
+        pieces.append(t.narrow(axis, pos, size - pos))
+    return torch.cat(pieces, dim=axis)
+
+
+def _check_transforms(graph, transforms: TransformSet) -> None:
+    for space, el in transforms.items():
+        s = graph.space(space)  # raises UnknownSpaceError
+        if el.shape[1] != s.size:
+            raise ElementShapeError(f"transform for space {space!r} maps size {el.shape[1]} but the space has "
+                                    f"size {s.size}")
+    for group, names in graph.head_groups().items():
+        perms = {}
+        for n in names:
+            el = transforms.get(n)
+            if isinstance(el, HeadElement):
+                perms[n] = el.head_perm.tolist()
+            elif el is not None:
+                raise TieError(f"space {n!r} of head group {group!r} needs a head-structured transform, got "
+                               f"{el!r}", space=n)
+            else:
+                perms[n] = None
+        given = {tuple(p) for p in perms.values() if p is not None}
+        identity = tuple(range(len(next(iter(given))))) if given else ()
+        if len(given) > 1 or (given and None in perms.values() and given != {identity}):
+            raise TieError(f"spaces of head group {group!r} ({', '.join(names)}) must share one head permutation; "
+                           f"got {perms}", space=names[0])

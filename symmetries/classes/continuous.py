@@ -1,0 +1,80 @@
+"""Continuous classes: orthogonal maps (polar-factor oracle) and invertible maps."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._arrays import rng
+from ..elements import DenseElement
+from ..errors import ElementShapeError
+from .base import SymmetryClass
+
+__all__ = ["Orthogonal", "Invertible", "haar_stiefel"]
+
+
+def haar_stiefel(g: np.random.Generator, m: int, n: int) -> torch.Tensor:
+    """A Haar-random ``m×n`` matrix with orthonormal columns (QR of a Gaussian, signs fixed)."""
+    q, r = np.linalg.qr(g.standard_normal((m, n)))
+    return torch.from_numpy(q * np.where(np.diag(r) < 0, -1.0, 1.0))
+
+
+class Orthogonal(SymmetryClass):
+    """``O`` with ``Oᵀ O = I`` (orthonormal columns when ``m > n``): writers ``W ← O W``,
+    readers ``W ← W Oᵀ``. Exact on spaces reached only linearly and normalised by RMSNorm
+    without gain (a transformer's residual stream after the LayerNorm rewrite)."""
+
+    name = "orthogonal"
+    exact_where = ("spaces reached only linearly and normalised by gain-free RMSNorm "
+                   "(a residual stream after the LayerNorm rewrite); linear networks")
+    rectangular = True
+    orthogonal = True
+
+    def random(self, n, *, m=None, seed=None):
+        m = self._target(n, m)
+        q = haar_stiefel(rng(seed), m, n)
+        return DenseElement(q, q.T.contiguous())
+
+    def contains(self, matrix, *, atol=1e-8):
+        t = self._matrix(matrix)
+        m, n = t.shape
+        return m >= n and bool(torch.allclose(t.T @ t, torch.eye(n, dtype=t.dtype), atol=atol))
+
+    def project(self, score, *, backend="auto"):
+        """Polar factor ``U Vᵀ`` of ``M = U Σ Vᵀ``: the orthogonal Procrustes solution."""
+        t = self._matrix(score)
+        if t.shape[0] < t.shape[1]:
+            raise ElementShapeError(f"{self!r} needs a score matrix with m ≥ n, got {tuple(t.shape)}")
+        u, _, vh = torch.linalg.svd(t, full_matrices=False)
+        q = u @ vh
+        return DenseElement(q, q.T.contiguous())
+
+
+class Invertible(SymmetryClass):
+    """``A ∈ GL(n)`` (full column rank when ``m > n``): ``out`` ``W ← A W``, ``in`` ``W ← W A⁻¹``.
+
+    Exact where a space sits between two linear maps with nothing in between (attention
+    query/key and value/output spaces per head, low-rank factors, linear networks).
+    ``random`` draws ``U diag(s) Vᵀ`` with ``s`` log-uniform so that ``cond(A) ≤ cond``.
+    """
+
+    name = "invertible"
+    exact_where = ("a space between two linear maps with nothing in between: per-head Q/K and V/O "
+                   "spaces of attention, low-rank factors W = U V, linear networks")
+    rectangular = True
+
+    def random(self, n, *, m=None, seed=None, cond: float = 10.0):
+        m = self._target(n, m)
+        if cond < 1:
+            raise ValueError(f"cond must be ≥ 1, got {cond}")
+        g = rng(seed)
+        u, v = haar_stiefel(g, m, n), haar_stiefel(g, n, n)
+        s = torch.from_numpy(np.exp(g.uniform(-0.5, 0.5, size=n) * np.log(cond)))
+        return DenseElement(u * s @ v.T, (v / s) @ u.T)
+
+    def contains(self, matrix, *, atol=1e-8):
+        t = self._matrix(matrix)
+        m, n = t.shape
+        if m < n or n == 0:
+            return m >= n
+        s = torch.linalg.svdvals(t)
+        return bool(s[-1] > atol * max(1.0, float(s[0])))
