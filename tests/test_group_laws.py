@@ -44,7 +44,7 @@ def _cond(el) -> float:
     return float(s[0] / s[-1]) if s.numel() and s[-1] > 0 else 1.0
 
 
-@settings(max_examples=250)
+@settings(max_examples=300)
 @given(st.data(), symmetry_classes(), DTYPES, ROLES)
 def test_composition_acts_as_sequential_application(data, cls, dtype, role):
     heads = cls.num_heads if isinstance(cls, HeadStructured) else 1
@@ -56,7 +56,7 @@ def test_composition_acts_as_sequential_application(data, cls, dtype, role):
     _close(both, seq, dtype, _cond(a) * _cond(b))
 
 
-@settings(max_examples=250)
+@settings(max_examples=300)
 @given(st.data(), symmetry_classes(), DTYPES, ROLES)
 def test_inverse_undoes_apply(data, cls, dtype, role):
     heads = cls.num_heads if isinstance(cls, HeadStructured) else 1
@@ -69,7 +69,7 @@ def test_inverse_undoes_apply(data, cls, dtype, role):
     _close(a.apply(a.inverse().apply(x, axis, role), axis, role), x, dtype, _cond(a))
 
 
-@settings(max_examples=150)
+@settings(max_examples=200)
 @given(st.data(), symmetry_classes())
 def test_identity_and_closure(data, cls):
     heads = cls.num_heads if isinstance(cls, HeadStructured) else 1

@@ -36,7 +36,7 @@ def _assert_same_function(arch, params, new_arch, new_params, dtype, cond=1.0, s
     assert err <= tol, f"output changed by {err:.3e} (tolerance {tol:.3e})"
 
 
-@settings(max_examples=200)
+@settings(max_examples=300)
 @given(mlp_architectures(), st.data(), st.sampled_from([torch.float64, torch.float32]), seeds)
 def test_admitted_classes_leave_the_function_unchanged(arch, data, dtype, seed):
     g = arch.graph
