@@ -1,0 +1,22 @@
+"""Loss landscape along linear paths between (aligned) models.
+
+Interpolation ``θ(α) = (1−α)θ_A + αθ_B``; loss/accuracy curves and barriers under both
+definitions (mean of endpoints; linear interpolation of endpoints); BatchNorm reset and
+REPAIR of interpolated models; MergeMany; L2 distance; linear CKA per space.
+"""
+from .activations import channel_stats, producers, space_activations
+from .barrier import Curve, barrier_linear, barrier_mean, interpolation_curve
+from .batchnorm import batchnorm_adjust, has_batchnorm, reset_batchnorm
+from .cka import cka_per_space, linear_cka
+from .distance import l2_distance
+from .evaluation import Evaluation, batches, evaluate
+from .interpolation import DEFAULT_ALPHAS, alphas, check_compatible, interpolate
+from .merge import Merge, mean_params, merge_many
+from .repair import repair, repair_adjust
+
+__all__ = [
+    "interpolate", "alphas", "DEFAULT_ALPHAS", "check_compatible", "evaluate", "Evaluation", "batches",
+    "Curve", "interpolation_curve", "barrier_mean", "barrier_linear", "reset_batchnorm", "batchnorm_adjust",
+    "has_batchnorm", "repair", "repair_adjust", "merge_many", "Merge", "mean_params", "l2_distance",
+    "linear_cka", "cka_per_space", "space_activations", "channel_stats", "producers",
+]
