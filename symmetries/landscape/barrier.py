@@ -43,7 +43,7 @@ def barrier_mean(alphas: Sequence[float], values: Sequence[float], *, higher_is_
 def barrier_linear(alphas: Sequence[float], values: Sequence[float], *, higher_is_better: bool = False) -> float:
     """``max_α [v(α) − ((1−α) v(0) + α v(1))]`` (Frankle, Entezari, Kwok); sign-flipped for accuracies."""
     a, v = _check(alphas, values)
-    ref = (1.0 - a) * v[0] + a * v[-1]
+    ref = v[0] + a * (v[-1] - v[0])  # exact when the endpoints agree
     return float(np.max(ref - v)) if higher_is_better else float(np.max(v - ref))
 
 

@@ -20,12 +20,13 @@ __all__ = ["repair", "repair_adjust"]
 
 
 def repair(model: nn.Module, graph, params_a: Mapping, params_b: Mapping, alpha: float, data, *,
-           spaces: Sequence[str] | None = None, eps: float = 1e-8, batch_size: int = 1024, device=None,
+           spaces: Sequence[str] | None = None, eps: float = 1e-9, batch_size: int = 1024, device=None,
            endpoint_stats: tuple[dict, dict] | None = None) -> dict[str, torch.Tensor]:
     """The REPAIRed interpolation ``θ(α)`` (a new state dict; inputs untouched).
 
     ``params_b`` should already be aligned to ``params_a``. ``spaces`` defaults to every space of
-    the graph; each must be produced by one ``nn.Linear``/``nn.ConvNd`` with a bias.
+    the graph; each must be produced by one ``nn.Linear``/``nn.ConvNd`` with a bias. A channel that
+    is constant on the data (``σ ≤ eps · max σ``, e.g. a dead ReLU) is only shifted to ``μ_t``.
     """
     check_compatible(params_a, params_b)
     prods = producers(model, graph, spaces)
@@ -42,7 +43,8 @@ def repair(model: nn.Module, graph, params_a: Mapping, params_b: Mapping, alpha:
         (mu_a, sd_a), (mu_b, sd_b) = stats_a[space], stats_b[space]
         mu_t, sd_t = (1 - alpha) * mu_a + alpha * mu_b, (1 - alpha) * sd_a + alpha * sd_b
         mu, sd = channel_stats(model, graph, data, params, **{**kw, "spaces": [space]})[space]
-        s = sd_t / (sd + eps)
+        live = sd > eps * max(1.0, float(sd.max()))  # a constant channel keeps its rows, only shifts
+        s = torch.where(live, sd_t / torch.where(live, sd, torch.ones_like(sd)), torch.ones_like(sd))
         p = prods[space]
         w, b = params[p.weight], params[p.bias]
         sw = s.to(w).reshape((-1,) + (1,) * (w.dim() - 1))

@@ -1,0 +1,139 @@
+"""BatchNorm reset, REPAIR and MergeMany on planted cases (real training on bundled digits)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import architectures
+import symmetries as sy
+from symmetries import landscape as L
+from symmetries import posteriors as P
+from symmetries.data import digits
+from symmetries.errors import GraphError
+
+
+def _train(model, data, epochs, seed, lr=3e-3):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y = data
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), 64):
+            idx = order[i:i + 64]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def split():
+    return digits(seed=0, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def mlps(split):
+    arch = architectures.mlp([64, 48, 48, 10])
+    return arch, [_train(arch.module(seed=s, dtype=torch.float64), split.train, 12, s) for s in (0, 1)]
+
+
+def _bn_net(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Linear(48, 10)).double()
+
+
+# -- BatchNorm reset ------------------------------------------------------------------------------
+def test_batchnorm_reset_measures_exact_statistics_and_lowers_the_midpoint_loss(split):
+    a = _train(_bn_net(0), split.train, 8, 0)
+    b = _train(_bn_net(1), split.train, 8, 1)
+    net = _bn_net(2)
+    mid = L.interpolate(a, b, 0.5)
+    x = split.train[0]
+    reset = L.reset_batchnorm(net, mid, (x, split.train[1]), batch_size=len(x))  # one batch: exact statistics
+    h = nn.functional.linear(x, mid["0.weight"], mid["0.bias"])
+    torch.testing.assert_close(reset["1.running_mean"], h.mean(0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(reset["1.running_var"], h.var(0, unbiased=True), rtol=1e-10, atol=1e-12)
+    assert torch.equal(reset["0.weight"], mid["0.weight"])          # weights untouched
+    assert torch.equal(mid["1.running_mean"], L.interpolate(a, b, 0.5)["1.running_mean"])  # input untouched
+    before = L.evaluate(net, split.test, mid).loss
+    after = L.evaluate(net, split.test, L.reset_batchnorm(net, mid, split.train)).loss
+    assert after < 0.8 * before, (before, after)
+    curve = L.interpolation_curve(net, a, b, split.test, alphas=5,
+                                  adjust=L.batchnorm_adjust(net, split.train))
+    plain = L.interpolation_curve(net, a, b, split.test, alphas=5)
+    assert curve.loss_barrier < plain.loss_barrier
+
+
+def test_batchnorm_reset_needs_batchnorm(mlps, split):
+    arch, (a, _) = mlps
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        L.reset_batchnorm(arch.module(dtype=torch.float64), a, split.train)
+
+
+# -- REPAIR --------------------------------------------------------------------------------------
+def test_repair_hits_the_target_statistics_exactly(mlps, split):
+    arch, (a, b) = mlps
+    model = arch.module(dtype=torch.float64)
+    alpha = 0.3
+    fixed = L.repair(model, arch.graph, a, b, alpha, split.train)
+    sa, sb = L.channel_stats(model, arch.graph, split.train, a), L.channel_stats(model, arch.graph, split.train, b)
+    got = L.channel_stats(model, arch.graph, split.train, fixed)
+    assert list(got) == ["hidden.0", "hidden.1"]     # forward order
+    for s in got:
+        torch.testing.assert_close(got[s][0], (1 - alpha) * sa[s][0] + alpha * sb[s][0], rtol=1e-7, atol=1e-8)
+        torch.testing.assert_close(got[s][1], (1 - alpha) * sa[s][1] + alpha * sb[s][1], rtol=1e-7, atol=1e-8)
+    at_zero = L.repair(model, arch.graph, a, b, 0.0, split.train)
+    for k in a:
+        torch.testing.assert_close(at_zero[k], a[k], rtol=1e-6, atol=1e-8)
+
+
+def test_repair_lowers_the_midpoint_loss_of_a_naive_interpolation(mlps, split):
+    arch, (a, b) = mlps
+    model = arch.module(dtype=torch.float64)
+    plain = L.evaluate(model, split.test, L.interpolate(a, b, 0.5)).loss
+    fixed = L.evaluate(model, split.test, L.repair(model, arch.graph, a, b, 0.5, split.train)).loss
+    assert fixed < 0.8 * plain, (plain, fixed)
+    curve = L.interpolation_curve(model, a, b, split.test, alphas=5,
+                                  adjust=L.repair_adjust(model, arch.graph, a, b, split.train))
+    assert curve.midpoint[0] == pytest.approx(fixed, rel=1e-9)
+
+
+def test_repair_refuses_spaces_without_a_bias(split):
+    arch = architectures.mlp([64, 8, 10], bias=False)
+    p = {k: v.detach() for k, v in arch.module(seed=0).state_dict().items()}
+    with pytest.raises(GraphError, match="hidden.0"):
+        L.repair(arch.module(), arch.graph, p, p, 0.5, split.train)
+
+
+# -- MergeMany ------------------------------------------------------------------------------------
+def _wm(graph, target, params):
+    """Permutation weight matching via the posterior aligner with zero variances."""
+    z = lambda p: P.MeanField(dict(p), {k: torch.zeros_like(v) for k, v in p.items()})  # noqa: E731
+    return P.align_posteriors(graph, z(target), z(params), classes=sy.Permutation()).transforms
+
+
+def test_merge_many_brings_planted_copies_into_one_frame(mlps):
+    arch, (a, _) = mlps
+    g = torch.Generator().manual_seed(0)
+    models = []
+    for i in range(4):
+        t = sy.random_transforms(arch.graph, 10 + i, classes=sy.Permutation())
+        noisy = {k: v + 1e-3 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in a.items()}
+        models.append(sy.apply(arch.graph, noisy, t))
+    noise = 1e-3 * sum(v.numel() for v in a.values()) ** 0.5   # norm of one copy's noise
+    naive = L.mean_params(models)
+    merged = L.merge_many(arch.graph, models, solve=_wm, seed=0)
+    assert merged.converged and merged.rounds <= 3
+    spread = max(L.l2_distance(merged.params, m) for m in merged.aligned)
+    assert spread < 1.2 * noise and 20 * noise < min(L.l2_distance(naive, m) for m in models)
+    # the merge is A (averaged noise) up to one permutation
+    frame = _wm(arch.graph, a, merged.params)
+    assert L.l2_distance(a, sy.apply(arch.graph, merged.params, frame)) < 0.75 * noise
+
+
+def test_merge_many_needs_two_models(mlps):
+    arch, (a, _) = mlps
+    with pytest.raises(ValueError, match="at least two"):
+        L.merge_many(arch.graph, [a], solve=_wm)
