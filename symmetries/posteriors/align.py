@@ -2,7 +2,9 @@
 
 Cost: the squared 2-Wasserstein distance between diagonal Gaussians,
 ``W₂²(q_A, T q_B) = ‖μ_A − Tμ_B‖² + ‖σ_A − |T|σ_B‖²``, minimised by coordinate descent over
-spaces (random sweep order from a seed; stop after a sweep that changes nothing). At one
+spaces: a first pass in declaration order scores each space only on tensors whose other axes
+are settled (input side first), then sweeps in random order from a seed until a sweep changes
+nothing (Git Re-Basin's weight matching, with this cost). At one
 space, with the others fixed, it is a linear assignment: permutations maximise
 ``Σ_j C_μ[j,π(j)] + C_σ[j,π(j)]``; signed permutations ``|C_μ| + C_σ`` with ``s_j = sign C_μ``.
 Only maps keeping the mean-field family are allowed: permutations and sign flips (an
@@ -80,13 +82,22 @@ def _classes(graph, classes) -> dict[str, SymmetryClass]:
     return out
 
 
-def _scores(graph, space: str, a: MeanField, b: MeanField) -> tuple[torch.Tensor, torch.Tensor]:
-    """``C_μ[j, i] = Σ_edges ⟨μ_A[..j..], μ_B[..i..]⟩`` and the same for σ (float64)."""
+def _settled(graph, e, solved: set) -> bool:
+    """Whether every other axis of ``e.parameter`` indexes no space or an already solved one."""
+    return all(o.space in solved for o in graph.edges_of(e.parameter) if o.axis != e.axis)
+
+
+def _scores(graph, space: str, a: MeanField, b: MeanField, solved: set | None = None):
+    """``C_μ[j, i] = Σ_edges ⟨μ_A[..j..], μ_B[..i..]⟩`` and the same for σ (float64); with ``solved``,
+    only over edges whose tensors are otherwise settled (all of them if none is)."""
     n = graph.space(space).size
     cm = torch.zeros(n, n, dtype=torch.float64)
     cs = torch.zeros(n, n, dtype=torch.float64)
     seen = set()
-    for e in graph.edges_at(space):
+    edges = graph.edges_at(space)
+    if solved is not None:
+        edges = [e for e in edges if _settled(graph, e, solved)] or edges
+    for e in edges:
         x = a.mean[e.parameter]
         key = (e.parameter, e.axis % x.dim(), e.span(x.shape[e.axis]))
         if key in seen:  # a tied axis counts once
@@ -143,6 +154,12 @@ def align_posteriors(graph, post_a: MeanField, post_b: MeanField, *,
     names = [s for s in chosen if not isinstance(chosen[s], Trivial)]
     current = {s: GatherElement.identity(graph.space(s).size) for s in chosen}
     before = wasserstein2(post_a, post_b)
+    # first pass in declaration (forward) order, each space scored only on tensors already settled
+    solved = {s for s in chosen if isinstance(chosen[s], Trivial)}
+    for s in names:
+        b_other = post_b.transform(graph, TransformSet({k: v for k, v in current.items() if k != s}))
+        current[s] = _solve_space(chosen[s], *_scores(graph, s, post_a, b_other, solved), backend)
+        solved.add(s)
     sweeps = 0
     for sweeps in range(1, max_sweeps + 1):
         changed = False
