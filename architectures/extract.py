@@ -1,0 +1,267 @@
+"""Extraction: the weight graph of a ``torch.nn.Module``, by torch.fx tracing.
+
+``from_module(module, example_inputs)`` traces the module (fx symbolic tracing, every op also run
+on the example inputs so shapes are known), walks the fx graph and builds a ``WeightGraph``:
+
+* a parameterised op (Linear, Conv1d/2d, Embedding, ``nn.MultiheadAttention``, ``x @ W``) creates
+  a candidate space on its output units (weight axis 0 / embedding axis 1 and bias: ``out``) and
+  consumes its input's space (weight axis 1: ``in``);
+* BatchNorm (eval mode; ``running_var`` role ``var``), LayerNorm and RMSNorm carry the space
+  through; elementwise activations restrict it to the classes the activation registry says are
+  exact; residual adds join spaces (union-find);
+* a space's classes are the meet, in the class lattice, of what every op touching it allows; a
+  space reaching the model's input or output, or mixed with fixed values, gets no space at all,
+  and a tensor left with no space is declared fixed.
+
+An op with no rule raises :class:`ExtractionError` naming the fx node, or with
+``unknown="fixed"`` makes every space entering it (and every tensor it uses) fixed — never a
+silently wrong space.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from symmetries.classes import HeadStructured, Orthogonal, Trivial
+from symmetries.roles import Role
+
+from .extract_ops import call_function, call_method, call_module
+from .extract_state import ExtractionError, Feat, ParamRef, State, meet_sets
+from .extract_trace import trace
+from .graph import WeightGraph
+
+__all__ = ["from_module", "ExtractionError"]
+
+
+def from_module(module: nn.Module, example_inputs: Any, *, unknown: str = "error",
+                name: str | None = None) -> WeightGraph:
+    """The weight graph of ``module`` (state-dict keys become parameter names).
+
+    ``example_inputs`` — a tensor or a tuple of positional inputs (shapes fix reshapes).
+    ``unknown`` — ``"error"`` (default): an op with no rule whose inputs carry a space raises
+    :class:`ExtractionError` naming the fx node; ``"fixed"``: such a region gets no symmetry.
+    The module is not modified (it is traced in eval mode, without gradients).
+    """
+    if unknown not in ("error", "fixed"):
+        raise ValueError(f"unknown must be 'error' or 'fixed', got {unknown!r}")
+    graph, values = trace(module, example_inputs)
+    ctx = _Walk(module, values, unknown)
+    for node in graph.nodes:
+        ctx.visit(node)
+    return ctx.build(name or type(module).__name__)
+
+
+class _Walk:
+    """The walk over the fx graph: what each node carries, and the candidate spaces."""
+
+    def __init__(self, root: nn.Module, values: dict, unknown: str):
+        self.root, self.values, self.unknown = root, values, unknown
+        self.state = State()
+        self.info: dict[fx.Node, Any] = {}
+        self.tensors = dict(root.state_dict(keep_vars=True))
+        by_id = defaultdict(list)
+        for k, t in self.tensors.items():
+            by_id[id(t)].append(k)
+        self.aliases = {k: ks for ks in by_id.values() for k in ks}
+
+    # -- helpers used by the op handlers --------------------------------------------------------------
+    def value(self, node):
+        return self.values[node]
+
+    def shape(self, node) -> tuple[int, ...]:
+        return tuple(self.values[node].shape)
+
+    def pname(self, module: str, attr: str, present: Any = True) -> str | None:
+        if present is None or present is False:
+            return None
+        name = f"{module}.{attr}" if module else attr
+        return name if name in self.tensors else None
+
+    def poison(self, names, node) -> None:
+        for n in names:
+            if n is not None:
+                self.state.poisoned.setdefault(n, node.name)
+
+    def join(self, node, a, b) -> None:
+        """``a`` and ``b`` must index one space: union their segments, or kill them if one is fixed."""
+        a_sp, b_sp = isinstance(a, Feat) and a.spaced(), isinstance(b, Feat) and b.spaced()
+        if not a_sp and not b_sp:
+            return
+        if a_sp and b_sp and [n for _, n in a.segs] == [n for _, n in b.segs]:
+            for (va, _), (vb, _) in zip(a.segs, b.segs):
+                if va is None or vb is None:
+                    self.state.kill(va if vb is None else vb, f"joined with fixed features at fx node {node.name!r}")
+                else:
+                    self.state.union(va, vb, node.name)
+            return
+        if a_sp and b_sp:
+            self.opaque(node, "joins feature dimensions split into different pieces")
+            return
+        for t in (a, b):
+            if isinstance(t, Feat):
+                for v, _ in t.segs:
+                    self.state.kill(v, f"joined with fixed features at fx node {node.name!r}")
+
+    def attach(self, node, x: Feat, p: ParamRef, D: int, N: int) -> None:
+        """Parameter ``p`` follows the features of ``x`` (a bias, a gain, a class token): role ``out``."""
+        axis = p.axes[D - (N - len(p.shape))]
+        pos = 0
+        for var, n in x.segs:
+            if var is None:
+                self.poison([p.name], node)
+            self.state.connect(var, p.name, axis, "out", None if len(x.segs) == 1 else (pos, pos + n))
+            pos += n
+
+    def opaque(self, node, why: str):
+        """An op without a rule: harmless if nothing spaced flows in; else an error, or a fixed region."""
+        vars_, params = [], []
+
+        def collect(a):
+            if isinstance(a, Feat):
+                vars_.extend(v for v, _ in a.segs if v is not None and not self.state.var(v).dead)
+            elif isinstance(a, ParamRef):
+                params.append(a.name)
+            elif isinstance(a, (tuple, list)):
+                for b in a:
+                    collect(b)
+            elif isinstance(a, dict):
+                for b in a.values():
+                    collect(b)
+        collect(fx.node.map_arg((node.args, node.kwargs), lambda n: self.info.get(n)))
+        if node.op == "call_module":
+            prefix = f"{node.target}."
+            params += [k for k in self.tensors if k.startswith(prefix)]
+        if vars_ and self.unknown == "error":
+            spaces = ", ".join(sorted({repr(self.state.var(v).hint) for v in vars_}))
+            raise ExtractionError(
+                f"from_module cannot reason about fx node {node.name!r} ({node.op} {_target(node, self.root)}): "
+                f"{why}; it receives features of space(s) {spaces}. Pass unknown='fixed' to leave that region "
+                f"without symmetry.", node=node.name)
+        for v in vars_:
+            self.state.kill(v, f"fixed region at fx node {node.name!r}")
+        self.poison(params, node)
+        return self._plain(self.values.get(node))
+
+    def _plain(self, value):
+        if isinstance(value, torch.Tensor):
+            return Feat(tuple(value.shape))
+        if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
+            return tuple(self._plain(v) for v in value)
+        return value
+
+    # -- the walk ---------------------------------------------------------------------------------------
+    def visit(self, node: fx.Node) -> None:
+        if node.op == "output":
+            self._kill_outputs(self.info.get(a) if isinstance(a, fx.Node) else a
+                               for a in fx.node.map_arg(node.args, lambda n: n)[0:1])
+            return
+        if node.op == "placeholder":
+            self.info[node] = self._plain(self.values[node])
+            return
+        if node.op == "get_attr":
+            value = self.values[node]
+            if node.target in self.tensors and isinstance(value, torch.Tensor):
+                self.info[node] = ParamRef(node.target, tuple(value.shape), tuple(range(value.dim())))
+            else:
+                self.info[node] = self._plain(value)
+            return
+        args = fx.node.map_arg(node.args, lambda n: self.info[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.info[n])
+        if node.op == "call_module":
+            result = call_module(self, node, self.root.get_submodule(node.target), args, kwargs)
+        elif node.op == "call_function":
+            result = call_function(self, node, args, kwargs)
+        else:
+            result = call_method(self, node, args, kwargs)
+        if result is None:
+            result = self.opaque(node, "no rule for this op")
+        self.info[node] = result
+
+    def _kill_outputs(self, items) -> None:
+        for item in items:
+            if isinstance(item, Feat):
+                for v, _ in item.segs:
+                    self.state.kill(v, "reaches the model's output")
+            elif isinstance(item, ParamRef):
+                self.state.poisoned.setdefault(item.name, "output")
+            elif isinstance(item, (tuple, list)):
+                self._kill_outputs(item)
+            elif isinstance(item, dict):
+                self._kill_outputs(item.values())
+            elif isinstance(item, fx.Node):
+                self._kill_outputs([self.info.get(item)])
+
+    # -- assembling the weight graph ---------------------------------------------------------------------
+    def build(self, name: str) -> WeightGraph:
+        st = self.state
+        roots = {st.find(i) for i in st.vars}
+        edges: dict[int, list] = {}
+        for r in roots:
+            seen, es = set(), []
+            for p, axis, role, span in st.vars[r].edges:
+                for alias in self.aliases.get(p, [p]):
+                    key = (alias, axis % self.tensors[alias].dim(), role, span)
+                    if key not in seen:
+                        seen.add(key)
+                        es.append(key)
+            edges[r] = es
+        poisoned = set()
+        for p in st.poisoned:
+            poisoned.update(self.aliases.get(p, [p]))
+        for r in roots:
+            if any(p in poisoned for p, *_ in edges[r]):
+                st.kill(r, "one of its tensors is used where no symmetry is known")
+        g = WeightGraph(name)
+        alive = []
+        for r in sorted(roots):
+            v = st.vars[r]
+            classes = v.classes
+            claims = defaultdict(set)
+            for p, axis, role, span in edges[r]:
+                claims[(p, axis, span)].add(role)
+            if any({Role.OUT, Role.IN} <= roles for roles in claims.values()):
+                classes = _tied(classes)
+            classes = tuple(c for c in classes if c != Trivial())
+            if v.dead is None and classes and edges[r]:
+                alive.append((r, classes))
+        connected = {p for r, _ in alive for p, *_ in edges[r]}
+        for pname, t in self.tensors.items():
+            g.add_parameter(pname, tuple(t.shape), fixed=pname not in connected)
+        used = set(self.tensors)
+        for r, classes in alive:
+            v = st.vars[r]
+            sname = v.hint or "space"
+            while sname in used:
+                sname += "'"
+            used.add(sname)
+            g.add_space(sname, v.size, classes, activation="+".join(v.activations) or None,
+                        head_group=v.head_group)
+            for p, axis, role, span in edges[r]:
+                g.connect(p, sname, axis=axis, role=role, slice=span)
+        g.validate()
+        return g
+
+
+def _tied(classes):
+    """Tied axes (``out`` and ``in`` of one space) need ``T⁻ᵀ = T``."""
+    out = []
+    for c in classes:
+        if isinstance(c, HeadStructured):
+            if c.inner.orthogonal:
+                out.append(c)
+            continue
+        for m in meet_sets((c,), (Orthogonal(),)):
+            if m not in out:
+                out.append(m)
+    return tuple(out)
+
+
+def _target(node, root) -> str:
+    if node.op == "call_module":
+        return f"{node.target} ({type(root.get_submodule(node.target)).__name__})"
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__qualname__", getattr(t, "__name__", repr(t)))

@@ -1,0 +1,316 @@
+"""How each op touches candidate spaces, for :func:`architectures.from_module`.
+
+Every handler takes the walk's context, the fx node and its arguments (fx nodes replaced by
+what they carry: ``Feat``, ``ParamRef`` or a Python value) and returns what the node carries.
+Parameterised ops (Linear, Conv, Embedding, attention) create spaces and connect their tensors
+(``out`` on the produced axis, ``in`` on the consumed one); normalisations and activations
+restrict the classes to those exact across them; adds join spaces; reshapes move the feature
+dimension where it stays unambiguous. Anything else goes to ``ctx.opaque`` (an error naming the
+node, or an explicitly fixed region).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
+                                SemiPermutation)
+
+from .activations import ACTIVATIONS
+from .extract_state import Feat, ParamRef
+from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
+from .extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem, move_feature
+
+__all__ = ["call_module", "call_function", "call_method"]
+
+PERM = (Permutation(),)
+RELU_LIKE = (PermutationScaling(), SemiPermutation())
+
+
+# -- parameterised ops -----------------------------------------------------------------------------
+def _consume(ctx, x: Feat, param: str, axis: int) -> None:
+    """``param``'s ``axis`` reads the features of ``x``: role ``in`` on each segment."""
+    pos = 0
+    for var, n in x.segs:
+        span = None if len(x.segs) == 1 else (pos, pos + n)
+        ctx.state.connect(var, param, axis, "in", span)
+        pos += n
+
+
+def _produce(ctx, node, size: int, hint: str, tensors) -> int:
+    """A new candidate space of ``size`` units produced by ``tensors`` = [(name, axis)] (role out)."""
+    v = ctx.state.new(size, hint)
+    for name, axis in tensors:
+        if name is not None:
+            ctx.state.connect(v, name, axis, "out")
+    return v
+
+
+def _linear(ctx, node, x, weight: str, bias: str | None, hint: str):
+    """``y = x Wᵀ + b``: W (out, in) — axis 1 consumes x's space, axis 0 and b produce a new one."""
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "a linear map of something that is not a tensor")
+    if x.spaced() and x.dim != x.ndim - 1:
+        return ctx.opaque(node, f"a linear map over dimension {x.ndim - 1} while the features are on {x.dim}")
+    _consume(ctx, x, weight, 1)
+    out = ctx.shape(node)
+    v = _produce(ctx, node, out[-1], hint, [(weight, 0), (bias, 0)])
+    return Feat(out, len(out) - 1, ((v, out[-1]),))
+
+
+def _module_linear(ctx, node, mod, x):
+    return _linear(ctx, node, x, ctx.pname(node.target, "weight"), ctx.pname(node.target, "bias", mod.bias),
+                   node.target)
+
+
+def _module_conv(ctx, node, mod, x):
+    """Conv weight (out, in, k…): axis 1 consumes the channel space (dim 1), axis 0 produces one."""
+    if mod.groups != 1:
+        return ctx.opaque(node, f"a grouped convolution (groups={mod.groups})")
+    if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
+        return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")
+    w = ctx.pname(node.target, "weight")
+    _consume(ctx, x, w, 1)
+    out = ctx.shape(node)
+    v = _produce(ctx, node, out[1], node.target, [(w, 0), (ctx.pname(node.target, "bias", mod.bias), 0)])
+    return Feat(out, 1, ((v, out[1]),))
+
+
+def _module_embedding(ctx, node, mod, idx):
+    """Embedding weight (num, dim): axis 1 produces the embedding space."""
+    if mod.max_norm is not None:
+        return ctx.opaque(node, "an embedding with max_norm (renormalises rows)")
+    if isinstance(idx, Feat) and idx.spaced():
+        return ctx.opaque(node, "an embedding looked up by transformed values")
+    out = ctx.shape(node)
+    v = _produce(ctx, node, out[-1], node.target, [(ctx.pname(node.target, "weight"), 1)])
+    return Feat(out, len(out) - 1, ((v, out[-1]),))
+
+
+def _per_segment(ctx, x: Feat, tensors) -> None:
+    """Per-channel tensors ``[(name, role)]`` follow the channel on axis 0 of each segment."""
+    pos = 0
+    for var, n in x.segs:
+        span = None if len(x.segs) == 1 else (pos, pos + n)
+        for name, role in tensors:
+            if name is not None:
+                ctx.state.connect(var, name, 0, role, span)
+        pos += n
+
+
+def _normalise(ctx, node, x, dim_ok: bool, what: str, tensors, classes):
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, f"{what} of something that is not a tensor")
+    if not x.spaced():
+        ctx.poison([t for t, _ in tensors if t is not None], node)
+        return Feat(ctx.shape(node))
+    if not dim_ok:
+        return ctx.opaque(node, f"{what} over dimensions other than the features (dimension {x.dim})")
+    _per_segment(ctx, x, tensors)
+    for var, _ in x.segs:
+        ctx.state.restrict(var, classes)
+    return x.moved(ctx.shape(node), x.dim)
+
+
+def _module_batchnorm(ctx, node, mod, x):
+    """Eval-mode BatchNorm: weight, bias, running_mean follow the channel (out), running_var by
+    squares (var); exact for permutations only (ε breaks scalings, the affine gain breaks signs)."""
+    p = lambda n, present=True: ctx.pname(node.target, n, present)  # noqa: E731
+    stats = mod.track_running_stats and mod.running_mean is not None
+    tensors = [(p("weight", mod.affine), "out"), (p("bias", mod.affine), "out"),
+               (p("running_mean", stats), "out"), (p("running_var", stats), "var")]
+    return _normalise(ctx, node, x, isinstance(x, Feat) and x.dim == 1, "batch normalisation", tensors, PERM)
+
+
+def _module_layernorm(ctx, node, mod, x):
+    """LayerNorm over the last dimension commutes with permutations whose gain and bias follow."""
+    ok = isinstance(x, Feat) and x.dim == x.ndim - 1 and tuple(mod.normalized_shape) == (x.shape[-1],)
+    affine = mod.elementwise_affine
+    tensors = [(ctx.pname(node.target, "weight", affine), "out"),
+               (ctx.pname(node.target, "bias", affine and getattr(mod, "bias", None) is not None), "out")]
+    return _normalise(ctx, node, x, ok, "layer normalisation", tensors, PERM)
+
+
+def _module_rmsnorm(ctx, node, mod, x):
+    """RMSNorm: gain-free it commutes with orthogonal maps; with a gain, with permutations."""
+    ok = isinstance(x, Feat) and x.dim == x.ndim - 1 and tuple(mod.normalized_shape) == (x.shape[-1],)
+    gain = mod.weight is not None
+    return _normalise(ctx, node, x, ok, "RMS normalisation", [(ctx.pname(node.target, "weight", gain), "out")],
+                      PERM if gain else (Orthogonal(),))
+
+
+def _module_mha(ctx, node, mod, query, key, value, *rest, **kwargs):
+    """``nn.MultiheadAttention``: per head h, scores use W_Q,hᵀ W_K,h and outputs W_O,h W_V,h, so the
+    query/key space and the value/output space are head-structured (a head permutation shared by
+    both, one invertible map per head); Q and the query bias are ``out``, K and the key bias ``in``."""
+    if mod.bias_k is not None or not all(isinstance(t, Feat) for t in (query, key, value)):
+        return ctx.opaque(node, "multi-head attention with add_bias_kv or non-tensor inputs")
+    if any(t.spaced() and t.dim != t.ndim - 1 for t in (query, key, value)):
+        return ctx.opaque(node, "multi-head attention whose inputs do not carry features on the last dimension")
+    E, H, name = mod.embed_dim, mod.num_heads, node.target
+    heads = (HeadStructured(H, Invertible()),)
+    qk = ctx.state.new(E, f"{name}.qk", heads, head_group=name)
+    vo = ctx.state.new(E, f"{name}.vo", heads, head_group=name)
+    bias = ctx.pname(name, "in_proj_bias", mod.in_proj_bias)
+    if mod._qkv_same_embed_dim:
+        w = ctx.pname(name, "in_proj_weight")
+        ctx.join(node, query, key)  # the packed weight's input axis is shared by Q, K and V
+        ctx.join(node, query, value)
+        _consume(ctx, query, w, 1)
+        specs = [(qk, w, "out", (0, E)), (qk, w, "in", (E, 2 * E)), (vo, w, "out", (2 * E, 3 * E))]
+    else:
+        ws = [ctx.pname(name, f"{k}_proj_weight") for k in "qkv"]
+        for t, w in zip((query, key, value), ws):
+            _consume(ctx, t, w, 1)
+        specs = [(qk, ws[0], "out", None), (qk, ws[1], "in", None), (vo, ws[2], "out", None)]
+    for i, (var, w, role, span) in enumerate(specs):
+        ctx.state.connect(var, w, 0, role, span)
+        if bias is not None:
+            ctx.state.connect(var, bias, 0, role, (i * E, (i + 1) * E))
+    ow = ctx.pname(name, "out_proj.weight")
+    ctx.state.connect(vo, ow, 1, "in")
+    out_shape = tuple(ctx.value(node)[0].shape)
+    v = _produce(ctx, node, E, name, [(ow, 0), (ctx.pname(name, "out_proj.bias", mod.out_proj.bias), 0)])
+    weights = ctx.value(node)[1]
+    return (Feat(out_shape, len(out_shape) - 1, ((v, E),)),
+            None if weights is None else Feat(tuple(weights.shape)))
+
+
+# -- elementwise ops ----------------------------------------------------------------------------------
+def _activation_of_module(mod) -> str | None:
+    for name, act in ACTIVATIONS.items():
+        if isinstance(act.module, type) and type(mod) is act.module:
+            return name
+    return None
+
+
+def elementwise(ctx, node, x, name: str, classes):
+    """``f`` applied unit by unit: the classes exact across ``f`` (the activation registry)."""
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, f"{name} of something that is not a tensor")
+    for var, _ in x.segs:
+        ctx.state.restrict(var, classes, name)
+    return x.moved(ctx.shape(node), x.dim)
+
+
+def _passthrough(ctx, node, x, *args, **kwargs):
+    """Identity in eval mode (dropout)."""
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "dropout of something that is not a tensor")
+    return x
+
+
+def _pool(ctx, node, x, classes):
+    """Pooling over spatial dimensions, channel by channel (dimension 1)."""
+    if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
+        return ctx.opaque(node, "pooling whose channels are not on dimension 1")
+    for var, _ in x.segs:
+        if classes:  # average pooling is linear: no restriction
+            ctx.state.restrict(var, classes)
+    return x.moved(ctx.shape(node), x.dim)
+
+
+def _softmax(ctx, node, x, *args, dim=None, **kwargs):
+    return elementwise(ctx, node, x, "softmax", PERM)
+
+
+def call_module(ctx, node, mod, args, kwargs):
+    act = _activation_of_module(mod)
+    if act is not None:
+        return elementwise(ctx, node, args[0], act, ACTIVATIONS[act].classes)
+    for types, handler in _MODULES:
+        if isinstance(mod, types):
+            return handler(ctx, node, mod, *args, **kwargs)
+    return None  # unknown
+
+
+_AVG = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_MAX = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_MODULES = [
+    (nn.Linear, _module_linear),
+    ((nn.Conv1d, nn.Conv2d), _module_conv),
+    (nn.Embedding, _module_embedding),
+    ((nn.BatchNorm1d, nn.BatchNorm2d), _module_batchnorm),
+    (nn.LayerNorm, _module_layernorm),
+    (getattr(nn, "RMSNorm", ()), _module_rmsnorm),
+    (nn.MultiheadAttention, _module_mha),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity), lambda ctx, node, mod, x, *a, **k: _passthrough(ctx, node, x)),
+    (_AVG, lambda ctx, node, mod, x: _pool(ctx, node, x, ())),
+    (_MAX, lambda ctx, node, mod, x: _pool(ctx, node, x, RELU_LIKE)),
+    ((nn.Softmax, nn.LogSoftmax), lambda ctx, node, mod, x: _softmax(ctx, node, x)),
+    ((nn.Flatten, nn.Unflatten), lambda ctx, node, mod, x: move_feature(ctx, node, x)),
+]
+
+# -- functions and methods ------------------------------------------------------------------------------
+_ACT_FUNCS = {
+    "relu": [torch.relu, F.relu, torch.relu_], "leaky_relu": [F.leaky_relu], "abs": [torch.abs, operator.abs],
+    "tanh": [torch.tanh, F.tanh], "sin": [torch.sin], "gelu": [F.gelu], "silu": [F.silu],
+    "sigmoid": [torch.sigmoid, F.sigmoid], "softplus": [F.softplus], "elu": [F.elu],
+}
+_ACT_METHODS = {"relu": ["relu", "relu_"], "abs": ["abs"], "tanh": ["tanh"], "sin": ["sin"], "sigmoid": ["sigmoid"]}
+
+
+def _act(name):
+    return lambda ctx, node, x, *a, **k: elementwise(ctx, node, x, name, ACTIVATIONS[name].classes)
+
+
+def _f_linear(ctx, node, x, weight, bias=None):
+    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not (bias is None or isinstance(bias, ParamRef)):
+        return ctx.opaque(node, "F.linear with weights that are not parameters of the module")
+    return _linear(ctx, node, x, weight.name, None if bias is None else bias.name, weight.name.rsplit(".", 1)[0])
+
+
+def _reduce(ctx, node, x, *args, **kwargs):
+    """sum/mean over dimensions: over the features, the result is invariant only under permutations
+    (sums also under semi-permutations, whose columns sum to one)."""
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "a reduction of something that is not a tensor")
+    dims = kwargs.get("dim", args[0] if args else None)
+    keep = kwargs.get("keepdim", args[1] if len(args) > 1 else False)
+    dims = tuple(range(x.ndim)) if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
+    dims = {d % x.ndim for d in dims}
+    out = ctx.shape(node)
+    if x.dim is None or not x.spaced():
+        return Feat(out)
+    if x.dim in dims:
+        exact = (SemiPermutation(),) if _name(node) == "sum" else PERM
+        for var, _ in x.segs:
+            ctx.state.restrict(var, exact)
+        return Feat(out)
+    return x.moved(out, x.dim if keep else x.dim - sum(d < x.dim for d in dims))
+
+
+def _name(node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+FUNCTIONS = {f: _act(name) for name, fs in _ACT_FUNCS.items() for f in fs}
+FUNCTIONS.update({F.linear: _f_linear, F.dropout: _passthrough, torch.sum: _reduce, torch.mean: _reduce,
+                  F.softmax: _softmax, torch.softmax: _softmax, F.log_softmax: _softmax,
+                  F.adaptive_avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
+                  F.avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
+                  F.adaptive_avg_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
+                  F.avg_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
+                  F.max_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, RELU_LIKE),
+                  F.max_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, RELU_LIKE),
+                  operator.getitem: getitem})
+FUNCTIONS.update(SHAPE_FUNCTIONS)
+FUNCTIONS.update(BINARY_FUNCTIONS)
+METHODS = {m: _act(name) for name, ms in _ACT_METHODS.items() for m in ms}
+METHODS.update({"sum": _reduce, "mean": _reduce, "softmax": _softmax})
+METHODS.update(SHAPE_METHODS)
+METHODS.update(BINARY_METHODS)
+
+
+def call_function(ctx, node, args, kwargs):
+    handler = FUNCTIONS.get(node.target)
+    return None if handler is None else handler(ctx, node, *args, **kwargs)
+
+
+def call_method(ctx, node, args, kwargs):
+    handler = METHODS.get(node.target)
+    return None if handler is None else handler(ctx, node, *args, **kwargs)
+

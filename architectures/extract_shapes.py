@@ -1,0 +1,183 @@
+"""Shape ops for :func:`architectures.from_module`: where the feature dimension goes.
+
+A reshape keeps a space only when the feature dimension survives whole: its size and the
+product of the dimensions before it are unchanged (``(N, C, 1, 1) → (N, C)`` keeps it;
+``(N, C, H, W) → (N, C·H·W)`` with ``H·W > 1`` interleaves channels with positions, which no
+edge can express, and is refused). Transposes and permutes move it; indexing along other
+dimensions keeps it; concatenation along it lays spaces side by side (slices); along another
+dimension it joins them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .extract_state import Feat, ParamRef
+
+__all__ = ["SHAPE_FUNCTIONS", "SHAPE_METHODS", "getitem", "move_feature", "map_dim"]
+
+
+def map_dim(in_shape, dim: int, out_shape) -> int | None:
+    """The dimension of ``out_shape`` that holds dimension ``dim`` of ``in_shape`` after a reshape,
+    or ``None`` when it does not survive whole."""
+    pre, size = math.prod(in_shape[:dim]), in_shape[dim]
+    p = 1
+    for d, s in enumerate(out_shape):
+        if p == pre and s == size:
+            return d
+        p *= s
+        if p > pre and pre > 0:
+            return None
+    return None
+
+
+def move_feature(ctx, node, x, *args, **kwargs):
+    """Any reshape (view, reshape, flatten, unflatten, squeeze, unsqueeze, contiguous)."""
+    out = ctx.shape(node)
+    if isinstance(x, ParamRef):
+        return _move_param(ctx, node, x, out)
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "a reshape of something that is not a tensor")
+    if x.dim is None:
+        return Feat(out)
+    d = map_dim(x.shape, x.dim, out)
+    if d is None:
+        return ctx.opaque(node, f"a reshape {x.shape} → {out} that splits or interleaves the feature dimension "
+                                f"{x.dim} (size {x.shape[x.dim]})")
+    return x.moved(out, d)
+
+
+def _move_param(ctx, node, p: ParamRef, out):
+    axes: list[int | None] = [None] * len(out)
+    for d, a in enumerate(p.axes):
+        if a is None or p.shape[d] == 1:
+            continue
+        nd = map_dim(p.shape, d, out)
+        if nd is None:
+            return ctx.opaque(node, f"a reshape of parameter {p.name!r} that splits one of its axes")
+        axes[nd] = a
+    return ParamRef(p.name, tuple(out), tuple(axes))
+
+
+def _expand(ctx, node, x, *sizes):
+    out = ctx.shape(node)
+    shift = len(out) - (x.ndim if isinstance(x, Feat) else len(x.shape) if isinstance(x, ParamRef) else 0)
+    if isinstance(x, ParamRef):
+        return ParamRef(x.name, tuple(out), (None,) * shift + tuple(
+            a if x.shape[d] == out[d + shift] else None for d, a in enumerate(x.axes)))
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "expand of something that is not a tensor")
+    if x.dim is None:
+        return Feat(out)
+    if out[x.dim + shift] != x.shape[x.dim]:
+        return ctx.opaque(node, "expand along the feature dimension")
+    return x.moved(out, x.dim + shift)
+
+
+def _perm(ctx, node, x, order):
+    out = ctx.shape(node)
+    order = [d % len(order) for d in order]
+    if isinstance(x, ParamRef):
+        return ParamRef(x.name, tuple(out), tuple(x.axes[d] for d in order))
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "a permutation of dimensions of something that is not a tensor")
+    return x.moved(out, None if x.dim is None else order.index(x.dim))
+
+
+def _permute(ctx, node, x, *dims, **kwargs):
+    dims = kwargs.get("dims", dims)
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list, torch.Size)):
+        dims = dims[0]
+    return _perm(ctx, node, x, list(dims))
+
+
+def _transpose(ctx, node, x, a=None, b=None, **kwargs):
+    nd = x.ndim if isinstance(x, Feat) else len(x.shape) if isinstance(x, ParamRef) else 0
+    a, b = kwargs.get("dim0", a), kwargs.get("dim1", b)
+    if a is None:  # .t()
+        a, b = 0, 1
+    order = list(range(nd))
+    order[a % nd], order[b % nd] = order[b % nd], order[a % nd]
+    return _perm(ctx, node, x, order)
+
+
+def getitem(ctx, node, x, index):
+    """``x[index]``: elements of tuples (attention outputs), or basic indexing of a tensor along
+    dimensions other than the features."""
+    if isinstance(x, (tuple, list)):
+        return x[index]
+    if not isinstance(x, Feat):
+        if isinstance(x, ParamRef):
+            return ctx.opaque(node, f"indexing parameter {x.name!r}")
+        return ctx.value(node)
+    out = ctx.shape(node)
+    if x.dim is None:
+        return Feat(out)
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(i is Ellipsis for i in items):
+        k = items.index(Ellipsis)
+        used = sum(1 for i in items if i is not None and i is not Ellipsis)
+        items[k:k + 1] = [slice(None)] * (x.ndim - used)
+    items += [slice(None)] * (x.ndim - sum(1 for i in items if i is not None))
+    d_in, d_out = 0, 0
+    for item in items:
+        if item is None:
+            d_out += 1
+            continue
+        if d_in == x.dim:
+            if not (isinstance(item, slice) and range(x.shape[x.dim])[item] == range(x.shape[x.dim])):
+                return ctx.opaque(node, f"indexing the feature dimension {x.dim} with {item!r}")
+            return x.moved(out, d_out)
+        if isinstance(item, int):
+            d_in += 1
+        elif isinstance(item, slice):
+            d_in, d_out = d_in + 1, d_out + 1
+        else:
+            return ctx.opaque(node, f"advanced indexing with {type(item).__name__}")
+    return ctx.opaque(node, "indexing that loses the feature dimension")
+
+
+def _contiguous(ctx, node, x, *args, **kwargs):
+    return x if isinstance(x, (Feat, ParamRef)) else ctx.opaque(node, "not a tensor")
+
+
+def _cat(ctx, node, tensors, dim=0, **kwargs):
+    """Concatenation: along the features, spaces side by side; along another dimension, one space."""
+    dim = kwargs.get("axis", dim)
+    out = ctx.shape(node)
+    d = dim % len(out)
+    spaced = [t for t in tensors if isinstance(t, Feat) and t.spaced()]
+    if not spaced:
+        ctx.poison([t.name for t in tensors if isinstance(t, ParamRef)], node)
+        return Feat(out)
+    if len({t.dim for t in spaced}) > 1:
+        return ctx.opaque(node, "concatenation of tensors whose features lie on different dimensions")
+    D = spaced[0].dim
+    if d == D:
+        segs = []
+        for t in tensors:
+            if isinstance(t, Feat) and t.spaced():
+                segs += list(t.segs)
+            else:
+                if isinstance(t, ParamRef):
+                    ctx.poison([t.name], node)
+                segs.append((None, t.shape[d]))
+        return Feat(out, D, tuple(segs))
+    base = spaced[0]
+    for t in tensors:
+        if isinstance(t, ParamRef):
+            ctx.attach(node, base, t, D, len(out))
+        elif t is not base:
+            ctx.join(node, base, t)
+    return base.moved(out, D)
+
+
+SHAPE_METHODS = {m: move_feature for m in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
+                                            "view_as", "reshape_as")}
+SHAPE_METHODS.update({"contiguous": _contiguous, "clone": _contiguous, "detach": _contiguous,
+                      "expand": _expand, "expand_as": _expand, "permute": _permute, "transpose": _transpose,
+                      "t": _transpose})
+SHAPE_FUNCTIONS = {torch.flatten: move_feature, torch.reshape: move_feature, torch.squeeze: move_feature,
+                   torch.unsqueeze: move_feature, torch.permute: _permute, torch.transpose: _transpose,
+                   torch.t: _transpose, torch.cat: _cat, torch.concat: _cat}

@@ -1,0 +1,147 @@
+"""Bookkeeping for :func:`architectures.from_module`: candidate spaces and what each fx value carries.
+
+A *candidate space* (``Var``) is created wherever a parameterised op produces features (a
+linear map's output units). Ops join candidates (a residual add: union-find), restrict them
+(the classes exact across an activation are met with what the candidate admits, in the class
+lattice) or kill them (a candidate reaching the model's output, or mixed with fixed data, has
+no symmetry). Each fx value is described by ``Feat`` (a tensor and its one feature dimension,
+split into segments that each index one candidate or nothing) or ``ParamRef`` (a state-dict
+tensor, possibly broadcast or viewed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from symmetries.classes import HeadStructured, Invertible, SymmetryClass
+from symmetries.errors import SymmetryError
+from symmetries.lattice import is_subclass, meet
+from symmetries.roles import Role
+
+__all__ = ["ExtractionError", "Var", "Feat", "ParamRef", "State", "meet_sets"]
+
+
+class ExtractionError(SymmetryError, ValueError):
+    """``from_module`` met an fx node it cannot reason about; ``node`` names it."""
+
+    def __init__(self, message: str, *, node: str | None = None):
+        super().__init__(message)
+        self.node = node
+
+
+def meet_sets(a: tuple[SymmetryClass, ...], b: tuple[SymmetryClass, ...]) -> tuple[SymmetryClass, ...]:
+    """Maximal classes of ``{meet(x, y) : x ∈ a, y ∈ b}`` — the classes exact under both
+    constraints — in the order of ``a`` (its first class stays the default where it survives)."""
+    out: list[SymmetryClass] = []
+    for x in a:
+        for y in b:
+            m = x if is_subclass(x, y) else y if is_subclass(y, x) else meet([x, y])
+            if m not in out:
+                out.append(m)
+    return tuple(c for c in out if not any(c != d and is_subclass(c, d) for d in out))
+
+
+@dataclass
+class Var:
+    """A candidate space: its size, the classes still exact, the edges that index it."""
+    size: int
+    hint: str
+    classes: tuple[SymmetryClass, ...] = (Invertible(),)
+    activations: list[str] = field(default_factory=list)
+    dead: str | None = None
+    head_group: str | None = None
+    edges: list[tuple[str, int, Role, tuple[int, int] | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Feat:
+    """A tensor value: ``shape``; ``dim`` is its feature dimension (``None``: it indexes no space)
+    and ``segs`` the consecutive pieces of that dimension, ``(var id or None, length)``."""
+    shape: tuple[int, ...]
+    dim: int | None = None
+    segs: tuple[tuple[int | None, int], ...] = ()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def spaced(self) -> bool:
+        return any(v is not None for v, _ in self.segs)
+
+    def moved(self, shape, dim: int | None) -> "Feat":
+        return Feat(tuple(shape), dim, self.segs if dim is not None else ())
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A state-dict tensor ``name`` viewed with ``shape``; ``axes[d]`` is the tensor axis behind
+    dimension ``d`` of the view (``None`` for a broadcast dimension)."""
+    name: str
+    shape: tuple[int, ...]
+    axes: tuple[int | None, ...]
+
+
+class State:
+    """Union-find over candidate spaces, and the edges and poisoned tensors met so far."""
+
+    def __init__(self):
+        self.vars: dict[int, Var] = {}
+        self.parent: dict[int, int] = {}
+        self.poisoned: dict[str, str] = {}   # tensor name → fx node that used it opaquely
+
+    def new(self, size: int, hint: str, classes=None, head_group: str | None = None) -> int:
+        i = len(self.parent)
+        self.parent[i] = i
+        self.vars[i] = Var(int(size), hint, tuple(classes) if classes else (Invertible(),), head_group=head_group)
+        return i
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def var(self, i: int) -> Var:
+        return self.vars[self.find(i)]
+
+    def union(self, a: int, b: int, node: str) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        va, vb = self.vars[ra], self.vars[rb]
+        if va.size != vb.size:
+            raise ExtractionError(f"fx node {node!r} joins feature spaces of sizes {va.size} and {vb.size}", node=node)
+        if (va.head_group is None) != (vb.head_group is None) or va.head_group != vb.head_group:
+            raise ExtractionError(f"fx node {node!r} joins an attention head space with another space", node=node)
+        keep, drop = (ra, rb) if ra < rb else (rb, ra)
+        vk, vd = self.vars[keep], self.vars.pop(drop)
+        self.parent[drop] = keep
+        vk.classes = meet_sets(vk.classes, vd.classes)
+        vk.activations += [a for a in vd.activations if a not in vk.activations]
+        vk.dead = vk.dead or vd.dead
+        vk.edges += vd.edges
+        return keep
+
+    def restrict(self, i: int | None, classes, activation: str | None = None) -> None:
+        if i is None:
+            return
+        v = self.var(i)
+        if v.head_group is not None:
+            v.classes = tuple(c for c in v.classes
+                              if any(is_subclass(c, k) for k in classes)) or v.classes[:0]
+        else:
+            v.classes = meet_sets(v.classes, tuple(classes))
+        if activation is not None and activation not in v.activations:
+            v.activations.append(activation)
+
+    def kill(self, i: int | None, reason: str) -> None:
+        if i is not None:
+            v = self.var(i)
+            v.dead = v.dead or reason
+
+    def connect(self, i: int | None, param: str, axis: int, role: Role | str,
+                span: tuple[int, int] | None = None) -> None:
+        if i is not None:
+            self.var(i).edges.append((param, int(axis), Role.parse(role), span))
+
+    def is_head(self, i: int) -> bool:
+        return self.var(i).head_group is not None or any(isinstance(c, HeadStructured) for c in self.var(i).classes)

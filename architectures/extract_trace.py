@@ -1,0 +1,134 @@
+"""Tracing with concrete values: torch.fx symbolic tracing that also runs every op on the example inputs.
+
+``trace(module, example_inputs)`` returns the fx graph module and the value of every node.
+Because each proxy knows its value, ``x.dim()``, ``x.shape``, ``len(x)`` and ``if`` on a traced
+tensor are answered from the example inputs (the graph is specialised to their shapes, as
+shape propagation would be) instead of failing as plain symbolic tracing does.
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .extract_state import ExtractionError
+
+__all__ = ["trace"]
+
+# Real ops must run with fx's patches of nn.Module.__call__/__getattr__ reverted.
+_untraced = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", contextlib.nullcontext)
+
+
+class _Proxy(fx.Proxy):
+    """An fx proxy that answers shape queries and control flow from its concrete value."""
+
+    def _value(self):
+        return self.tracer.values[self.node]
+
+    def __bool__(self) -> bool:
+        return bool(self._value())
+
+    def __len__(self) -> int:
+        return len(self._value())
+
+    def __iter__(self):
+        return iter([self[i] for i in range(len(self._value()))])
+
+    def __index__(self) -> int:
+        return operator.index(self._value())
+
+    def __int__(self) -> int:
+        return int(self._value())
+
+    def dim(self) -> int:
+        return self._value().dim()
+
+    def size(self, dim: int | None = None):
+        v = self._value()
+        return v.size() if dim is None else v.size(dim)
+
+    @property
+    def shape(self):
+        return self._value().shape
+
+    @property
+    def ndim(self) -> int:
+        return self._value().dim()
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, inputs: tuple):
+        super().__init__(autowrap_functions=())
+        self.inputs = list(inputs)
+        self.values: dict[fx.Node, Any] = {}
+        self._placeholders = 0
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        node = p.node
+        if kind == "output":
+            return p
+        try:
+            with _untraced():
+                self.values[node] = self._run(node)
+        except ExtractionError:
+            raise
+        except Exception as exc:  # the op failed on the example inputs: say where
+            raise ExtractionError(f"running fx node {node.name!r} ({node.op} {_target_name(node)}) on the example "
+                                  f"inputs failed: {exc}", node=node.name) from exc
+        return p
+
+    def _run(self, node: fx.Node):
+        if node.op == "placeholder":
+            if self._placeholders >= len(self.inputs):
+                raise ExtractionError(f"the module takes more inputs than the {len(self.inputs)} example inputs "
+                                      f"given (placeholder {node.name!r})", node=node.name)
+            value = self.inputs[self._placeholders]
+            self._placeholders += 1
+            return value
+        if node.op == "get_attr":
+            obj: Any = self.root
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        args = fx.node.map_arg(node.args, lambda n: self.values[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.values[n])
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "call_module":
+            return self.root.get_submodule(node.target).forward(*args, **kwargs)
+        raise ExtractionError(f"unexpected fx node kind {node.op!r} ({node.name!r})", node=node.name)
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", repr(t))
+
+
+def trace(module: nn.Module, example_inputs) -> tuple[fx.Graph, dict]:
+    """Trace ``module`` on ``example_inputs`` (a tensor or a tuple) in eval mode and without
+    gradients; the module's training flags, parameters and buffers are left as they were."""
+    if isinstance(example_inputs, (torch.Tensor,)) or not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    inputs = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs)
+    modes = {m: m.training for m in module.modules()}
+    tracer = _Tracer(inputs)
+    try:
+        module.eval()
+        with torch.no_grad():
+            graph = tracer.trace(module)
+    except fx.proxy.TraceError as exc:
+        raise ExtractionError(f"torch.fx could not trace {type(module).__name__}: {exc}") from exc
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return graph, tracer.values
