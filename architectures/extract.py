@@ -48,10 +48,13 @@ def from_module(module: nn.Module, example_inputs: Any, *, unknown: str = "error
     """
     if unknown not in ("error", "fixed"):
         raise ValueError(f"unknown must be 'error' or 'fixed', got {unknown!r}")
-    graph, values = trace(module, example_inputs)
+    graph, values, materialized = trace(module, example_inputs)
     ctx = _Walk(module, values, unknown)
     for node in graph.nodes:
         ctx.visit(node)
+        if node in materialized:
+            ctx.opaque(node, "its value was converted to a constant while tracing (torch.as_tensor, numpy)",
+                       own=True)
     return ctx.build(name or type(module).__name__)
 
 
@@ -116,8 +119,9 @@ class _Walk:
             self.state.connect(var, p.name, axis, "out", None if len(x.segs) == 1 else (pos, pos + n))
             pos += n
 
-    def opaque(self, node, why: str):
-        """An op without a rule: harmless if nothing spaced flows in; else an error, or a fixed region."""
+    def opaque(self, node, why: str, own: bool = False):
+        """An op without a rule: harmless if nothing spaced flows in; else an error, or a fixed region.
+        ``own``: look at what the node itself carries instead of its inputs."""
         vars_, params = [], []
 
         def collect(a):
@@ -131,8 +135,8 @@ class _Walk:
             elif isinstance(a, dict):
                 for b in a.values():
                     collect(b)
-        collect(fx.node.map_arg((node.args, node.kwargs), lambda n: self.info.get(n)))
-        if node.op == "call_module":
+        collect(self.info.get(node) if own else fx.node.map_arg((node.args, node.kwargs), lambda n: self.info.get(n)))
+        if node.op == "call_module" and not own:
             prefix = f"{node.target}."
             params += [k for k in self.tensors if k.startswith(prefix)]
         if vars_ and self.unknown == "error":
@@ -144,7 +148,7 @@ class _Walk:
         for v in vars_:
             self.state.kill(v, f"fixed region at fx node {node.name!r}")
         self.poison(params, node)
-        return self._plain(self.values.get(node))
+        return self.info.get(node) if own else self._plain(self.values.get(node))
 
     def _plain(self, value):
         if isinstance(value, torch.Tensor):

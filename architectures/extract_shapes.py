@@ -138,6 +138,18 @@ def getitem(ctx, node, x, index):
     return ctx.opaque(node, "indexing that loses the feature dimension")
 
 
+def _getattr(ctx, node, x, attr):
+    """Attributes of a traced tensor: ``.T``/``.mT`` transpose, ``.data`` is the tensor itself."""
+    if attr in ("T", "mT") and isinstance(x, (Feat, ParamRef)):
+        return _transpose(ctx, node, x, -2, -1)
+    if attr == "data":
+        return _contiguous(ctx, node, x)
+    value = ctx.value(node)
+    if isinstance(value, torch.Tensor):
+        return ctx.opaque(node, f"the attribute {attr!r} of a tensor")
+    return value
+
+
 def _contiguous(ctx, node, x, *args, **kwargs):
     return x if isinstance(x, (Feat, ParamRef)) else ctx.opaque(node, "not a tensor")
 
@@ -175,9 +187,10 @@ def _cat(ctx, node, tensors, dim=0, **kwargs):
 
 SHAPE_METHODS = {m: move_feature for m in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
                                             "view_as", "reshape_as")}
-SHAPE_METHODS.update({"contiguous": _contiguous, "clone": _contiguous, "detach": _contiguous,
+SHAPE_METHODS.update({"contiguous": _contiguous, "to": _contiguous, "float": _contiguous, "double": _contiguous,
+                      "type_as": _contiguous, "clone": _contiguous, "detach": _contiguous,
                       "expand": _expand, "expand_as": _expand, "permute": _permute, "transpose": _transpose,
                       "t": _transpose})
 SHAPE_FUNCTIONS = {torch.flatten: move_feature, torch.reshape: move_feature, torch.squeeze: move_feature,
                    torch.unsqueeze: move_feature, torch.permute: _permute, torch.transpose: _transpose,
-                   torch.t: _transpose, torch.cat: _cat, torch.concat: _cat}
+                   torch.t: _transpose, torch.cat: _cat, torch.concat: _cat, getattr: _getattr}

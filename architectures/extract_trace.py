@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+from unittest import mock
 from typing import Any
 
 import torch
@@ -25,6 +26,19 @@ _untraced = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", contextlib.
 
 class _Proxy(fx.Proxy):
     """An fx proxy that answers shape queries and control flow from its concrete value."""
+
+    def __getattr__(self, k: str):
+        if k.startswith("__") and k.endswith("__"):  # protocol probes (__array__, …): not tensor attributes
+            raise AttributeError(k)
+        return super().__getattr__(k)
+
+    def __array__(self, dtype=None, copy=None):
+        """Conversion to a constant (``torch.as_tensor``, numpy): recorded, so that the walk refuses
+        it when the value carries a space (its dependence on the weights would be lost)."""
+        self.tracer.materialized.add(self.node)
+        value = self._value()
+        value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        return value if dtype is None else value.astype(dtype)
 
     def _value(self):
         return self.tracer.values[self.node]
@@ -59,6 +73,26 @@ class _Proxy(fx.Proxy):
     def ndim(self) -> int:
         return self._value().dim()
 
+    @property
+    def dtype(self):
+        return self._value().dtype
+
+    @property
+    def device(self):
+        return self._value().device
+
+    def is_floating_point(self) -> bool:
+        return self._value().is_floating_point()
+
+
+def _traced_constructor(fn):
+    """``torch.as_tensor`` of a traced value: an fx node (it does not dispatch ``__torch_function__``)."""
+    def wrapper(data, *args, **kwargs):
+        if isinstance(data, _Proxy):
+            return data.tracer.create_proxy("call_function", fn, (data, *args), kwargs)
+        return fn(data, *args, **kwargs)
+    return wrapper
+
 
 class _Tracer(fx.Tracer):
     def __init__(self, inputs: tuple):
@@ -66,6 +100,7 @@ class _Tracer(fx.Tracer):
         self.inputs = list(inputs)
         self.values: dict[fx.Node, Any] = {}
         self._placeholders = 0
+        self.materialized: set[fx.Node] = set()
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
@@ -85,6 +120,11 @@ class _Tracer(fx.Tracer):
                                   f"inputs failed: {exc}", node=node.name) from exc
         return p
 
+    def _value_of(self, node: fx.Node):
+        if node not in self.values:  # a constant fx stored as an attribute (create_arg of a tensor)
+            self.values[node] = self._run(node)
+        return self.values[node]
+
     def _run(self, node: fx.Node):
         if node.op == "placeholder":
             if self._placeholders >= len(self.inputs):
@@ -98,8 +138,8 @@ class _Tracer(fx.Tracer):
             for part in node.target.split("."):
                 obj = getattr(obj, part)
             return obj
-        args = fx.node.map_arg(node.args, lambda n: self.values[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.values[n])
+        args = fx.node.map_arg(node.args, self._value_of)
+        kwargs = fx.node.map_arg(node.kwargs, self._value_of)
         if node.op == "call_function":
             return node.target(*args, **kwargs)
         if node.op == "call_method":
@@ -114,21 +154,26 @@ def _target_name(node: fx.Node) -> str:
     return t if isinstance(t, str) else getattr(t, "__name__", repr(t))
 
 
-def trace(module: nn.Module, example_inputs) -> tuple[fx.Graph, dict]:
+def trace(module: nn.Module, example_inputs) -> tuple[fx.Graph, dict, set]:
     """Trace ``module`` on ``example_inputs`` (a tensor or a tuple) in eval mode and without
-    gradients; the module's training flags, parameters and buffers are left as they were."""
+    gradients; the module's training flags, parameters and buffers are left as they were.
+    Returns the fx graph, each node's value, and the nodes converted to constants."""
     if isinstance(example_inputs, (torch.Tensor,)) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     inputs = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs)
     modes = {m: m.training for m in module.modules()}
+    before = set(vars(module))
     tracer = _Tracer(inputs)
     try:
         module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), mock.patch.object(torch, "as_tensor", _traced_constructor(torch.as_tensor)), \
+                mock.patch.object(torch, "asarray", _traced_constructor(torch.asarray)):
             graph = tracer.trace(module)
     except fx.proxy.TraceError as exc:
         raise ExtractionError(f"torch.fx could not trace {type(module).__name__}: {exc}") from exc
     finally:
         for m, training in modes.items():
             m.training = training
-    return graph, tracer.values
+        for k in set(vars(module)) - before:  # constants fx stored on the root while tracing
+            delattr(module, k)
+    return graph, tracer.values, tracer.materialized
