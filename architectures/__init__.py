@@ -17,3 +17,8 @@ __all__ = ["WeightGraph", "Parameter", "Space", "Edge", "Architecture", "mlp", "
            "Activation", "activation"]
 __all__ += ["vgg", "VGG", "VGG_CONFIGS", "resnet", "ResNet", "gcn", "GCN", "normalized_adjacency"]
 __all__ += ["from_module", "ExtractionError", "graphs_equivalent", "assert_graphs_equivalent", "graph_difference"]
+from .transformer import RESIDUAL, gpt2, rebuild, vit
+from .layernorm import rewrite_layernorm
+from .hf_gpt2 import hf_gpt2, hf_gpt2_config  # imports transformers only when called
+
+__all__ += ["gpt2", "vit", "rebuild", "RESIDUAL", "rewrite_layernorm", "hf_gpt2", "hf_gpt2_config"]
