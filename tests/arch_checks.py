@@ -24,6 +24,10 @@ def randomize(arch, seed: int, dtype=torch.float64, var_range=(1e-3, 1e-1)) -> d
             out[k] = (lo + (hi - lo) * torch.rand(v.shape, generator=g, dtype=torch.float64)).to(dtype)
         else:
             out[k] = v + 0.3 * torch.randn(v.shape, generator=g, dtype=torch.float64).to(dtype)
+    for k in out:  # BatchNorm gains γ ≈ √v so that γ/√(v + ε) stays near 1 through deep stacks
+        stem = k[:-len("weight")]
+        if k.endswith("weight") and stem + "running_var" in out:
+            out[k] = out[k] * out[stem + "running_var"].sqrt()
     return out
 
 
