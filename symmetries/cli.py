@@ -46,5 +46,13 @@ def classes() -> None:
     console.print(table)
 
 
+from .commands_checkpoints import align as _align, barrier as _barrier  # noqa: E402
+from .commands_demo import demo as _demo  # noqa: E402
+
+app.command("demo")(_demo)
+app.command("align")(_align)
+app.command("barrier")(_barrier)
+
+
 def main() -> None:  # console-script entry point
     app()

@@ -12,11 +12,12 @@ from .distance import l2_distance
 from .evaluation import Evaluation, batches, evaluate
 from .interpolation import DEFAULT_ALPHAS, alphas, check_compatible, interpolate
 from .merge import Merge, mean_params, merge_many
+from .plot import plot_curves
 from .repair import repair, repair_adjust
 
 __all__ = [
     "interpolate", "alphas", "DEFAULT_ALPHAS", "check_compatible", "evaluate", "Evaluation", "batches",
     "Curve", "interpolation_curve", "barrier_mean", "barrier_linear", "reset_batchnorm", "batchnorm_adjust",
     "has_batchnorm", "repair", "repair_adjust", "merge_many", "Merge", "mean_params", "l2_distance",
-    "linear_cka", "cka_per_space", "space_activations", "channel_stats", "producers",
+    "linear_cka", "cka_per_space", "space_activations", "channel_stats", "producers", "plot_curves",
 ]

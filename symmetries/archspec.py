@@ -1,0 +1,103 @@
+"""Architecture specifications on the command line.
+
+Two forms:
+
+* ``BUILDER:ARG:ARG…`` — a builder of the ``architectures`` package called with the
+  arguments: ``v1,v2,…`` is a list (``64,128,10``), ``key=value`` a keyword, other values
+  are ints, floats, ``true``/``false`` or strings. ``mlp:64,128,10:relu`` is
+  ``architectures.mlp([64, 128, 10], "relu")``; ``mlp:64,128,10:activation=tanh:bias=false``.
+* ``MODULE:ATTR[:ARG…]`` — ``ATTR`` of the importable ``MODULE`` (the user's code): an
+  ``Architecture``, or a callable returning one (called with the arguments).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from .errors import SymmetryError
+
+__all__ = ["ArchSpecError", "parse_arch", "parse_value"]
+
+
+class ArchSpecError(SymmetryError, ValueError):
+    """An architecture specification that cannot be parsed, imported or built."""
+
+
+def parse_value(text: str):
+    """``"64,128"`` → ``[64, 128]``; ``"3"`` → 3; ``"0.5"`` → 0.5; ``"true"`` → True; else the string."""
+    if "," in text:
+        return [parse_value(t) for t in text.split(",") if t != ""]
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _split_args(parts: list[str]) -> tuple[list, dict]:
+    args, kwargs = [], {}
+    for p in parts:
+        if "=" in p:
+            k, v = p.split("=", 1)
+            if not k.isidentifier():
+                raise ArchSpecError(f"{k!r} is not a valid keyword name in {p!r}")
+            kwargs[k] = parse_value(v)
+        elif kwargs:
+            raise ArchSpecError(f"positional argument {p!r} follows a keyword argument")
+        else:
+            args.append(parse_value(p))
+    return args, kwargs
+
+
+def _builders() -> dict:
+    import architectures
+    return {n: getattr(architectures, n) for n in getattr(architectures, "__all__", [])
+            if n[:1].islower() and callable(getattr(architectures, n)) and not inspect.isclass(getattr(architectures, n))}
+
+
+def parse_arch(spec: str):
+    """Build the ``architectures.Architecture`` that ``spec`` names (see the module docstring)."""
+    from architectures import Architecture
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ArchSpecError("empty architecture specification; e.g. 'mlp:64,128,10:relu' or 'mypkg.models:build'")
+    head, *rest = spec.strip().split(":")
+    builders = _builders()
+    if "." not in head and head in builders:
+        target, label = builders[head], f"architectures.{head}"
+    else:
+        if not rest:
+            raise ArchSpecError(f"unknown builder {head!r} (builders: {', '.join(sorted(builders))}); for your own "
+                                f"code write MODULE:FACTORY")
+        attr, rest = rest[0], rest[1:]
+        try:
+            module = importlib.import_module(head)
+        except Exception as exc:  # the user's module may fail in any way on import
+            hint = "" if "." in head else f" (nor is it a builder: {', '.join(sorted(builders))})"
+            raise ArchSpecError(f"cannot import module {head!r} of {spec!r}: {type(exc).__name__}: {exc}{hint}") from None
+        if not hasattr(module, attr):
+            raise ArchSpecError(f"module {head!r} has no attribute {attr!r}")
+        target, label = getattr(module, attr), f"{head}:{attr}"
+    args, kwargs = _split_args(rest)
+    if isinstance(target, Architecture):
+        if args or kwargs:
+            raise ArchSpecError(f"{label} is an Architecture, not a factory: it takes no arguments")
+        return target
+    if not callable(target):
+        raise ArchSpecError(f"{label} is a {type(target).__name__}, neither an Architecture nor a factory")
+    try:
+        arch = target(*args, **kwargs)
+    except SymmetryError:
+        raise
+    except Exception as exc:
+        raise ArchSpecError(f"{label}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])}) "
+                            f"failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(arch, Architecture):
+        raise ArchSpecError(f"{label} returned a {type(arch).__name__}, not an architectures.Architecture")
+    return arch

@@ -1,0 +1,103 @@
+"""``symmetries demo``: the main job on bundled data, with progress bars, a table, a plot and JSON."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .commands_checkpoints import _clean_exit
+
+__all__ = ["demo", "render_table"]
+
+
+def _f(x, digits: int = 3) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def render_table(result) -> Table:
+    """Solver, barriers (loss and accuracy) before → after, L2 before → after, objective, time."""
+    n = result.naive
+    table = Table(title=f"MLP {result.widths} on digits (test split, {len(n.curve.alphas)} α; "
+                        f"barrier = max_α L(α) − mean of endpoints)")
+    for col in ("solver", "loss barrier", "acc. barrier (pts)", "L2 distance", "objective", "time (s)"):
+        table.add_column(col, justify="left" if col == "solver" else "right")
+    table.add_row("naive (no alignment)", _f(n.curve.loss_barrier), _f(100 * n.curve.accuracy_barrier, 1),
+                  _f(n.l2, 2), "—", "—")
+    for r in result.rows:
+        if r.error:
+            table.add_row(r.method, f"[red]failed: {r.error}[/red]", "", "", "", "")
+            continue
+        c = r.curve
+        obj = "—" if r.objective_after is None else f"{_f(r.objective_before, 4)} → {_f(r.objective_after, 4)}"
+        table.add_row(r.method, f"{_f(n.curve.loss_barrier)} → {_f(c.loss_barrier)}",
+                      f"{_f(100 * n.curve.accuracy_barrier, 1)} → {_f(100 * c.accuracy_barrier, 1)}",
+                      f"{_f(n.l2, 2)} → {_f(r.l2, 2)}", obj, _f(r.seconds, 2))
+    if result.bnn:
+        b = result.bnn
+        table.add_row("BNN: W₂ posterior alignment (marginalized)",
+                      f"{_f(b['naive']['loss_barrier'])} → {_f(b['aligned']['loss_barrier'])}",
+                      f"{_f(100 * b['naive']['accuracy_barrier'], 1)} → {_f(100 * b['aligned']['accuracy_barrier'], 1)}",
+                      "—", f"W₂² {_f(b['w2_before'], 1)} → {_f(b['w2_after'], 1)}", _f(b["seconds"], 2))
+    return table
+
+
+@_clean_exit
+def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
+         depth: int = typer.Option(2, min=1, help="Number of hidden layers."),
+         epochs: int = typer.Option(30, min=1, help="Training epochs per model."),
+         seed: int = typer.Option(0, help="Seed of the data split and of model A (B uses seed + 1000)."),
+         activation: str = typer.Option("relu", help="Hidden activation (architectures.ACTIVATIONS)."),
+         solver: Optional[list[str]] = typer.Option(None, "--solver", help="Only these solvers (repeatable)."),
+         bnn: bool = typer.Option(False, "--bnn", help="Also fit two mean-field posteriors and measure the "
+                                                       "marginalized barrier."),
+         out: Path = typer.Option(Path("symmetries-demo"), "--out", help="Folder for the plot and JSON."),
+         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (no table, no bars)."),
+         ) -> None:
+    """Train two MLPs on bundled digits, align them with every built-in solver, measure the barriers."""
+    from .demo import DemoConfig, run_demo
+    from .landscape import plot_curves
+
+    console = Console(stderr=as_json)
+    config = DemoConfig(width=width, depth=depth, epochs=epochs, seed=seed, activation=activation,
+                        solvers=tuple(solver) if solver else None, bnn=bnn)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        console.print(f"[red]error:[/red] cannot create output folder {str(out)!r}: {exc}")
+        raise typer.Exit(2)
+    bars = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False, disable=as_json)
+    tasks: dict[str, int] = {}
+
+    def progress(task: str, done: int, total: int) -> None:
+        if task not in tasks:
+            tasks[task] = bars.add_task(task, total=total)
+        bars.update(tasks[task], completed=done, total=total)
+
+    with bars:
+        result = run_demo(config, progress=progress)
+    curves = [result.naive.curve] + [r.curve for r in result.rows if not r.error]
+    extra = []
+    if result.bnn:
+        from .landscape import Curve
+        import numpy as np
+        extra = [Curve(np.asarray(d["alphas"]), np.asarray(d["loss"]), np.asarray(d["accuracy"]), d["label"])
+                 for d in (result.bnn["naive"], result.bnn["aligned"])]
+    png = plot_curves(curves, out / "demo.png", extra=extra,
+                      title=f"digits, MLP {result.widths}: linear paths from A to (aligned) B")
+    data = result.as_dict() | {"files": {"plot": str(png), "json": str(out / "demo.json")}}
+    (out / "demo.json").write_text(json.dumps(data, indent=2))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console.print(render_table(result))
+    e = result.endpoints
+    console.print(f"endpoints: A test acc {100 * e['A']['accuracy']:.1f}%, B {100 * e['B']['accuracy']:.1f}%; "
+                  f"training {result.train_seconds:.1f} s, total {result.seconds:.1f} s")
+    console.print(f"plot: {png}   json: {out / 'demo.json'}")

@@ -1,0 +1,188 @@
+"""The main job, end to end on bundled data: train two MLPs, align them, measure the path.
+
+``run_demo`` trains two MLPs from different seeds on scikit-learn's handwritten digits,
+aligns model B to model A with every built-in solver that applies, and measures, on the
+test split, loss and accuracy along ``θ(α) = (1−α)θ_A + α T(θ_B)`` (25 α), both barrier
+definitions, the L2 distance and the solver's objective. With ``bnn=True`` it also fits two
+mean-field posteriors and measures the marginalized barrier before and after aligning them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import landscape as L
+from . import posteriors as P
+from .action import apply
+from .data import Split, digits
+
+__all__ = ["DemoConfig", "DemoResult", "Row", "run_demo", "train_classifier"]
+
+Progress = Callable[[str, int, int], None]  # (task, done, total)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of the demo (defaults: about a minute on 2 CPU cores)."""
+    width: int = 128
+    depth: int = 2
+    epochs: int = 30
+    seed: int = 0
+    lr: float = 1e-3
+    batch_size: int = 64
+    activation: str = "relu"
+    alphas: int = 25
+    solvers: tuple[str, ...] | None = None     # None: every built-in solver that applies
+    repair: bool = True                        # also REPAIR the weight-matching path
+    bnn: bool = False
+    bnn_epochs: int = 30
+    bnn_samples: int = 8
+
+
+@dataclass
+class Row:
+    """One aligned pair: barriers, distance, objective and time (the naive row has no solver)."""
+    method: str
+    curve: L.Curve
+    l2: float
+    objective_before: float | None = None
+    objective_after: float | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        c = self.curve
+        return dict(method=self.method, loss_barrier=c.loss_barrier, loss_barrier_linear=c.loss_barrier_linear,
+                    accuracy_barrier=c.accuracy_barrier, accuracy_barrier_linear=c.accuracy_barrier_linear,
+                    midpoint_loss=c.midpoint[0], midpoint_accuracy=c.midpoint[1], l2=self.l2,
+                    objective_before=self.objective_before, objective_after=self.objective_after,
+                    seconds=self.seconds, error=self.error, alphas=c.alphas.tolist(), loss=c.loss.tolist(),
+                    accuracy=c.accuracy.tolist())
+
+
+@dataclass
+class DemoResult:
+    config: DemoConfig
+    widths: list
+    endpoints: dict                  # test loss/accuracy of A and B
+    train_seconds: float
+    naive: Row
+    rows: list = field(default_factory=list)
+    bnn: dict | None = None
+    seconds: float = 0.0
+
+    @property
+    def weight_matching(self) -> Row | None:
+        return next((r for r in self.rows if r.method == "weight_matching"), None)
+
+    def as_dict(self) -> dict:
+        return dict(config=asdict(self.config), widths=self.widths, endpoints=self.endpoints,
+                    train_seconds=self.train_seconds, seconds=self.seconds, naive=self.naive.as_dict(),
+                    rows=[r.as_dict() for r in self.rows], bnn=self.bnn)
+
+
+def train_classifier(model: nn.Module, data: tuple, *, epochs: int, seed: int, lr: float = 1e-3,
+                     batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Adam on cross-entropy, minibatches drawn from ``seed``; returns a detached state dict."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y = data
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), batch_size):
+            idx = order[i:i + batch_size]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if progress is not None:
+            progress(epoch + 1, epochs)
+    model.eval()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _noop(task: str, done: int, total: int) -> None:
+    pass
+
+
+def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = None,
+             split: Split | None = None) -> DemoResult:
+    """Run the whole story; ``progress(task, done, total)`` reports training, aligning and curves."""
+    import architectures
+
+    from .solving import align, applicable
+
+    progress = progress or _noop
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    split = split or digits(seed=config.seed)
+    widths = [split.features] + [config.width] * config.depth + [split.classes]
+    arch = architectures.mlp(widths, activation=config.activation)
+    model = arch.module(seed=config.seed)
+    t0 = time.perf_counter()
+    params = []
+    for k, name in enumerate(("A", "B")):
+        seed = config.seed + 1000 * k
+        params.append(train_classifier(arch.module(seed=seed), split.train, epochs=config.epochs, seed=seed,
+                                       lr=config.lr, batch_size=config.batch_size,
+                                       progress=lambda d, t, n=name: progress(f"train {n}", d, t)))
+    pa, pb = params
+    train_seconds = time.perf_counter() - t0
+    endpoints = {n: vars(L.evaluate(model, split.test, p)) for n, p in (("A", pa), ("B", pb))}
+
+    def curve(label, b, adjust=None):
+        return L.interpolation_curve(model, pa, b, split.test, alphas=config.alphas, label=label, adjust=adjust,
+                                     progress=lambda d, t: progress(f"path {label}", d, t))
+
+    naive = Row("naive", curve("naive", pb), L.l2_distance(pa, pb))
+    result = DemoResult(config, widths, endpoints, train_seconds, naive)
+    names = list(config.solvers) if config.solvers is not None else applicable(arch)
+    for name in names:
+        progress(f"align {name}", 0, 1)
+        try:
+            sol = align(name, arch, pa, pb, data=split.train, seed=config.seed)
+        except Exception as exc:  # a solver failing must not end the demo: report it in the table
+            result.rows.append(Row(name, naive.curve, float("nan"), seconds=0.0, error=f"{type(exc).__name__}: {exc}"))
+            continue
+        progress(f"align {name}", 1, 1)
+        pb_aligned = apply(arch.graph, pb, sol.transforms)
+        result.rows.append(Row(name, curve(name, pb_aligned), L.l2_distance(pa, pb_aligned),
+                               _num(sol.objective_before), _num(sol.objective_after), float(sol.wall_time)))
+        if config.repair and name == "weight_matching":
+            adjust = L.repair_adjust(model, arch.graph, pa, pb_aligned, split.train)
+            result.rows.append(Row(f"{name} + REPAIR", curve(f"{name} + REPAIR", pb_aligned, adjust),
+                                   L.l2_distance(pa, pb_aligned), _num(sol.objective_before),
+                                   _num(sol.objective_after), float(sol.wall_time)))
+    if config.bnn:
+        result.bnn = _bnn(config, arch, model, split, pa, pb, progress)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _num(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def _bnn(config, arch, model, split, pa, pb, progress) -> dict:
+    """Fit ``q_A, q_B`` by VI (means started at the trained nets), align with W₂, marginalized curves."""
+    posts = []
+    for k, (name, init) in enumerate((("A", pa), ("B", pb))):
+        posts.append(P.train_mean_field(model, split.train, epochs=config.bnn_epochs, lr=1e-3,
+                                        batch_size=config.batch_size, seed=config.seed + k, init=init,
+                                        progress=lambda d, t, loss, n=name: progress(f"VI {n}", d, t)))
+    qa, qb = posts
+    t0 = time.perf_counter()
+    al = P.align_posteriors(arch.graph, qa, qb, seed=config.seed)
+    seconds = time.perf_counter() - t0
+    kw = dict(alphas=config.alphas, samples=config.bnn_samples, seed=config.seed)
+    before = P.marginalized_curve(model, qa, qb, split.test, label="BNN naive",
+                                  progress=lambda d, t: progress("path BNN naive", d, t), **kw)
+    after = P.marginalized_curve(model, qa, al.aligned, split.test, label="BNN aligned (W2)",
+                                 progress=lambda d, t: progress("path BNN aligned", d, t), **kw)
+    return dict(w2_before=al.cost_before, w2_after=al.cost_after, seconds=seconds, sweeps=al.sweeps,
+                samples=config.bnn_samples, naive=before.as_dict(), aligned=after.as_dict())

@@ -1,0 +1,51 @@
+"""Plots of loss and accuracy along interpolation paths (matplotlib, Agg backend, PNG)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from .barrier import Curve
+
+__all__ = ["plot_curves"]
+
+
+def plot_curves(curves: Sequence[Curve], path: str | os.PathLike, *, title: str = "",
+                extra: Sequence[Curve] = (), extra_title: str = "marginalized (BNN)") -> Path:
+    """Loss (left) and accuracy (right) against α for each curve; ``extra`` curves (e.g. posterior
+    paths) get a third panel of expected loss. Written atomically to ``path`` (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    panels = 3 if extra else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.0), constrained_layout=True)
+    for c in curves:
+        label = f"{c.label} (barrier {c.loss_barrier:.3f})"
+        style = dict(ls="--", color="0.3") if c.label == "naive" else {}
+        axes[0].plot(c.alphas, c.loss, marker=".", label=label, **style)
+        axes[1].plot(c.alphas, 100 * c.accuracy, marker=".", label=c.label, **style)
+    axes[0].set(xlabel="α  (0 = model A, 1 = model B)", ylabel="test loss", title="loss along the path")
+    axes[1].set(xlabel="α", ylabel="test accuracy (%)", title="accuracy along the path")
+    if extra:
+        for c in extra:
+            axes[2].plot(c.alphas, c.loss, marker=".", label=f"{c.label} (barrier {c.loss_barrier:.3f})")
+        axes[2].set(xlabel="α", ylabel="expected test loss", title=extra_title)
+        axes[2].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    out = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=str(out.parent))
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
