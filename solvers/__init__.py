@@ -1,6 +1,17 @@
 """solvers — everything that produces transforms from two models.
 
-The solver protocol and registry arrive with issue #4; this package exists so that the
-distribution's three top-level packages import from the start.
+One front door, ``solve(method, graph, params_a, params_b, **options) → Solution`` (the
+``scipy.optimize.minimize(method=…)`` model): ``method`` is a registered name or a solver;
+input is validated into a :class:`Problem`; every solver returns a :class:`Solution`.
+Solvers are found by name in a registry that built-ins and third-party packages (entry-point
+group ``symmetries.solvers``) fill alike: ``register``, ``get``, ``available``.
 """
-__all__: list[str] = []
+from .errors import SolverError, SolverInputError, UnknownSolverError, UnsupportedClassError
+from .problem import Problem, make_problem
+from .registry import (ENTRY_POINT_GROUP, FunctionSolver, Solver, SolverInfo, available, get, register, solve,
+                       unregister)
+from .solution import Solution
+
+__all__ = ["solve", "register", "unregister", "get", "available", "Solver", "FunctionSolver", "SolverInfo",
+           "Problem", "make_problem", "Solution", "ENTRY_POINT_GROUP", "SolverError", "SolverInputError",
+           "UnknownSolverError", "UnsupportedClassError"]

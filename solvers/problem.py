@@ -1,0 +1,197 @@
+"""The canonical input every solver receives: a validated, standardised ``Problem``.
+
+A problem asks for a transform set ``T`` (one element per space, mapping B's width to A's)
+that aligns model B to model A. The reference objective of every weight-space solver is
+
+    J(T) = Σ_p ‖θ_A[p] − (T·θ_B)[p]‖²        (sum over every floating tensor of the state dict)
+
+:func:`make_problem` checks everything at the door (the ``standardize_*`` step of
+``scipy.optimize.minimize``) so that algorithms receive canonical input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from symmetries.action import apply
+from symmetries.classes import SymmetryClass, Trivial
+from symmetries.errors import ElementShapeError, NotAdmittedError, UnknownSpaceError
+from symmetries.transforms import TransformSet
+
+from .errors import SolverInputError
+
+__all__ = ["Problem", "make_problem", "PROBLEM_OPTIONS"]
+
+#: Keyword options of :func:`solvers.solve` that build the problem (the rest go to the solver).
+PROBLEM_OPTIONS = ("classes", "init", "seed", "device", "dtype", "data", "models", "sites", "graph_b")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Align B to A. ``classes[s]`` is the class searched at space ``s``; ``sizes[s] = (m, n)``
+    are A's and B's widths there (``m > n`` for width-changing problems, whose B is described by
+    ``graph_b``). ``data``/``models``/``sites`` serve data-driven solvers (activation matching)."""
+    graph: Any
+    params_a: dict[str, torch.Tensor]
+    params_b: dict[str, torch.Tensor]
+    classes: dict[str, SymmetryClass]
+    graph_b: Any
+    sizes: dict[str, tuple[int, int]]
+    init: TransformSet | None = None
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float64
+    data: Any = None
+    models: tuple | None = None
+    sites: dict[str, str] | None = None
+
+    @property
+    def spaces(self) -> list[str]:
+        """Spaces searched (those whose class is not ``Trivial``), in graph order."""
+        return [s for s, c in self.classes.items() if not isinstance(c, Trivial)]
+
+    @property
+    def width_changing(self) -> bool:
+        return any(m != n for m, n in self.sizes.values())
+
+    def aligned(self, transforms: TransformSet) -> dict[str, torch.Tensor]:
+        """``T · θ_B`` (B's parameters moved into A's basis)."""
+        return apply(self.graph_b, self.params_b, transforms, check=False)
+
+    def objective(self, transforms: TransformSet | None) -> float | None:
+        """``J(T) = Σ_p ‖θ_A[p] − (T·θ_B)[p]‖²``; ``None`` if ``T`` is ``None`` and widths differ."""
+        if transforms is None:
+            if self.width_changing:
+                return None
+            transforms = TransformSet()
+        b = self.aligned(transforms)
+        total = 0.0
+        for name, a in self.params_a.items():
+            if a.is_floating_point():
+                total += float(torch.sum((a - b[name]) ** 2))
+        return total
+
+
+def _tensor(x, name: str, dtype, device) -> torch.Tensor:
+    t = torch.as_tensor(x.detach() if isinstance(x, torch.Tensor) else np.asarray(x))
+    if t.is_floating_point():
+        t = t.to(device=device, dtype=dtype)
+        if not bool(torch.isfinite(t).all()):
+            raise SolverInputError(f"parameter {name!r} contains NaN or infinite entries", parameter=name)
+    return t
+
+
+def _common_dtype(*param_sets) -> torch.dtype:
+    dtypes = [torch.as_tensor(v).dtype for p in param_sets for v in p.values()
+              if torch.as_tensor(v).is_floating_point()]
+    out = torch.float32
+    for d in dtypes:
+        out = torch.promote_types(out, d)
+    return out if out in (torch.float32, torch.float64) else torch.float32
+
+
+def _classes(graph, classes, graph_b) -> dict[str, SymmetryClass]:
+    names = [s.name for s in graph.spaces()]
+    if isinstance(classes, Mapping):
+        for name in classes:
+            graph.space(name)  # UnknownSpaceError naming it
+    chosen = {}
+    for space in graph.spaces():
+        if isinstance(classes, SymmetryClass):
+            cls = classes
+        elif isinstance(classes, Mapping) and space.name in classes:
+            cls = classes[space.name]
+        elif classes is None or isinstance(classes, Mapping):
+            cls = space.cls
+        else:
+            raise TypeError(f"classes must be a SymmetryClass or a mapping space → class, got {classes!r}")
+        if not isinstance(cls, SymmetryClass):
+            raise TypeError(f"class for space {space.name!r} must be a SymmetryClass, got {cls!r}")
+        if not graph.admits(space.name, cls):
+            raise NotAdmittedError(
+                f"space {space.name!r} admits {', '.join(map(repr, space.classes))}; {cls!r} is not among them "
+                f"or their subclasses" + (f" (activation: {space.activation})" if space.activation else ""),
+                space=space.name, cls=cls)
+        chosen[space.name] = cls
+    assert list(chosen) == names
+    return chosen
+
+
+def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, init=None, seed: int = 0,
+                 device=None, dtype=None, data=None, models=None, sites=None, graph_b=None) -> Problem:
+    """Validate and standardise a problem.
+
+    ``graph`` — A's weight graph (or an ``Architecture``, whose ``.graph`` is used and which lets
+    data-driven solvers build the modules); ``graph_b`` — B's graph when widths differ (same
+    parameter and space names, narrower spaces); ``classes`` — one class for every space or a
+    mapping ``space → class`` (others: the space's default class); each must be admitted by its
+    space (lattice), else :class:`~symmetries.errors.NotAdmittedError`. ``init`` — a starting
+    transform set; ``dtype`` — floating dtype of the computation (default: the inputs', at least
+    float32); ``models`` — ``(module_a, module_b)`` for activation matching.
+    """
+    architecture = None
+    if hasattr(graph, "graph") and hasattr(graph, "module"):
+        architecture, graph = graph, graph.graph
+    if graph_b is not None and hasattr(graph_b, "graph") and hasattr(graph_b, "module"):
+        graph_b = graph_b.graph
+    if not isinstance(params_a, Mapping) or not isinstance(params_b, Mapping):
+        raise TypeError("params_a and params_b must be mappings name → tensor (a state_dict works)")
+    graph.validate(params_a)
+    gb = graph if graph_b is None else graph_b
+    gb.validate(params_b)
+    if graph_b is not None:
+        if {p.name for p in graph_b.parameters()} != {p.name for p in graph.parameters()}:
+            raise SolverInputError("graph_b must declare the same parameters as graph")
+        if {s.name for s in graph_b.spaces()} != {s.name for s in graph.spaces()}:
+            raise SolverInputError("graph_b must declare the same spaces as graph")
+    dtype = dtype or _common_dtype(params_a, params_b)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    pa = {k: _tensor(v, k, dtype, device) for k, v in params_a.items()}
+    pb = {k: _tensor(v, k, dtype, device) for k, v in params_b.items()}
+    chosen = _classes(graph, classes, gb)
+    sizes = {s.name: (s.size, gb.space(s.name).size) for s in graph.spaces()}
+    for name, (m, n) in sizes.items():
+        cls = chosen[name]
+        if m < n:
+            raise SolverInputError(f"space {name!r}: B is wider ({n}) than A ({m}); align the narrow model into "
+                                   f"the wide one (swap A and B)", space=name)
+        if m != n and not cls.rectangular:
+            raise SolverInputError(f"space {name!r} changes width ({n} → {m}) but {cls!r} maps a space to itself; "
+                                   f"use SemiPermutation or Orthogonal there", space=name)
+    for name in pa:
+        if name not in pb:
+            gb.parameter(name)
+    if init is not None:
+        init = init if isinstance(init, TransformSet) else TransformSet(init)
+        for name, el in init.items():
+            if name not in sizes:
+                raise UnknownSpaceError(f"initial transform for unknown space {name!r}", space=name)
+            if tuple(el.shape) != sizes[name]:
+                raise ElementShapeError(f"initial transform for space {name!r} has shape {tuple(el.shape)}, "
+                                        f"expected {sizes[name]} (A's width × B's width)")
+        init = init.to(device)
+    if models is None and architecture is not None and data is not None:
+        models = _modules(architecture, pa, pb, graph_b, dtype, device)
+    if models is not None and (not isinstance(models, (tuple, list)) or len(models) != 2):
+        raise TypeError("models must be a pair (module_a, module_b)")
+    if sites is not None:
+        sites = dict(sites)
+        for name in sites:
+            graph.space(name)
+    return Problem(graph=graph, params_a=pa, params_b=pb, classes=chosen, graph_b=gb, sizes=sizes,
+                   init=init, seed=int(seed), device=device, dtype=dtype, data=data,
+                   models=None if models is None else tuple(models), sites=sites)
+
+
+def _modules(architecture, pa, pb, graph_b, dtype, device):
+    if graph_b is not None:
+        raise SolverInputError("pass models=(module_a, module_b) for width-changing activation problems")
+    mods = []
+    for params in (pa, pb):
+        m = architecture.module(dtype=dtype, device=device)
+        m.load_state_dict(params)
+        mods.append(m.eval())
+    return tuple(mods)

@@ -1,0 +1,224 @@
+"""The solver protocol, the registry, and the front door ``solve``.
+
+A solver is a :class:`Solver` (``name``, ``description``, the ``classes`` it can search in,
+``solve(problem, **options) → Solution``) or a plain callable ``f(problem, **options)``.
+Built-ins and third parties register the same way — ``register(name, solver)`` or the
+``@register(name, classes=…)`` decorator — and installed packages advertise theirs through
+the entry-point group ``symmetries.solvers`` (loaded lazily, on first lookup)::
+
+    [project.entry-points."symmetries.solvers"]
+    my_solver = "my_package.module:MySolver"
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, Iterable
+
+from symmetries.classes import HeadStructured, SymmetryClass, Trivial
+
+from .errors import UnknownSolverError, UnsupportedClassError
+from .problem import PROBLEM_OPTIONS, Problem, make_problem
+from .solution import Solution
+
+__all__ = ["Solver", "FunctionSolver", "SolverInfo", "register", "unregister", "get", "available", "solve",
+           "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "symmetries.solvers"
+
+
+def _class_label(c) -> str:
+    if isinstance(c, type):
+        return c.__name__
+    return repr(c)
+
+
+class Solver:
+    """Base of solver objects. Subclasses set ``name``, ``description`` and ``classes`` — the
+    classes (types, or instances for an exact match) they can search in — and implement
+    ``solve``. ``HeadStructured`` in ``classes`` means head-structured spaces whose inner class
+    is itself supported. ``Trivial`` spaces are always accepted (they are left as the identity).
+    ``classes = None`` accepts every class (no check)."""
+
+    name: str = ""
+    description: str = ""
+    classes: tuple | None = None
+
+    def supports(self, cls: SymmetryClass) -> bool:
+        """Whether the solver can search in ``cls`` (exact membership, not the lattice's order:
+        supporting ``Orthogonal`` does not mean supporting ``Invertible``, nor ``Permutation``)."""
+        if isinstance(cls, Trivial) or self.classes is None:
+            return True
+        for c in self.classes:
+            if isinstance(c, SymmetryClass) and c == cls:
+                return True
+            if isinstance(c, type) and type(cls) is c:
+                return c is not HeadStructured or self.supports(cls.inner)
+        return False
+
+    def check(self, problem: Problem) -> None:
+        """Raise :class:`UnsupportedClassError` naming solver, space and class if a class is not supported."""
+        for space, cls in problem.classes.items():
+            if not self.supports(cls):
+                names = ", ".join(_class_label(c) for c in self.classes or ())
+                raise UnsupportedClassError(
+                    f"solver {self.name!r} cannot search space {space!r} in {cls!r}; it supports: {names}",
+                    solver=self.name, space=space, cls=cls)
+
+    def solve(self, problem: Problem, **options) -> Solution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, problem: Problem, **options) -> Solution:
+        return self.solve(problem, **options)
+
+    def __repr__(self) -> str:
+        return f"<solver {self.name!r}>"
+
+
+class FunctionSolver(Solver):
+    """A plain function ``f(problem, **options) → Solution`` presented as a solver."""
+
+    def __init__(self, fn: Callable, name: str | None = None, classes: Iterable | None = None,
+                 description: str | None = None):
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "solver")
+        self.classes = tuple(classes) if classes is not None else getattr(fn, "classes", None)
+        doc = (fn.__doc__ or "").strip().splitlines()
+        self.description = description or (doc[0] if doc else "")
+
+    def solve(self, problem, **options):
+        return self.fn(problem, **options)
+
+
+def as_solver(obj, name: str | None = None, classes=None, description: str | None = None) -> Solver:
+    """A :class:`Solver` from a solver instance, a ``Solver`` subclass, or a callable."""
+    if isinstance(obj, type) and issubclass(obj, Solver):
+        obj = obj()
+    if isinstance(obj, Solver):
+        if name and not obj.name:
+            obj.name = name
+        if classes is not None:
+            obj.classes = tuple(classes)
+        if description:
+            obj.description = description
+        return obj
+    if callable(obj):
+        return FunctionSolver(obj, name, classes, description)
+    raise TypeError(f"a solver must be a Solver, a Solver subclass or a callable, got {obj!r}")
+
+
+_REGISTRY: dict[str, Solver] = {}
+_ENTRY_POINTS_LOADED: set[str] = set()
+
+
+def register(name: str, solver=None, *, classes: Iterable | None = None, description: str | None = None,
+             replace: bool = False):
+    """Register ``solver`` under ``name`` (or use as a decorator: ``@register("name", classes=…)``).
+
+    Re-registering a taken name raises ``ValueError`` unless ``replace=True``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"solver names are non-empty strings, got {name!r}")
+
+    def do(obj):
+        if name in _REGISTRY and not replace:
+            raise ValueError(f"a solver named {name!r} is already registered; pass replace=True to override")
+        s = as_solver(obj, name, classes, description)
+        s.name = name
+        _REGISTRY[name] = s
+        return obj
+
+    return do if solver is None else do(solver)
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+    _ENTRY_POINTS_LOADED.discard(name)
+
+
+def _entry_points():
+    try:
+        return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except TypeError:  # pragma: no cover - Python < 3.10 API
+        return list(metadata.entry_points().get(ENTRY_POINT_GROUP, []))
+
+
+def _load_entry_point(ep) -> None:
+    if ep.name in _REGISTRY:
+        return
+    obj = ep.load()
+    register(ep.name, obj)
+    _ENTRY_POINTS_LOADED.add(ep.name)
+
+
+def get(name: str) -> Solver:
+    """The solver registered (or advertised through an entry point) under ``name``."""
+    _builtins()
+    if name not in _REGISTRY:
+        for ep in _entry_points():
+            if ep.name == name:
+                _load_entry_point(ep)
+                break
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UnknownSolverError(f"no solver named {name!r}; available: {known}", name=name) from None
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    name: str
+    classes: tuple[str, ...]
+    description: str
+
+
+def available() -> list[SolverInfo]:
+    """Every solver by name: the classes it supports and a one-line description (entry points
+    that fail to load are skipped with a warning)."""
+    _builtins()
+    for ep in _entry_points():
+        try:
+            _load_entry_point(ep)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the listing
+            warnings.warn(f"solver entry point {ep.name!r} failed to load: {exc}", RuntimeWarning, stacklevel=2)
+    return [SolverInfo(n, tuple(_class_label(c) for c in s.classes) if s.classes is not None else ("any",),
+                       s.description) for n, s in sorted(_REGISTRY.items())]
+
+
+def resolve(method) -> Solver:
+    """A solver from a registered name, a solver object or class, or a callable."""
+    if isinstance(method, str):
+        return get(method)
+    return as_solver(method)
+
+
+def solve(method, graph, params_a, params_b, **options: Any) -> Solution:
+    """Align model B to model A with ``method`` (a registered name, a solver or a callable).
+
+    Problem options (validated at the door): ``classes``, ``init``, ``seed``, ``device``,
+    ``dtype``, ``data``, ``models``, ``sites``, ``graph_b`` (see :func:`make_problem`); every
+    other keyword goes to the solver. Returns a :class:`Solution` whose transforms map B to A.
+    """
+    solver = resolve(method)
+    problem_options = {k: options.pop(k) for k in PROBLEM_OPTIONS if k in options}
+    problem = make_problem(graph, params_a, params_b, **problem_options)
+    solver.check(problem)
+    start = time.perf_counter()
+    solution = solver.solve(problem, **options)
+    elapsed = time.perf_counter() - start
+    if not isinstance(solution, Solution):
+        raise TypeError(f"solver {solver.name!r} returned {type(solution).__name__}, expected a Solution")
+    if not solution.wall_time:
+        solution.wall_time = elapsed
+    solution.solver = solution.solver or solver.name
+    if solution.graph is None:
+        solution.graph = problem.graph_b
+    return solution
+
+
+def _builtins() -> None:
+    """Import the built-in solver modules (they register themselves)."""
+    from . import _builtin  # noqa: F401

@@ -1,0 +1,178 @@
+"""The solver protocol: problem validation at the door, the Solution type, the registry and
+third-party solvers (by registration and by entry point)."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+import architectures
+import solvers
+from solvers import registry
+from symmetries import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling, SemiPermutation,
+                        SignedPermutation, TransformSet, Trivial, identity_transforms, random_transforms)
+from symmetries.errors import (ElementShapeError, MissingParameterError, NotAdmittedError, ShapeMismatchError,
+                               UnknownParameterError, UnknownSpaceError)
+
+
+@pytest.fixture
+def pair():
+    arch = architectures.mlp([5, 7, 6, 3])
+    return arch, arch.module(seed=0).state_dict(), arch.module(seed=1).state_dict()
+
+
+class Shuffle(solvers.Solver):
+    """A third-party solver: returns a seeded random permutation at every space."""
+    name = "shuffle"
+    description = "random permutations (a test plug-in)"
+    classes = (Permutation,)
+
+    def solve(self, problem, **options):
+        t = random_transforms(problem.graph, problem.seed, classes=problem.classes)
+        return solvers.Solution(t, problem.objective(None), problem.objective(t), iterations=1,
+                                message=f"options={sorted(options)}")
+
+
+def test_problem_standardises_inputs(pair):
+    arch, a, b = pair
+    p = solvers.make_problem(arch, a, {k: v.double() for k, v in b.items()}, seed=3)
+    assert p.graph is arch.graph and p.graph_b is arch.graph
+    assert p.dtype == torch.float64 and all(v.dtype == torch.float64 for v in p.params_a.values())
+    assert p.classes == {"hidden.0": PermutationScaling(), "hidden.1": PermutationScaling()}
+    assert p.sizes == {"hidden.0": (7, 7), "hidden.1": (6, 6)}
+    assert p.seed == 3 and not p.width_changing
+    expected = sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a)
+    assert p.objective(None) == pytest.approx(expected, rel=1e-12)
+    assert all(a[k].dtype == torch.float32 for k in a)  # inputs untouched
+
+
+def test_problem_rejects_bad_input(pair):
+    arch, a, b = pair
+    g = arch.graph
+    with pytest.raises(NotAdmittedError) as e:
+        solvers.make_problem(g, a, b, classes={"hidden.1": Orthogonal()})
+    assert e.value.space == "hidden.1"
+    with pytest.raises(UnknownSpaceError):
+        solvers.make_problem(g, a, b, classes={"nope": Permutation()})
+    with pytest.raises(UnknownParameterError):
+        solvers.make_problem(g, a, {**b, "extra": torch.zeros(2)})
+    with pytest.raises(MissingParameterError):
+        solvers.make_problem(g, a, {k: v for k, v in b.items() if k != "layers.0.bias"})
+    with pytest.raises(ShapeMismatchError):
+        solvers.make_problem(g, a, {**b, "layers.0.weight": torch.zeros(8, 5)})
+    with pytest.raises(solvers.SolverInputError):
+        solvers.make_problem(g, a, {**b, "layers.0.weight": torch.full((7, 5), float("nan"))})
+    bad = TransformSet({"hidden.0": Permutation().identity(6)})
+    with pytest.raises(ElementShapeError):
+        solvers.make_problem(g, a, b, init=bad)
+    with pytest.raises(TypeError):
+        solvers.make_problem(g, a, b, classes="permutation")
+
+
+def test_width_changing_problem_needs_rectangular_classes():
+    wide, narrow = architectures.mlp([4, 9, 2]), architectures.mlp([4, 6, 2])
+    a, b = wide.module(seed=0).state_dict(), narrow.module(seed=1).state_dict()
+    p = solvers.make_problem(wide.graph, a, b, graph_b=narrow.graph, classes={"hidden.0": SemiPermutation()})
+    assert p.sizes == {"hidden.0": (9, 6)} and p.width_changing and p.objective(None) is None
+    with pytest.raises(solvers.SolverInputError) as e:
+        solvers.make_problem(wide.graph, a, b, graph_b=narrow.graph, classes={"hidden.0": Permutation()})
+    assert e.value.space == "hidden.0"
+    with pytest.raises(solvers.SolverInputError):  # B wider than A
+        solvers.make_problem(narrow.graph, b, a, graph_b=wide.graph, classes={"hidden.0": SemiPermutation()})
+
+
+def test_third_party_solver_registers_and_is_found_by_name(pair):
+    arch, a, b = pair
+    solvers.register("shuffle-test", Shuffle)
+    try:
+        assert solvers.get("shuffle-test").name == "shuffle-test"
+        info = {i.name: i for i in solvers.available()}["shuffle-test"]
+        assert info.classes == ("Permutation",) and "plug-in" in info.description
+        sol = solvers.solve("shuffle-test", arch.graph, a, b, classes=Permutation(), seed=5, flavour=1)
+        assert isinstance(sol, solvers.Solution) and sol.solver == "shuffle-test"
+        assert sol.message == "options=['flavour']" and sol.wall_time > 0
+        expected = solvers.make_problem(arch.graph, a, b).objective(sol.transforms)
+        assert sol.objective_after == pytest.approx(expected)
+        with pytest.raises(ValueError):
+            solvers.register("shuffle-test", Shuffle)
+        solvers.register("shuffle-test", Shuffle(), replace=True)
+    finally:
+        solvers.unregister("shuffle-test")
+    with pytest.raises(solvers.UnknownSolverError) as e:
+        solvers.get("shuffle-test")
+    assert "shuffle-test" in str(e.value)
+
+
+def test_decorated_function_solver_and_callable_method(pair):
+    arch, a, b = pair
+
+    @solvers.register("identity-test", classes=(Permutation, PermutationScaling))
+    def identity(problem):
+        """Leave B as it is."""
+        t = identity_transforms(problem.graph)
+        return solvers.Solution(t, problem.objective(None), problem.objective(t), status="optimal")
+
+    try:
+        sol = solvers.solve("identity-test", arch.graph, a, b)
+        assert sol.objective_after == pytest.approx(sol.objective_before) and sol.success
+        assert {i.name: i for i in solvers.available()}["identity-test"].description == "Leave B as it is."
+        # a callable goes straight in as the method, like scipy's minimize(method=callable)
+        sol2 = solvers.solve(identity, arch.graph, a, b)
+        assert sol2.solver == "identity"
+        assert set(sol.apply(b)) == set(b)
+    finally:
+        solvers.unregister("identity-test")
+
+
+def test_unsupported_class_is_a_clear_error(pair):
+    arch, a, b = pair
+    with pytest.raises(solvers.UnsupportedClassError) as e:
+        solvers.solve(Shuffle(), arch.graph, a, b, classes={"hidden.0": PermutationScaling(),
+                                                              "hidden.1": Permutation()})
+    assert e.value.solver == "shuffle" and e.value.space == "hidden.0" and e.value.cls == PermutationScaling()
+    assert "hidden.0" in str(e.value) and "PermutationScaling" in str(e.value)
+
+
+def test_supports_is_exact_membership_not_the_lattice():
+    s = Shuffle()
+    assert s.supports(Permutation()) and s.supports(Trivial())
+    assert not s.supports(SignedPermutation()) and not s.supports(Orthogonal())
+    s.classes = (Orthogonal, HeadStructured)
+    assert s.supports(Orthogonal()) and not s.supports(Invertible()) and not s.supports(Permutation())
+    assert s.supports(HeadStructured(2, Orthogonal())) and not s.supports(HeadStructured(2, Invertible()))
+    s.classes = (HeadStructured(4, Permutation()),)  # instances match exactly
+    assert s.supports(HeadStructured(4, Permutation())) and not s.supports(HeadStructured(2, Permutation()))
+
+
+def test_solver_must_return_a_solution(pair):
+    arch, a, b = pair
+    with pytest.raises(TypeError):
+        solvers.solve(lambda problem: {}, arch.graph, a, b)
+
+
+def test_entry_point_solver_is_loaded_lazily(pair, monkeypatch):
+    from importlib.metadata import EntryPoint
+    arch, a, b = pair
+    module = types.ModuleType("fake_symmetries_plugin")
+    module.Shuffle = Shuffle
+    monkeypatch.setitem(sys.modules, "fake_symmetries_plugin", module)
+    ep = EntryPoint(name="plugin-shuffle", value="fake_symmetries_plugin:Shuffle", group=solvers.ENTRY_POINT_GROUP)
+    broken = EntryPoint(name="plugin-broken", value="no_such_module_xyz:Solver", group=solvers.ENTRY_POINT_GROUP)
+    seen = []
+
+    def entry_points(group=None, **kw):
+        seen.append(group)
+        return [ep, broken] if group == solvers.ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(registry.metadata, "entry_points", entry_points)
+    try:
+        assert "plugin-shuffle" not in registry._REGISTRY
+        sol = solvers.solve("plugin-shuffle", arch.graph, a, b, classes=Permutation())
+        assert sol.solver == "plugin-shuffle" and seen == [solvers.ENTRY_POINT_GROUP]
+        with pytest.warns(RuntimeWarning, match="plugin-broken"):
+            names = [i.name for i in solvers.available()]
+        assert "plugin-shuffle" in names and "plugin-broken" not in names
+    finally:
+        solvers.unregister("plugin-shuffle")
