@@ -18,13 +18,15 @@ Spaces of a model with ``L`` blocks, ``H`` heads of width ``d`` and stream width
 """
 from __future__ import annotations
 
+import torch
+
 from symmetries.classes import HeadStructured, Invertible, Orthogonal, Permutation
 
 from .architecture import Architecture
 from .graph import WeightGraph
 from .transformer_modules import GPT, ViT
 
-__all__ = ["gpt2", "vit", "rebuild", "RESIDUAL"]
+__all__ = ["gpt2", "vit", "rebuild", "example_inputs", "RESIDUAL"]
 
 #: Name of the residual-stream space.
 RESIDUAL = "residual"
@@ -182,3 +184,15 @@ def rebuild(arch: Architecture, **changes) -> Architecture:
         raise TypeError(f"unknown configuration entries {sorted(unknown)}; known: {sorted(cfg)}")
     cfg.update(changes)
     return _BUILDERS[kind](**cfg)
+
+
+def example_inputs(arch: Architecture, batch: int = 2, *, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """Seeded inputs for a :func:`gpt2` (token ids ``(batch, n_positions)``) or :func:`vit`
+    (images ``(batch, channels, size, size)`` of ``dtype``) model."""
+    cfg, gen = arch.config, torch.Generator().manual_seed(seed)
+    if cfg.get("kind") == "gpt2":
+        return torch.randint(0, cfg["vocab_size"], (batch, cfg["n_positions"]), generator=gen)
+    if cfg.get("kind") == "vit":
+        s = cfg["image_size"]
+        return torch.randn(batch, cfg["channels"], s, s, generator=gen, dtype=torch.float64).to(dtype)
+    raise TypeError(f"{arch.name!r} was not built by architectures.gpt2 or architectures.vit")
