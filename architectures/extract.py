@@ -181,7 +181,7 @@ class _Walk:
             result = call_function(self, node, args, kwargs)
         else:
             result = call_method(self, node, args, kwargs)
-        if result is None:
+        if result is NotImplemented:
             result = self.opaque(node, "no rule for this op")
         self.info[node] = result
 

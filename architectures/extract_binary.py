@@ -18,7 +18,7 @@ import torch
 
 from symmetries.classes import Permutation
 
-from .extract_state import Feat, ParamRef
+from .extract_state import Feat, ParamRef, hint_of
 
 __all__ = ["BINARY_FUNCTIONS", "BINARY_METHODS"]
 
@@ -110,7 +110,7 @@ def matmul(ctx, node, a, b):
         for var, n in a.segs:
             ctx.state.connect(var, b.name, b.axes[0], "in", None if len(a.segs) == 1 else (pos, pos + n))
             pos += n
-        v = ctx.state.new(out[-1], b.name.rsplit(".", 1)[0])
+        v = ctx.state.new(out[-1], hint_of(b.name))
         ctx.state.connect(v, b.name, b.axes[1], "out")
         return Feat(out, len(out) - 1, ((v, out[-1]),))
     if isinstance(a, Feat) and isinstance(b, Feat) and not a.spaced():

@@ -20,7 +20,7 @@ from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutat
                                 SemiPermutation)
 
 from .activations import ACTIVATIONS
-from .extract_state import Feat, ParamRef
+from .extract_state import Feat, ParamRef, hint_of
 from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
 from .extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem, move_feature
 
@@ -224,7 +224,7 @@ def call_module(ctx, node, mod, args, kwargs):
     for types, handler in _MODULES:
         if isinstance(mod, types):
             return handler(ctx, node, mod, *args, **kwargs)
-    return None  # unknown
+    return NotImplemented  # no rule
 
 
 _AVG = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
@@ -260,7 +260,7 @@ def _act(name):
 def _f_linear(ctx, node, x, weight, bias=None):
     if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not (bias is None or isinstance(bias, ParamRef)):
         return ctx.opaque(node, "F.linear with weights that are not parameters of the module")
-    return _linear(ctx, node, x, weight.name, None if bias is None else bias.name, weight.name.rsplit(".", 1)[0])
+    return _linear(ctx, node, x, weight.name, None if bias is None else bias.name, hint_of(weight.name))
 
 
 def _reduce(ctx, node, x, *args, **kwargs):
@@ -307,10 +307,10 @@ METHODS.update(BINARY_METHODS)
 
 def call_function(ctx, node, args, kwargs):
     handler = FUNCTIONS.get(node.target)
-    return None if handler is None else handler(ctx, node, *args, **kwargs)
+    return NotImplemented if handler is None else handler(ctx, node, *args, **kwargs)
 
 
 def call_method(ctx, node, args, kwargs):
     handler = METHODS.get(node.target)
-    return None if handler is None else handler(ctx, node, *args, **kwargs)
+    return NotImplemented if handler is None else handler(ctx, node, *args, **kwargs)
 

@@ -17,7 +17,7 @@ from symmetries.errors import SymmetryError
 from symmetries.lattice import is_subclass, meet
 from symmetries.roles import Role
 
-__all__ = ["ExtractionError", "Var", "Feat", "ParamRef", "State", "meet_sets"]
+__all__ = ["ExtractionError", "Var", "Feat", "ParamRef", "State", "meet_sets", "hint_of"]
 
 
 class ExtractionError(SymmetryError, ValueError):
@@ -78,6 +78,12 @@ class ParamRef:
     name: str
     shape: tuple[int, ...]
     axes: tuple[int | None, ...]
+
+
+def hint_of(param: str) -> str:
+    """A space name for the units a parameter produces: its module's path (``layers.0``), or
+    ``<name>.units`` for a parameter of the root module (which would clash with the tensor's name)."""
+    return param.rsplit(".", 1)[0] if "." in param else f"{param}.units"
 
 
 class State:
