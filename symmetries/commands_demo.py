@@ -26,8 +26,8 @@ def render_table(result) -> Table:
     table = Table(title=f"MLP {result.widths} on digits (test split, {len(n.curve.alphas)} α; "
                         f"barrier = max_α L(α) − mean of endpoints)")
     for col in ("solver", "loss barrier", "acc. barrier (pts)", "L2 distance", "objective", "time (s)"):
-        table.add_column(col, justify="left" if col == "solver" else "right")
-    table.add_row("naive (no alignment)", _f(n.curve.loss_barrier), _f(100 * n.curve.accuracy_barrier, 1),
+        table.add_column(col, justify="left" if col == "solver" else "right", no_wrap=col == "solver")
+    table.add_row("naive", _f(n.curve.loss_barrier), _f(100 * n.curve.accuracy_barrier, 1),
                   _f(n.l2, 2), "—", "—")
     for r in result.rows:
         if r.error:
@@ -40,7 +40,7 @@ def render_table(result) -> Table:
                       f"{_f(n.l2, 2)} → {_f(r.l2, 2)}", obj, _f(r.seconds, 2))
     if result.bnn:
         b = result.bnn
-        table.add_row("BNN: W₂ posterior alignment (marginalized)",
+        table.add_row("BNN, W₂ (marginalized)",
                       f"{_f(b['naive']['loss_barrier'])} → {_f(b['aligned']['loss_barrier'])}",
                       f"{_f(100 * b['naive']['accuracy_barrier'], 1)} → {_f(100 * b['aligned']['accuracy_barrier'], 1)}",
                       "—", f"W₂² {_f(b['w2_before'], 1)} → {_f(b['w2_after'], 1)}", _f(b["seconds"], 2))

@@ -115,9 +115,11 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
     """Run the whole story; ``progress(task, done, total)`` reports training, aligning and curves."""
     import architectures
 
-    from .solving import align, applicable
+    from .solving import align, applicable, check_names
 
     progress = progress or _noop
+    if config.solvers is not None:
+        check_names(config.solvers)
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     split = split or digits(seed=config.seed)

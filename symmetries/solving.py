@@ -1,37 +1,73 @@
-"""Running the ``solvers`` package's built-in solvers on a whole architecture (for the commands).
+"""Running the ``solvers`` package's registered solvers on a whole architecture (for the commands).
 
-``applicable(arch)`` lists the registered solvers that apply to an architecture's classes;
-``align(name, arch, A, B, data=…)`` runs one with the options it needs and returns its
-``Solution`` (``.transforms`` to apply to B).
+For each space a solver is asked to search the class it supports that the space admits,
+preferring ``Permutation`` (the classic alignment), then the space's declared classes, then
+their subclasses in the lattice; ``applicable(arch)`` lists the solvers that find one at every
+space; ``align(name, arch, A, B, data=…)`` runs one and returns its ``Solution``.
 """
 from __future__ import annotations
 
 from typing import Mapping
 
+from .classes import (Invertible, Orthogonal, Permutation, PermutationScaling, PositiveScaling, SemiPermutation,
+                      SignedPermutation, SignFlip, SymmetryClass)
 from .errors import SymmetryError
 
-__all__ = ["SolverUnavailableError", "applicable", "align"]
+__all__ = ["SolverUnavailableError", "applicable", "align", "check_names", "classes_for"]
+
+_PREFERENCE = (Permutation(), SignedPermutation(), Orthogonal(), PermutationScaling(), Invertible(), SignFlip(),
+               PositiveScaling(), SemiPermutation())
 
 
 class SolverUnavailableError(SymmetryError, LookupError):
-    """The ``solvers`` package (issue #4) is not installed, or has no solver of that name."""
+    """No registered solver has that name, or none can search an architecture's classes."""
 
 
 def _solvers():
     import solvers
-    if not hasattr(solvers, "solve") or not hasattr(solvers, "available"):
-        raise SolverUnavailableError("the solvers package provides no solve()/available() yet")
     return solvers
 
 
+def _names() -> list[str]:
+    return [info.name for info in _solvers().available()]
+
+
+def check_names(names) -> None:
+    """Raise :class:`SolverUnavailableError` for a name no registered solver has."""
+    known = _names()
+    for name in names:
+        if name not in known:
+            raise SolverUnavailableError(f"no solver named {name!r}; available: {', '.join(known)}")
+
+
+def classes_for(name: str, arch) -> dict[str, SymmetryClass] | None:
+    """``space → class`` for solver ``name`` on ``arch`` (``None`` if some space has no class both
+    admitted and supported)."""
+    solver = _solvers().get(name)
+    graph = getattr(arch, "graph", arch)
+    chosen = {}
+    for space in graph.spaces():
+        options = [c for c in _PREFERENCE + tuple(space.classes) if graph.admits(space.name, c)]
+        found = next((c for c in options if solver.supports(c)), None)
+        if found is None:
+            return None
+        chosen[space.name] = found
+    return chosen
+
+
 def applicable(arch) -> list[str]:
-    """Names of the built-in solvers to try on ``arch`` (all registered ones, in registry order)."""
-    return list(_solvers().available())
+    """Registered solvers that can search a class admitted at every space of ``arch``."""
+    return [n for n in _names() if classes_for(n, arch) is not None]
 
 
-def align(name: str, arch, params_a: Mapping, params_b: Mapping, *, data=None, seed: int = 0, **options):
-    """``solvers.solve(name, arch.graph, A, B, seed=…, **options)``."""
-    s = _solvers()
-    if name not in s.available():
-        raise SolverUnavailableError(f"no solver named {name!r}; available: {', '.join(s.available())}")
-    return s.solve(name, arch.graph, params_a, params_b, seed=seed, **options)
+def align(name: str, arch, params_a: Mapping, params_b: Mapping, *, data=None, seed: int = 0, classes=None,
+          **options):
+    """``solvers.solve(name, arch, A, B, classes=…, data=…, seed=…)`` with classes from :func:`classes_for`."""
+    check_names([name])
+    if classes is None:
+        classes = classes_for(name, arch)
+        if classes is None:
+            raise SolverUnavailableError(f"solver {name!r} supports no class that every space of {arch.name} admits")
+    if data is not None:
+        options["data"] = data
+    return _solvers().solve(name, arch, params_a, params_b, seed=seed, classes=classes, **options)
