@@ -39,7 +39,7 @@ def vggs(draw, activations=ACTS, batchnorm=None):
                              bias=draw(st.booleans()))
 
 
-@settings(max_examples=120)
+@settings(max_examples=300)
 @given(vggs(), st.data(), st.sampled_from([torch.float64, torch.float32]), seeds)
 def test_admitted_classes_leave_the_function_unchanged(arch, data, dtype, seed):
     g = arch.graph
@@ -83,7 +83,7 @@ def _widened(arch, sizes):
                              batchnorm=c["batchnorm"], activation=c["activation"], bias=c["bias"])
 
 
-@settings(max_examples=50)
+@settings(max_examples=100)
 @given(vggs(activations=["relu", "leaky_relu", "abs"]), st.data(), seeds)
 def test_semi_permutations_widen_without_changing_the_function(arch, data, seed):
     """Split into a wider VGG built by the same builder; merging gives the parameters back. With

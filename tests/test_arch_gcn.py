@@ -50,7 +50,7 @@ def _features(n, f, seed):
     return torch.randn(n, f, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-@settings(max_examples=150)
+@settings(max_examples=300)
 @given(gcns(), graphs(), st.data(), st.sampled_from([torch.float64, torch.float32]), seeds)
 def test_admitted_classes_leave_the_function_unchanged(arch, graph, data, dtype, seed):
     g = arch.graph

@@ -27,7 +27,7 @@ def resnets(draw):
                                 channels=channels)
 
 
-@settings(max_examples=60)
+@settings(max_examples=150)
 @given(resnets(), st.data(), st.sampled_from([torch.float64, torch.float32]), seeds)
 def test_admitted_classes_leave_the_function_unchanged(arch, data, dtype, seed):
     g = arch.graph
