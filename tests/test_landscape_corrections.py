@@ -137,3 +137,18 @@ def test_merge_many_needs_two_models(mlps):
     arch, (a, _) = mlps
     with pytest.raises(ValueError, match="at least two"):
         L.merge_many(arch.graph, [a], solve=_wm)
+
+
+def _has_weight_matching() -> bool:
+    import solvers
+    return "weight_matching" in [i.name for i in solvers.available()]
+
+
+@pytest.mark.skipif(not _has_weight_matching(), reason="needs the solvers package's weight_matching")
+def test_merge_many_with_the_built_in_weight_matching(mlps):
+    arch, (a, _) = mlps
+    models = [sy.apply(arch.graph, a, sy.random_transforms(arch.graph, 20 + i, classes=sy.Permutation()))
+              for i in range(3)]
+    merged = L.merge_many(arch.graph, models, method="weight_matching", seed=1)
+    assert merged.converged
+    assert max(L.l2_distance(merged.params, m) for m in merged.aligned) < 1e-6

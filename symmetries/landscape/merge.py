@@ -47,7 +47,12 @@ class Merge:
 def _solver(method: str, options: dict) -> Solve:
     def solve(graph, a, b):
         import solvers
-        return solvers.solve(method, graph, a, b, **options).transforms
+
+        from ..solving import classes_for
+        opts = dict(options)
+        if "classes" not in opts:  # a class the solver supports at every space (permutations first)
+            opts["classes"] = classes_for(method, graph)
+        return solvers.solve(method, graph, a, b, **opts).transforms
     return solve
 
 
@@ -60,7 +65,8 @@ def merge_many(graph, models: Sequence[Mapping], *, method: str = "weight_matchi
     """Align ``models`` into one basin and average them (MergeMany).
 
     ``solve(graph, target, params) → TransformSet`` overrides the solver; by default
-    ``solvers.solve(method, graph, target, params, **options).transforms``.
+    ``solvers.solve(method, graph, target, params, **options).transforms`` searching, unless
+    ``classes=`` is given, the class :func:`symmetries.solving.classes_for` picks.
     """
     if len(models) < 2:
         raise ValueError(f"MergeMany needs at least two models, got {len(models)}")
