@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-
 from .._arrays import to_tensor
 from .interpolation import check_compatible
 
