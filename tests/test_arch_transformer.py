@@ -269,3 +269,14 @@ def test_pre_softmax_scores_are_invariant_including_the_key_bias(packed):
     else:
         wrong[bias] = T[qk].apply(params[bias], 0, "out")
     assert_changed(s, scores(wrong))
+
+
+def test_docs_page_examples_run():
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "transformers.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 4
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/transformers.md", "exec"), namespace)
