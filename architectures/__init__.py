@@ -19,6 +19,6 @@ __all__ += ["vgg", "VGG", "VGG_CONFIGS", "resnet", "ResNet", "gcn", "GCN", "norm
 __all__ += ["from_module", "ExtractionError", "graphs_equivalent", "assert_graphs_equivalent", "graph_difference"]
 from .transformer import RESIDUAL, gpt2, rebuild, vit
 from .layernorm import rewrite_layernorm
-from .hf_gpt2 import hf_gpt2, hf_gpt2_config  # imports transformers only when called
+from .hf_gpt2 import hf_gpt2, hf_gpt2_config, hf_to_gpt2  # imports transformers only when called
 
-__all__ += ["gpt2", "vit", "rebuild", "RESIDUAL", "rewrite_layernorm", "hf_gpt2", "hf_gpt2_config"]
+__all__ += ["gpt2", "vit", "rebuild", "RESIDUAL", "rewrite_layernorm", "hf_gpt2", "hf_gpt2_config", "hf_to_gpt2"]

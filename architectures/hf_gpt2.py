@@ -8,7 +8,9 @@ of axis 1; ``attn.c_proj.weight`` ``(D, D)`` reads ``vo`` on axis 0 and writes t
 separate state-dict key) reads the stream; ``residual`` admits ``Permutation`` (LayerNorm), for
 which reading and writing agree, so the two keys stay equal. Attention mask buffers
 (``attn.bias``, ``attn.masked_bias``) are declared fixed when the state dict holds them.
-``transformers`` is imported only when :func:`hf_gpt2` is called.
+:func:`hf_to_gpt2` moves such a model into :func:`architectures.gpt2` (packed, tied), which is
+how :func:`architectures.rewrite_layernorm` rewrites it. ``transformers`` is imported only when
+:func:`hf_gpt2` is called.
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from symmetries.classes import HeadStructured, Invertible, Permutation
 from .activations import ACTIVATIONS
 from .architecture import Architecture
 from .graph import WeightGraph
-from .transformer import RESIDUAL
+from .transformer import RESIDUAL, gpt2
 
-__all__ = ["hf_gpt2", "hf_gpt2_config"]
+__all__ = ["hf_gpt2", "hf_gpt2_config", "hf_to_gpt2"]
 
 
 def hf_gpt2_config(config: Any = None, **overrides):
@@ -115,3 +117,42 @@ def hf_gpt2(config: Any = None, **overrides) -> Architecture:
         raise ValueError(f"GPT2LMHeadModel has state-dict entries this graph does not know: {sorted(missing)}")
     g.validate()
     return Architecture(g.name, g, lambda: _make(config), dict(kind="hf_gpt2", config=config.to_dict()))
+
+
+#: HF activation names → the GELU variant of :func:`architectures.gpt2` computing the same function.
+_HF_GELUS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def hf_to_gpt2(arch: Architecture, params) -> tuple[Architecture, dict]:
+    """``(gpt2, θ)``: the same network as the HF model ``arch`` with state dict ``params``, as
+    :func:`architectures.gpt2` with ``packed_qkv=True, tie_embeddings=True`` (Conv1D weights
+    transposed to ``(out, in)``). Raises ``ValueError`` for configurations it does not compute
+    identically (other activations, ``scale_attn_by_inverse_layer_idx``, unscaled attention)."""
+    if arch.config.get("kind") != "hf_gpt2":
+        raise TypeError(f"{arch.name!r} was not built by architectures.hf_gpt2")
+    c = arch.config["config"]
+    if c["activation_function"] not in _HF_GELUS:
+        raise ValueError(f"activation_function={c['activation_function']!r} has no exact counterpart in "
+                         f"architectures.gpt2 (supported: {sorted(_HF_GELUS)})")
+    if c.get("scale_attn_by_inverse_layer_idx") or not c.get("scale_attn_weights", True):
+        raise ValueError("only the default attention scaling 1/√d_head has a counterpart in architectures.gpt2")
+    if not c.get("tie_word_embeddings", True):
+        raise ValueError("an untied lm_head has no counterpart in architectures.gpt2(tie_embeddings=True)")
+    if hasattr(params, "state_dict"):
+        params = params.state_dict()
+    arch.graph.validate(params)
+    d = int(c["n_embd"])
+    own = gpt2(c["vocab_size"], c["n_positions"], d, c["n_head"], c["n_layer"],
+               c["n_inner"] if c.get("n_inner") is not None else 4 * d, packed_qkv=True, tie_embeddings=True,
+               eps=c["layer_norm_epsilon"], activation=_HF_GELUS[c["activation_function"]])
+    out = {"wte.weight": params["transformer.wte.weight"], "wpe.weight": params["transformer.wpe.weight"],
+           "ln_f.weight": params["transformer.ln_f.weight"], "ln_f.bias": params["transformer.ln_f.bias"]}
+    pairs = [("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.qkv", "attn.c_attn"), ("attn.o", "attn.c_proj"),
+             ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")]
+    for i in range(int(c["n_layer"])):
+        for mine, theirs in pairs:
+            for t in ("weight", "bias"):
+                x = params[f"transformer.h.{i}.{theirs}.{t}"]
+                out[f"blocks.{i}.{mine}.{t}"] = x.T.contiguous() if x.dim() == 2 else x
+    own.graph.validate(out)
+    return own, out

@@ -51,10 +51,14 @@ def rewrite_layernorm(arch: Architecture, params: Mapping[str, torch.Tensor] | n
     """``(arch', θ')``: the same transformer with every LayerNorm replaced by the gain-free
     normaliser, its residual space admitting ``Orthogonal``, and ``f_{arch'}(θ') = f_arch(θ)``.
 
-    ``arch`` is a LayerNorm model from :func:`architectures.gpt2` or :func:`architectures.vit`;
-    ``params`` its state dict (or the module). Arithmetic is done in float64 and each tensor is
-    returned in its own dtype and device; the input is not modified.
+    ``arch`` is a LayerNorm model from :func:`architectures.gpt2` or :func:`architectures.vit`,
+    or an :func:`architectures.hf_gpt2` model (first moved into :func:`architectures.gpt2` by
+    :func:`architectures.hf_gpt2.hf_to_gpt2`); ``params`` its state dict (or the module).
+    Arithmetic is done in float64 and each tensor is returned in its own dtype and device; the input is not modified.
     """
+    if arch.config.get("kind") == "hf_gpt2":
+        from .hf_gpt2 import hf_to_gpt2
+        arch, params = hf_to_gpt2(arch, params)
     cfg = arch.config
     if cfg.get("kind") not in ("gpt2", "vit"):
         raise TypeError(f"{arch.name!r} was not built by architectures.gpt2 or architectures.vit")

@@ -14,7 +14,8 @@ Spaces of a model with ``L`` blocks, ``H`` heads of width ``d`` and stream width
   Invertible())``: ``W_Q,h ← A_h W_Q,h`` (out), ``W_K,h ← A_h⁻ᵀ W_K,h`` (in, same axis),
   ``W_V,h ← B_h W_V,h`` (out), ``W_O,h ← W_O,h B_h⁻¹`` (in); biases of q, v out, of k in.
   Packed ``qkv`` carries the three as slices ``[0, Hd)``, ``[Hd, 2Hd)``, ``[2Hd, 3Hd)`` of axis 0.
-* ``blocks.i.mlp`` (``d_mlp``) — GELU units: ``Permutation``.
+* ``blocks.i.mlp`` (``d_mlp``) — GELU units (``activation``: ``"gelu"`` exact, ``"gelu_tanh"``
+  its tanh approximation): ``Permutation``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from symmetries.classes import HeadStructured, Invertible, Orthogonal, Permutati
 
 from .architecture import Architecture
 from .graph import WeightGraph
-from .transformer_modules import GPT, ViT
+from .transformer_modules import GELUS, GPT, ViT
 
 __all__ = ["gpt2", "vit", "rebuild", "example_inputs", "RESIDUAL"]
 
@@ -32,7 +33,7 @@ __all__ = ["gpt2", "vit", "rebuild", "example_inputs", "RESIDUAL"]
 RESIDUAL = "residual"
 
 
-def _config(d_model, n_heads, n_layers, d_mlp, packed_qkv, norm, norm_dim, d_head, eps) -> dict:
+def _config(d_model, n_heads, n_layers, d_mlp, packed_qkv, norm, norm_dim, d_head, eps, activation) -> dict:
     d_model, n_heads, n_layers, d_mlp = int(d_model), int(n_heads), int(n_layers), int(d_mlp)
     if min(d_model, n_heads, d_mlp) < 1 or n_layers < 0:
         raise ValueError("d_model, n_heads and d_mlp must be ≥ 1 and n_layers ≥ 0")
@@ -40,12 +41,14 @@ def _config(d_model, n_heads, n_layers, d_mlp, packed_qkv, norm, norm_dim, d_hea
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not a multiple of n_heads={n_heads}; pass d_head")
         d_head = d_model // n_heads
+    if activation not in GELUS:
+        raise ValueError(f"activation must be one of {sorted(GELUS)}, got {activation!r}")
     if norm not in ("layernorm", "rms"):
         raise ValueError(f"norm must be 'layernorm' or 'rms', got {norm!r}")
     return dict(d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_mlp=d_mlp, packed_qkv=bool(packed_qkv),
                 norm=norm, norm_dim=int(norm_dim if norm_dim is not None and norm == "rms" else d_model),
                 d_head=int(d_head),
-                eps=float(eps))
+                eps=float(eps), activation=activation)
 
 
 def _norm(g: WeightGraph, prefix: str, cfg: dict) -> None:
@@ -109,7 +112,7 @@ def _residual(g: WeightGraph, cfg: dict) -> None:
 def gpt2(vocab_size: int, n_positions: int, d_model: int, n_heads: int, n_layers: int, d_mlp: int | None = None,
          *, packed_qkv: bool = False, tie_embeddings: bool = False, head_bias: bool = False,
          norm: str = "layernorm", norm_dim: int | None = None, d_head: int | None = None,
-         eps: float = 1e-5) -> Architecture:
+         eps: float = 1e-5, activation: str = "gelu") -> Architecture:
     """A GPT-2-style pre-norm causal decoder: ``logits = head(N_f(x_L))``, ``x_0 = wte[ids] + wpe[pos]``.
 
     ``tie_embeddings`` reads the stream with ``wte`` itself (its axis 1 both writes and reads
@@ -117,7 +120,7 @@ def gpt2(vocab_size: int, n_positions: int, d_model: int, n_heads: int, n_layers
     rewritten form (gain-free normaliser with constant ``norm_dim``, default ``d_model``).
     """
     cfg = _config(d_model, n_heads, n_layers, d_mlp if d_mlp is not None else 4 * int(d_model), packed_qkv,
-                  norm, norm_dim, d_head, eps)
+                  norm, norm_dim, d_head, eps, activation)
     cfg.update(kind="gpt2", vocab_size=int(vocab_size), n_positions=int(n_positions),
                tie_embeddings=bool(tie_embeddings), head_bias=bool(head_bias))
     if tie_embeddings and head_bias:
@@ -142,13 +145,14 @@ def gpt2(vocab_size: int, n_positions: int, d_model: int, n_heads: int, n_layers
 
 def vit(image_size: int, patch_size: int, channels: int, d_model: int, n_heads: int, n_layers: int,
         d_mlp: int | None = None, num_classes: int = 10, *, packed_qkv: bool = False, norm: str = "layernorm",
-        norm_dim: int | None = None, d_head: int | None = None, eps: float = 1e-5) -> Architecture:
+        norm_dim: int | None = None, d_head: int | None = None, eps: float = 1e-5,
+        activation: str = "gelu") -> Architecture:
     """A ViT-style pre-norm encoder: ``logits = head(N(x_L)[cls])`` with
     ``x_0 = [cls_token; patch_embed(patches)] + pos_embed``."""
     if int(image_size) % int(patch_size):
         raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
     cfg = _config(d_model, n_heads, n_layers, d_mlp if d_mlp is not None else 4 * int(d_model), packed_qkv,
-                  norm, norm_dim, d_head, eps)
+                  norm, norm_dim, d_head, eps, activation)
     cfg.update(kind="vit", image_size=int(image_size), patch_size=int(patch_size), channels=int(channels),
                num_classes=int(num_classes))
     d, p = cfg["d_model"], cfg["patch_size"]

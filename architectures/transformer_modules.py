@@ -73,11 +73,15 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(b, t, inner))
 
 
+#: GELU variants of the MLP: exact (erf) and the tanh approximation (HF's ``gelu_new``).
+GELUS = {"gelu": "none", "gelu_tanh": "tanh"}
+
+
 class FeedForward(nn.Module):
-    def __init__(self, d_model: int, d_mlp: int):
+    def __init__(self, d_model: int, d_mlp: int, activation: str = "gelu"):
         super().__init__()
         self.fc = nn.Linear(d_model, d_mlp)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate=GELUS[activation])
         self.proj = nn.Linear(d_mlp, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +95,7 @@ class Block(nn.Module):
         self.ln_1 = make_norm(cfg["norm"], d, nd, eps)
         self.attn = Attention(d, cfg["n_heads"], cfg["d_head"], cfg["packed_qkv"], causal)
         self.ln_2 = make_norm(cfg["norm"], d, nd, eps)
-        self.mlp = FeedForward(d, cfg["d_mlp"])
+        self.mlp = FeedForward(d, cfg["d_mlp"], cfg.get("activation", "gelu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))

@@ -24,7 +24,8 @@ def transformers(draw, norm: str = "layernorm"):
     kind = draw(st.sampled_from(["gpt2", "vit"]))
     d = draw(st.sampled_from([8, 12, 16]))
     common = dict(n_heads=2, n_layers=draw(st.integers(1, 2)), d_mlp=draw(st.integers(4, 12)),
-                  packed_qkv=draw(st.booleans()), norm=norm)
+                  packed_qkv=draw(st.booleans()), norm=norm,
+                  activation=draw(st.sampled_from(["gelu", "gelu_tanh"])))
     if kind == "gpt2":
         return architectures.gpt2(13, 6, d, tie_embeddings=draw(st.booleans()), **common)
     return architectures.vit(8, 4, 2, d, num_classes=5, **common)
@@ -122,6 +123,8 @@ def test_packed_qkv_slices_and_tied_embeddings():
         architectures.gpt2(13, 6, 8, 2, 1, 10, tie_embeddings=True, head_bias=True)
     with pytest.raises(ValueError, match="multiple of n_heads"):
         architectures.gpt2(13, 6, 9, 2, 1, 10)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        architectures.gpt2(13, 6, 8, 2, 1, 10, activation="relu")
     with pytest.raises(ValueError, match="multiple of patch_size"):
         architectures.vit(9, 4, 3, 8, 2, 1)
 

@@ -125,23 +125,47 @@ def test_what_is_not_admitted_changes_hf_gpt2():
         assert_changed(y, logits(arch, new, x))
 
 
-def test_hf_weights_match_the_own_gpt2_builder():
+@pytest.mark.parametrize("act", ["gelu_new", "gelu"])
+def test_hf_model_moves_into_the_own_gpt2_builder(act):
     """HF GPT-2 and ``architectures.gpt2(packed_qkv=True, tie_embeddings=True)`` are the same
-    network up to layout (Conv1D (in, out) = Linear (out, in) transposed) and GELU variant."""
-    arch = tiny(n_layer=1, n_embd=8, activation_function="gelu")
+    network up to layout (Conv1D (in, out) = Linear (out, in) transposed)."""
+    arch = tiny(n_layer=2, n_embd=8, activation_function=act)
     params = random_params(arch, 5, torch.float64)
-    own = architectures.gpt2(VOCAB, POSITIONS, 8, n_heads=2, n_layers=1, d_mlp=32, packed_qkv=True,
-                             tie_embeddings=True)
-    names = {"wte.weight": "transformer.wte.weight", "wpe.weight": "transformer.wpe.weight",
-             "ln_f.weight": "transformer.ln_f.weight", "ln_f.bias": "transformer.ln_f.bias"}
-    for o, hf in [("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.qkv", "attn.c_attn"), ("attn.o", "attn.c_proj"),
-                  ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")]:
-        for t in ("weight", "bias"):
-            names[f"blocks.0.{o}.{t}"] = f"transformer.h.0.{hf}.{t}"
-    mine = {k: params[v].T.contiguous() if k.endswith("weight") and params[v].dim() == 2 and not k.startswith(("wte", "wpe"))
-            else params[v] for k, v in names.items()}
+    own, mine = architectures.hf_to_gpt2(arch, params)
+    assert own.config["packed_qkv"] and own.config["tie_embeddings"]
+    assert own.config["activation"] == ("gelu_tanh" if act == "gelu_new" else "gelu")
     m = own.module(dtype=torch.float64)
     m.load_state_dict(mine)
     x = ids(3)
     with torch.no_grad():
-        assert_same(logits(arch, params, x), m(x), torch.float64)
+        y = logits(arch, params, x)
+        assert float((y - m(x)).abs().max()) <= 1e-12 * max(1.0, float(y.abs().max()))
+    with pytest.raises(ValueError, match="activation_function"):
+        architectures.hf_to_gpt2(tiny(n_layer=1, activation_function="relu"), {})
+    with pytest.raises(TypeError, match="not built by"):
+        architectures.hf_to_gpt2(own, mine)
+
+
+def test_rewritten_hf_gpt2_admits_orthogonal_residual_maps():
+    """HF GPT-2 → LayerNorm rewrite: same logits, and square or widening orthogonal maps of the
+    stream keep them, which they do not for the HF model itself."""
+    arch = cached(2, 8)
+    params = random_params(arch, 6, torch.float64)
+    rms, new = architectures.rewrite_layernorm(arch, params)
+    assert rms.config["norm"] == "rms" and rms.graph.admits("residual", sy.Orthogonal())
+    x = ids(4)
+    y = logits(arch, params, x)
+
+    def run(a, p):
+        m = a.module(dtype=torch.float64)
+        m.load_state_dict(p)
+        with torch.no_grad():
+            return m(x)
+    assert float((y - run(rms, new)).abs().max()) <= 1e-10 * max(1.0, float(y.abs().max()))
+    for width in (8, 13):
+        O = sy.Orthogonal().random(8, m=width, seed=width)
+        wide = architectures.rebuild(rms, d_model=width)
+        y2 = run(wide, sy.apply(rms.graph, new, {"residual": O}))
+        assert float((y - y2).abs().max()) <= 1e-10 * max(1.0, float(y.abs().max()))
+    O = sy.Orthogonal().random(8, seed=1)
+    assert_changed(y, logits(arch, sy.apply(arch.graph, params, {"residual": O}), x))
