@@ -30,7 +30,10 @@ from symmetries.classes import HeadStructured, Orthogonal, Trivial
 from symmetries.roles import Role
 
 from .extract_ops import call_function, call_method, call_module
-from .extract_state import ExtractionError, Feat, ParamRef, State, meet_sets
+from .extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
+from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
+from .extract_shapes import SHAPE_METHODS
+from .extract_state import ExtractionError, Feat, HeadOnly, ParamRef, Sealed, State, meet_sets
 from .extract_trace import trace
 from .graph import WeightGraph
 
@@ -126,7 +129,9 @@ class _Walk:
 
         def collect(a):
             if isinstance(a, Feat):
-                vars_.extend(v for v, _ in a.segs if v is not None and not self.state.var(v).dead)
+                vars_.extend(v for v, _ in self.state.resolve(a.segs) if v is not None and not self.state.var(v).dead)
+            elif isinstance(a, HeadOnly):
+                vars_.append(a.var)
             elif isinstance(a, ParamRef):
                 params.append(a.name)
             elif isinstance(a, (tuple, list)):
@@ -173,22 +178,38 @@ class _Walk:
             else:
                 self.info[node] = self._plain(value)
             return
-        args = fx.node.map_arg(node.args, lambda n: self.info[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.info[n])
-        if node.op == "call_module":
-            result = call_module(self, node, self.root.get_submodule(node.target), args, kwargs)
-        elif node.op == "call_function":
-            result = call_function(self, node, args, kwargs)
-        else:
-            result = call_method(self, node, args, kwargs)
+        args = fx.node.map_arg(node.args, lambda n: self._fresh(self.info[n]))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self._fresh(self.info[n]))
+        if _has_heads((args, kwargs)) and not _head_aware(node):
+            self.info[node] = self.opaque(node, "an op on features split into attention heads")
+            return
+        try:
+            if node.op == "call_module":
+                result = call_module(self, node, self.root.get_submodule(node.target), args, kwargs)
+            elif node.op == "call_function":
+                result = call_function(self, node, args, kwargs)
+            else:
+                result = call_method(self, node, args, kwargs)
+        except Sealed:
+            result = self.opaque(node, "it uses query/key features after their pairing in attention scores")
         if result is NotImplemented:
             result = self.opaque(node, "no rule for this op")
         self.info[node] = result
 
+    def _fresh(self, info):
+        """``info`` with split candidates replaced by their pieces."""
+        if isinstance(info, Feat) and info.segs:
+            return Feat(info.shape, info.dim, self.state.resolve(info.segs), info.hdim)
+        if isinstance(info, tuple):
+            return tuple(self._fresh(i) for i in info)
+        return info
+
     def _kill_outputs(self, items) -> None:
         for item in items:
-            if isinstance(item, Feat):
-                for v, _ in item.segs:
+            if isinstance(item, HeadOnly):
+                self.state.kill(item.var, "reaches the model's output")
+            elif isinstance(item, Feat):
+                for v, _ in self.state.resolve(item.segs):
                     self.state.kill(v, "reaches the model's output")
             elif isinstance(item, ParamRef):
                 self.state.poisoned.setdefault(item.name, "output")
@@ -248,6 +269,30 @@ class _Walk:
                 g.connect(p, sname, axis=axis, role=role, slice=span)
         g.validate()
         return g
+
+
+_HEAD_AWARE = {*BINARY_FUNCTIONS, *HEAD_FUNCTIONS, torch.softmax, torch.nn.functional.softmax, torch.transpose,
+               torch.permute, torch.reshape, torch.flatten}
+_HEAD_AWARE_METHODS = {*BINARY_METHODS, *HEAD_METHODS, "softmax", "view", "reshape", "transpose", "permute",
+                       "contiguous", "flatten", "to", "float", "double", "type_as"}
+
+
+def _has_heads(args) -> bool:
+    found = []
+    fx.node.map_aggregate(args, lambda a: found.append(a) if isinstance(a, HeadOnly) or (
+        isinstance(a, Feat) and a.hdim is not None) else None)
+    return bool(found)
+
+
+def _head_aware(node) -> bool:
+    if node.op == "call_method":
+        return node.target in _HEAD_AWARE_METHODS
+    if node.op == "call_function":
+        try:
+            return node.target in _HEAD_AWARE
+        except TypeError:
+            return False
+    return False
 
 
 def _tied(classes):

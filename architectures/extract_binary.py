@@ -18,7 +18,8 @@ import torch
 
 from symmetries.classes import Permutation
 
-from .extract_state import Feat, ParamRef, hint_of
+from .extract_heads import bilinear, head_only_op, scores_times_values
+from .extract_state import Feat, HeadOnly, ParamRef, hint_of
 
 __all__ = ["BINARY_FUNCTIONS", "BINARY_METHODS"]
 
@@ -41,6 +42,9 @@ def binary(ctx, node, kind: str, a, b):
     value = ctx.value(node)
     if not isinstance(value, torch.Tensor):
         return value
+    if isinstance(a, HeadOnly) or isinstance(b, HeadOnly):
+        res = head_only_op(ctx, node, [a, b])
+        return res if res is not None else ctx.opaque(node, f"an elementwise {kind} of attention scores")
     out = tuple(value.shape)
     N = len(out)
     ops = [a, b]
@@ -103,7 +107,11 @@ def _neg(ctx, node, x):
 def matmul(ctx, node, a, b):
     """``a @ b``: data times features (graph propagation) or features times a parameter (a layer)."""
     out = ctx.shape(node)
-    if isinstance(b, ParamRef) and isinstance(a, Feat) and len(b.shape) == 2 and None not in b.axes:
+    if isinstance(a, HeadOnly) and isinstance(b, Feat):
+        return scores_times_values(ctx, node, a, b)
+    if isinstance(a, Feat) and isinstance(b, Feat) and a.spaced() and b.spaced():
+        return bilinear(ctx, node, a, b)
+    if isinstance(b, ParamRef) and isinstance(a, Feat) and a.hdim is None and len(b.shape) == 2 and None not in b.axes:
         if a.spaced() and a.dim != a.ndim - 1:
             return ctx.opaque(node, "a matrix product over a dimension that is not the features")
         pos = 0
@@ -116,7 +124,7 @@ def matmul(ctx, node, a, b):
     if isinstance(a, Feat) and isinstance(b, Feat) and not a.spaced():
         if not b.spaced():
             return Feat(out)
-        if b.dim == b.ndim - 1 and b.ndim >= 2:
+        if b.dim == b.ndim - 1 and b.ndim >= 2 and b.hdim is None:
             return b.moved(out, len(out) - 1)
     return ctx.opaque(node, "a matrix product that mixes the features with something other than a parameter")
 

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
-                                SemiPermutation)
+                                SemiPermutation, SignedPermutation)
 
 from .activations import ACTIVATIONS
-from .extract_state import Feat, ParamRef, hint_of
+from .extract_heads import HEAD_FUNCTIONS, HEAD_METHODS, softmax_heads
+from .extract_state import Feat, HeadOnly, ParamRef, hint_of
 from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
 from .extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem, move_feature
 
@@ -135,11 +136,14 @@ def _module_layernorm(ctx, node, mod, x):
 
 
 def _module_rmsnorm(ctx, node, mod, x):
-    """RMSNorm: gain-free it commutes with orthogonal maps; with a gain, with permutations."""
+    """``nn.RMSNorm`` divides by the root *mean* square, which depends on the width: gain-free it
+    commutes with square orthogonal maps but not widening ones, so signed permutations are claimed
+    (a sum-based norm with a constant, ``y / √(‖y‖²/D₀ + ε)``, admits ``Orthogonal``); with a gain,
+    permutations."""
     ok = isinstance(x, Feat) and x.dim == x.ndim - 1 and tuple(mod.normalized_shape) == (x.shape[-1],)
     gain = mod.weight is not None
     return _normalise(ctx, node, x, ok, "RMS normalisation", [(ctx.pname(node.target, "weight", gain), "out")],
-                      PERM if gain else (Orthogonal(),))
+                      PERM if gain else (SignedPermutation(),))
 
 
 def _module_mha(ctx, node, mod, query, key, value, *rest, **kwargs):
@@ -213,7 +217,10 @@ def _pool(ctx, node, x, classes):
     return x.moved(ctx.shape(node), x.dim)
 
 
-def _softmax(ctx, node, x, *args, dim=None, **kwargs):
+def _softmax(ctx, node, x, *args, **kwargs):
+    if isinstance(x, HeadOnly):  # attention weights: per head, over the keys
+        res = softmax_heads(ctx, node, x, *args, **kwargs)
+        return res if res is not NotImplemented else ctx.opaque(node, "a softmax over the heads")
     return elementwise(ctx, node, x, "softmax", PERM)
 
 
@@ -250,7 +257,7 @@ _ACT_FUNCS = {
     "tanh": [torch.tanh, F.tanh], "sin": [torch.sin], "gelu": [F.gelu], "silu": [F.silu],
     "sigmoid": [torch.sigmoid, F.sigmoid], "softplus": [F.softplus], "elu": [F.elu],
 }
-_ACT_METHODS = {"relu": ["relu", "relu_"], "abs": ["abs"], "tanh": ["tanh"], "sin": ["sin"], "sigmoid": ["sigmoid"]}
+_ACT_METHODS = {"relu": ["relu", "relu_"],  "abs": ["abs"], "tanh": ["tanh"], "sin": ["sin"], "sigmoid": ["sigmoid"]}
 
 
 def _act(name):
@@ -263,9 +270,36 @@ def _f_linear(ctx, node, x, weight, bias=None):
     return _linear(ctx, node, x, weight.name, None if bias is None else bias.name, hint_of(weight.name))
 
 
+def _is_square(n) -> bool:
+    """Whether fx node ``n`` is ``y ** 2`` (``y.pow(2)``, ``torch.pow(y, 2)``)."""
+    return (getattr(n, "op", None) in ("call_method", "call_function")
+            and (n.target == "pow" or n.target in (torch.pow, operator.pow)) and len(n.args) > 1 and n.args[1] == 2)
+
+
+def _reduces_features(user, dim: int, ndim: int) -> bool:
+    if not (user.target in ("sum", "mean") or user.target in (torch.sum, torch.mean)):
+        return False
+    d = user.kwargs.get("dim", user.args[1] if len(user.args) > 1 else None)
+    dims = () if d is None else (d,) if isinstance(d, int) else tuple(d)
+    return len(dims) == 1 and dims[0] % ndim == dim
+
+
+def _pow(ctx, node, x, exponent, *args, **kwargs):
+    """``y ** 2`` summed over the features is a squared norm (handled by the reduction); any other
+    power is an elementwise nonlinearity (permutations only)."""
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "a power of something that is not a tensor")
+    if not (exponent == 2 and x.dim is not None and node.users
+            and all(_reduces_features(u, x.dim, x.ndim) for u in node.users)):
+        for var, _ in x.segs:
+            ctx.state.restrict(var, PERM)
+    return x.moved(ctx.shape(node), x.dim)
+
+
 def _reduce(ctx, node, x, *args, **kwargs):
     """sum/mean over dimensions: over the features, the result is invariant only under permutations
-    (sums also under semi-permutations, whose columns sum to one)."""
+    (sums also under semi-permutations, whose columns sum to one); a sum of squares ‖y‖² under
+    orthogonal maps (rectangular ones included), a mean of squares under signed permutations."""
     if not isinstance(x, Feat):
         return ctx.opaque(node, "a reduction of something that is not a tensor")
     dims = kwargs.get("dim", args[0] if args else None)
@@ -277,6 +311,8 @@ def _reduce(ctx, node, x, *args, **kwargs):
         return Feat(out)
     if x.dim in dims:
         exact = (SemiPermutation(),) if _name(node) == "sum" else PERM
+        if _is_square(node.args[0]) and len(dims) == 1:
+            exact = (Orthogonal(),) if _name(node) == "sum" else (SignedPermutation(),)
         for var, _ in x.segs:
             ctx.state.restrict(var, exact)
         return Feat(out)
@@ -288,7 +324,7 @@ def _name(node) -> str:
 
 
 FUNCTIONS = {f: _act(name) for name, fs in _ACT_FUNCS.items() for f in fs}
-FUNCTIONS.update({F.linear: _f_linear, F.dropout: _passthrough, torch.sum: _reduce, torch.mean: _reduce,
+FUNCTIONS.update({F.linear: _f_linear, torch.pow: _pow, operator.pow: _pow, F.dropout: _passthrough, torch.sum: _reduce, torch.mean: _reduce,
                   F.softmax: _softmax, torch.softmax: _softmax, F.log_softmax: _softmax,
                   F.adaptive_avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
                   F.avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
@@ -299,10 +335,12 @@ FUNCTIONS.update({F.linear: _f_linear, F.dropout: _passthrough, torch.sum: _redu
                   operator.getitem: getitem})
 FUNCTIONS.update(SHAPE_FUNCTIONS)
 FUNCTIONS.update(BINARY_FUNCTIONS)
+FUNCTIONS.update(HEAD_FUNCTIONS)
 METHODS = {m: _act(name) for name, ms in _ACT_METHODS.items() for m in ms}
-METHODS.update({"sum": _reduce, "mean": _reduce, "softmax": _softmax})
+METHODS.update({"sum": _reduce, "mean": _reduce, "softmax": _softmax, "pow": _pow})
 METHODS.update(SHAPE_METHODS)
 METHODS.update(BINARY_METHODS)
+METHODS.update(HEAD_METHODS)
 
 
 def call_function(ctx, node, args, kwargs):

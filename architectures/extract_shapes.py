@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from .extract_heads import head_reshape
 from .extract_state import Feat, ParamRef
 
 __all__ = ["SHAPE_FUNCTIONS", "SHAPE_METHODS", "getitem", "move_feature", "map_dim"]
@@ -41,7 +42,11 @@ def move_feature(ctx, node, x, *args, **kwargs):
         return ctx.opaque(node, "a reshape of something that is not a tensor")
     if x.dim is None:
         return Feat(out)
-    d = map_dim(x.shape, x.dim, out)
+    if x.hdim is not None or (map_dim(x.shape, x.dim, out) is None and x.spaced()):
+        split = head_reshape(x, out)
+        if split is not None:
+            return split
+    d = None if x.hdim is not None else map_dim(x.shape, x.dim, out)
     if d is None:
         return ctx.opaque(node, f"a reshape {x.shape} → {out} that splits or interleaves the feature dimension "
                                 f"{x.dim} (size {x.shape[x.dim]})")
@@ -82,7 +87,9 @@ def _perm(ctx, node, x, order):
         return ParamRef(x.name, tuple(out), tuple(x.axes[d] for d in order))
     if not isinstance(x, Feat):
         return ctx.opaque(node, "a permutation of dimensions of something that is not a tensor")
-    return x.moved(out, None if x.dim is None else order.index(x.dim))
+    if x.dim is None:
+        return Feat(out)
+    return Feat(out, order.index(x.dim), x.segs, None if x.hdim is None else order.index(x.hdim))
 
 
 def _permute(ctx, node, x, *dims, **kwargs):
@@ -93,7 +100,7 @@ def _permute(ctx, node, x, *dims, **kwargs):
 
 
 def _transpose(ctx, node, x, a=None, b=None, **kwargs):
-    nd = x.ndim if isinstance(x, Feat) else len(x.shape) if isinstance(x, ParamRef) else 0
+    nd = len(x.shape) if isinstance(x, (Feat, ParamRef)) else 0
     a, b = kwargs.get("dim0", a), kwargs.get("dim1", b)
     if a is None:  # .t()
         a, b = 0, 1

@@ -17,7 +17,12 @@ from symmetries.errors import SymmetryError
 from symmetries.lattice import is_subclass, meet
 from symmetries.roles import Role
 
-__all__ = ["ExtractionError", "Var", "Feat", "ParamRef", "State", "meet_sets", "hint_of"]
+__all__ = ["ExtractionError", "Sealed", "Var", "Feat", "HeadOnly", "ParamRef", "State", "meet_sets", "hint_of"]
+
+
+class Sealed(Exception):
+    """Internal: an op touched a query/key space after its bilinear pairing (the walk makes the
+    node opaque)."""
 
 
 class ExtractionError(SymmetryError, ValueError):
@@ -50,15 +55,19 @@ class Var:
     dead: str | None = None
     head_group: str | None = None
     edges: list[tuple[str, int, Role, tuple[int, int] | None]] = field(default_factory=list)
+    sealed: bool = False
 
 
 @dataclass(frozen=True)
 class Feat:
     """A tensor value: ``shape``; ``dim`` is its feature dimension (``None``: it indexes no space)
-    and ``segs`` the consecutive pieces of that dimension, ``(var id or None, length)``."""
+    and ``segs`` the consecutive pieces of that dimension, ``(var id or None, length)``. When the
+    features are split into heads (``view(b, t, H, d)``), ``hdim`` is the head dimension and
+    ``dim`` the within-head one (unit ``h·d + j``)."""
     shape: tuple[int, ...]
     dim: int | None = None
     segs: tuple[tuple[int | None, int], ...] = ()
+    hdim: int | None = None
 
     @property
     def ndim(self) -> int:
@@ -68,7 +77,23 @@ class Feat:
         return any(v is not None for v, _ in self.segs)
 
     def moved(self, shape, dim: int | None) -> "Feat":
-        return Feat(tuple(shape), dim, self.segs if dim is not None else ())
+        """The same features on dimension ``dim`` of a tensor of ``shape`` (head split kept when
+        the number of dimensions is unchanged)."""
+        hdim = self.hdim if self.hdim is not None and len(shape) == self.ndim else None
+        return Feat(tuple(shape), dim, self.segs if dim is not None else (), hdim if dim is not None else None)
+
+
+@dataclass(frozen=True)
+class HeadOnly:
+    """Attention scores ``q kᵀ`` per head: no feature dimension left, but dimension ``hdim``
+    indexes the heads of the query/key space ``var`` (its head permutation acts there)."""
+    shape: tuple[int, ...]
+    hdim: int
+    var: int
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
 
 @dataclass(frozen=True)
@@ -93,6 +118,7 @@ class State:
         self.vars: dict[int, Var] = {}
         self.parent: dict[int, int] = {}
         self.poisoned: dict[str, str] = {}   # tensor name → fx node that used it opaquely
+        self.refined: dict[int, list[tuple[int, int]]] = {}  # split candidate → its pieces
 
     def new(self, size: int, hint: str, classes=None, head_group: str | None = None) -> int:
         i = len(self.parent)
@@ -114,6 +140,8 @@ class State:
         if ra == rb:
             return ra
         va, vb = self.vars[ra], self.vars[rb]
+        if va.sealed or vb.sealed:
+            raise Sealed(node)
         if va.size != vb.size:
             raise ExtractionError(f"fx node {node!r} joins feature spaces of sizes {va.size} and {vb.size}", node=node)
         if (va.head_group is None) != (vb.head_group is None) or va.head_group != vb.head_group:
@@ -131,6 +159,8 @@ class State:
         if i is None:
             return
         v = self.var(i)
+        if v.sealed:
+            raise Sealed(i)
         if v.head_group is not None:
             v.classes = tuple(c for c in v.classes
                               if any(is_subclass(c, k) for k in classes)) or v.classes[:0]
@@ -147,7 +177,42 @@ class State:
     def connect(self, i: int | None, param: str, axis: int, role: Role | str,
                 span: tuple[int, int] | None = None) -> None:
         if i is not None:
+            if self.var(i).sealed:
+                raise Sealed(i)
             self.var(i).edges.append((param, int(axis), Role.parse(role), span))
+
+    def resolve(self, segs) -> tuple:
+        """Segments with every split candidate replaced by its pieces."""
+        out = []
+        for var, n in segs:
+            r = None if var is None else self.find(var)
+            if r is not None and r in self.refined:
+                out += self.resolve(self.refined[r])
+            else:
+                out.append((r, n))
+        return tuple(out)
+
+    def refine(self, i: int, sizes) -> list[int]:
+        """Split candidate ``i`` into consecutive pieces of ``sizes`` (a block-diagonal map of the
+        same class is an element of the class, so the pieces keep its classes); its edges become
+        slices of the pieces."""
+        r = self.find(i)
+        v = self.vars[r]
+        if v.sealed or v.head_group is not None:
+            raise Sealed(i)
+        pieces, pos = [], 0
+        for n in sizes:
+            j = self.new(n, v.hint, v.classes)
+            pj = self.vars[j]
+            pj.activations, pj.dead = list(v.activations), v.dead
+            for p, axis, role, span in v.edges:
+                start = 0 if span is None else span[0]
+                pj.edges.append((p, axis, role, (start + pos, start + pos + n)))
+            pieces.append((j, n))
+            pos += n
+        v.edges, v.dead = [], v.dead or "split into pieces"
+        self.refined[r] = pieces
+        return [j for j, _ in pieces]
 
     def is_head(self, i: int) -> bool:
         return self.var(i).head_group is not None or any(isinstance(c, HeadStructured) for c in self.var(i).classes)

@@ -89,6 +89,30 @@ class TinyTransformer(nn.Module):
         return self.unembed(self.lnf(x))
 
 
+class HandAttention(nn.Module):
+    """Hand-written attention (packed QKV cut by ``chunk``, heads by ``view``) between sum-based
+    gain-free RMS norms: the stream admits orthogonal maps, the heads per-head invertible ones."""
+
+    def __init__(self, d=6, heads=3, d_head=2):
+        super().__init__()
+        self.h, self.dh = heads, d_head
+        self.inp, self.qkv = nn.Linear(5, d), nn.Linear(d, 3 * heads * d_head)
+        self.o, self.out = nn.Linear(heads * d_head, d), nn.Linear(d, 2)
+
+    @staticmethod
+    def norm(x):
+        return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / 6 + 1e-5)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, t, _ = x.shape
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        q, k, v = (z.view(b, t, self.h, self.dh).transpose(1, 2) for z in (q, k, v))
+        w = (q @ k.transpose(-2, -1) * self.dh ** -0.5).softmax(dim=-1)
+        x = x + self.o((w @ v).transpose(1, 2).reshape(b, t, self.h * self.dh))
+        return self.out(self.norm(x))
+
+
 class Concat(nn.Module):
     """Two branches concatenated along the features: the reader's columns are two slices."""
 
@@ -149,12 +173,13 @@ def _inputs(name):
         "conv_bn": (torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64),),
         "transformer": (torch.randint(0, 11, (3, 5), generator=g),),
         "concat": (torch.randn(6, 4, generator=g, dtype=torch.float64),),
+        "hand_attention": (torch.randn(2, 4, 5, generator=g, dtype=torch.float64),),
         "gcn": (torch.randn(5, 4, generator=g, dtype=torch.float64), torch.rand(5, 5, generator=g, dtype=torch.float64)),
     }.get(name, (torch.randn(6, 4, generator=g, dtype=torch.float64),))
 
 
 MODELS = {"two_branch": TwoBranch, "res_mlp": ResMLP, "conv_bn": ConvBN, "transformer": TinyTransformer,
-          "concat": Concat, "gcn": HandGCN}
+          "concat": Concat, "gcn": HandGCN, "hand_attention": HandAttention}
 MODELS.update({f"rule:{r}": (lambda r=r: Rule(r)) for r in Rule.RULES})
 
 
@@ -190,7 +215,7 @@ GRAPHS = {name: from_module(_model(name), _inputs(name)) for name in MODELS}
 
 
 # -- exactness of the extracted graphs ------------------------------------------------------------------
-@settings(max_examples=80)
+@settings(max_examples=120)
 @given(st.sampled_from(sorted(MODELS)), st.data())
 def test_extracted_graphs_are_exact(name, data):
     g = GRAPHS[name]
@@ -285,6 +310,35 @@ def test_attention_heads_and_tied_embedding():
     assert g.space("fc1").activation == "silu"
 
 
+def test_hand_written_attention():
+    g = GRAPHS["hand_attention"]
+    assert g.space("inp").classes == (sy.Orthogonal(),)  # ‖y‖² is invariant under orthogonal maps
+    assert g.head_groups() == {"qkv": ["qkv.qk", "qkv.vo"]}
+    heads = (sy.HeadStructured(3, sy.Invertible()),)
+    assert g.space("qkv.qk").classes == heads and g.space("qkv.vo").classes == heads
+    qk = sorted((e.parameter, str(e.role), e.slice) for e in g.edges_at("qkv.qk"))
+    assert qk == [("qkv.bias", "in", (6, 12)), ("qkv.bias", "out", (0, 6)),
+                  ("qkv.weight", "in", (6, 12)), ("qkv.weight", "out", (0, 6))]
+    assert ("o.weight", "in", None) in {(e.parameter, str(e.role), e.slice) for e in g.edges_at("qkv.vo")}
+
+
+def test_query_reused_after_the_scores_is_refused():
+    class Reuse(HandAttention):
+        def forward(self, x):
+            x = self.inp(x)
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            qh, kh, vh = (z.view(b, t, self.h, self.dh).transpose(1, 2) for z in (q, k, v))
+            w = (qh @ kh.transpose(-2, -1)).softmax(dim=-1)
+            y = (w @ vh).transpose(1, 2).reshape(b, t, self.h * self.dh)
+            return self.out(x + self.o(y + k))  # k read again: its space is paired with q
+
+    with pytest.raises(ExtractionError, match="fx node 'add'"):
+        from_module(Reuse(), torch.randn(2, 4, 5))
+    g = from_module(Reuse().double(), torch.randn(2, 4, 5, dtype=torch.float64), unknown="fixed")
+    assert g.head_groups() == {} and all(s.head_group is None for s in g.spaces())
+
+
 def test_concatenation_gives_slices():
     g = GRAPHS["concat"]
     reads = sorted((e.slice, e.space) for e in g.edges_of("out.weight"))
@@ -320,12 +374,25 @@ def _builders():
            ("gcn", lambda: architectures.gcn([4, 6, 5, 3]), (torch.randn(5, 4), torch.rand(5, 5))),
            ("gcn-gelu", lambda: architectures.gcn([4, 6, 3], activation="gelu", bias=False),
             (torch.randn(5, 4), torch.rand(5, 5)))]
+    from architectures.transformer import example_inputs, gpt2, vit
+    for packed in (False, True):
+        for norm in ("layernorm", "rms"):
+            out.append((f"gpt2-{norm}{'-packed' if packed else ''}",
+                        lambda p=packed, n=norm: gpt2(11, 6, 8, 2, 2, packed_qkv=p, norm=n), None))
+            out.append((f"vit-{norm}{'-packed' if packed else ''}",
+                        lambda p=packed, n=norm: vit(8, 4, 3, 8, 2, 1, packed_qkv=p, norm=n), None))
+    out += [("gpt2-tied", lambda: gpt2(11, 6, 8, 2, 1, tie_embeddings=True), None),
+            ("gpt2-tied-rms", lambda: gpt2(11, 6, 8, 2, 1, tie_embeddings=True, norm="rms"), None),
+            ("gpt2-head-bias-dhead3", lambda: gpt2(11, 6, 8, 2, 1, head_bias=True, d_head=3), None)]
     return out
 
 
 @pytest.mark.parametrize("name,build,inputs", _builders(), ids=[b[0] for b in _builders()])
 def test_builder_graphs_are_reproduced(name, build, inputs):
     arch = build()
+    if inputs is None:
+        from architectures.transformer import example_inputs
+        inputs = example_inputs(arch)
     assert_graphs_equivalent(arch.graph, from_module(arch.module(seed=0), inputs))
 
 
