@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from hypothesis import strategies as st
 
 from .classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
@@ -16,13 +17,18 @@ from .classes import (HeadStructured, Invertible, Orthogonal, Permutation, Permu
 from .elements import Element
 from .transforms import TransformSet, random_transforms
 
-__all__ = ["GROUPS", "symmetry_classes", "elements", "transform_sets", "seeds", "mlp_architectures"]
+__all__ = ["GROUPS", "symmetry_classes", "elements", "random_element", "transform_sets", "seeds", "dtypes",
+           "mlp_architectures", "cnn_architectures", "resnet_architectures", "gcn_architectures",
+           "transformer_architectures", "architectures_"]
 
 #: The concrete group classes (semi-permutations are a monoid, drawn separately).
 GROUPS: tuple[SymmetryClass, ...] = (Trivial(), Permutation(), SignFlip(), SignedPermutation(),
                                      PositiveScaling(), PermutationScaling(), Orthogonal(), Invertible())
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+#: Floating dtypes worth checking invariance in (float64: exact to ~1e-10, float32: round-off).
+dtypes = st.sampled_from([torch.float64, torch.float32])
 
 
 @st.composite
@@ -42,12 +48,13 @@ def symmetry_classes(*, groups_only: bool = True, heads: bool = True) -> st.Sear
 
 @st.composite
 def elements(draw, cls: SymmetryClass | st.SearchStrategy[SymmetryClass], *, size: int | None = None,
-             min_size: int = 1, max_size: int = 8, widen: int = 0, cond: float = 10.0) -> Element:
+             min_size: int = 1, max_size: int = 8, widen: int = 0, cond: float = 10.0,
+             dtype: torch.dtype | st.SearchStrategy[torch.dtype] | None = None) -> Element:
     """An element of ``cls`` (a class or a strategy of classes) on a space of ``size`` units.
 
     ``widen > 0`` lets rectangular classes map to up to ``widen`` more units. ``cond`` bounds the
-    condition number of invertible maps (and the spread of scalings) so float32 checks stay
-    meaningful.
+    condition number of invertible maps (and of scalings: ``spread = √cond``) so float32 checks
+    stay meaningful. ``dtype`` (a dtype or a strategy such as :data:`dtypes`) casts the element.
     """
     if isinstance(cls, st.SearchStrategy):
         cls = draw(cls)
@@ -57,10 +64,16 @@ def elements(draw, cls: SymmetryClass | st.SearchStrategy[SymmetryClass], *, siz
     m = size
     if widen and cls.rectangular:
         m = size + heads * draw(st.integers(0, widen))
-    return _draw(cls, size, m, draw(seeds), cond)
+    el = random_element(cls, size, m, seed=draw(seeds), cond=cond)
+    if isinstance(dtype, st.SearchStrategy):
+        dtype = draw(dtype)
+    return el if dtype is None else el.to(dtype=dtype)
 
 
-def _draw(cls: SymmetryClass, n: int, m: int, seed: int, cond: float) -> Element:
+def random_element(cls: SymmetryClass, n: int, m: int | None = None, *, seed=None, cond: float = 10.0) -> Element:
+    """``cls.random(n, m, seed)`` with bounded conditioning: ``cond(A) ≤ cond`` for invertible maps,
+    scalings log-uniform in ``[1/√cond, √cond]`` (so ``cond(D) ≤ cond``)."""
+    m = n if m is None else m
     inner = cls.inner if isinstance(cls, HeadStructured) else cls
     if isinstance(inner, Invertible):
         opts = {"cond": cond}
@@ -91,3 +104,59 @@ def mlp_architectures(draw, *, activations: Sequence[str] | None = None, max_dep
     depth = draw(st.integers(1, max_depth))
     widths = draw(st.lists(st.integers(1, max_width), min_size=depth + 2, max_size=depth + 2))
     return mlp(widths, activation=act, bias=draw(st.booleans()))
+
+
+@st.composite
+def cnn_architectures(draw, *, activations: Sequence[str] = ("relu", "tanh", "gelu"), max_convs: int = 3,
+                      max_channels: int = 8):
+    """A small ``architectures.vgg``: 1–``max_convs`` 3×3 convs (optional max pools, BatchNorm and a
+    hidden linear layer) on 8×8 inputs with 2 channels."""
+    from architectures import vgg
+    n = draw(st.integers(1, max_convs))
+    cfg: list = []
+    for i in range(n):
+        cfg.append(draw(st.integers(1, max_channels)))
+        if i < 2 and draw(st.booleans()):
+            cfg.append("M")
+    hidden = draw(st.lists(st.integers(1, max_channels), max_size=1))
+    return vgg(cfg, in_channels=2, num_classes=3, hidden=hidden, batchnorm=draw(st.booleans()),
+               activation=draw(st.sampled_from(list(activations))))
+
+
+@st.composite
+def resnet_architectures(draw):
+    """A ResNet-8 (one block per stage) with 2–6 channels per stage on 2-channel inputs."""
+    from architectures import resnet
+    channels = draw(st.lists(st.integers(2, 6), min_size=1, max_size=3))
+    return resnet(8, channels=channels, in_channels=2, num_classes=3)
+
+
+@st.composite
+def gcn_architectures(draw, *, activations: Sequence[str] | None = None, max_depth: int = 3, max_width: int = 8):
+    """A small ``architectures.gcn`` of drawn depth, widths and activation."""
+    from architectures import ACTIVATIONS, gcn
+    act = draw(st.sampled_from(list(activations or ACTIVATIONS)))
+    depth = draw(st.integers(1, max_depth))
+    widths = draw(st.lists(st.integers(1, max_width), min_size=depth + 2, max_size=depth + 2))
+    return gcn(widths, activation=act, bias=draw(st.booleans()))
+
+
+@st.composite
+def transformer_architectures(draw, *, norm: str | st.SearchStrategy[str] = "layernorm"):
+    """A tiny GPT-2 or ViT (``d_model`` 8–16, 2 heads, 1–2 blocks, separate or packed QKV);
+    ``norm="rms"`` gives the LayerNorm-rewritten form whose residual stream admits ``Orthogonal``."""
+    from architectures import gpt2, vit
+    norm = draw(norm) if isinstance(norm, st.SearchStrategy) else norm
+    d = draw(st.sampled_from([8, 12, 16]))
+    common = dict(n_heads=2, n_layers=draw(st.integers(1, 2)), d_mlp=draw(st.integers(4, 12)),
+                  packed_qkv=draw(st.booleans()), norm=norm)
+    if draw(st.sampled_from(["gpt2", "vit"])) == "gpt2":
+        return gpt2(13, 6, d, tie_embeddings=draw(st.booleans()), **common)
+    return vit(8, 4, 2, d, num_classes=5, **common)
+
+
+def architectures_() -> st.SearchStrategy:
+    """Any small architecture of the builders: MLP, VGG-style CNN, ResNet-8, GCN or transformer.
+    Pair it with :func:`symmetries.testing.example_inputs` to run the module."""
+    return st.one_of(mlp_architectures(), cnn_architectures(), resnet_architectures(), gcn_architectures(),
+                     transformer_architectures())

@@ -1,0 +1,401 @@
+"""Invariance checks for any pytest suite: ``f(T · θ) = f(θ)`` for drawn transforms ``T``.
+
+:func:`check_invariance` draws, for every space and every class it declares, ``examples``
+elements (that space alone transformed; a head group shares its head permutation), applies them to
+a copy of the model's parameters and compares the outputs in eval mode; a last row transforms
+all spaces at once. The error is ``max |f(T·θ) − f(θ)|`` over every output entry; the tolerance is
+``rtol · κ(T) · max |f(θ)| + atol`` with ``rtol`` by dtype and ``κ`` the condition number of the
+drawn maps (a sum over spaces for the joint row). :func:`assert_invariant` raises
+:class:`InvarianceError` (an ``AssertionError``) naming the space, the declared class, the
+smallest failing subclass, the error and the activation.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .action import apply
+from .classes import HeadStructured, SymmetryClass, Trivial
+from .elements import Element, HeadElement
+from .errors import SymmetryError
+from .strategies import GROUPS, random_element
+from .transforms import TransformSet
+
+__all__ = ["DEFAULT_RTOL", "InvarianceError", "SpaceCheck", "InvarianceReport", "check_invariance",
+           "assert_invariant", "example_inputs"]
+
+#: Relative tolerance by dtype, before scaling by conditioning and output scale.
+DEFAULT_RTOL: dict[torch.dtype, float] = {torch.float64: 1e-9, torch.float32: 1e-4,
+                                          torch.float16: 2e-2, torch.bfloat16: 1e-1}
+ALL_SPACES = "(all spaces)"
+
+
+class InvarianceError(AssertionError):
+    """A declared symmetry changed the model's output; ``.check`` is the failing :class:`SpaceCheck`."""
+
+    def __init__(self, message: str, check: "SpaceCheck", report: "InvarianceReport"):
+        super().__init__(message)
+        self.check, self.report = check, report
+
+
+@dataclass
+class SpaceCheck:
+    """One row: ``examples`` draws of ``cls`` at ``space``; ``max_error`` against ``tolerance``."""
+    space: str
+    cls: str
+    examples: int = 0
+    max_error: float = 0.0
+    tolerance: float = 0.0
+    passed: bool = True
+    activation: str | None = None
+    failing_class: str | None = None   # smallest failing subclass (shrunk), when it fails
+    seed: int | None = None            # seed of the worst draw: random_element(cls, n, m, seed=…)
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "FAIL"
+
+    def message(self) -> str:
+        if self.space == ALL_SPACES:
+            head = (f"all spaces at once ({self.cls}): output changed by {self.max_error:.2g} "
+                    f"(tolerance {self.tolerance:.2g})")
+        else:
+            head = (f"space `{self.space}` declared {self.cls}: output changed by {self.max_error:.2g} "
+                    f"(tolerance {self.tolerance:.2g}) after a drawn {self.failing_class or self.cls}")
+        if self.seed is not None:
+            head += f" (seed {self.seed})"
+        if self.activation:
+            head += f"; activation is {self.activation}"
+        return head + (f"; {self.note}" if self.note else "")
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), verdict=self.verdict)
+
+
+@dataclass
+class InvarianceReport:
+    """Every row of a check, the model's dtype, the number of forward passes and the wall time."""
+    checks: list[SpaceCheck] = field(default_factory=list)
+    dtype: str = ""
+    forward_passes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[SpaceCheck]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def examples(self) -> int:
+        return sum(c.examples for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return dict(passed=self.passed, dtype=self.dtype, examples=self.examples,
+                    forward_passes=self.forward_passes, seconds=self.seconds,
+                    checks=[c.to_dict() for c in self.checks])
+
+
+# -- running the model ---------------------------------------------------------------------------
+def _as_args(inputs) -> tuple:
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def _leaves(y) -> list[torch.Tensor]:
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, Mapping):
+        return [t for v in y.values() for t in _leaves(v)]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in _leaves(v)]
+    return []
+
+
+class _Runner:
+    """A private eval-mode copy of the model, called with substituted parameters."""
+
+    def __init__(self, model: nn.Module, inputs, dtype: torch.dtype | None):
+        self.model = copy.deepcopy(model).eval()
+        if dtype is not None:
+            self.model.to(dtype=dtype)
+        self.dtype = dtype or next((p.dtype for p in self.model.state_dict().values() if p.is_floating_point()),
+                                   torch.get_default_dtype())
+        self.args = tuple(x.to(self.dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                          for x in _as_args(inputs))
+        self.calls = 0
+
+    def __call__(self, params: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        self.calls += 1
+        with torch.no_grad():
+            out = torch.func.functional_call(self.model, dict(params), self.args, strict=False)
+        leaves = _leaves(out)
+        if not leaves:
+            raise TypeError(f"the model returned {type(out).__name__}, which holds no tensors to compare")
+        return leaves
+
+
+def _difference(y: list[torch.Tensor], y2: list[torch.Tensor]) -> float:
+    if len(y) != len(y2) or any(a.shape != b.shape for a, b in zip(y, y2)):
+        return float("inf")
+    err = 0.0
+    for a, b in zip(y, y2):
+        if a.is_floating_point() or a.is_complex():
+            d = (a.double() - b.double()).abs()
+            err = max(err, float(d.max()) if d.numel() else 0.0)
+            if not bool(torch.isfinite(b).all()) and bool(torch.isfinite(a).all()):
+                return float("inf")
+        elif not torch.equal(a, b):
+            return float("inf")
+    return err
+
+
+def _scale(y: list[torch.Tensor]) -> float:
+    vals = [float(t.double().abs().max()) for t in y if (t.is_floating_point() or t.is_complex()) and t.numel()]
+    return max(vals, default=0.0)
+
+
+def _perturb(graph, params: dict, seed: int) -> dict:
+    """A generic point near ``θ``: every tensor a space acts on gets 20% noise (running variances a
+    positive factor), so no parameter sits at a special value (γ = 1, β = 0) that hides a wrong rule."""
+    gen = torch.Generator().manual_seed(seed)
+    out = dict(params)
+    for p in graph.parameters():
+        v = params[p.name]
+        edges = graph.edges_of(p.name)
+        if not edges or not v.is_floating_point():
+            continue
+        noise = torch.randn(v.shape, generator=gen, dtype=torch.float64)
+        if p.name.endswith("running_var") or any(e.role.value == "var" for e in edges):
+            out[p.name] = (v.double() * torch.exp(0.2 * noise)).to(v.dtype)
+        else:
+            rms = float(v.double().pow(2).mean().sqrt()) if v.numel() else 0.0
+            out[p.name] = (v.double() + 0.2 * (rms or 1.0) * noise).to(v.dtype)
+    return out
+
+
+# -- drawing transforms ----------------------------------------------------------------------------
+def _label(cls: SymmetryClass) -> str:
+    text = repr(cls)
+    return text[:-2] if text.endswith("()") else text
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _cond(el: Element) -> float:
+    s = torch.linalg.svdvals(el.as_matrix().double())
+    return float(s[0] / s[-1]) if s.numel() and float(s[-1]) > 0 else float("inf")
+
+
+def _tie_heads(graph, space: str, el: Element) -> dict[str, Element]:
+    """The element at ``space`` and, for the rest of its head group, the same head permutation with
+    identity per-head maps (spaces of a head group share one head permutation)."""
+    out = {space: el}
+    group = graph.space(space).head_group
+    if group is None or not isinstance(el, HeadElement):
+        return out
+    for other in graph.head_groups()[group]:
+        if other != space:
+            s = graph.space(other)
+            cls = next(c for c in s.classes if isinstance(c, HeadStructured))
+            d = s.size // cls.num_heads
+            out[other] = HeadElement(el.head_perm, [cls.inner.identity(d)] * cls.num_heads)
+    return out
+
+
+def _subclasses(cls: SymmetryClass) -> list[SymmetryClass]:
+    """Proper, non-trivial group subclasses of ``cls``, smallest first (for shrinking a failure)."""
+    from .lattice import is_subclass
+    if isinstance(cls, HeadStructured):
+        inner = [HeadStructured(cls.num_heads, c) for c in GROUPS if is_subclass(c, cls.inner) and c != cls.inner]
+        return inner
+    subs = [c for c in GROUPS if c != cls and not isinstance(c, Trivial) and is_subclass(c, cls)]
+    return sorted(subs, key=lambda c: sum(is_subclass(d, c) for d in GROUPS))
+
+
+# -- the check ---------------------------------------------------------------------------------------
+def check_invariance(model, graph=None, example_inputs=None, classes=None, *, examples: int = 5,
+                     rtol: float | None = None, atol: float = 0.0, seed: int = 0, dtype: torch.dtype | None = None,
+                     cond: float = 4.0, widen: int = 2, perturb: bool = True, joint: bool = True,
+                     spaces: Sequence[str] | None = None) -> InvarianceReport:
+    """Check ``f(T · θ) = f(θ)`` space by space and class by class; returns the report (never raises
+    on a broken symmetry; raises typed errors on a graph that does not fit the model).
+
+    ``model`` — an ``nn.Module`` (or an ``Architecture``: its seeded module and graph); ``graph`` —
+    its ``WeightGraph`` (state-dict keys = parameter names); ``classes`` — ``None`` (every class each
+    space declares), a class for all spaces, or ``{space: class or classes}``; ``cond`` — bound on
+    the condition number of drawn maps; ``widen`` — extra units for rectangular classes
+    (semi-permutations, orthogonal embeddings), dropped with a note when the module rejects wider
+    weights; ``perturb`` — check at a generic point near ``θ`` (20% noise on every tensor a space
+    acts on) rather than at ``θ`` itself.
+    """
+    from architectures import Architecture
+    start = time.perf_counter()
+    if isinstance(model, Architecture):
+        graph = model.graph if graph is None else graph
+        model = model.module(seed=seed)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or an Architecture, got {type(model).__name__}")
+    if graph is None or example_inputs is None:
+        raise TypeError("check_invariance needs the model's graph and example_inputs")
+    if examples < 1:
+        raise ValueError(f"examples must be ≥ 1, got {examples}")
+    run = _Runner(model, example_inputs, dtype)
+    theta = dict(run.model.state_dict())
+    graph.validate(theta)
+    if perturb:
+        theta = _perturb(graph, theta, _seed(seed, 1))
+    rtol = DEFAULT_RTOL.get(run.dtype, 1e-4) if rtol is None else float(rtol)
+    y = run(theta)
+    if _difference(y, run(theta)) > 0:
+        raise RuntimeError("the model is not deterministic in eval mode: two calls with the same parameters "
+                           "differ, so no invariance can be checked")
+    scale = _scale(y)
+    plan = _plan(graph, classes, spaces)
+    report = InvarianceReport(dtype=str(run.dtype).replace("torch.", ""))
+
+    def trial(transforms: Mapping[str, Element], kappa: float, wide: bool):
+        try:
+            y2 = run(apply(graph, theta, TransformSet(transforms), check=not wide))
+        except SymmetryError as exc:
+            return float("inf"), 0.0, f"cannot apply: {exc}"
+        except (RuntimeError, ValueError, IndexError) as exc:
+            if wide:
+                return None, 0.0, f"{type(exc).__name__}: {exc}"
+            raise
+        return _difference(y, y2), rtol * kappa * scale + atol, ""
+
+    def run_class(space, cls, k0: int, row: SpaceCheck, count: int) -> None:
+        s = graph.space(space)
+        m = s.size + (widen * (cls.num_heads if isinstance(cls, HeadStructured) else 1)
+                      if widen and cls.rectangular else 0)
+        for k in range(count):
+            sd = _seed(seed, k0, k)
+            el = random_element(cls, s.size, m, seed=sd, cond=cond)
+            err, tol, note = trial(_tie_heads(graph, space, el), _cond(el), m != s.size)
+            if err is None:  # the module rejects wider weights: check square maps instead
+                row.note = f"checked without widening (the module rejects {m} > {s.size} units: {note[:120]})"
+                m = s.size
+                el = random_element(cls, s.size, m, seed=sd, cond=cond)
+                err, tol, note = trial(_tie_heads(graph, space, el), _cond(el), False)
+            row.examples += 1
+            if row.seed is None or err - tol > row.max_error - row.tolerance:
+                row.max_error, row.tolerance, row.seed = err, tol, sd
+            if err > tol:
+                row.passed = False
+                row.note = note or row.note
+                return
+
+    for i, (space, declared) in enumerate(plan):
+        for j, cls in enumerate(declared):
+            row = SpaceCheck(space, _label(cls), activation=graph.space(space).activation)
+            run_class(space, cls, _seed(seed, 2, i, j), row, examples)
+            if not row.passed:
+                row.failing_class = _shrink(graph, space, cls, seed, i, j, run_class, examples) or _label(cls)
+            report.checks.append(row)
+    if joint and len(plan) > 1:
+        report.checks.append(_joint(graph, plan, seed, examples, cond, trial))
+    report.forward_passes, report.seconds = run.calls, time.perf_counter() - start
+    return report
+
+
+def _plan(graph, classes, spaces) -> list[tuple[str, list[SymmetryClass]]]:
+    names = [s.name for s in graph.spaces()] if spaces is None else list(spaces)
+    plan = []
+    for name in names:
+        s = graph.space(name)  # UnknownSpaceError names it
+        if classes is None:
+            declared = list(s.classes)
+        elif isinstance(classes, SymmetryClass):
+            declared = [classes]
+        else:
+            for key in classes:
+                graph.space(key)
+            c = classes.get(name, s.classes)
+            declared = [c] if isinstance(c, SymmetryClass) else list(c)
+        plan.append((name, [c for c in declared if not isinstance(c, Trivial)]))
+    return plan
+
+
+def _shrink(graph, space, cls, seed, i, j, run_class, examples) -> str | None:
+    """The smallest subclass of ``cls`` that already fails at ``space`` (``None``: only ``cls`` does)."""
+    for k, sub in enumerate(_subclasses(cls)):
+        probe = SpaceCheck(space, _label(sub))
+        run_class(space, sub, _seed(seed, 3, i, j, k), probe, examples)
+        if not probe.passed:
+            return _label(sub)
+    return None
+
+
+def _joint(graph, plan, seed, examples, cond, trial) -> SpaceCheck:
+    """Every space transformed at once by its first declared class (head groups share one head
+    permutation); tolerance uses the sum of the maps' condition numbers."""
+    first = {space: declared[0] for space, declared in plan if declared}
+    row = SpaceCheck(ALL_SPACES, "first declared class of each space")
+    for k in range(examples):
+        sd = _seed(seed, 4, k)
+        els = {space: random_element(cls, graph.space(space).size, seed=_seed(sd, n), cond=cond)
+               for n, (space, cls) in enumerate(first.items())}
+        for names in graph.head_groups().values():
+            heads = [n for n in names if isinstance(els.get(n), HeadElement)]
+            for n in heads[1:]:
+                els[n] = els[n].with_head_perm(els[heads[0]].head_perm)
+        err, tol, note = trial(els, sum(_cond(e) for e in els.values()), False)
+        row.examples += 1
+        if row.seed is None or err - tol > row.max_error - row.tolerance:
+            row.max_error, row.tolerance, row.seed = err, tol, sd
+        if err > tol:
+            row.passed, row.note = False, note
+            break
+    return row
+
+
+def assert_invariant(model, graph=None, example_inputs=None, classes=None, *, examples: int = 5,
+                     rtol: float | None = None, atol: float = 0.0, seed: int = 0, **options) -> InvarianceReport:
+    """Assert ``f(T · θ) = f(θ)`` for drawn ``T`` at every declared space and class (see
+    :func:`check_invariance`); on failure raise :class:`InvarianceError` naming the first failing
+    space, its declared class, the smallest failing subclass, the error and the activation."""
+    report = check_invariance(model, graph, example_inputs, classes, examples=examples, rtol=rtol, atol=atol,
+                              seed=seed, **options)
+    if not report.passed:
+        bad = report.failures
+        spaces = [c for c in bad if c.space != ALL_SPACES]
+        first = spaces[0] if spaces else bad[0]
+        more = f" ({len(bad) - 1} more failing checks: {', '.join(f'`{c.space}` {c.cls}' for c in bad[1:4])})" \
+            if len(bad) > 1 else ""
+        raise InvarianceError(first.message() + more, first, report)
+    return report
+
+
+def example_inputs(arch, batch: int = 4, *, seed: int = 0, dtype: torch.dtype = torch.float64,
+                   image_size: int = 8, nodes: int = 6):
+    """Seeded inputs for a module of the builders: MLP ``(batch, d_in)``, VGG/ResNet images
+    ``(batch, C, image_size, image_size)``, GCN ``(features (nodes, d_in), adjacency)``, GPT-2 token
+    ids, ViT images."""
+    cfg, gen = arch.config, torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    if cfg.get("kind") in ("gpt2", "vit"):
+        from architectures.transformer import example_inputs as transformer_inputs
+        return transformer_inputs(arch, batch, seed=seed, dtype=dtype)
+    name = arch.name
+    if name.startswith("gcn"):
+        a = (torch.rand(nodes, nodes, generator=gen) < 0.4).to(torch.float64)
+        return randn(nodes, cfg["widths"][0]), ((a + a.T) > 0).to(dtype)
+    if name.startswith("mlp"):
+        return randn(batch, cfg["widths"][0])
+    if "in_channels" in cfg:
+        return randn(batch, cfg["in_channels"], image_size, image_size)
+    raise TypeError(f"no example inputs known for {name!r}; pass them explicitly")
