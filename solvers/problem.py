@@ -94,6 +94,8 @@ def _common_dtype(*param_sets) -> torch.dtype:
 
 
 def _classes(graph, classes, graph_b) -> dict[str, SymmetryClass]:
+    """The class searched at each space: given, or the space's default class — for a space whose
+    width changes, its first admitted rectangular class (``SemiPermutation`` for ReLU units)."""
     names = [s.name for s in graph.spaces()]
     if isinstance(classes, Mapping):
         for name in classes:
@@ -106,6 +108,8 @@ def _classes(graph, classes, graph_b) -> dict[str, SymmetryClass]:
             cls = classes[space.name]
         elif classes is None or isinstance(classes, Mapping):
             cls = space.cls
+            if graph_b.space(space.name).size != space.size and not cls.rectangular:
+                cls = next((c for c in space.classes if c.rectangular), cls)
         else:
             raise TypeError(f"classes must be a SymmetryClass or a mapping space → class, got {classes!r}")
         if not isinstance(cls, SymmetryClass):

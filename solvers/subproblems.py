@@ -1,0 +1,258 @@
+"""One space's weight-matching subproblem, solved by its class: ``argmin_T Σ_e ‖A_e − T·B_e‖²``.
+
+* ``Permutation`` / ``SignFlip`` / ``SignedPermutation`` / ``Orthogonal`` — the loss is
+  ``const − 2⟨T, M⟩`` with ``M = Σ_e A_e B_eᵀ`` (``+ ⟨T∘T, V⟩`` for variance edges): the class
+  oracle ``argmax ⟨T, M⟩`` (LAP; signed LAP on ``|M|``; polar factor ``U Vᵀ`` of ``M``) is exact.
+* ``PositiveScaling`` / ``PermutationScaling`` — exact per-unit scales (:mod:`solvers.scaling`);
+  for ``D P`` the optimal scale of every pair ``(j, i)`` gives a cost matrix solved by LAP (exact).
+* ``Invertible`` — with only producing (or only consuming) tensors the least-squares solution
+  ``T = (Σ A Bᵀ)(Σ B Bᵀ)⁻¹``; with both, the consuming terms ``‖A − T⁻ᵀB‖²`` are replaced by the
+  equation error ``‖Tᵀ A − B‖²`` and the resulting Sylvester equation
+  ``(Σ_in A Aᵀ) T + T (Σ_out B Bᵀ) = Σ_out A Bᵀ + Σ_in A Bᵀ`` is solved exactly (a convex
+  surrogate), then the true loss is minimised from the better of that and the current map by
+  L-BFGS (a local method; the caller keeps the update only if the true loss decreases).
+* ``HeadStructured(H, inner)`` — the best inner map for every (A head, B head) pair, heads
+  assigned by LAP on the pair losses summed over the spaces of a head group.
+* ``SemiPermutation`` — :func:`solvers.semi_permutation.split_update`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from symmetries.assignment import solve_assignment
+from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
+                                PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass,
+                                Trivial)
+from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
+from symmetries.roles import Role
+
+from .local import Local, inner_product
+from .scaling import best_scale
+
+__all__ = ["solve_local", "solve_heads", "linear_classes", "gain", "sylvester_psd", "SUPPORTED"]
+
+OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
+
+#: Classes weight matching can search in (``HeadStructured`` over any of the others but SemiPermutation).
+SUPPORTED = (Trivial, Permutation, SignFlip, SignedPermutation, Orthogonal, Invertible, PositiveScaling,
+             PermutationScaling, SemiPermutation, HeadStructured)
+
+
+def linear_classes(cls: SymmetryClass) -> bool:
+    """Classes whose elements keep norms (the local loss is ``const − 2⟨T, M⟩``)."""
+    c = cls.inner if isinstance(cls, HeadStructured) else cls
+    return isinstance(c, (Trivial, Permutation, SignFlip, SignedPermutation, Orthogonal))
+
+
+def _score(local: Local, cls) -> tuple[torch.Tensor, torch.Tensor | None]:
+    m = local.cross(OUT, IN)
+    v = local.cross(VAR) if local.pairs[VAR] else None
+    return m, v
+
+
+def gain(cls, local: Local, old: Element, new: Element) -> float:
+    """``L(old) − L(new)``: by ``2(⟨new − old, M⟩ + ⟨new∘new − old∘old, V⟩)`` for norm-keeping classes."""
+    if linear_classes(cls) and tuple(old.shape) == tuple(new.shape):
+        m, v = _score(local, cls)
+        g = 2 * (inner_product(new, m) - inner_product(old, m))
+        if v is not None:
+            g += 2 * (inner_product(new, v, squared=True) - inner_product(old, v, squared=True))
+        return g
+    return local.loss(old) - local.loss(new)
+
+
+def solve_local(cls: SymmetryClass, local: Local, *, backend: str = "auto", current: Element | None = None) -> Element:
+    """The element of ``cls`` minimising the local loss (see the module docstring for each class)."""
+    if local.empty or isinstance(cls, Trivial):
+        return cls.identity(local.n) if local.m == local.n else GatherElement.identity(local.n)
+    if isinstance(cls, HeadStructured):
+        return solve_heads([cls], [local], backend=backend)[0]
+    if isinstance(cls, SemiPermutation):
+        from .semi_permutation import split_update
+        return split_update(local, backend=backend)
+    if isinstance(cls, (Permutation, SignFlip, Orthogonal)):
+        m, v = _score(local, cls)
+        if v is not None and isinstance(cls, Permutation):
+            m = m + v
+        return cls.project(m, backend=backend)
+    if isinstance(cls, SignedPermutation):
+        m, v = _score(local, cls)
+        score = m.abs() + (v if v is not None else 0)
+        rows, cols = solve_assignment(score, backend=backend)
+        perm = np.empty(local.n, dtype=np.int64)
+        perm[rows] = cols
+        vals = m[torch.arange(local.n), torch.as_tensor(perm, device=m.device)]
+        return GatherElement.monomial(perm, torch.where(vals < 0, -1.0, 1.0).to(torch.float64).cpu())
+    if isinstance(cls, (PositiveScaling, PermutationScaling)):
+        return _scaling(cls, local, backend)
+    if isinstance(cls, Invertible):
+        x = _invertible(local, current)
+        return DenseElement(x.to(torch.float64 if x.dtype == torch.float64 else x.dtype))
+    raise TypeError(f"weight matching has no subproblem solver for {cls!r}")
+
+
+# -- scalings ------------------------------------------------------------------------------
+def _scale_terms(local: Local, diagonal: bool):
+    def cross(role):
+        c = local.cross(role).double().cpu()
+        return torch.diagonal(c).numpy() if diagonal else c.numpy()
+
+    def norms(role):
+        return local.row_norms(role, "b").double().cpu().numpy()[None, :]
+    terms = dict(alpha=cross(OUT), beta=norms(OUT), gamma=cross(IN), delta=norms(IN),
+                 zeta=cross(VAR), eps=norms(VAR))
+    if diagonal:
+        terms = {k: (v[0] if v.ndim == 2 else v) for k, v in terms.items()}
+    return terms
+
+
+def _scaling(cls, local: Local, backend: str) -> GatherElement:
+    if isinstance(cls, PositiveScaling):
+        c, _ = best_scale(**_scale_terms(local, diagonal=True))
+        return GatherElement.monomial(np.arange(local.n), c)
+    c, f = best_scale(**_scale_terms(local, diagonal=False))
+    rows, cols = solve_assignment(f, maximize=False, backend=backend)
+    perm = np.empty(local.n, dtype=np.int64)
+    perm[rows] = cols
+    return GatherElement.monomial(perm, c[np.arange(local.n), perm])
+
+
+# -- invertible ----------------------------------------------------------------------------
+def sylvester_psd(d: torch.Tensor, c: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Solve ``D X + X C = E`` for symmetric PSD ``D`` (``…×m×m``) and ``C`` (``…×n×n``) by
+    eigendecomposition: ``X = V [(Vᵀ E U) / (μ_a + λ_b)] Uᵀ`` (batched; null directions → 0)."""
+    mu, v = torch.linalg.eigh(d)
+    lam, u = torch.linalg.eigh(c)
+    denom = mu.unsqueeze(-1) + lam.unsqueeze(-2)
+    floor = 1e-12 * denom.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-300)
+    core = v.transpose(-2, -1) @ e @ u
+    core = torch.where(denom > floor, core / denom.clamp_min(1e-300), torch.zeros_like(core))
+    return v @ core @ u.transpose(-2, -1)
+
+
+def _invertible(local: Local, current: Element | None) -> torch.Tensor:
+    """Sylvester start (or the current map, whichever is better), then L-BFGS on the true loss."""
+    cout, cin = local.cross(OUT).double(), local.cross(IN).double()
+    c, gin = local.gram_b(OUT).double().to(cout), local.gram_b(IN).double().to(cout)
+    x = sylvester_psd(local.gram_a(IN).double().to(cout), c, cout + cin)
+    starts = [x] + ([current.as_matrix().to(x)] if current is not None and tuple(current.shape) == tuple(x.shape)
+                    else [])
+    values = [float(invertible_loss(s, cout, c, cin, gin)) for s in starts]
+    return polish_invertible(starts[int(np.nanargmin(values))], cout, c, cin, gin)
+
+
+def invertible_loss(x, cout, c, cin, gin) -> torch.Tensor:
+    """``Σ_out ‖A − X B‖² + Σ_in ‖A − X⁺ᵀ B‖²`` up to ``‖A‖²``, in Gram form (batched, summed)."""
+    y = torch.linalg.pinv(x).transpose(-2, -1) if x.shape[-2] != x.shape[-1] else \
+        torch.linalg.inv(x).transpose(-2, -1)
+    xtx, yty = x.transpose(-2, -1) @ x, y.transpose(-2, -1) @ y
+    return ((-2 * x * cout).sum() + (xtx * c).sum() - 2 * (y * cin).sum() + (yty * gin).sum())
+
+
+def polish_invertible(x0, cout, c, cin, gin, iters: int = 50) -> torch.Tensor:
+    """Minimise :func:`invertible_loss` from ``x0`` with L-BFGS (strong Wolfe); falls back to ``x0``."""
+    if float(cin.abs().sum()) == 0 or float(gin.abs().sum()) == 0:
+        return x0  # no consuming tensors: the least-squares solution is exact
+    x = x0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-14,
+                            tolerance_change=1e-16)
+
+    def closure():
+        opt.zero_grad()
+        loss = invertible_loss(x, cout, c, cin, gin)
+        loss.backward()
+        return loss
+    try:
+        opt.step(closure)
+    except RuntimeError:  # singular iterate
+        return x0
+    x = x.detach()
+    with torch.no_grad():
+        before, after = invertible_loss(x0, cout, c, cin, gin), invertible_loss(x, cout, c, cin, gin)
+    return x if bool(torch.isfinite(after)) and float(after) <= float(before) else x0
+
+
+# -- heads ---------------------------------------------------------------------------------
+def _head_blocks(x: torch.Tensor, h: int) -> torch.Tensor:
+    m, n = x.shape
+    return x.reshape(h, m // h, h, n // h).permute(0, 2, 1, 3)  # [A head, B head, dm, dn]
+
+
+def _diag_blocks(x: torch.Tensor, h: int) -> torch.Tensor:
+    m = x.shape[0] // h
+    return torch.stack([x[i * m:(i + 1) * m, i * m:(i + 1) * m] for i in range(h)])
+
+
+def _heads_orthogonal(local: Local, h: int):
+    """Pair losses (up to a constant) ``−2 ‖M_ij‖_*`` and the polar factors of every block."""
+    blocks = _head_blocks(local.cross(OUT, IN).double(), h)
+    u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
+    q = u @ vh
+    loss = -2 * s.sum(-1)
+    return loss, _pick([[DenseElement(q[i, j], q[i, j].T.contiguous()) for j in range(h)] for i in range(h)])
+
+
+def _heads_invertible(local: Local, h: int):
+    """Per pair the Sylvester (least-squares) map ``X_ij`` and its true loss; returns a ``finish``
+    that polishes the chosen pairs by L-BFGS on the true loss."""
+    cout = _head_blocks(local.cross(OUT).double(), h)
+    cin = _head_blocks(local.cross(IN).double(), h)
+    d = _diag_blocks(local.gram_a(IN).double().to(cout), h).unsqueeze(1)   # [i, 1, dm, dm]
+    c = _diag_blocks(local.gram_b(OUT).double().to(cout), h).unsqueeze(0)  # [1, j, dn, dn]
+    gin = _diag_blocks(local.gram_b(IN).double().to(cout), h).unsqueeze(0)
+    x = sylvester_psd(d, c, cout + cin)
+    ok = torch.isfinite(x).all(dim=(-2, -1))
+    sv = torch.linalg.svdvals(x)
+    ok &= sv[..., -1] > 1e-10 * sv[..., 0].clamp_min(1e-300)
+    xs = torch.where(ok[..., None, None], x, torch.eye(x.shape[-2], x.shape[-1], dtype=x.dtype).expand_as(x))
+    y = torch.linalg.pinv(xs).transpose(-2, -1)  # the consuming side reads Qᵀ = (X⁺)ᵀ
+    loss = (-2 * (xs * cout).sum((-2, -1)) + ((xs.transpose(-2, -1) @ xs) * c).sum((-2, -1))
+            - 2 * (y * cin).sum((-2, -1)) + ((y.transpose(-2, -1) @ y) * gin).sum((-2, -1)))
+    loss = torch.where(ok, loss, torch.full_like(loss, float("inf")))
+
+    def finish(perm: np.ndarray) -> list[Element]:
+        rows, cols = torch.arange(h), torch.as_tensor(perm)
+        polished = polish_invertible(xs[rows, cols], cout[rows, cols], c[0, cols], cin[rows, cols], gin[0, cols])
+        return [DenseElement(polished[i]) for i in range(h)]
+    return loss, finish
+
+
+def _heads_generic(inner, local: Local, h: int, backend: str):
+    best = [[solve_local(inner, local.head(h, i, j), backend=backend) for j in range(h)] for i in range(h)]
+    loss = torch.tensor([[local.head(h, i, j).loss(best[i][j]) for j in range(h)] for i in range(h)],
+                        dtype=torch.float64)
+    return loss, _pick(best)
+
+
+def _pick(best):
+    return lambda perm: [best[i][int(j)] for i, j in enumerate(perm)]
+
+
+def solve_heads(classes: list[HeadStructured], locals_: list[Local], *, backend: str = "auto",
+                current=None) -> list[HeadElement]:
+    """Spaces of one head group solved jointly: one head permutation ``π`` minimising the summed
+    pair losses, then each space's best inner map for its pairs ``(i, π(i))``."""
+    h = classes[0].num_heads
+    total, finishers = None, []
+    for cls, local in zip(classes, locals_):
+        if cls.num_heads != h:
+            raise ValueError(f"spaces of one head group need one head count, got {cls!r} and {classes[0]!r}")
+        if local.empty:
+            inner_id = cls.inner.identity(local.n // h)
+            loss, finish = torch.zeros(h, h, dtype=torch.float64), _pick([[inner_id] * h for _ in range(h)])
+        elif isinstance(cls.inner, Orthogonal):
+            loss, finish = _heads_orthogonal(local, h)
+        elif isinstance(cls.inner, Invertible):
+            loss, finish = _heads_invertible(local, h)
+        else:
+            loss, finish = _heads_generic(cls.inner, local, h, backend)
+        total = loss.cpu() if total is None else total + loss.cpu()
+        finishers.append(finish)
+    finite = torch.isfinite(total)
+    big = float(total[finite].abs().max()) * 4 + 1 if bool(finite.any()) else 1.0
+    total = torch.where(finite, total, torch.full_like(total, big))
+    rows, cols = solve_assignment(total, maximize=False, backend=backend)
+    perm = np.empty(h, dtype=np.int64)
+    perm[rows] = cols
+    return [HeadElement(perm, finish(perm)) for finish in finishers]
