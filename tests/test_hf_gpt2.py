@@ -169,3 +169,14 @@ def test_rewritten_hf_gpt2_admits_orthogonal_residual_maps():
         assert float((y - y2).abs().max()) <= 1e-10 * max(1.0, float(y.abs().max()))
     O = sy.Orthogonal().random(8, seed=1)
     assert_changed(y, logits(arch, sy.apply(arch.graph, params, {"residual": O}), x))
+
+
+def test_config_forms_and_the_user_config_is_not_modified():
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=POSITIONS, n_embd=8, n_layer=1, n_head=2,
+                                  resid_pdrop=0.3, bos_token_id=0, eos_token_id=0)
+    a = architectures.hf_gpt2(cfg)
+    b = architectures.hf_gpt2(cfg.to_dict())
+    assert cfg.resid_pdrop == 0.3 and a.module().config.resid_pdrop == 0.0
+    assert [p.name for p in a.graph.parameters()] == [p.name for p in b.graph.parameters()]
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        architectures.hf_gpt2(cfg, n_head=3)
