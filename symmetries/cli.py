@@ -53,6 +53,10 @@ app.command("demo")(_demo)
 app.command("align")(_align)
 app.command("barrier")(_barrier)
 
+from .verify import verify as _verify  # noqa: E402
+
+app.command("verify")(_verify)
+
 
 def main() -> None:  # console-script entry point
     app()

@@ -1,0 +1,177 @@
+"""``symmetries verify pkg.module:factory``: check a model's declared symmetries in CI.
+
+The factory (in an importable module or a ``.py`` file) returns a module, ``(module,
+example_inputs)``, an ``Architecture`` or ``(architecture, example_inputs)``. The graph comes
+from ``architectures.from_module`` (``--arch auto``), a builder spec (``--arch mlp:4,16,3:gelu``)
+or the architecture itself. Every space and declared class is checked with
+:func:`symmetries.testing.check_invariance`; the exit code is 0 when all hold, 1 when one fails,
+2 when the target cannot be loaded or does not fit its graph.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SymmetryError
+
+__all__ = ["VerifyError", "load_target", "resolve", "verify", "DTYPES"]
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "model": None}
+
+
+class VerifyError(SymmetryError, ValueError):
+    """The target cannot be imported or called, or returns something that cannot be checked."""
+
+
+def _import(module_part: str):
+    looks_like_file = module_part.endswith(".py") or os.sep in module_part or "/" in module_part
+    if looks_like_file:
+        path = Path(module_part).expanduser().resolve()
+        if not path.is_file():
+            raise VerifyError(f"no such file: {module_part}")
+        sys.path.insert(0, str(path.parent))  # the file's own imports of its neighbours work
+        name = f"_symmetries_verify_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise VerifyError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        return module
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_part)
+    except Exception as exc:
+        raise VerifyError(f"cannot import {module_part!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_target(target: str) -> Any:
+    """What ``pkg.module:factory`` (or ``path/to/file.py:factory``) names, called if callable."""
+    module_part, sep, attr = target.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise VerifyError(f"target must be MODULE:FACTORY or FILE.py:FACTORY, got {target!r}")
+    module = _import(module_part)
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise VerifyError(f"{module_part!r} has no attribute {attr!r}") from None
+    if callable(obj) and not isinstance(obj, torch.nn.Module):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise VerifyError(f"calling {target} failed: {type(exc).__name__}: {exc}") from exc
+    return obj
+
+
+def resolve(obj: Any, arch: str = "auto", seed: int = 0):
+    """``(module, graph, example_inputs, source)`` from what a factory returned."""
+    from architectures import Architecture
+    inputs = None
+    if isinstance(obj, tuple) and len(obj) == 2:
+        obj, inputs = obj
+    if isinstance(obj, Architecture):
+        module, graph, source = obj.module(seed=seed), obj.graph, f"architecture {obj.name}"
+        if inputs is None:
+            from .testing import example_inputs
+            try:
+                inputs = example_inputs(obj)
+            except TypeError as exc:
+                raise VerifyError(f"{exc}: return (architecture, example_inputs) from the factory") from None
+    elif isinstance(obj, torch.nn.Module):
+        module, graph, source = obj, None, None
+        if inputs is None:
+            raise VerifyError(f"the factory returned a {type(obj).__name__} without example inputs; "
+                              "return (module, example_inputs)")
+    else:
+        raise VerifyError(f"the factory must return a torch.nn.Module, (module, example_inputs), an "
+                          f"Architecture or (architecture, example_inputs); got {type(obj).__name__}")
+    if arch != "auto":
+        from .archspec import parse_arch
+        built = parse_arch(arch)
+        graph, source = built.graph, f"builder {arch}"
+    elif graph is None:
+        try:
+            from architectures import from_module
+        except ImportError:  # pragma: no cover - from_module ships with architectures
+            raise VerifyError("--arch auto needs architectures.from_module, which is not available; "
+                              "pass --arch BUILDER:ARGS") from None
+        graph, source = from_module(module, inputs), "from_module (torch.fx)"
+    return module, graph, inputs, source
+
+
+def _finite(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _table(report, title: str) -> Table:
+    table = Table(title=title)
+    for col, justify in (("space", "left"), ("class", "left"), ("examples", "right"), ("max error", "right"),
+                         ("tolerance", "right"), ("verdict", "center")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for c in report.checks:
+        verdict = "[green]pass[/]" if c.passed else "[bold red]FAIL[/]"
+        table.add_row(c.space, c.cls, str(c.examples), f"{c.max_error:.2e}", f"{c.tolerance:.2e}", verdict)
+    return table
+
+
+def verify(
+    target: str = typer.Argument(..., help="pkg.module:factory or path/to/file.py:factory; the factory returns a "
+                                            "module, (module, example_inputs), an Architecture or "
+                                            "(architecture, example_inputs)."),
+    arch: str = typer.Option("auto", "--arch", help="auto: the graph from architectures.from_module (or the "
+                                                    "Architecture's own); or a builder spec, e.g. mlp:4,16,3:gelu."),
+    examples: int = typer.Option(5, "--examples", "-n", min=1, help="Drawn transforms per space and class."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every draw (results are reproducible)."),
+    dtype: str = typer.Option("float64", "--dtype", help="float64 (tightest), float32, or model (as given)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable results instead of a table."),
+) -> None:
+    """Check that every declared symmetry of a model leaves its output unchanged (exit 1 if one does not)."""
+    from .testing import check_invariance
+    console = Console()
+    err = Console(stderr=True)
+    if dtype not in DTYPES:
+        err.print(f"[red]error:[/] --dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise typer.Exit(2)
+    try:
+        module, graph, inputs, source = resolve(load_target(target), arch, seed)
+        report = check_invariance(module, graph, inputs, examples=examples, seed=seed, dtype=DTYPES[dtype])
+    except (SymmetryError, TypeError, ValueError, RuntimeError) as exc:
+        if as_json:
+            print(json.dumps({"target": target, "error": f"{type(exc).__name__}: {exc}"}))
+        else:
+            err.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(_finite(dict(target=target, graph=source, **report.to_dict())), indent=2))
+    else:
+        console.print(_table(report, f"{target} — graph: {source}, dtype {report.dtype}"))
+        for c in report.failures:
+            console.print(f"[bold red]✗[/] {c.message()}", soft_wrap=True)
+        notes = [c for c in report.checks if c.passed and c.note]
+        for c in notes:
+            console.print(f"[dim]note: `{c.space}` {c.cls}: {c.note}[/]", soft_wrap=True)
+        verdict = "[green]all declared symmetries hold[/]" if report.passed else \
+            f"[bold red]{len(report.failures)} check(s) failed[/]"
+        console.print(f"{verdict} — {report.examples} examples, {report.forward_passes} forward passes, "
+                      f"{report.seconds:.2f} s")
+    if not report.passed:
+        raise typer.Exit(1)
