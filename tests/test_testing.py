@@ -1,0 +1,200 @@
+"""symmetries.testing: the assertion passes for every builder (float64 and float32), fails with the
+right space, class and activation named on wrong declarations (scaling across GELU, a split
+residual, an orthogonal residual across LayerNorm, splitting GELU units), shrinks to the smallest
+failing subclass, scales its tolerance as documented, never touches the user's model, and raises
+typed errors on input that does not fit."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import architectures
+import symmetries as sy
+from arch_checks import split_space
+from symmetries.errors import UnknownParameterError, UnknownSpaceError
+from symmetries.strategies import (cnn_architectures, dtypes, gcn_architectures, mlp_architectures,
+                                   resnet_architectures, seeds, transformer_architectures)
+from symmetries.testing import (ALL_SPACES, DEFAULT_RTOL, InvarianceError, assert_invariant, check_invariance,
+                                example_inputs)
+
+
+def _rows(graph) -> int:
+    spaces = graph.spaces()
+    return sum(len(s.classes) for s in spaces) + (1 if len(spaces) > 1 else 0)
+
+
+# -- every builder passes ------------------------------------------------------------------------------
+@settings(max_examples=40)
+@given(arch=st.one_of(mlp_architectures(max_width=8), cnn_architectures(), resnet_architectures(),
+                      gcn_architectures(), transformer_architectures(norm=st.sampled_from(["layernorm", "rms"]))),
+       dtype=dtypes, seed=seeds)
+def test_every_builder_passes_with_every_declared_class(arch, dtype, seed):
+    report = assert_invariant(arch.module(seed=seed % 1000), arch.graph, example_inputs(arch, dtype=dtype),
+                              examples=2, seed=seed, dtype=dtype)
+    assert report.passed and len(report.checks) == _rows(arch.graph)
+    assert report.examples == 2 * len(report.checks)
+    assert all(c.max_error <= c.tolerance for c in report.checks)
+
+
+def test_architecture_objects_are_accepted_and_rms_transformers_admit_orthogonal_residuals():
+    arch = architectures.gpt2(13, 6, 8, n_heads=2, n_layers=2, d_mlp=6, norm="rms")
+    assert arch.graph.admits("residual", sy.Orthogonal())
+    report = assert_invariant(arch, example_inputs=example_inputs(arch), examples=3, dtype=torch.float64)
+    row = next(c for c in report.checks if c.space == "residual")
+    assert row.cls == "Orthogonal" and row.passed and row.examples == 3 and row.max_error < 1e-12
+
+
+# -- wrong declarations fail, naming the space --------------------------------------------------------------
+@settings(max_examples=25)
+@given(act=st.sampled_from(["gelu", "silu", "sigmoid"]), depth=st.integers(1, 3), which=st.integers(0, 2),
+       dtype=dtypes, seed=seeds)
+def test_scaling_declared_across_a_smooth_activation_fails_at_that_space(act, depth, which, dtype, seed):
+    arch = architectures.mlp([4] + [6] * depth + [3], act)
+    space = f"hidden.{which % depth}"
+    wrong = arch.graph.with_classes({space: sy.PositiveScaling()})
+    with pytest.raises(InvarianceError) as info:
+        assert_invariant(arch.module(seed=1), wrong, example_inputs(arch, dtype=dtype), seed=seed, dtype=dtype)
+    check = info.value.check
+    assert check.space == space and check.cls == "PositiveScaling" and check.activation == act
+    assert check.max_error > check.tolerance
+    msg = str(info.value)
+    assert f"space `{space}` declared PositiveScaling" in msg and f"activation is {act}" in msg
+    assert isinstance(info.value, AssertionError)
+    others = [c for c in info.value.report.checks if c.space not in (space, ALL_SPACES)]
+    assert all(c.passed for c in others)  # attributed to the one space
+
+
+def test_a_failing_product_class_shrinks_to_the_failing_factor():
+    arch = architectures.mlp([4, 6, 5, 3], "gelu")
+    wrong = arch.graph.with_classes({"hidden.1": sy.PermutationScaling()})
+    with pytest.raises(InvarianceError, match=r"declared PermutationScaling: output changed by .* after a drawn "
+                                              r"PositiveScaling .*activation is gelu"):
+        assert_invariant(arch.module(seed=0), wrong, example_inputs(arch))
+
+
+def test_semi_permutations_are_checked_widened_and_fail_across_gelu():
+    arch = architectures.mlp([4, 6, 3], "gelu")
+    wrong = arch.graph.with_classes({"hidden.0": sy.SemiPermutation()})
+    report = check_invariance(arch.module(seed=0), wrong, example_inputs(arch))
+    (row,) = [c for c in report.checks if c.space == "hidden.0"]
+    assert not row.passed and row.note == ""  # widened (a square semi-permutation would be a permutation)
+    ok = check_invariance(arch.module(seed=0), wrong, example_inputs(arch), widen=0)
+    assert ok.passed
+
+
+@pytest.mark.parametrize("space,moved", [
+    ("stream.0", ["layer1.0.conv2.weight", "layer1.0.bn2.weight", "layer1.0.bn2.bias", "layer1.0.bn2.running_mean",
+                  "layer1.0.bn2.running_var"]),
+    ("stream.1", ["layer3.0.conv1.weight"]),
+])
+def test_a_resnet_whose_residual_space_is_split_fails_at_that_stream(space, moved):
+    arch = architectures.resnet(8, channels=(3, 4, 5), in_channels=2)
+    wrong = split_space(arch.graph, space, moved)
+    with pytest.raises(InvarianceError) as info:
+        assert_invariant(arch.module(seed=0), wrong, example_inputs(arch), examples=3)
+    assert info.value.check.space in (space, space + "'")
+    failing = {c.space for c in info.value.report.failures}
+    assert failing <= {space, space + "'", ALL_SPACES}
+    assert_invariant(arch.module(seed=0), arch.graph, example_inputs(arch), examples=3)  # the true graph holds
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "vit"])
+def test_orthogonal_residual_without_the_layernorm_rewrite_fails_at_the_residual(kind):
+    arch = (architectures.gpt2(13, 6, 8, n_heads=2, n_layers=1, d_mlp=6) if kind == "gpt2"
+            else architectures.vit(8, 4, 2, 8, n_heads=2, n_layers=1))
+    wrong = arch.graph.with_classes({"residual": sy.Orthogonal()})
+    with pytest.raises(InvarianceError, match=r"space `residual` declared Orthogonal") as info:
+        assert_invariant(arch.module(seed=0), wrong, example_inputs(arch, dtype=torch.float32), examples=3)
+    assert info.value.check.max_error > 1e-3
+    assert info.value.check.failing_class == "SignFlip"  # already a sign flip breaks LayerNorm's gain and bias
+
+
+def test_untied_head_permutation_is_caught_and_attributed():
+    arch = architectures.gpt2(13, 6, 8, n_heads=2, n_layers=1, d_mlp=6)
+    g = arch.graph.copy()
+    g.nx.nodes["blocks.0.attn.vo"]["head_group"] = None  # forget to tie V/O heads to Q/K heads
+    g._cache = None
+    report = check_invariance(arch.module(seed=0), g, example_inputs(arch), examples=4)
+    assert not report.passed
+    assert [c.space for c in report.failures if c.space != ALL_SPACES] in (["blocks.0.attn.qk"],
+                                                                           ["blocks.0.attn.vo"],
+                                                                           ["blocks.0.attn.qk", "blocks.0.attn.vo"])
+
+
+# -- tolerances -------------------------------------------------------------------------------------------------
+def test_tolerance_is_rtol_times_conditioning_times_output_scale():
+    arch = architectures.mlp([4, 6, 3], "gelu")
+    model, x = arch.module(seed=0, dtype=torch.float64), example_inputs(arch)
+    report = check_invariance(model, arch.graph, x, perturb=False, joint=False)
+    (row,) = report.checks
+    with torch.no_grad():
+        scale = float(model(x).abs().max())
+    assert row.tolerance == pytest.approx(DEFAULT_RTOL[torch.float64] * 1.0 * scale, rel=1e-12)  # κ(P) = 1
+    scaled = check_invariance(model, arch.graph.with_classes({"hidden.0": sy.PositiveScaling()}), x, rtol=1.0,
+                              perturb=False, joint=False, cond=9.0, examples=3)
+    (row,) = scaled.checks
+    assert scale < row.tolerance <= 9.0 * scale  # κ(D) ∈ (1, 9] multiplies the tolerance
+    assert scaled.passed  # a huge rtol accepts even a broken symmetry: the tolerance is really used
+
+
+def test_float32_tolerance_is_looser_than_float64():
+    arch = architectures.mlp([4, 6, 3], "relu")
+    r64 = check_invariance(arch.module(seed=0), arch.graph, example_inputs(arch), dtype=torch.float64)
+    r32 = check_invariance(arch.module(seed=0), arch.graph, example_inputs(arch), dtype=torch.float32)
+    assert r64.dtype == "float64" and r32.dtype == "float32"
+    assert max(c.tolerance for c in r32.checks) > 1e3 * max(c.tolerance for c in r64.checks)
+
+
+# -- the user's model is untouched; bad input is refused -------------------------------------------------------
+def test_the_users_model_is_never_modified():
+    arch = architectures.vgg((4, "M", 5), in_channels=2, batchnorm=True)
+    model = arch.module(seed=0).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_invariance(model, arch.graph, example_inputs(arch, dtype=torch.float32), examples=2)
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_graph_that_does_not_fit_the_model_is_a_typed_error():
+    arch, other = architectures.mlp([4, 6, 3]), architectures.vgg((4,), in_channels=2)
+    with pytest.raises(UnknownParameterError, match="features"):
+        check_invariance(other.module(), arch.graph, example_inputs(other))
+    with pytest.raises(UnknownSpaceError, match="nowhere"):
+        check_invariance(arch.module(), arch.graph, example_inputs(arch), {"nowhere": sy.Permutation()})
+    with pytest.raises(ValueError, match="examples"):
+        check_invariance(arch.module(), arch.graph, example_inputs(arch), examples=0)
+    with pytest.raises(TypeError, match="graph"):
+        check_invariance(arch.module(), None, example_inputs(arch))
+
+
+class _Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x) + torch.rand(2)
+
+
+def test_a_non_deterministic_model_is_refused():
+    g = architectures.WeightGraph("noisy")
+    g.add_parameter("fc.weight", (2, 3), fixed=True).add_parameter("fc.bias", (2,), fixed=True)
+    g.add_space("none", 1, sy.Permutation())
+    with pytest.raises(RuntimeError, match="not deterministic"):
+        check_invariance(_Noisy(), g, torch.randn(4, 3))
+
+
+def test_report_rows_and_json_friendly_dict():
+    arch = architectures.mlp([4, 6, 5, 3], "relu")
+    report = check_invariance(arch.module(seed=0), arch.graph, example_inputs(arch), examples=3, seed=7)
+    assert [(c.space, c.cls) for c in report.checks] == [
+        ("hidden.0", "PermutationScaling"), ("hidden.0", "SemiPermutation"),
+        ("hidden.1", "PermutationScaling"), ("hidden.1", "SemiPermutation"), (ALL_SPACES, report.checks[-1].cls)]
+    d = report.to_dict()
+    assert d["passed"] and d["examples"] == 15 and d["checks"][0]["verdict"] == "pass"
+    again = check_invariance(arch.module(seed=0), arch.graph, example_inputs(arch), examples=3, seed=7)
+    assert [c.seed for c in again.checks] == [c.seed for c in report.checks]  # reproducible from the seed
