@@ -1,0 +1,79 @@
+"""symmetries.strategies: drawn elements belong to their class, respect the conditioning bound, the
+requested dtype and widening; transform sets use admitted classes and share head permutations;
+drawn architectures are valid graphs whose modules run on their example inputs; the module
+imports without pytest."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import symmetries as sy
+from symmetries.elements import HeadElement
+from symmetries.strategies import (GROUPS, architectures_, dtypes, elements, random_element, symmetry_classes,
+                                   transform_sets, transformer_architectures)
+from symmetries.testing import example_inputs
+
+
+def _cond(el) -> float:
+    s = torch.linalg.svdvals(el.as_matrix().double())
+    return float(s[0] / s[-1])
+
+
+@settings(max_examples=150)
+@given(cls=symmetry_classes(groups_only=False), data=st.data(), cond=st.sampled_from([1.5, 4.0, 10.0]))
+def test_elements_belong_to_their_class_and_respect_the_conditioning_bound(cls, data, cond):
+    el = data.draw(elements(cls, max_size=6, widen=2, cond=cond))
+    assert cls.contains(el.as_matrix(), atol=1e-9)
+    m, n = el.shape
+    assert m >= n and (m == n or cls.rectangular)
+    if cls.is_group and m == n:
+        assert _cond(el) <= cond * (1 + 1e-9)
+
+
+@settings(max_examples=40)
+@given(cls=st.sampled_from(GROUPS), dtype=dtypes, data=st.data())
+def test_elements_are_cast_to_the_drawn_dtype(cls, dtype, data):
+    el = data.draw(elements(cls, size=5, dtype=dtype))
+    x = torch.randn(5, 3, dtype=dtype)
+    assert el.apply(x, 0, "out").dtype == dtype and el.apply(x, 0, "in").dtype == dtype
+    torch.testing.assert_close(el.inverse().apply(el.apply(x, 0, "out"), 0, "out"), x,
+                               rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-5 if dtype == torch.float32
+                               else 1e-12)
+
+
+def test_random_element_is_reproducible_and_bounds_scalings():
+    a = random_element(sy.PositiveScaling(), 50, seed=3, cond=4.0)
+    b = random_element(sy.PositiveScaling(), 50, seed=3, cond=4.0)
+    assert torch.equal(a.as_matrix(), b.as_matrix())
+    d = torch.diagonal(a.as_matrix())
+    assert float(d.max() / d.min()) <= 4.0 + 1e-12 and float(d.max() / d.min()) > 1.5
+
+
+@settings(max_examples=40)
+@given(arch=transformer_architectures(), data=st.data())
+def test_transform_sets_use_admitted_classes_and_share_head_permutations(arch, data):
+    T = data.draw(transform_sets(arch.graph))
+    assert set(T) == {s.name for s in arch.graph.spaces()}
+    for names in arch.graph.head_groups().values():
+        perms = {tuple(T[n].head_perm.tolist()) for n in names if isinstance(T[n], HeadElement)}
+        assert len(perms) <= 1
+
+
+@settings(max_examples=40)
+@given(arch=architectures_(), seed=st.integers(0, 100))
+def test_drawn_architectures_are_valid_and_run(arch, seed):
+    module = arch.module(seed=seed, dtype=torch.float64)
+    arch.graph.validate(module.state_dict())
+    x = example_inputs(arch)
+    with torch.no_grad():
+        y = module(*x) if isinstance(x, tuple) else module(x)
+    assert torch.isfinite(y).all()
+
+
+def test_strategies_import_without_pytest():
+    code = "import sys, symmetries.strategies, symmetries.testing; assert 'pytest' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
