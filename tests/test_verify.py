@@ -1,0 +1,176 @@
+"""`symmetries verify`: run as a separate process against user model files written into tmp_path
+(a file path and a module path), exit 0 when the declared symmetries hold, 1 naming the space when
+one does not, 2 on unusable input; --json is machine-readable. In-process runs (typer's runner)
+cover every builder and the wrong declarations."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from symmetries.cli import app
+
+USER_MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    import architectures
+    import symmetries as sy
+
+
+    class Net(nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = nn.Linear(4, 8), act, nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)))
+
+
+    def relu_net():
+        torch.manual_seed(0)
+        return Net(nn.ReLU()), torch.randn(5, 4)
+
+
+    def gelu_mlp():  # keys layers.i.*, as architectures.mlp builds them
+        return architectures.mlp([4, 6, 5, 3], "gelu").module(seed=0), torch.randn(5, 4)
+
+
+    def bare_module():
+        return Net(nn.ReLU())
+
+
+    def wrong_transformer():  # orthogonal residual declared without the LayerNorm rewrite
+        arch = architectures.gpt2(13, 6, 8, n_heads=2, n_layers=1, d_mlp=6)
+        graph = arch.graph.with_classes({"residual": sy.Orthogonal()})
+        return architectures.Architecture(arch.name, graph, arch.factory, arch.config)
+
+
+    def rms_transformer():
+        return architectures.gpt2(13, 6, 8, n_heads=2, n_layers=1, d_mlp=6, norm="rms")
+''')
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).parent / "symmetries"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from symmetries.cli import main; main()"]
+
+
+def _run(args, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
+    return subprocess.run(_command() + ["verify", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture()
+def user_file(tmp_path) -> Path:
+    path = tmp_path / "user_models.py"
+    path.write_text(USER_MODEL)
+    return path
+
+
+def test_subprocess_passes_on_a_file_path_and_fails_naming_the_space(user_file, tmp_path):
+    ok = _run([f"{user_file}:relu_net", "--examples", "3"], cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "fc1" in ok.stdout and "PermutationScaling" in ok.stdout and "all declared symmetries hold" in ok.stdout
+    bad = _run([f"{user_file}:gelu_mlp", "--arch", "mlp:4,6,5,3:relu", "--seed", "3"], cwd=tmp_path)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAIL" in bad.stdout
+    assert "space `hidden.0` declared PermutationScaling" in bad.stdout and "activation is relu" in bad.stdout
+
+
+def test_subprocess_json_with_a_module_path(user_file, tmp_path):
+    res = _run(["user_models:wrong_transformer", "--json", "--examples", "2"], cwd=tmp_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    data = json.loads(res.stdout)
+    assert data["passed"] is False and data["target"] == "user_models:wrong_transformer"
+    failing = {c["space"] for c in data["checks"] if c["verdict"] == "FAIL"}
+    assert "residual" in failing and failing <= {"residual", "(all spaces)"}
+    row = next(c for c in data["checks"] if c["space"] == "residual")
+    assert row["cls"] == "Orthogonal" and row["max_error"] > row["tolerance"]
+
+
+def test_subprocess_unusable_input_exits_2(user_file, tmp_path):
+    res = _run([f"{user_file}:bare_module"], cwd=tmp_path)
+    assert res.returncode == 2 and "example_inputs" in res.stderr
+    res = _run(["no_such_module:factory"], cwd=tmp_path)
+    assert res.returncode == 2 and "cannot import" in res.stderr
+
+
+# -- in process -------------------------------------------------------------------------------------------------
+runner = CliRunner()
+
+
+def _invoke(*args):
+    return runner.invoke(app, ["verify", *args], env={"COLUMNS": "200"})
+
+
+BUILDERS = {
+    "mlp_tanh": "architectures.mlp([4, 6, 5, 3], 'tanh')",
+    "vgg_bn": "architectures.vgg((4, 'M', 5), in_channels=2, batchnorm=True, hidden=(6,))",
+    "resnet": "architectures.resnet(8, channels=(3, 4), in_channels=2)",
+    "gcn": "architectures.gcn([3, 5, 4, 2], 'leaky_relu')",
+    "gpt2": "architectures.gpt2(13, 6, 8, n_heads=2, n_layers=1, d_mlp=6, packed_qkv=True)",
+    "vit_rms": "architectures.vit(8, 4, 2, 8, n_heads=2, n_layers=1, norm='rms')",
+}
+
+
+@pytest.fixture()
+def builders_file(tmp_path) -> Path:
+    lines = ["import architectures", "from architectures.transformer import RESIDUAL",
+             "from arch_checks import split_space"]
+    for name, expr in BUILDERS.items():
+        lines.append(f"def {name}():\n    return {expr}")
+    lines.append(textwrap.dedent('''
+        def split_resnet():
+            arch = architectures.resnet(8, channels=(3, 4), in_channels=2)
+            moved = ["layer1.0.conv2.weight", "layer1.0.bn2.weight", "layer1.0.bn2.bias",
+                     "layer1.0.bn2.running_mean", "layer1.0.bn2.running_var"]
+            graph = split_space(arch.graph, "stream.0", moved)
+            return architectures.Architecture(arch.name, graph, arch.factory, arch.config)
+    '''))
+    path = tmp_path / "builders_models.py"
+    path.write_text("\n\n".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_every_builder_passes(builders_file, name):
+    res = _invoke(f"{builders_file}:{name}", "--examples", "2", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["passed"] and data["examples"] >= 2 and all(c["verdict"] == "pass" for c in data["checks"])
+    assert data["graph"].startswith("architecture")
+
+
+def test_a_split_resnet_stream_fails_naming_it(builders_file):
+    res = _invoke(f"{builders_file}:split_resnet", "--examples", "3")
+    assert res.exit_code == 1, res.output
+    assert "space `stream.0" in res.output and "FAIL" in res.output
+
+
+def test_from_module_graph_for_a_builder_module(tmp_path):
+    (tmp_path / "fm.py").write_text(textwrap.dedent('''
+        import torch, architectures
+        def model():
+            return architectures.mlp([4, 6, 3], "gelu").module(seed=0), torch.randn(3, 4)
+    '''))
+    res = _invoke(f"{tmp_path / 'fm.py'}:model", "--dtype", "float32")
+    assert res.exit_code == 0, res.output
+    assert "from_module" in res.output and "float32" in res.output and "Permutation" in res.output
+
+
+def test_bad_options_and_targets_exit_2(tmp_path, user_file):
+    assert _invoke(f"{user_file}:relu_net", "--dtype", "float8").exit_code == 2
+    assert _invoke("no_colon_here").exit_code == 2
+    assert _invoke(f"{user_file}:missing_factory").exit_code == 2
+    res = _invoke(f"{user_file}:relu_net", "--arch", "vgg:4,8")  # a graph that does not fit the model
+    assert res.exit_code == 2 and "not in graph" in res.output
