@@ -19,6 +19,7 @@ silently wrong space.
 """
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from typing import Any
 
@@ -180,7 +181,8 @@ class _Walk:
             return
         args = fx.node.map_arg(node.args, lambda n: self._fresh(self.info[n]))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self._fresh(self.info[n]))
-        if _has_heads((args, kwargs)) and not _head_aware(node):
+        element = node.target is operator.getitem and isinstance(args[0], (tuple, list))
+        if _has_heads((args, kwargs)) and not (element or _head_aware(node)):
             self.info[node] = self.opaque(node, "an op on features split into attention heads")
             return
         try:
@@ -221,25 +223,57 @@ class _Walk:
                 self._kill_outputs([self.info.get(item)])
 
     # -- assembling the weight graph ---------------------------------------------------------------------
+    def _edges(self, r: int) -> list:
+        """The edges of candidate ``r``, on every state-dict key of a shared tensor, without repeats."""
+        seen, es = set(), []
+        for p, axis, role, span in self.state.vars[r].edges:
+            for alias in self.aliases.get(p, [p]):
+                key = (alias, axis % self.tensors[alias].dim(), role, span)
+                if key not in seen:
+                    seen.add(key)
+                    es.append(key)
+        return es
+
+    def _merge_shared(self) -> None:
+        """A tensor axis claimed by two candidates (a module called twice) makes them one space."""
+        st = self.state
+        changed = True
+        while changed:
+            changed, owner = False, {}
+            for r in sorted({st.find(i) for i in st.vars}):
+                for p, axis, _, span in self._edges(r):
+                    other = owner.setdefault((p, axis, span), r)
+                    if st.find(other) != st.find(r):
+                        try:
+                            st.union(other, r, f"shared tensor {p!r}")
+                        except (Sealed, ExtractionError):
+                            st.kill(other, f"{p!r} is shared with an attention head space")
+                            st.kill(r, f"{p!r} is shared with an attention head space")
+                            continue
+                        changed = True
+                        break
+                if changed:
+                    break
+
     def build(self, name: str) -> WeightGraph:
         st = self.state
+        self._merge_shared()
         roots = {st.find(i) for i in st.vars}
-        edges: dict[int, list] = {}
-        for r in roots:
-            seen, es = set(), []
-            for p, axis, role, span in st.vars[r].edges:
-                for alias in self.aliases.get(p, [p]):
-                    key = (alias, axis % self.tensors[alias].dim(), role, span)
-                    if key not in seen:
-                        seen.add(key)
-                        es.append(key)
-            edges[r] = es
+        edges = {r: self._edges(r) for r in roots}
         poisoned = set()
         for p in st.poisoned:
             poisoned.update(self.aliases.get(p, [p]))
         for r in roots:
             if any(p in poisoned for p, *_ in edges[r]):
                 st.kill(r, "one of its tensors is used where no symmetry is known")
+        groups = defaultdict(list)
+        for r in roots:
+            if st.vars[r].head_group is not None:
+                groups[st.vars[r].head_group].append(r)
+        for members in groups.values():  # one head permutation: a dead member freezes the group
+            if any(st.vars[r].dead or not st.vars[r].classes for r in members):
+                for r in members:
+                    st.kill(r, "another space of its head group has no symmetry")
         g = WeightGraph(name)
         alive = []
         for r in sorted(roots):

@@ -65,6 +65,8 @@ def binary(ctx, node, kind: str, a, b):
             _restrict(ctx, base, PERM)
         return base.moved(out, D)
     other_first = ops[0] is not base
+    if base.hdim is not None and not isinstance(ops[1] if not other_first else ops[0], Number):
+        return ctx.opaque(node, f"an elementwise {kind} of features split into heads with a tensor")
     other = ops[0] if other_first else ops[1]
     # the spaced operand is a denominator: 1/x is a nonlinearity, exact under permutations only
     nonlinear = kind == "div" and other_first

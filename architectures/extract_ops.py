@@ -179,8 +179,11 @@ def _module_mha(ctx, node, mod, query, key, value, *rest, **kwargs):
     out_shape = tuple(ctx.value(node)[0].shape)
     v = _produce(ctx, node, E, name, [(ow, 0), (ctx.pname(name, "out_proj.bias", mod.out_proj.bias), 0)])
     weights = ctx.value(node)[1]
-    return (Feat(out_shape, len(out_shape) - 1, ((v, E),)),
-            None if weights is None else Feat(tuple(weights.shape)))
+    if weights is not None and weights.dim() == query.ndim + 1:  # per-head weights: indexed by the heads
+        weights = HeadOnly(tuple(weights.shape), weights.dim() - 3, qk)
+    elif weights is not None:  # averaged over the heads: invariant
+        weights = Feat(tuple(weights.shape))
+    return (Feat(out_shape, len(out_shape) - 1, ((v, E),)), weights)
 
 
 # -- elementwise ops ----------------------------------------------------------------------------------

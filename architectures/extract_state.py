@@ -144,8 +144,8 @@ class State:
             raise Sealed(node)
         if va.size != vb.size:
             raise ExtractionError(f"fx node {node!r} joins feature spaces of sizes {va.size} and {vb.size}", node=node)
-        if (va.head_group is None) != (vb.head_group is None) or va.head_group != vb.head_group:
-            raise ExtractionError(f"fx node {node!r} joins an attention head space with another space", node=node)
+        if va.head_group != vb.head_group:  # an attention head space joined with another space
+            raise Sealed(node)
         keep, drop = (ra, rb) if ra < rb else (rb, ra)
         vk, vd = self.vars[keep], self.vars.pop(drop)
         self.parent[drop] = keep

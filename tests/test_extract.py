@@ -339,6 +339,47 @@ def test_query_reused_after_the_scores_is_refused():
     assert g.head_groups() == {} and all(s.head_group is None for s in g.spaces())
 
 
+def test_per_head_attention_weights_reaching_the_output_freeze_the_heads():
+    class Weights(nn.Module):
+        def __init__(self, average):
+            super().__init__()
+            self.average = average
+            self.inp = nn.Linear(3, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            h = self.inp(x)
+            y, w = self.attn(h, h, h, average_attn_weights=self.average)
+            return y.sum(-1), w
+
+    x = torch.randn(2, 4, 3)
+    per_head = from_module(Weights(False), x)
+    assert per_head.head_groups() == {}  # the head permutation would permute the returned weights
+    averaged = from_module(Weights(True), x)
+    assert averaged.head_groups() == {"attn": ["attn.qk", "attn.vo"]}
+
+
+def test_a_module_called_twice_is_one_space():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.f, self.out = nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.inp(x))
+            return self.out(torch.tanh(self.f(torch.tanh(self.f(h)))))
+
+    m = Twice().double()
+    g = from_module(m, torch.randn(2, 3, dtype=torch.float64))
+    # f writes and reads one space, so inp's space, f's output and out's input are all the same
+    assert [s.classes for s in g.spaces()] == [(sy.SignedPermutation(),)]
+    x = torch.randn(6, 3, dtype=torch.float64)
+    for seed in range(5):
+        T = sy.random_transforms(g, seed)
+        y, y2 = _run(m, m.state_dict(), (x,)), _run(m, sy.apply(g, m.state_dict(), T), (x,))
+        torch.testing.assert_close(y, y2, rtol=1e-10, atol=1e-10)
+
+
 def test_concatenation_gives_slices():
     g = GRAPHS["concat"]
     reads = sorted((e.slice, e.space) for e in g.edges_of("out.weight"))
