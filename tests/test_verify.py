@@ -174,3 +174,16 @@ def test_bad_options_and_targets_exit_2(tmp_path, user_file):
     assert _invoke(f"{user_file}:missing_factory").exit_code == 2
     res = _invoke(f"{user_file}:relu_net", "--arch", "vgg:4,8")  # a graph that does not fit the model
     assert res.exit_code == 2 and "not in graph" in res.output
+
+
+def test_docs_page_examples_run():
+    import re
+    page = Path(__file__).resolve().parents[1] / "docs" / "verify.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, str(page), "exec"), namespace)
+        for name, fn in namespace.items():
+            if name.startswith("test_") and callable(fn):
+                fn()
