@@ -19,7 +19,7 @@ from .transforms import TransformSet, random_transforms
 
 __all__ = ["GROUPS", "symmetry_classes", "elements", "random_element", "transform_sets", "seeds", "dtypes",
            "mlp_architectures", "cnn_architectures", "resnet_architectures", "gcn_architectures",
-           "transformer_architectures", "architectures_"]
+           "transformer_architectures", "architectures_", "example_inputs"]
 
 #: The concrete group classes (semi-permutations are a monoid, drawn separately).
 GROUPS: tuple[SymmetryClass, ...] = (Trivial(), Permutation(), SignFlip(), SignedPermutation(),
@@ -160,3 +160,27 @@ def architectures_() -> st.SearchStrategy:
     Pair it with :func:`symmetries.testing.example_inputs` to run the module."""
     return st.one_of(mlp_architectures(), cnn_architectures(), resnet_architectures(), gcn_architectures(),
                      transformer_architectures())
+
+
+def example_inputs(arch, batch: int = 4, *, seed: int = 0, dtype: torch.dtype = torch.float64,
+                   image_size: int = 8, nodes: int = 6):
+    """Seeded inputs for a module of the builders: MLP ``(batch, d_in)``, VGG/ResNet images
+    ``(batch, C, image_size, image_size)``, GCN ``(features (nodes, d_in), adjacency)``, GPT-2 token
+    ids, ViT images."""
+    cfg, gen = arch.config, torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    if cfg.get("kind") in ("gpt2", "vit"):
+        from architectures.transformer import example_inputs as transformer_inputs
+        return transformer_inputs(arch, batch, seed=seed, dtype=dtype)
+    name = arch.name
+    if name.startswith("gcn"):
+        a = (torch.rand(nodes, nodes, generator=gen) < 0.4).to(torch.float64)
+        return randn(nodes, cfg["widths"][0]), ((a + a.T) > 0).to(dtype)
+    if name.startswith("mlp"):
+        return randn(batch, cfg["widths"][0])
+    if "in_channels" in cfg:
+        return randn(batch, cfg["in_channels"], image_size, image_size)
+    raise TypeError(f"no example inputs known for {name!r}; pass them explicitly")

@@ -198,3 +198,16 @@ def test_report_rows_and_json_friendly_dict():
     assert d["passed"] and d["examples"] == 15 and d["checks"][0]["verdict"] == "pass"
     again = check_invariance(arch.module(seed=0), arch.graph, example_inputs(arch), examples=3, seed=7)
     assert [c.seed for c in again.checks] == [c.seed for c in report.checks]  # reproducible from the seed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_model_on_the_gpu_is_checked_on_the_gpu():
+    arch = architectures.vgg((4, "M", 5), in_channels=2, batchnorm=True)
+    model = arch.module(seed=0).cuda()
+    x = example_inputs(arch, dtype=torch.float32).cuda()
+    report = assert_invariant(model, arch.graph, x, examples=3)
+    assert report.passed and next(model.parameters()).is_cuda
+    wrong = architectures.mlp([4, 6, 3], "gelu")
+    with pytest.raises(InvarianceError, match="hidden.0"):
+        assert_invariant(wrong.module(seed=0).cuda(), wrong.graph.with_classes({"hidden.0": sy.PositiveScaling()}),
+                         example_inputs(wrong, dtype=torch.float32).cuda())
