@@ -8,6 +8,7 @@ shape propagation would be) instead of failing as plain symbolic tracing does.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import operator
 from unittest import mock
 from typing import Any
@@ -127,6 +128,9 @@ class _Tracer(fx.Tracer):
 
     def _run(self, node: fx.Node):
         if node.op == "placeholder":
+            if self._placeholders >= len(self.inputs) and node.args:  # an argument left at its default
+                self._placeholders += 1
+                return node.args[0]
             if self._placeholders >= len(self.inputs):
                 raise ExtractionError(f"the module takes more inputs than the {len(self.inputs)} example inputs "
                                       f"given (placeholder {node.name!r})", node=node.name)
@@ -149,6 +153,17 @@ class _Tracer(fx.Tracer):
         raise ExtractionError(f"unexpected fx node kind {node.op!r} ({node.name!r})", node=node.name)
 
 
+def _defaults(module: nn.Module, given: int) -> dict | None:
+    """Arguments of ``forward`` beyond the example inputs keep their default values (so that
+    ``if mask is not None`` follows the default instead of seeing a proxy)."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    rest = [p for p in params[given:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return {p.name: p.default for p in rest if p.default is not p.empty} or None
+
+
 def _target_name(node: fx.Node) -> str:
     t = node.target
     return t if isinstance(t, str) else getattr(t, "__name__", repr(t))
@@ -168,7 +183,7 @@ def trace(module: nn.Module, example_inputs) -> tuple[fx.Graph, dict, set]:
         module.eval()
         with torch.no_grad(), mock.patch.object(torch, "as_tensor", _traced_constructor(torch.as_tensor)), \
                 mock.patch.object(torch, "asarray", _traced_constructor(torch.asarray)):
-            graph = tracer.trace(module)
+            graph = tracer.trace(module, concrete_args=_defaults(module, len(inputs)))
     except fx.proxy.TraceError as exc:
         raise ExtractionError(f"torch.fx could not trace {type(module).__name__}: {exc}") from exc
     finally:

@@ -380,6 +380,25 @@ def test_a_module_called_twice_is_one_space():
         torch.testing.assert_close(y, y2, rtol=1e-10, atol=1e-10)
 
 
+def test_arguments_left_at_their_defaults_are_traced_as_defaults():
+    class Optional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x, gate=None, *, shift=0.0):
+            h = torch.relu(self.a(x))
+            if gate is not None:
+                h = h * gate
+            return self.b(h + shift)
+
+    relu = (sy.PermutationScaling(), sy.SemiPermutation())
+    assert [s.classes for s in from_module(Optional(), torch.randn(2, 3)).spaces()] == [relu]
+    gated = from_module(Optional(), (torch.randn(2, 3), torch.randn(2, 1)))  # a per-example factor
+    assert [s.classes for s in gated.spaces()] == [relu]
+    assert from_module(Optional(), (torch.randn(2, 3), torch.randn(2, 4))).spaces() == []  # a fixed gate
+
+
 def test_concatenation_gives_slices():
     g = GRAPHS["concat"]
     reads = sorted((e.slice, e.space) for e in g.edges_of("out.weight"))
