@@ -131,6 +131,9 @@ class _Tracer(fx.Tracer):
             if self._placeholders >= len(self.inputs) and node.args:  # an argument left at its default
                 self._placeholders += 1
                 return node.args[0]
+            if self._placeholders >= len(self.inputs) and str(node.target).startswith("*"):  # *args, **kwargs
+                self._placeholders += 1
+                return {} if str(node.target).startswith("**") else ()
             if self._placeholders >= len(self.inputs):
                 raise ExtractionError(f"the module takes more inputs than the {len(self.inputs)} example inputs "
                                       f"given (placeholder {node.name!r})", node=node.name)

@@ -398,6 +398,16 @@ def test_arguments_left_at_their_defaults_are_traced_as_defaults():
     assert [s.classes for s in gated.spaces()] == [relu]
     assert from_module(Optional(), (torch.randn(2, 3), torch.randn(2, 4))).spaces() == []  # a fixed gate
 
+    class Variadic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x, *args, **kwargs):
+            return self.b(torch.relu(self.a(x)))
+
+    assert [s.classes for s in from_module(Variadic(), torch.randn(2, 3)).spaces()] == [relu]
+
 
 def test_concatenation_gives_slices():
     g = GRAPHS["concat"]
