@@ -58,11 +58,16 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
                                                        "marginalized barrier."),
          out: Path = typer.Option(Path("symmetries-demo"), "--out", help="Folder for the plot and JSON."),
          as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (no table, no bars)."),
+         threads: int = typer.Option(1, min=1, help="torch CPU threads (the demo's networks are too small to "
+                                                    "gain from more; extra threads only contend)."),
          ) -> None:
     """Train two MLPs on bundled digits, align them with every built-in solver, measure the barriers."""
     from .demo import DemoConfig, run_demo
     from .landscape import plot_curves
 
+    import torch
+
+    torch.set_num_threads(threads)
     console = Console(stderr=as_json)
     config = DemoConfig(width=width, depth=depth, epochs=epochs, seed=seed, activation=activation,
                         solvers=tuple(solver) if solver else None, bnn=bnn)

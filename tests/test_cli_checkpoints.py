@@ -21,7 +21,7 @@ runner = CliRunner()
 
 def _has_solvers() -> bool:
     import solvers
-    return hasattr(solvers, "solve") and "weight_matching" in solvers.available()
+    return "weight_matching" in [i.name for i in solvers.available()]
 
 
 def _params(widths=(4, 6, 5, 3), seed=0):
@@ -201,7 +201,7 @@ def test_align_writes_a_function_preserving_aligned_model(files):
     b = _params(seed=1)
     planted = sy.apply(architectures.mlp([4, 6, 5, 3]).graph, _params(seed=0),
                        sy.random_transforms(architectures.mlp([4, 6, 5, 3]).graph, 5, classes=sy.Permutation()))
-    save_file(planted, files / "pa.safetensors")
+    io.save_state_dict(planted, files / "pa.safetensors")
     out = files / "aligned.safetensors"
     r = _run("align", files / "a.safetensors", files / "pa.safetensors", "--arch", ARCH, "-o", out, "--json")
     assert r.exit_code == 0, r.output
