@@ -11,6 +11,7 @@ node, or an explicitly fixed region).
 from __future__ import annotations
 
 import operator
+from numbers import Number
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +153,9 @@ def _module_mha(ctx, node, mod, query, key, value, *rest, **kwargs):
     both, one invertible map per head); Q and the query bias are ``out``, K and the key bias ``in``."""
     if mod.bias_k is not None or not all(isinstance(t, Feat) for t in (query, key, value)):
         return ctx.opaque(node, "multi-head attention with add_bias_kv or non-tensor inputs")
+    if any(isinstance(m, (Feat, ParamRef)) and (isinstance(m, ParamRef) or m.spaced())
+           for m in (*rest, *kwargs.values())):
+        return ctx.opaque(node, "multi-head attention with masks that depend on transformed features")
     if any(t.spaced() and t.dim != t.ndim - 1 for t in (query, key, value)):
         return ctx.opaque(node, "multi-head attention whose inputs do not carry features on the last dimension")
     E, H, name = mod.embed_dim, mod.num_heads, node.target
@@ -247,7 +251,7 @@ _MODULES = [
     (nn.LayerNorm, _module_layernorm),
     (getattr(nn, "RMSNorm", ()), _module_rmsnorm),
     (nn.MultiheadAttention, _module_mha),
-    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity), lambda ctx, node, mod, x, *a, **k: _passthrough(ctx, node, x)),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d), lambda ctx, node, mod, x, *a, **k: _passthrough(ctx, node, x)),
     (_AVG, lambda ctx, node, mod, x: _pool(ctx, node, x, ())),
     (_MAX, lambda ctx, node, mod, x: _pool(ctx, node, x, RELU_LIKE)),
     ((nn.Softmax, nn.LogSoftmax), lambda ctx, node, mod, x: _softmax(ctx, node, x)),
@@ -260,7 +264,7 @@ _ACT_FUNCS = {
     "tanh": [torch.tanh, F.tanh], "sin": [torch.sin], "gelu": [F.gelu], "silu": [F.silu],
     "sigmoid": [torch.sigmoid, F.sigmoid], "softplus": [F.softplus], "elu": [F.elu],
 }
-_ACT_METHODS = {"relu": ["relu", "relu_"],  "abs": ["abs"], "tanh": ["tanh"], "sin": ["sin"], "sigmoid": ["sigmoid"]}
+_ACT_METHODS = {"relu": ["relu", "relu_"], "abs": ["abs"], "tanh": ["tanh"], "sin": ["sin"], "sigmoid": ["sigmoid"]}
 
 
 def _act(name):
@@ -290,8 +294,8 @@ def _reduces_features(user, dim: int, ndim: int) -> bool:
 def _pow(ctx, node, x, exponent, *args, **kwargs):
     """``y ** 2`` summed over the features is a squared norm (handled by the reduction); any other
     power is an elementwise nonlinearity (permutations only)."""
-    if not isinstance(x, Feat):
-        return ctx.opaque(node, "a power of something that is not a tensor")
+    if not isinstance(x, Feat) or not isinstance(exponent, Number):
+        return ctx.opaque(node, "a power that is not a tensor raised to a number")
     if not (exponent == 2 and x.dim is not None and node.users
             and all(_reduces_features(u, x.dim, x.ndim) for u in node.users)):
         for var, _ in x.segs:
@@ -327,7 +331,8 @@ def _name(node) -> str:
 
 
 FUNCTIONS = {f: _act(name) for name, fs in _ACT_FUNCS.items() for f in fs}
-FUNCTIONS.update({F.linear: _f_linear, torch.pow: _pow, operator.pow: _pow, F.dropout: _passthrough, torch.sum: _reduce, torch.mean: _reduce,
+FUNCTIONS.update({F.linear: _f_linear, torch.pow: _pow, operator.pow: _pow, F.dropout: _passthrough,
+                  torch.sum: _reduce, torch.mean: _reduce,
                   F.softmax: _softmax, torch.softmax: _softmax, F.log_softmax: _softmax,
                   F.adaptive_avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
                   F.avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),

@@ -174,7 +174,8 @@ def _inputs(name):
         "transformer": (torch.randint(0, 11, (3, 5), generator=g),),
         "concat": (torch.randn(6, 4, generator=g, dtype=torch.float64),),
         "hand_attention": (torch.randn(2, 4, 5, generator=g, dtype=torch.float64),),
-        "gcn": (torch.randn(5, 4, generator=g, dtype=torch.float64), torch.rand(5, 5, generator=g, dtype=torch.float64)),
+        "gcn": (torch.randn(5, 4, generator=g, dtype=torch.float64),
+                torch.rand(5, 5, generator=g, dtype=torch.float64)),
     }.get(name, (torch.randn(6, 4, generator=g, dtype=torch.float64),))
 
 
