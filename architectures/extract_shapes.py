@@ -100,7 +100,11 @@ def _permute(ctx, node, x, *dims, **kwargs):
 
 
 def _transpose(ctx, node, x, a=None, b=None, **kwargs):
-    nd = len(x.shape) if isinstance(x, (Feat, ParamRef)) else 0
+    if not isinstance(x, (Feat, ParamRef)):
+        return ctx.opaque(node, "a transpose of something that is not a tensor")
+    nd = len(x.shape)
+    if nd < 2:
+        return x
     a, b = kwargs.get("dim0", a), kwargs.get("dim1", b)
     if a is None:  # .t()
         a, b = 0, 1
