@@ -154,7 +154,7 @@ def verify(
     try:
         module, graph, inputs, source = resolve(load_target(target), arch, seed)
         report = check_invariance(module, graph, inputs, examples=examples, seed=seed, dtype=DTYPES[dtype])
-    except (SymmetryError, TypeError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # anything raised before a verdict is unusable input: exit 2, not 1
         if as_json:
             print(json.dumps({"target": target, "error": f"{type(exc).__name__}: {exc}"}))
         else:

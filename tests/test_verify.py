@@ -172,6 +172,10 @@ def test_bad_options_and_targets_exit_2(tmp_path, user_file):
     assert _invoke(f"{user_file}:relu_net", "--dtype", "float8").exit_code == 2
     assert _invoke("no_colon_here").exit_code == 2
     assert _invoke(f"{user_file}:missing_factory").exit_code == 2
+    (tmp_path / "shapes.py").write_text("import torch\nfrom user_models import Net\n"
+                                        "def wrong_inputs():\n    return Net(torch.nn.ReLU()), torch.randn(2, 7)\n")
+    res = _invoke(f"{tmp_path / 'shapes.py'}:wrong_inputs")
+    assert res.exit_code == 2 and "error:" in res.output
     res = _invoke(f"{user_file}:relu_net", "--arch", "vgg:4,8")  # a graph that does not fit the model
     assert res.exit_code == 2 and "not in graph" in res.output
 
