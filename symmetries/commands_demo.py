@@ -25,7 +25,7 @@ def render_table(result) -> Table:
     n = result.naive
     table = Table(title=f"MLP {result.widths} on digits (test split, {len(n.curve.alphas)} α; "
                         f"barrier = max_α L(α) − mean of endpoints)")
-    for col in ("solver", "loss barrier", "acc. barrier (pts)", "L2 distance", "objective", "time (s)"):
+    for col in ("solver", "loss barrier", "acc. barrier (pts)", "L2 distance", "objective", "time s"):
         table.add_column(col, justify="left" if col == "solver" else "right", no_wrap=col == "solver")
     table.add_row("naive", _f(n.curve.loss_barrier), _f(100 * n.curve.accuracy_barrier, 1),
                   _f(n.l2, 2), "—", "—")
@@ -34,7 +34,7 @@ def render_table(result) -> Table:
             table.add_row(r.method, f"[red]failed: {r.error}[/red]", "", "", "", "")
             continue
         c = r.curve
-        obj = "—" if r.objective_after is None else f"{_f(r.objective_before, 4)} → {_f(r.objective_after, 4)}"
+        obj = "—" if r.objective_after is None else f"{_f(r.objective_before, 1)} → {_f(r.objective_after, 1)}"
         table.add_row(r.method, f"{_f(n.curve.loss_barrier)} → {_f(c.loss_barrier)}",
                       f"{_f(100 * n.curve.accuracy_barrier, 1)} → {_f(100 * c.accuracy_barrier, 1)}",
                       f"{_f(n.l2, 2)} → {_f(r.l2, 2)}", obj, _f(r.seconds, 2))

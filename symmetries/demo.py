@@ -37,7 +37,7 @@ class DemoConfig:
     activation: str = "relu"
     alphas: int = 25
     solvers: tuple[str, ...] | None = None     # None: every built-in solver that applies
-    repair: bool = True                        # also REPAIR the weight-matching path
+    repair: bool = True                        # also REPAIR the naive and weight-matching paths
     bnn: bool = False
     bnn_epochs: int = 30
     bnn_samples: int = 8
@@ -143,6 +143,10 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
 
     naive = Row("naive", curve("naive", pb), L.l2_distance(pa, pb))
     result = DemoResult(config, widths, endpoints, train_seconds, naive)
+    if config.repair:  # REPAIR alone, for comparison: it fixes variance collapse, not misalignment
+        t0 = time.perf_counter()
+        fixed = curve("naive + REPAIR", pb, L.repair_adjust(model, arch.graph, pa, pb, split.train))
+        result.rows.append(Row("naive + REPAIR", fixed, naive.l2, seconds=time.perf_counter() - t0))
     names = list(config.solvers) if config.solvers is not None else applicable(arch)
     for name in names:
         progress(f"align {name}", 0, 1)
