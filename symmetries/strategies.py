@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from .classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
                       PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass, Trivial)
-from .elements import Element
+from .elements import Element, HeadElement
 from .transforms import TransformSet, random_transforms
 
-__all__ = ["GROUPS", "symmetry_classes", "elements", "random_element", "transform_sets", "seeds", "dtypes",
+__all__ = ["GROUPS", "symmetry_classes", "elements", "random_element", "transform_sets", "tie_heads", "seeds", "dtypes",
            "mlp_architectures", "cnn_architectures", "resnet_architectures", "gcn_architectures",
            "transformer_architectures", "architectures_", "example_inputs"]
 
@@ -86,13 +86,45 @@ def random_element(cls: SymmetryClass, n: int, m: int | None = None, *, seed=Non
 
 @st.composite
 def transform_sets(draw, graph, classes: dict[str, SymmetryClass] | SymmetryClass | None = None, *,
-                   strict: bool = True) -> TransformSet:
+                   strict: bool = True, one_space: bool = False, cond: float = 10.0) -> TransformSet:
     """A transform set for ``graph``: per space, a class it admits (or the one given), drawn
-    from a seed; head groups share their head permutation."""
+    from a seed; head groups share their head permutation.
+
+    ``one_space=True`` draws one space and one element there (the rest of its head group gets the
+    same head permutation with identity per-head maps): the unit in which a failure is attributed.
+    """
+    if one_space:
+        space = graph.space(draw(st.sampled_from([s.name for s in graph.spaces()])))
+        if isinstance(classes, SymmetryClass):
+            cls = classes
+        elif classes is not None and space.name in classes:
+            cls = classes[space.name]
+        else:
+            cls = draw(st.sampled_from([c for c in space.classes if c.is_group] or [space.cls]))
+        if strict and not graph.admits(space.name, cls):
+            from .errors import NotAdmittedError
+            raise NotAdmittedError(f"space {space.name!r} does not admit {cls!r}", space=space.name, cls=cls)
+        return TransformSet(tie_heads(graph, space.name, random_element(cls, space.size, seed=draw(seeds), cond=cond)))
     if classes is None:
         classes = {s.name: draw(st.sampled_from([c for c in s.classes if c.is_group] or [s.cls]))
                    for s in graph.spaces()}
     return random_transforms(graph, draw(seeds), classes=classes, strict=strict)
+
+
+def tie_heads(graph, space: str, el: Element) -> dict[str, Element]:
+    """``{space: el}`` and, for the rest of its head group, ``el``'s head permutation with identity
+    per-head maps (spaces of a head group share one head permutation)."""
+    out = {space: el}
+    group = graph.space(space).head_group
+    if group is None or not isinstance(el, HeadElement):
+        return out
+    for other in graph.head_groups()[group]:
+        if other != space:
+            s = graph.space(other)
+            cls = next(c for c in s.classes if isinstance(c, HeadStructured))
+            d = s.size // cls.num_heads
+            out[other] = HeadElement(el.head_perm, [cls.inner.identity(d)] * cls.num_heads)
+    return out
 
 
 @st.composite

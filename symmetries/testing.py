@@ -24,7 +24,7 @@ from .action import apply
 from .classes import HeadStructured, SymmetryClass, Trivial
 from .elements import Element, HeadElement
 from .errors import SymmetryError
-from .strategies import GROUPS, example_inputs, random_element
+from .strategies import GROUPS, example_inputs, random_element, tie_heads as _tie_heads
 from .transforms import TransformSet
 
 __all__ = ["DEFAULT_RTOL", "InvarianceError", "SpaceCheck", "InvarianceReport", "check_invariance",
@@ -195,22 +195,6 @@ def _seed(*parts: int) -> int:
 def _cond(el: Element) -> float:
     s = torch.linalg.svdvals(el.as_matrix().double())
     return float(s[0] / s[-1]) if s.numel() and float(s[-1]) > 0 else float("inf")
-
-
-def _tie_heads(graph, space: str, el: Element) -> dict[str, Element]:
-    """The element at ``space`` and, for the rest of its head group, the same head permutation with
-    identity per-head maps (spaces of a head group share one head permutation)."""
-    out = {space: el}
-    group = graph.space(space).head_group
-    if group is None or not isinstance(el, HeadElement):
-        return out
-    for other in graph.head_groups()[group]:
-        if other != space:
-            s = graph.space(other)
-            cls = next(c for c in s.classes if isinstance(c, HeadStructured))
-            d = s.size // cls.num_heads
-            out[other] = HeadElement(el.head_perm, [cls.inner.identity(d)] * cls.num_heads)
-    return out
 
 
 def _subclasses(cls: SymmetryClass) -> list[SymmetryClass]:

@@ -77,3 +77,21 @@ def test_drawn_architectures_are_valid_and_run(arch, seed):
 def test_strategies_import_without_pytest():
     code = "import sys, symmetries.strategies, symmetries.testing; assert 'pytest' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@settings(max_examples=40)
+@given(arch=st.one_of(transformer_architectures(norm="rms"), architectures_()), data=st.data())
+def test_one_space_transform_sets_touch_one_space_and_keep_the_function(arch, data):
+    T = data.draw(transform_sets(arch.graph, one_space=True, cond=4.0))
+    (space, *rest) = list(T)
+    group = arch.graph.space(space).head_group
+    assert all(arch.graph.space(r).head_group == group is not None for r in rest)
+    model = arch.module(seed=0, dtype=torch.float64)
+    x = example_inputs(arch)
+    x = x if isinstance(x, tuple) else (x,)
+    params = model.state_dict()
+    with torch.no_grad():
+        y = model(*x)
+        model.load_state_dict(sy.apply(arch.graph, params, T))
+        y2 = model(*x)
+    assert float((y - y2).abs().max()) <= 1e-9 * max(1.0, float(y.abs().max()))
