@@ -17,7 +17,7 @@ import architectures
 import symmetries as sy
 from architectures import ExtractionError, assert_graphs_equivalent, from_module, graphs_equivalent
 from conftest import RTOL
-from symmetries.strategies import seeds, transform_sets
+from symmetries.strategies import mlp_architectures, seeds, transform_sets
 
 
 # -- models no builder knows ---------------------------------------------------------------------------
@@ -438,6 +438,13 @@ def test_mlp_graphs_are_reproduced(activation):
         arch = architectures.mlp(widths, activation=activation, bias=bias)
         g = from_module(arch.module(seed=0), torch.randn(2, widths[0]))
         assert_graphs_equivalent(arch.graph, g)
+
+
+@settings(max_examples=40)
+@given(mlp_architectures(), st.integers(1, 3))
+def test_drawn_mlp_graphs_are_reproduced(arch, batch):
+    x = torch.randn(batch, arch.config["widths"][0])
+    assert_graphs_equivalent(arch.graph, from_module(arch.module(seed=0), x))
 
 
 def _builders():
