@@ -38,6 +38,7 @@ class Matcher:
 
     def __init__(self, problem):
         self.problem = problem
+        self.searched = set(problem.spaces)
         ga, gb = problem.graph, problem.graph_b
         self.by_param_b = gb._index()["by_param"]
         self.edges: dict[str, list] = {}
@@ -79,13 +80,11 @@ class Matcher:
         return t.narrow(axis, start, stop - start).movedim(axis, 0).reshape(n, -1)
 
     def usable(self, eb, transforms: dict) -> bool:
-        """Whether every other axis of the tensor is settled (or keeps its width under the identity)."""
+        """Whether every other axis of the tensor indexes a settled space (or one not searched)."""
         t = self.problem.params_b[eb.parameter]
         for f in self.by_param_b[eb.parameter]:
-            if f.axis % t.dim() != eb.axis % t.dim() and f.space not in transforms:
-                m, n = self.problem.sizes[f.space]
-                if m != n:
-                    return False
+            if f.axis % t.dim() != eb.axis % t.dim() and f.space in self.searched and f.space not in transforms:
+                return False
         return True
 
     def local(self, space: str, transforms: dict, settled_only: bool = False) -> Local:
@@ -132,9 +131,10 @@ class WeightMatching(Solver):
         """``mode``: ``"default"`` or ``"rebasin"``; ``tol``: an update is kept if it lowers ``J`` by more
         than ``tol·J`` (default 1e-12 in float64, 1e-6 in float32; ``rebasin``: absolute 1e-12 on
         ``⟨P, cost⟩``); ``backend``: the LAP backend (:mod:`symmetries.assignment`); ``start``:
-        ``"identity"`` (``init`` or the identity; the default when widths agree) or ``"forward"`` (a
-        first pass in graph order using only tensors whose other axes are settled; the default when
-        widths change)."""
+        ``"forward"`` (default: a first pass in graph order in which each space sees only the tensors
+        whose other axes are settled; kept if it lowers ``J`` or widths change) or ``"identity"``
+        (start the sweeps from ``init`` or the identity). ``history``: ``J`` at the start, after the
+        first pass (if kept) and after every sweep."""
         if mode not in ("default", "rebasin"):
             raise ValueError(f"mode must be 'default' or 'rebasin', got {mode!r}")
         if int(max_iter) < 0:
@@ -152,7 +152,7 @@ class WeightMatching(Solver):
             elif m == n:
                 transforms[space] = problem.classes[space].identity(n)
         if start is None:
-            start = "forward" if len(transforms) < len(problem.spaces) else "identity"
+            start = "identity" if rebasin else "forward"
         if start not in ("identity", "forward"):
             raise ValueError(f"start must be 'identity' or 'forward', got {start!r}")
         if rebasin and start != "identity":
@@ -162,10 +162,13 @@ class WeightMatching(Solver):
         if tol is None:
             tol = 1e-12 if (rebasin or problem.dtype == torch.float64) else 1e-6
         rng = np.random.default_rng(problem.seed)
-        history = []
+        history = [] if objective_before is None else [objective_before]
         if start == "forward":
-            self._forward(problem, matcher, units, transforms, backend)
-        history.append(problem.objective(TransformSet(transforms)))
+            candidate = self._forward(problem, matcher, units, transforms, backend)
+            value = problem.objective(TransformSet(candidate))
+            if objective_before is None or value < objective_before:
+                transforms = candidate
+                history.append(value)
         status, iterations = "max_iter", 0
         for it in range(int(max_iter)):
             iterations = it + 1
@@ -201,22 +204,27 @@ class WeightMatching(Solver):
                         message=f"{iterations} sweep(s), {len(units)} unit(s), mode={mode}, start={start}")
 
     @staticmethod
-    def _forward(problem, matcher, units, transforms, backend) -> None:
-        """First pass in graph order with only settled tensors; kept where it lowers the local loss."""
+    def _forward(problem, matcher, units, transforms, backend) -> dict:
+        """A first pass in graph order where each space sees only the tensors whose other axes are
+        already settled (``init`` counts as settled); returns the complete candidate set."""
+        settled = {s: el for s, el in transforms.items() if problem.init is not None and s in problem.init}
         for spaces in units:
-            locals_ = [matcher.local(s, transforms, settled_only=True) for s in spaces]
-            if any(loc.empty for loc in locals_) and any(s not in transforms for s in spaces):
+            if all(s in settled for s in spaces):
+                continue
+            locals_ = [matcher.local(s, settled, settled_only=True) for s in spaces]
+            if any(loc.empty for loc in locals_):
+                if all(s in transforms for s in spaces):  # nothing to go on: keep the start
+                    settled.update((s, transforms[s]) for s in spaces)
+                    continue
                 raise SolverInputError(f"space {spaces[0]!r} has no settled tensor to start from; pass init=",
                                        space=spaces[0])
             classes = [problem.classes[s] for s in spaces]
             new = (solve_heads(classes, locals_, backend=backend) if isinstance(classes[0], HeadStructured)
                    else [solve_local(classes[0], locals_[0], backend=backend)])
-            if all(s in transforms for s in spaces):
-                full = [matcher.local(s, transforms) for s in spaces]
-                if not all(_finite(el) for el in new) or sum(
-                        loc.loss(transforms[s]) - loc.loss(el) for loc, s, el in zip(full, spaces, new)) <= 0:
-                    continue
-            transforms.update(zip(spaces, new))
+            if not all(_finite(el) for el in new):
+                new = [transforms[s] for s in spaces]
+            settled.update(zip(spaces, new))
+        return settled
 
 
 def _finite(el: Element) -> bool:

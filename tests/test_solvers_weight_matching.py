@@ -1,0 +1,240 @@
+"""Weight matching on planted problems for every class, monotone sweeps, Git Re-Basin mode
+against a transcription of the published loop, backends, semi-permutations and errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from scipy.optimize import linear_sum_assignment
+
+import architectures
+import solvers
+from architectures import WeightGraph
+from symmetries import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling, PositiveScaling,
+                        SemiPermutation, SignedPermutation, SignFlip, apply, random_transforms)
+
+EXACT = (Permutation(), SignFlip(), SignedPermutation())
+
+
+def _double(params):
+    return {k: v.detach().double() for k, v in params.items()}
+
+
+def _noisy(params, sigma, seed):
+    g = torch.Generator().manual_seed(seed)
+    noise = {k: sigma * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}
+    return {k: v + noise[k] for k, v in params.items()}, sum(float((n ** 2).sum()) for n in noise.values())
+
+
+def _net(cls):
+    """A small MLP (input wider than the hidden layers, so each planted transform is identifiable)
+    whose activation admits ``cls``."""
+    act = {Permutation: "relu", SignFlip: "tanh", SignedPermutation: "tanh", PositiveScaling: "relu",
+           PermutationScaling: "relu", Orthogonal: "identity", Invertible: "identity"}[type(cls)]
+    return architectures.mlp([12, 9, 7, 4], activation=act)
+
+
+def _planted(arch, cls, seed, sigma):
+    a = _double(arch.module(seed=seed).state_dict())
+    t = random_transforms(arch.graph, seed, classes=cls)
+    b, noise = _noisy(apply(arch.graph, a, t), sigma, seed + 1)
+    return a, b, t, noise
+
+
+@pytest.mark.parametrize("cls", EXACT + (PositiveScaling(), PermutationScaling(), Orthogonal(), Invertible()),
+                         ids=lambda c: type(c).__name__)
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**16))
+def test_planted_recovery_every_class(cls, seed):
+    arch = _net(cls)
+    sigma = 1e-4 if cls in EXACT else 1e-6
+    a, b, t, noise = _planted(arch, cls, seed, sigma)
+    sol = solvers.solve("weight_matching", arch.graph, a, b, classes=cls, seed=seed, max_iter=300)
+    truth = t.inverse()
+    problem = solvers.make_problem(arch.graph, a, b, classes=cls)
+    floor = problem.objective(truth)  # the distance the true alignment leaves: the noise level
+    assert sol.objective_before > 100 * max(floor, 1e-8)
+    assert sol.objective_after <= floor * (1 + 1e-3) + 1e-7
+    for space in t:
+        got, want = sol.transforms[space].as_matrix(), truth[space].as_matrix()
+        if cls in EXACT:
+            assert torch.equal(got, want), space  # exactly the planted permutation / signs
+        else:
+            assert torch.allclose(got, want, atol=1e-3, rtol=1e-3), (space, (got - want).abs().max())
+
+
+def _attention_graph(heads=2, d_head=3, d_model=8, vocab=20):
+    """Hand-built attention block: residual stream (Orthogonal) written by the embedding and the
+    output map, read by q, k, v; query/key and value/output spaces tied by one head group."""
+    inner = heads * d_head
+    g = WeightGraph("attention")
+    g.add_space("res", d_model, Orthogonal())
+    g.add_space("qk", inner, HeadStructured(heads, Invertible()), head_group="attn")
+    g.add_space("vo", inner, HeadStructured(heads, Invertible()), head_group="attn")
+    g.add_parameter("embed.weight", (vocab, d_model)).connect("embed.weight", "res", axis=1, role="out")
+    for name, space, role in (("q", "qk", "out"), ("k", "qk", "in"), ("v", "vo", "out")):
+        g.add_parameter(f"{name}.weight", (inner, d_model))
+        g.connect(f"{name}.weight", space, axis=0, role=role).connect(f"{name}.weight", "res", axis=1, role="in")
+    g.add_parameter("o.weight", (d_model, inner))
+    g.connect("o.weight", "res", axis=0, role="out").connect("o.weight", "vo", axis=1, role="in")
+    return g.validate()
+
+
+@pytest.mark.parametrize("inner", [Permutation(), Orthogonal(), Invertible()], ids=lambda c: type(c).__name__)
+@settings(max_examples=3)
+@given(seed=st.integers(0, 2**16))
+def test_planted_heads_group_and_orthogonal_residual(inner, seed):
+    g = _attention_graph()
+    classes = {"res": Orthogonal(), "qk": HeadStructured(2, inner), "vo": HeadStructured(2, inner)}
+    gen = torch.Generator().manual_seed(seed)
+    a = {p.name: torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in g.parameters()}
+    t = random_transforms(g, seed, classes=classes)
+    b, _ = _noisy(apply(g, a, t), 1e-5, seed)
+    sol = solvers.solve("weight_matching", g, a, b, classes=classes, seed=seed, max_iter=300)
+    truth = t.inverse()
+    floor = solvers.make_problem(g, a, b).objective(truth)
+    assert sol.objective_after <= floor * (1 + 1e-3) + 1e-7, (sol.objective_after, floor, sol.message)
+    assert sol.transforms["qk"].head_perm.tolist() == sol.transforms["vo"].head_perm.tolist()
+    assert sol.transforms["qk"].head_perm.tolist() == truth["qk"].head_perm.tolist()
+    for space in classes:
+        assert torch.allclose(sol.transforms[space].as_matrix(), truth[space].as_matrix(), atol=1e-3)
+
+
+@pytest.mark.parametrize("cls", [Permutation(), SignedPermutation(), PermutationScaling(), Orthogonal(),
+                                 Invertible()], ids=lambda c: type(c).__name__)
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**16))
+def test_objective_never_increases_across_sweeps(cls, seed):
+    arch = _net(cls)
+    a = _double(arch.module(seed=seed).state_dict())
+    b = _double(arch.module(seed=seed + 1).state_dict())  # unrelated models: a real descent
+    sol = solvers.solve("weight_matching", arch.graph, a, b, classes=cls, seed=seed, max_iter=15)
+    h = np.array(sol.history)
+    assert sol.history[0] == pytest.approx(sol.objective_before)
+    assert np.all(np.diff(h) <= 1e-12 * h[0]), h
+    assert h[-1] < h[0]
+    assert sol.objective_after == pytest.approx(solvers.make_problem(arch.graph, a, b).objective(sol.transforms))
+
+
+# -- Git Re-Basin: a direct transcription of the published weight_matching loop --------------------------
+def _mlp_permutation_spec(num_hidden):
+    """``axes_to_perm`` of Git Re-Basin's ``mlp_permutation_spec`` with this library's names."""
+    axes = {}
+    for i in range(num_hidden + 1):
+        out = f"hidden.{i}" if i < num_hidden else None
+        inp = f"hidden.{i - 1}" if i > 0 else None
+        axes[f"layers.{i}.weight"] = (out, inp)
+        axes[f"layers.{i}.bias"] = (out,)
+    perm_to_axes = {}
+    for wk, ps in axes.items():
+        for axis, p in enumerate(ps):
+            if p is not None:
+                perm_to_axes.setdefault(p, []).append((wk, axis))
+    return axes, perm_to_axes
+
+
+def _get_permuted_param(axes_to_perm, perm, k, params, except_axis=None):
+    w = params[k]
+    for axis, p in enumerate(axes_to_perm[k]):
+        if axis == except_axis:
+            continue
+        if p is not None:
+            w = np.take(w, perm[p], axis=axis)
+    return w
+
+
+def _reference_weight_matching(seed, axes_to_perm, perm_to_axes, params_a, params_b, max_iter=100):
+    perm_sizes = {p: params_a[axes[0][0]].shape[axes[0][1]] for p, axes in perm_to_axes.items()}
+    perm = {p: np.arange(n) for p, n in perm_sizes.items()}
+    perm_names = list(perm.keys())
+    rng = np.random.default_rng(seed)
+    iterations = 0
+    for iteration in range(max_iter):
+        iterations += 1
+        progress = False
+        for p_ix in rng.permutation(len(perm_names)):
+            p = perm_names[p_ix]
+            n = perm_sizes[p]
+            A = np.zeros((n, n))
+            for wk, axis in perm_to_axes[p]:
+                w_a = params_a[wk]
+                w_b = _get_permuted_param(axes_to_perm, perm, wk, params_b, except_axis=axis)
+                w_a = np.moveaxis(w_a, axis, 0).reshape((n, -1))
+                w_b = np.moveaxis(w_b, axis, 0).reshape((n, -1))
+                A += w_a @ w_b.T
+            ri, ci = linear_sum_assignment(A, maximize=True)
+            assert (ri == np.arange(len(ri))).all()
+            oldL = np.vdot(A, np.eye(n)[perm[p]])
+            newL = np.vdot(A, np.eye(n)[ci, :])
+            progress = progress or newL > oldL + 1e-12
+            perm[p] = np.array(ci)
+        if not progress:
+            break
+    return perm, iterations
+
+
+@settings(max_examples=12)
+@given(seed=st.integers(0, 2**16), widths=st.lists(st.integers(2, 12), min_size=3, max_size=5))
+def test_rebasin_mode_equals_the_published_loop(seed, widths):
+    arch = architectures.mlp(widths, activation="relu")
+    a = _double(arch.module(seed=seed).state_dict())
+    b = _double(arch.module(seed=seed + 7).state_dict())
+    axes, perm_to_axes = _mlp_permutation_spec(len(widths) - 2)
+    na, nb = ({k: v.numpy() for k, v in p.items()} for p in (a, b))
+    ref, ref_iters = _reference_weight_matching(seed, axes, perm_to_axes, na, nb)
+    sol = solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), seed=seed, mode="rebasin",
+                        backend="scipy")
+    for p, ci in ref.items():
+        assert sol.transforms[p].index.tolist() == ci.tolist(), p
+    assert sol.iterations == ref_iters
+    aligned = {k: _get_permuted_param(axes, ref, k, nb) for k in nb}
+    ref_objective = sum(float(((na[k] - aligned[k]) ** 2).sum()) for k in na)
+    assert sol.objective_after == pytest.approx(ref_objective, rel=1e-12, abs=1e-12)
+
+
+def test_backends_agree_and_are_selectable():
+    arch = architectures.mlp([20, 32, 32, 5])
+    a, b = (_double(arch.module(seed=s).state_dict()) for s in (0, 1))
+    results = {backend: solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), backend=backend)
+               for backend in ("scipy", "lapjvh", "lapjvx", "auto")}
+    values = [r.objective_after for r in results.values()]
+    assert max(values) - min(values) <= 1e-9 * values[0]
+    with pytest.raises(ValueError, match="backend"):
+        solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), backend="nope")
+
+
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**16))
+def test_semi_permutation_aligns_a_narrow_model_into_a_wide_one(seed):
+    wide, narrow = architectures.mlp([10, 9, 7, 3]), architectures.mlp([10, 6, 5, 3])
+    b = _double(narrow.module(seed=seed).state_dict())
+    t = random_transforms(narrow.graph, seed, classes=SemiPermutation(), sizes={"hidden.0": 9, "hidden.1": 7})
+    a, noise = _noisy(apply(narrow.graph, b, t), 1e-4, seed)
+    sol = solvers.solve("semi_permutation", wide.graph, a, b, graph_b=narrow.graph, seed=seed)
+    assert sol.objective_before is None
+    assert sol.objective_after <= noise * 1.5
+    for space in t:
+        assert SemiPermutation().contains(sol.transforms[space].as_matrix())
+        assert torch.allclose(sol.transforms[space].as_matrix(), t[space].as_matrix(), atol=1e-2)
+    # the split network computes what the narrow one computes
+    x = torch.randn(5, 10, dtype=torch.float64)
+    net_b, net_w = narrow.module(dtype=torch.float64), wide.module(dtype=torch.float64)
+    net_b.load_state_dict(b)
+    net_w.load_state_dict(sol.apply(b))
+    assert torch.allclose(net_w(x), net_b(x), rtol=1e-10, atol=1e-12)
+
+
+def test_input_errors_are_typed():
+    arch = architectures.mlp([6, 5, 3])
+    a, b = (_double(arch.module(seed=s).state_dict()) for s in (0, 1))
+    with pytest.raises(solvers.SolverInputError, match="hidden.0"):
+        solvers.solve("weight_matching", arch.graph, a, b, mode="rebasin")  # default class: D·P
+    with pytest.raises(ValueError, match="mode"):
+        solvers.solve("weight_matching", arch.graph, a, b, mode="fast")
+    with pytest.raises(TypeError):
+        solvers.solve("weight_matching", arch.graph, a, b, max_iters=3)
+    sol = solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), max_iter=0, start="identity")
+    assert sol.objective_after == sol.objective_before and sol.iterations == 0
+    with pytest.raises(ValueError, match="start"):
+        solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), start="random")
