@@ -69,11 +69,17 @@ def _module_linear(ctx, node, mod, x):
 
 
 def _module_conv(ctx, node, mod, x):
-    """Conv weight (out, in, k…): axis 1 consumes the channel space (dim 1), axis 0 produces one."""
-    if mod.groups != 1:
-        return ctx.opaque(node, f"a grouped convolution (groups={mod.groups})")
+    """Conv weight (out, in, k…): axis 1 consumes the channel space (dim 1), axis 0 produces one.
+    A depthwise conv (groups = in = out channels) keeps the space: each channel's filter follows
+    it (``out``), exact for permutations only."""
     if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
         return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")
+    if mod.groups != 1 and mod.groups == mod.in_channels == mod.out_channels:
+        return _normalise(ctx, node, x, True, "a depthwise convolution",
+                          [(ctx.pname(node.target, "weight"), "out"),
+                           (ctx.pname(node.target, "bias", mod.bias), "out")], PERM)
+    if mod.groups != 1:
+        return ctx.opaque(node, f"a grouped convolution (groups={mod.groups})")
     w = ctx.pname(node.target, "weight")
     _consume(ctx, x, w, 1)
     out = ctx.shape(node)
@@ -191,11 +197,31 @@ def _module_mha(ctx, node, mod, query, key, value, *rest, **kwargs):
 
 
 # -- elementwise ops ----------------------------------------------------------------------------------
-def _activation_of_module(mod) -> str | None:
+#: torch activations outside the registry: odd ones keep signed permutations, the rest permutations.
+_EXTRA = {nn.ReLU6: PERM, nn.Hardswish: PERM, nn.Hardsigmoid: PERM, nn.Mish: PERM, nn.SELU: PERM, nn.CELU: PERM,
+          nn.LogSigmoid: PERM, nn.Softsign: (SignedPermutation(),), nn.Tanhshrink: (SignedPermutation(),)}
+
+
+def _activation_of_module(mod) -> tuple[str, tuple] | None:
     for name, act in ACTIVATIONS.items():
         if isinstance(act.module, type) and type(mod) is act.module:
-            return name
+            return name, act.classes
+    if type(mod) in _EXTRA:
+        return type(mod).__name__.lower(), _EXTRA[type(mod)]
+    if type(mod) is nn.Hardtanh:  # clamp(x, a, b): odd when a = −b
+        return "hardtanh", (SignedPermutation(),) if mod.min_val == -mod.max_val else PERM
     return None
+
+
+def _module_prelu(ctx, node, mod, x):
+    """PReLU: one shared slope is positively homogeneous and linearly decomposable (the slope is
+    fixed); per-channel slopes follow the channel (``out``), which only permutations leave exact."""
+    w = ctx.pname(node.target, "weight")
+    if mod.num_parameters == 1 or not (isinstance(x, Feat) and x.spaced()):
+        ctx.poison([w], node)
+        return elementwise(ctx, node, x, "prelu", RELU_LIKE)
+    return _normalise(ctx, node, x, x.dim == 1 or (x.ndim == 1 and x.dim == 0), "a per-channel PReLU",
+                      [(w, "out")], PERM)
 
 
 def elementwise(ctx, node, x, name: str, classes):
@@ -234,7 +260,7 @@ def _softmax(ctx, node, x, *args, **kwargs):
 def call_module(ctx, node, mod, args, kwargs):
     act = _activation_of_module(mod)
     if act is not None:
-        return elementwise(ctx, node, args[0], act, ACTIVATIONS[act].classes)
+        return elementwise(ctx, node, args[0], *act)
     for types, handler in _MODULES:
         if isinstance(mod, types):
             return handler(ctx, node, mod, *args, **kwargs)
@@ -245,9 +271,10 @@ _AVG = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _MAX = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 _MODULES = [
     (nn.Linear, _module_linear),
-    ((nn.Conv1d, nn.Conv2d), _module_conv),
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _module_conv),
+    (nn.PReLU, _module_prelu),
     (nn.Embedding, _module_embedding),
-    ((nn.BatchNorm1d, nn.BatchNorm2d), _module_batchnorm),
+    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d), _module_batchnorm),
     (nn.LayerNorm, _module_layernorm),
     (getattr(nn, "RMSNorm", ()), _module_rmsnorm),
     (nn.MultiheadAttention, _module_mha),

@@ -113,6 +113,35 @@ class HandAttention(nn.Module):
         return self.out(self.norm(x))
 
 
+class MobileBlock(nn.Module):
+    """Pointwise conv, depthwise conv, InstanceNorm, per-channel PReLU, torch-only activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand, self.bn1 = nn.Conv2d(3, 6, 1), nn.BatchNorm2d(6)
+        self.dw, self.bn2 = nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.BatchNorm2d(6)
+        self.project, self.inorm = nn.Conv2d(6, 4, 1), nn.InstanceNorm2d(4, affine=True)
+        self.prelu, self.fc = nn.PReLU(4), nn.Linear(4, 2)
+        self.act1, self.act2 = nn.ReLU6(), nn.Hardswish()
+
+    def forward(self, x):
+        x = self.act2(self.bn2(self.dw(self.act1(self.bn1(self.expand(x))))))
+        x = self.prelu(self.inorm(self.project(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class OddMLP(nn.Module):
+    """A shared-slope PReLU (scalings and splits), Softsign and a symmetric Hardtanh (odd)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Linear(4, 5), nn.Linear(5, 6), nn.Linear(6, 5), nn.Linear(5, 2)
+        self.prelu, self.soft, self.hard = nn.PReLU(), nn.Softsign(), nn.Hardtanh(-0.5, 0.5)
+
+    def forward(self, x):
+        return self.d(self.hard(self.c(self.soft(self.b(self.prelu(self.a(x)))))))
+
+
 class Concat(nn.Module):
     """Two branches concatenated along the features: the reader's columns are two slices."""
 
@@ -174,13 +203,15 @@ def _inputs(name):
         "transformer": (torch.randint(0, 11, (3, 5), generator=g),),
         "concat": (torch.randn(6, 4, generator=g, dtype=torch.float64),),
         "hand_attention": (torch.randn(2, 4, 5, generator=g, dtype=torch.float64),),
+        "mobile": (torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64),),
         "gcn": (torch.randn(5, 4, generator=g, dtype=torch.float64),
                 torch.rand(5, 5, generator=g, dtype=torch.float64)),
     }.get(name, (torch.randn(6, 4, generator=g, dtype=torch.float64),))
 
 
 MODELS = {"two_branch": TwoBranch, "res_mlp": ResMLP, "conv_bn": ConvBN, "transformer": TinyTransformer,
-          "concat": Concat, "gcn": HandGCN, "hand_attention": HandAttention}
+          "concat": Concat, "gcn": HandGCN, "hand_attention": HandAttention, "mobile": MobileBlock,
+          "odd_mlp": OddMLP}
 MODELS.update({f"rule:{r}": (lambda r=r: Rule(r)) for r in Rule.RULES})
 
 
@@ -257,6 +288,7 @@ def test_small_rules(rule):
 
 
 @pytest.mark.parametrize("name,cls", [("conv_bn", sy.PositiveScaling()), ("conv_bn", sy.SignFlip()),
+                                      ("mobile", sy.SignFlip()), ("odd_mlp", sy.Orthogonal()),
                                       ("rule:plus_one", sy.PositiveScaling()), ("rule:centred", sy.PositiveScaling()),
                                       ("rule:square", sy.SignFlip()), ("transformer", sy.SignFlip())])
 def test_classes_refused_by_the_walk_are_not_exact(name, cls):
@@ -412,6 +444,20 @@ def test_arguments_left_at_their_defaults_are_traced_as_defaults():
             return self.b(torch.relu(self.a(x)))
 
     assert [s.classes for s in from_module(Variadic(), torch.randn(2, 3)).spaces()] == [relu]
+
+
+def test_depthwise_instance_norm_prelu_and_torch_activations():
+    g = GRAPHS["mobile"]
+    assert [(s.name, s.classes, s.activation) for s in g.spaces()] == [
+        ("expand", (sy.Permutation(),), "relu6+hardswish"), ("project", (sy.Permutation(),), None)]
+    roles = {(e.parameter, str(e.role)) for e in g.edges_at("expand")}
+    assert {("dw.weight", "out"), ("dw.bias", "out"), ("bn2.running_var", "var"), ("project.weight", "in")} <= roles
+    assert ("prelu.weight", "out") in {(e.parameter, str(e.role)) for e in g.edges_at("project")}
+    odd = GRAPHS["odd_mlp"]
+    assert [(s.classes, s.activation) for s in odd.spaces()] == [
+        ((sy.PermutationScaling(), sy.SemiPermutation()), "prelu"), ((sy.SignedPermutation(),), "softsign"),
+        ((sy.SignedPermutation(),), "hardtanh")]
+    assert odd.parameter("prelu.weight").fixed
 
 
 def test_concatenation_gives_slices():
