@@ -57,6 +57,10 @@ from .verify import verify as _verify  # noqa: E402
 
 app.command("verify")(_verify)
 
+from solvers.cli import register_cli as _register_solvers_cli  # noqa: E402
+
+_register_solvers_cli(app)
+
 
 def main() -> None:  # console-script entry point
     app()

@@ -176,3 +176,18 @@ def test_entry_point_solver_is_loaded_lazily(pair, monkeypatch):
         assert "plugin-shuffle" in names and "plugin-broken" not in names
     finally:
         solvers.unregister("plugin-shuffle")
+
+
+def test_cli_lists_solvers():
+    from typer.testing import CliRunner
+
+    from symmetries.cli import app
+    solvers.register("cli-test-solver", Shuffle)
+    try:
+        result = CliRunner().invoke(app, ["solvers"], env={"COLUMNS": "200"})
+    finally:
+        solvers.unregister("cli-test-solver")
+    assert result.exit_code == 0, result.output
+    for name in ("weight_matching", "semi_permutation", "cli-test-solver"):
+        assert name in result.output
+    assert "Permutation" in result.output
