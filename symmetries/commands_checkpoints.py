@@ -13,6 +13,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -59,7 +60,7 @@ def _load_pair(a: Path, b: Path, arch_spec: str):
     if set(pa) != module_keys:
         extra = sorted(set(pa) ^ module_keys)[0]
         raise ValueError(f"{a} does not match the module of {arch.name}: key {extra!r} differs")
-    dtype = next(iter(pa.values())).dtype
+    dtype = next((v.dtype for v in pa.values() if v.is_floating_point()), torch.float32)
     return arch, pa, pb, dtype
 
 

@@ -217,3 +217,25 @@ def test_align_writes_a_function_preserving_aligned_model(files):
     m2.load_state_dict(io.load_state_dict(out))
     x = torch.randn(9, 4)
     torch.testing.assert_close(m(x), m2(x), rtol=2e-5, atol=1e-6)
+
+
+def test_barrier_with_batchnorm_reset_on_a_vgg_spec(tmp_path):
+    spec = "vgg:4,M,6:in_channels=1:num_classes=3:batchnorm=true"
+    arch = parse_arch(spec)
+    g = torch.Generator().manual_seed(0)
+    for s in (0, 1):
+        m = arch.module(seed=s)
+        m.train()
+        with torch.no_grad():   # give the running statistics something to hold
+            m(torch.randn(16, 1, 8, 8, generator=g) * (1 + s))
+        io.save_state_dict(m.state_dict(), tmp_path / f"m{s}.safetensors")
+    io.save_state_dict({"x": torch.randn(24, 1, 8, 8, generator=g), "y": torch.randint(0, 3, (24,), generator=g)},
+                       tmp_path / "d.safetensors")
+    args = ["barrier", tmp_path / "m0.safetensors", tmp_path / "m1.safetensors", "--arch", spec,
+            "--data", tmp_path / "d.safetensors", "--alphas", 5, "--json"]
+    plain, reset = _run(*args), _run(*args, "--reset-bn")
+    assert plain.exit_code == 0 and reset.exit_code == 0, plain.output + reset.output
+    lp, lr = json.loads(plain.output)["loss"], json.loads(reset.output)["loss"]
+    assert lp[0] == lr[0] and lp[-1] == lr[-1] and lp[2] != lr[2]   # endpoints kept, interior reset
+    both = _run(*args, "--reset-bn", "--repair")
+    assert both.exit_code == 2 and "one of" in both.output

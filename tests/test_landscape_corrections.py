@@ -56,6 +56,10 @@ def test_batchnorm_reset_measures_exact_statistics_and_lowers_the_midpoint_loss(
     torch.testing.assert_close(reset["1.running_mean"], h.mean(0), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(reset["1.running_var"], h.var(0, unbiased=True), rtol=1e-10, atol=1e-12)
     assert torch.equal(reset["0.weight"], mid["0.weight"])          # weights untouched
+    again = L.reset_batchnorm(net.float(), mid, (x, split.train[1]), batch_size=len(x))  # float32 module
+    assert again["1.running_mean"].dtype == torch.float64
+    torch.testing.assert_close(again["1.running_var"], reset["1.running_var"], rtol=1e-12, atol=0)
+    net.double()
     assert torch.equal(mid["1.running_mean"], L.interpolate(a, b, 0.5)["1.running_mean"])  # input untouched
     before = L.evaluate(net, split.test, mid).loss
     after = L.evaluate(net, split.test, L.reset_batchnorm(net, mid, split.train)).loss
@@ -152,3 +156,25 @@ def test_merge_many_with_the_built_in_weight_matching(mlps):
     merged = L.merge_many(arch.graph, models, method="weight_matching", seed=1)
     assert merged.converged
     assert max(L.l2_distance(merged.params, m) for m in merged.aligned) < 1e-6
+
+
+def test_repair_of_a_convolutional_network_hits_the_target_statistics():
+    arch = architectures.vgg((6, "M", 8), in_channels=1, num_classes=3)
+    model = arch.module(dtype=torch.float64)
+    a, b = ({k: v.detach() for k, v in arch.module(seed=s, dtype=torch.float64).state_dict().items()} for s in (0, 1))
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(32, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (32,), generator=g))
+    fixed = L.repair(model, arch.graph, a, b, 0.5, data)
+    sa, sb = L.channel_stats(model, arch.graph, data, a), L.channel_stats(model, arch.graph, data, b)
+    got = L.channel_stats(model, arch.graph, data, fixed)
+    assert set(got) == {s.name for s in arch.graph.spaces()} and len(got) >= 2
+    for s in got:   # conv channels: statistics over batch and spatial positions
+        torch.testing.assert_close(got[s][0], 0.5 * (sa[s][0] + sb[s][0]), rtol=1e-7, atol=1e-8)
+        torch.testing.assert_close(got[s][1], 0.5 * (sa[s][1] + sb[s][1]), rtol=1e-7, atol=1e-8)
+
+
+def test_activations_need_one_producing_linear_or_conv():
+    arch = architectures.vgg((6, "M", 8), in_channels=1, num_classes=3, batchnorm=True)
+    p = {k: v.detach() for k, v in arch.module(seed=0).state_dict().items()}
+    with pytest.raises(GraphError, match="conv.0"):
+        L.repair(arch.module(), arch.graph, p, p, 0.5, (torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)))

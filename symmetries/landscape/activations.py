@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import GraphError
-from .evaluation import _param_device, batches
+from .evaluation import _param_device, batches, float_dtype
 
 __all__ = ["Producer", "producers", "space_activations", "channel_stats"]
 
@@ -78,14 +78,14 @@ def _run(model, graph, params, data, spaces, consume: Callable[[str, torch.Tenso
     for space, p in prods.items():
         hooks.append(model.get_submodule(p.module).register_forward_hook(
             lambda m, i, o, s=space, ax=p.channel_axis: consume(s, _rows(o.detach(), ax))))
+    dtype = float_dtype(model, params)
     was_training = model.training
     model.eval()
     try:
         for x, _ in batches(data, batch_size):
             x = x.to(device)
-            ref = next(iter(params.values())) if params else next(model.parameters(), None)
-            if ref is not None and x.is_floating_point() and ref.is_floating_point():
-                x = x.to(ref.dtype)
+            if dtype is not None and x.is_floating_point():
+                x = x.to(dtype)
             functional_call(model, params, (x,)) if params is not None else model(x)
     finally:
         for h in hooks:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UnknownParameterError
-from .evaluation import _param_device, batches
+from .evaluation import _param_device, batches, float_dtype
 
 __all__ = ["reset_batchnorm", "batchnorm_adjust", "has_batchnorm"]
 
@@ -36,8 +36,9 @@ def reset_batchnorm(model: nn.Module, params: Mapping[str, torch.Tensor], data, 
         raise UnknownParameterError(f"parameter {unknown[0]!r} is not in the model's state dict",
                                     parameter=unknown[0])
     device = torch.device(device) if device is not None else _param_device(model, params)
+    dtype = float_dtype(model, params)
+    m.to(device=device, dtype=dtype)   # the module takes the parameters' dtype, not the reverse
     m.load_state_dict({k: torch.as_tensor(v) for k, v in params.items()}, strict=False)
-    m.to(device)
     bns = [b for b in m.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         raise ValueError("the model has no BatchNorm layer to reset; use REPAIR (symmetries.landscape.repair)")
@@ -46,10 +47,9 @@ def reset_batchnorm(model: nn.Module, params: Mapping[str, torch.Tensor], data, 
         b.reset_running_stats()
         b.momentum = None  # cumulative moving average: exact mean over all batches
         b.train()
-    dtype = next(iter(params.values())).dtype
     for x, _ in batches(data, batch_size):
         x = x.to(device)
-        m(x.to(dtype) if x.is_floating_point() else x)
+        m(x.to(dtype) if x.is_floating_point() and dtype is not None else x)
     state = m.state_dict()
     return {k: state[k].detach().clone() for k in params} | {k: state[k].detach().clone() for k in state
                                                                 if k not in params and "running" in k}

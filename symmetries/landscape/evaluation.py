@@ -55,6 +55,14 @@ def default_loss(y: torch.Tensor) -> LossFn:
     return lambda out, t: nn.functional.cross_entropy(out, t, reduction="sum")
 
 
+def float_dtype(model: nn.Module, params: Mapping | None) -> torch.dtype | None:
+    """The dtype of the first floating tensor of ``params`` (else of the model), to cast inputs to."""
+    for t in list((params or {}).values()) + list(model.parameters()):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return t.dtype
+    return None
+
+
 def _param_device(model: nn.Module, params: Mapping | None) -> torch.device:
     for t in (params or {}).values():
         if isinstance(t, torch.Tensor):
@@ -74,6 +82,7 @@ def evaluate(model: nn.Module, data, params: Mapping[str, torch.Tensor] | None =
     device = torch.device(device) if device is not None else _param_device(model, params)
     if params is not None:
         params = {k: torch.as_tensor(v).to(device) for k, v in params.items()}
+    dtype = float_dtype(model, params)
     was_training = model.training
     model.eval()
     total, correct, n = 0.0, 0, 0
@@ -81,9 +90,8 @@ def evaluate(model: nn.Module, data, params: Mapping[str, torch.Tensor] | None =
     try:
         for x, y in batches(data, batch_size):
             x, y = x.to(device), y.to(device)
-            ref = next(iter(params.values())) if params else next(model.parameters(), None)
-            if ref is not None and x.is_floating_point() and ref.is_floating_point():
-                x = x.to(ref.dtype)
+            if dtype is not None and x.is_floating_point():
+                x = x.to(dtype)
             out = functional_call(model, params, (x,)) if params is not None else model(x)
             fn = loss_fn or default_loss(y)
             total += float(fn(out, y))

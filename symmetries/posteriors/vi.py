@@ -48,6 +48,7 @@ def train_mean_field(model: nn.Module, data: tuple, *, epochs: int = 100, lr: fl
     rho0 = float(torch.log(torch.expm1(torch.tensor(init_std))))
     rho = {k: torch.full_like(mu[k], rho0).requires_grad_(True) for k in names}
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    dtype = next((v.dtype for v in mu.values() if v.is_floating_point()), torch.float32)
     opt = torch.optim.Adam(list(mu.values()) + list(rho.values()), lr=lr)
     nll_fn = default_loss(y)
     was_training = model.training
@@ -61,7 +62,7 @@ def train_mean_field(model: nn.Module, data: tuple, *, epochs: int = 100, lr: fl
                 std = {k: nn.functional.softplus(r) for k, r in rho.items()}
                 theta = {k: mu[k] + std[k] * torch.randn(mu[k].shape, generator=g, dtype=mu[k].dtype)
                          for k in names}
-                xb = x[idx].to(next(iter(mu.values())).dtype) if x.is_floating_point() else x[idx]
+                xb = x[idx].to(dtype) if x.is_floating_point() else x[idx]
                 out = functional_call(model, {**theta, **buffers}, (xb,))
                 loss = nll_fn(out, y[idx]) / len(idx) + kl_weight * kl_to_prior(mu, std, prior_std) / n
                 opt.zero_grad()
