@@ -62,10 +62,11 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
                                                     "gain from more; extra threads only contend)."),
          ) -> None:
     """Train two MLPs on bundled digits, align them with every built-in solver, measure the barriers."""
-    from .demo import DemoConfig, run_demo
-    from .landscape import plot_curves
-
+    import numpy as np
     import torch
+
+    from .demo import DemoConfig, run_demo
+    from .landscape import Curve, plot_curves
 
     torch.set_num_threads(threads)
     console = Console(stderr=as_json)
@@ -90,14 +91,14 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
     curves = [result.naive.curve] + [r.curve for r in result.rows if not r.error]
     extra = []
     if result.bnn:
-        from .landscape import Curve
-        import numpy as np
         extra = [Curve(np.asarray(d["alphas"]), np.asarray(d["loss"]), np.asarray(d["accuracy"]), d["label"])
                  for d in (result.bnn["naive"], result.bnn["aligned"])]
     png = plot_curves(curves, out / "demo.png", extra=extra,
                       title=f"digits, MLP {result.widths}: linear paths from A to (aligned) B")
     data = result.as_dict() | {"files": {"plot": str(png), "json": str(out / "demo.json")}}
-    (out / "demo.json").write_text(json.dumps(data, indent=2))
+    tmp = out / ".demo.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(out / "demo.json")
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
