@@ -30,10 +30,10 @@ from torch import nn
 from symmetries.classes import HeadStructured, Orthogonal, Trivial
 from symmetries.roles import Role
 
-from .extract_ops import call_function, call_method, call_module
+from .extract_functional import call_function, call_method
+from .extract_ops import call_module
 from .extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
 from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
-from .extract_shapes import SHAPE_METHODS
 from .extract_state import ExtractionError, Feat, HeadOnly, ParamRef, Sealed, State, meet_sets
 from .extract_trace import trace
 from .graph import WeightGraph

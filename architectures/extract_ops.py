@@ -1,4 +1,4 @@
-"""How each op touches candidate spaces, for :func:`architectures.from_module`.
+"""How each module touches candidate spaces, for :func:`architectures.from_module`.
 
 Every handler takes the walk's context, the fx node and its arguments (fx nodes replaced by
 what they carry: ``Feat``, ``ParamRef`` or a Python value) and returns what the node carries.
@@ -10,23 +10,17 @@ node, or an explicitly fixed region).
 """
 from __future__ import annotations
 
-import operator
-from numbers import Number
-
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
-                                SemiPermutation, SignedPermutation)
+from symmetries.classes import (HeadStructured, Invertible, Permutation, PermutationScaling, SemiPermutation,
+                                SignedPermutation)
 
 from .activations import ACTIVATIONS
-from .extract_heads import HEAD_FUNCTIONS, HEAD_METHODS, softmax_heads
-from .extract_state import Feat, HeadOnly, ParamRef, hint_of
-from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
-from .extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem, move_feature
+from .extract_heads import softmax_heads
+from .extract_shapes import move_feature
+from .extract_state import Feat, HeadOnly, ParamRef
 
-__all__ = ["call_module", "call_function", "call_method"]
+__all__ = ["call_module", "elementwise", "PERM", "RELU_LIKE"]
 
 PERM = (Permutation(),)
 RELU_LIKE = (PermutationScaling(), SemiPermutation())
@@ -284,106 +278,3 @@ _MODULES = [
     ((nn.Softmax, nn.LogSoftmax), lambda ctx, node, mod, x: _softmax(ctx, node, x)),
     ((nn.Flatten, nn.Unflatten), lambda ctx, node, mod, x: move_feature(ctx, node, x)),
 ]
-
-# -- functions and methods ------------------------------------------------------------------------------
-_ACT_FUNCS = {
-    "relu": [torch.relu, F.relu, torch.relu_], "leaky_relu": [F.leaky_relu], "abs": [torch.abs, operator.abs],
-    "tanh": [torch.tanh, F.tanh], "sin": [torch.sin], "gelu": [F.gelu], "silu": [F.silu],
-    "sigmoid": [torch.sigmoid, F.sigmoid], "softplus": [F.softplus], "elu": [F.elu],
-}
-_ACT_METHODS = {"relu": ["relu", "relu_"], "abs": ["abs"], "tanh": ["tanh"], "sin": ["sin"], "sigmoid": ["sigmoid"]}
-
-
-def _act(name):
-    return lambda ctx, node, x, *a, **k: elementwise(ctx, node, x, name, ACTIVATIONS[name].classes)
-
-
-def _f_linear(ctx, node, x, weight, bias=None):
-    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not (bias is None or isinstance(bias, ParamRef)):
-        return ctx.opaque(node, "F.linear with weights that are not parameters of the module")
-    return _linear(ctx, node, x, weight.name, None if bias is None else bias.name, hint_of(weight.name))
-
-
-def _is_square(n) -> bool:
-    """Whether fx node ``n`` is ``y ** 2`` (``y.pow(2)``, ``torch.pow(y, 2)``)."""
-    return (getattr(n, "op", None) in ("call_method", "call_function")
-            and (n.target == "pow" or n.target in (torch.pow, operator.pow)) and len(n.args) > 1 and n.args[1] == 2)
-
-
-def _reduces_features(user, dim: int, ndim: int) -> bool:
-    if not (user.target in ("sum", "mean") or user.target in (torch.sum, torch.mean)):
-        return False
-    d = user.kwargs.get("dim", user.args[1] if len(user.args) > 1 else None)
-    dims = () if d is None else (d,) if isinstance(d, int) else tuple(d)
-    return len(dims) == 1 and dims[0] % ndim == dim
-
-
-def _pow(ctx, node, x, exponent, *args, **kwargs):
-    """``y ** 2`` summed over the features is a squared norm (handled by the reduction); any other
-    power is an elementwise nonlinearity (permutations only)."""
-    if not isinstance(x, Feat) or not isinstance(exponent, Number):
-        return ctx.opaque(node, "a power that is not a tensor raised to a number")
-    if not (exponent == 2 and x.dim is not None and node.users
-            and all(_reduces_features(u, x.dim, x.ndim) for u in node.users)):
-        for var, _ in x.segs:
-            ctx.state.restrict(var, PERM)
-    return x.moved(ctx.shape(node), x.dim)
-
-
-def _reduce(ctx, node, x, *args, **kwargs):
-    """sum/mean over dimensions: over the features, the result is invariant only under permutations
-    (sums also under semi-permutations, whose columns sum to one); a sum of squares ‖y‖² under
-    orthogonal maps (rectangular ones included), a mean of squares under signed permutations."""
-    if not isinstance(x, Feat):
-        return ctx.opaque(node, "a reduction of something that is not a tensor")
-    dims = kwargs.get("dim", args[0] if args else None)
-    keep = kwargs.get("keepdim", args[1] if len(args) > 1 else False)
-    dims = tuple(range(x.ndim)) if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
-    dims = {d % x.ndim for d in dims}
-    out = ctx.shape(node)
-    if x.dim is None or not x.spaced():
-        return Feat(out)
-    if x.dim in dims:
-        exact = (SemiPermutation(),) if _name(node) == "sum" else PERM
-        if _is_square(node.args[0]) and len(dims) == 1:
-            exact = (Orthogonal(),) if _name(node) == "sum" else (SignedPermutation(),)
-        for var, _ in x.segs:
-            ctx.state.restrict(var, exact)
-        return Feat(out)
-    return x.moved(out, x.dim if keep else x.dim - sum(d < x.dim for d in dims))
-
-
-def _name(node) -> str:
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-
-
-FUNCTIONS = {f: _act(name) for name, fs in _ACT_FUNCS.items() for f in fs}
-FUNCTIONS.update({F.linear: _f_linear, torch.pow: _pow, operator.pow: _pow, F.dropout: _passthrough,
-                  torch.sum: _reduce, torch.mean: _reduce,
-                  F.softmax: _softmax, torch.softmax: _softmax, F.log_softmax: _softmax,
-                  F.adaptive_avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
-                  F.avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
-                  F.adaptive_avg_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
-                  F.avg_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
-                  F.max_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, RELU_LIKE),
-                  F.max_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, RELU_LIKE),
-                  operator.getitem: getitem})
-FUNCTIONS.update(SHAPE_FUNCTIONS)
-FUNCTIONS.update(BINARY_FUNCTIONS)
-FUNCTIONS.update(HEAD_FUNCTIONS)
-METHODS = {m: _act(name) for name, ms in _ACT_METHODS.items() for m in ms}
-METHODS.update({"sum": _reduce, "mean": _reduce, "softmax": _softmax, "pow": _pow})
-METHODS.update(SHAPE_METHODS)
-METHODS.update(BINARY_METHODS)
-METHODS.update(HEAD_METHODS)
-
-
-def call_function(ctx, node, args, kwargs):
-    handler = FUNCTIONS.get(node.target)
-    return NotImplemented if handler is None else handler(ctx, node, *args, **kwargs)
-
-
-def call_method(ctx, node, args, kwargs):
-    handler = METHODS.get(node.target)
-    return NotImplemented if handler is None else handler(ctx, node, *args, **kwargs)
-

@@ -142,6 +142,26 @@ class OddMLP(nn.Module):
         return self.d(self.hard(self.c(self.soft(self.b(self.prelu(self.a(x)))))))
 
 
+class Functional(nn.Module):
+    """Raw parameters through F.embedding, F.layer_norm, F.conv1d, a 2-norm and elementwise
+    functions outside the activation registry."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(7, 6))
+        self.gain, self.shift = nn.Parameter(torch.randn(6)), nn.Parameter(torch.randn(6))
+        self.kernel = nn.Parameter(torch.randn(5, 6, 3))
+        self.w = nn.Parameter(torch.randn(5, 4))
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, idx):
+        x = F.layer_norm(F.embedding(idx, self.table), (6,), self.gain, self.shift)   # (B, T, 6)
+        h = F.conv1d(x.transpose(1, 2), self.kernel, padding=1).transpose(1, 2)      # (B, T, 5)
+        h = torch.erf(h)                                                               # odd
+        h = torch.exp(h @ self.w) / (h @ self.w).norm(dim=-1, keepdim=True)          # (B, T, 4)
+        return self.out(h)
+
+
 class Concat(nn.Module):
     """Two branches concatenated along the features: the reader's columns are two slices."""
 
@@ -204,6 +224,7 @@ def _inputs(name):
         "concat": (torch.randn(6, 4, generator=g, dtype=torch.float64),),
         "hand_attention": (torch.randn(2, 4, 5, generator=g, dtype=torch.float64),),
         "mobile": (torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64),),
+        "functional": (torch.randint(0, 7, (3, 4), generator=g),),
         "gcn": (torch.randn(5, 4, generator=g, dtype=torch.float64),
                 torch.rand(5, 5, generator=g, dtype=torch.float64)),
     }.get(name, (torch.randn(6, 4, generator=g, dtype=torch.float64),))
@@ -211,7 +232,7 @@ def _inputs(name):
 
 MODELS = {"two_branch": TwoBranch, "res_mlp": ResMLP, "conv_bn": ConvBN, "transformer": TinyTransformer,
           "concat": Concat, "gcn": HandGCN, "hand_attention": HandAttention, "mobile": MobileBlock,
-          "odd_mlp": OddMLP}
+          "odd_mlp": OddMLP, "functional": Functional}
 MODELS.update({f"rule:{r}": (lambda r=r: Rule(r)) for r in Rule.RULES})
 
 
@@ -460,6 +481,17 @@ def test_depthwise_instance_norm_prelu_and_torch_activations():
     assert odd.parameter("prelu.weight").fixed
 
 
+def test_functional_ops_with_raw_parameters():
+    g = GRAPHS["functional"]
+    assert [(s.name, s.classes, s.activation) for s in g.spaces()] == [
+        ("table.units", (sy.Permutation(),), None), ("kernel.units", (sy.SignedPermutation(),), "erf"),
+        ("w.units", (sy.Permutation(),), "exp")]  # exp ∩ ‖·‖₂ (orthogonal) = permutations
+    assert {(e.parameter, e.axis, str(e.role)) for e in g.edges_at("table.units")} == {
+        ("table", 1, "out"), ("gain", 0, "out"), ("shift", 0, "out"), ("kernel", 1, "in")}
+    assert {(e.parameter, e.axis, str(e.role)) for e in g.edges_at("w.units")} == {("w", 1, "out"),
+                                                                                   ("out.weight", 1, "in")}
+
+
 def test_concatenation_gives_slices():
     g = GRAPHS["concat"]
     reads = sorted((e.slice, e.space) for e in g.edges_of("out.weight"))
@@ -502,7 +534,7 @@ def _builders():
            ("gcn", lambda: architectures.gcn([4, 6, 5, 3]), (torch.randn(5, 4), torch.rand(5, 5))),
            ("gcn-gelu", lambda: architectures.gcn([4, 6, 3], activation="gelu", bias=False),
             (torch.randn(5, 4), torch.rand(5, 5)))]
-    from architectures.transformer import example_inputs, gpt2, vit
+    from architectures.transformer import gpt2, vit
     for packed in (False, True):
         for norm in ("layernorm", "rms"):
             out.append((f"gpt2-{norm}{'-packed' if packed else ''}",

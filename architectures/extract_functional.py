@@ -1,0 +1,194 @@
+"""Functions and tensor methods for :func:`architectures.from_module` (modules are in
+:mod:`architectures.extract_ops`).
+
+Activations by function or method use the activation registry; other elementwise functions
+commute with permutations (odd ones with signed permutations); ``F.linear``, ``F.conv*``,
+``F.embedding``, ``F.layer_norm`` with the module's parameters act like their modules; a
+reduction over the features is invariant only under the maps that keep it (sums: columns summing
+to one; ``‖y‖²`` and ``‖y‖₂``: orthogonal maps).
+"""
+from __future__ import annotations
+
+import operator
+from numbers import Number
+
+import torch
+import torch.nn.functional as F
+
+from symmetries.classes import Orthogonal, SemiPermutation, SignedPermutation
+
+from .activations import ACTIVATIONS
+from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
+from .extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
+from .extract_ops import (PERM, RELU_LIKE, _consume, _linear, _normalise, _passthrough, _pool, _produce, _softmax,
+                          elementwise)
+from .extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem
+from .extract_state import Feat, ParamRef, hint_of
+
+__all__ = ["FUNCTIONS", "METHODS", "call_function", "call_method"]
+
+_ACT_FUNCS = {
+    "relu": [torch.relu, F.relu, torch.relu_], "leaky_relu": [F.leaky_relu], "abs": [torch.abs, operator.abs],
+    "tanh": [torch.tanh, F.tanh], "sin": [torch.sin], "gelu": [F.gelu], "silu": [F.silu],
+    "sigmoid": [torch.sigmoid, F.sigmoid], "softplus": [F.softplus], "elu": [F.elu],
+}
+_ACT_METHODS = {"relu": ["relu", "relu_"], "abs": ["abs"], "tanh": ["tanh"], "sin": ["sin"], "sigmoid": ["sigmoid"]}
+
+
+#: Elementwise functions outside the registry (recorded by name): odd ones keep signed permutations.
+_UNARY_PERM = ["exp", "log", "sqrt", "rsqrt", "reciprocal", "cos", "cosh", "square", "log1p", "expm1"]
+_UNARY_ODD = ["erf", "atan", "asinh", "sinh", "tan", "sign"]
+
+
+def _unary(name, classes):
+    return lambda ctx, node, x, *a, **k: elementwise(ctx, node, x, name, classes)
+
+
+def _act(name):
+    return lambda ctx, node, x, *a, **k: elementwise(ctx, node, x, name, ACTIVATIONS[name].classes)
+
+
+def _f_linear(ctx, node, x, weight, bias=None):
+    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not (bias is None or isinstance(bias, ParamRef)):
+        return ctx.opaque(node, "F.linear with weights that are not parameters of the module")
+    return _linear(ctx, node, x, weight.name, None if bias is None else bias.name, hint_of(weight.name))
+
+
+def _f_layer_norm(ctx, node, x, shape, weight=None, bias=None, eps=1e-5):
+    if not all(t is None or (isinstance(t, ParamRef) and t.axes == (0,)) for t in (weight, bias)):
+        return ctx.opaque(node, "F.layer_norm with gains that are not parameters of the module")
+    ok = isinstance(x, Feat) and x.dim == x.ndim - 1 and tuple(shape) == (x.shape[-1],)
+    tensors = [(None if t is None else t.name, "out") for t in (weight, bias)]
+    return _normalise(ctx, node, x, ok, "layer normalisation", tensors, PERM)
+
+
+def _f_embedding(ctx, node, idx, weight, *args, **kwargs):
+    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or kwargs.get("max_norm") is not None:
+        return ctx.opaque(node, "F.embedding with a table that is not a parameter of the module")
+    if isinstance(idx, Feat) and idx.spaced():
+        return ctx.opaque(node, "an embedding looked up by transformed values")
+    out = ctx.shape(node)
+    v = _produce(ctx, node, out[-1], hint_of(weight.name), [(weight.name, 1)])
+    return Feat(out, len(out) - 1, ((v, out[-1]),))
+
+
+def _f_conv(ctx, node, x, weight, bias=None, *args, **kwargs):
+    groups = kwargs.get("groups", args[3] if len(args) > 3 else 1)
+    if not isinstance(weight, ParamRef) or weight.axes != tuple(range(len(weight.shape))) or groups != 1 \
+            or not (bias is None or isinstance(bias, ParamRef)):
+        return ctx.opaque(node, "a functional convolution with weights that are not parameters, or groups")
+    if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
+        return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")
+    _consume(ctx, x, weight.name, 1)
+    out = ctx.shape(node)
+    v = _produce(ctx, node, out[1], hint_of(weight.name), [(weight.name, 0), (None if bias is None else bias.name, 0)])
+    return Feat(out, 1, ((v, out[1]),))
+
+
+def _norm2(ctx, node, x, *args, **kwargs):
+    """``‖y‖₂`` over the features is invariant under orthogonal maps (rectangular ones included).
+    Arguments after the tensor are ``(p or ord, dim, keepdim)`` for every norm function."""
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "a norm of something that is not a tensor")
+    p = kwargs.get("p", kwargs.get("ord", args[0] if args else 2))
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if x.dim is None or not x.spaced():
+        return Feat(ctx.shape(node))
+    dims = None if dim is None else {d % x.ndim for d in ((dim,) if isinstance(dim, int) else dim)}
+    if p in (2, 2.0, None, "fro") and dims == {x.dim} and x.hdim is None:
+        for var, _ in x.segs:
+            ctx.state.restrict(var, (Orthogonal(),))
+        return Feat(ctx.shape(node))
+    return ctx.opaque(node, "a norm that is not the 2-norm over the features alone")
+
+
+def _is_square(n) -> bool:
+    """Whether fx node ``n`` is ``y ** 2`` (``y.pow(2)``, ``torch.pow(y, 2)``)."""
+    return (getattr(n, "op", None) in ("call_method", "call_function")
+            and (n.target == "pow" or n.target in (torch.pow, operator.pow)) and len(n.args) > 1 and n.args[1] == 2)
+
+
+def _reduces_features(user, dim: int, ndim: int) -> bool:
+    if not (user.target in ("sum", "mean") or user.target in (torch.sum, torch.mean)):
+        return False
+    d = user.kwargs.get("dim", user.args[1] if len(user.args) > 1 else None)
+    dims = () if d is None else (d,) if isinstance(d, int) else tuple(d)
+    return len(dims) == 1 and dims[0] % ndim == dim
+
+
+def _pow(ctx, node, x, exponent, *args, **kwargs):
+    """``y ** 2`` summed over the features is a squared norm (handled by the reduction); any other
+    power is an elementwise nonlinearity (permutations only)."""
+    if not isinstance(x, Feat) or not isinstance(exponent, Number):
+        return ctx.opaque(node, "a power that is not a tensor raised to a number")
+    if not (exponent == 2 and x.dim is not None and node.users
+            and all(_reduces_features(u, x.dim, x.ndim) for u in node.users)):
+        for var, _ in x.segs:
+            ctx.state.restrict(var, PERM)
+    return x.moved(ctx.shape(node), x.dim)
+
+
+def _reduce(ctx, node, x, *args, **kwargs):
+    """sum/mean over dimensions: over the features, the result is invariant only under permutations
+    (sums also under semi-permutations, whose columns sum to one); a sum of squares ‖y‖² under
+    orthogonal maps (rectangular ones included), a mean of squares under signed permutations."""
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "a reduction of something that is not a tensor")
+    dims = kwargs.get("dim", args[0] if args else None)
+    keep = kwargs.get("keepdim", args[1] if len(args) > 1 else False)
+    dims = tuple(range(x.ndim)) if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
+    dims = {d % x.ndim for d in dims}
+    out = ctx.shape(node)
+    if x.dim is None or not x.spaced():
+        return Feat(out)
+    if x.dim in dims:
+        exact = (SemiPermutation(),) if _name(node) == "sum" else PERM
+        if _is_square(node.args[0]) and len(dims) == 1:
+            exact = (Orthogonal(),) if _name(node) == "sum" else (SignedPermutation(),)
+        for var, _ in x.segs:
+            ctx.state.restrict(var, exact)
+        return Feat(out)
+    return x.moved(out, x.dim if keep else x.dim - sum(d < x.dim for d in dims))
+
+
+def _name(node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+FUNCTIONS = {f: _act(name) for name, fs in _ACT_FUNCS.items() for f in fs}
+FUNCTIONS.update({F.linear: _f_linear, torch.pow: _pow, operator.pow: _pow, F.dropout: _passthrough,
+                  torch.sum: _reduce, torch.mean: _reduce,
+                  F.softmax: _softmax, torch.softmax: _softmax, F.log_softmax: _softmax,
+                  F.adaptive_avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
+                  F.avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
+                  F.adaptive_avg_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
+                  F.avg_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
+                  F.max_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, RELU_LIKE),
+                  F.max_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, RELU_LIKE),
+                  operator.getitem: getitem})
+FUNCTIONS.update({F.layer_norm: _f_layer_norm, F.embedding: _f_embedding, F.conv1d: _f_conv, F.conv2d: _f_conv,
+                  torch.norm: _norm2, torch.linalg.vector_norm: _norm2, torch.linalg.norm: _norm2})
+FUNCTIONS.update({getattr(torch, f): _unary(f, PERM) for f in _UNARY_PERM})
+FUNCTIONS.update({getattr(torch, f): _unary(f, (SignedPermutation(),)) for f in _UNARY_ODD})
+FUNCTIONS.update(SHAPE_FUNCTIONS)
+FUNCTIONS.update(BINARY_FUNCTIONS)
+FUNCTIONS.update(HEAD_FUNCTIONS)
+METHODS = {m: _act(name) for name, ms in _ACT_METHODS.items() for m in ms}
+METHODS.update({"sum": _reduce, "mean": _reduce, "softmax": _softmax, "pow": _pow})
+METHODS.update({"norm": _norm2})
+METHODS.update({f: _unary(f, PERM) for f in _UNARY_PERM})
+METHODS.update({f: _unary(f, (SignedPermutation(),)) for f in _UNARY_ODD})
+METHODS.update(SHAPE_METHODS)
+METHODS.update(BINARY_METHODS)
+METHODS.update(HEAD_METHODS)
+
+
+def call_function(ctx, node, args, kwargs):
+    handler = FUNCTIONS.get(node.target)
+    return NotImplemented if handler is None else handler(ctx, node, *args, **kwargs)
+
+
+def call_method(ctx, node, args, kwargs):
+    handler = METHODS.get(node.target)
+    return NotImplemented if handler is None else handler(ctx, node, *args, **kwargs)
+
