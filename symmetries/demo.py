@@ -73,6 +73,7 @@ class DemoResult:
     naive: Row
     rows: list = field(default_factory=list)
     bnn: dict | None = None
+    cka: dict = field(default_factory=dict)    # linear CKA of A's and B's activations per space (test split)
     seconds: float = 0.0
 
     @property
@@ -81,7 +82,7 @@ class DemoResult:
 
     def as_dict(self) -> dict:
         return dict(config=asdict(self.config), widths=self.widths, endpoints=self.endpoints,
-                    train_seconds=self.train_seconds, seconds=self.seconds, naive=self.naive.as_dict(),
+                    train_seconds=self.train_seconds, seconds=self.seconds, cka=self.cka, naive=self.naive.as_dict(),
                     rows=[r.as_dict() for r in self.rows], bnn=self.bnn)
 
 
@@ -143,6 +144,7 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
 
     naive = Row("naive", curve("naive", pb), L.l2_distance(pa, pb))
     result = DemoResult(config, widths, endpoints, train_seconds, naive)
+    result.cka = L.cka_per_space(model, arch.graph, pa, pb, split.test)
     if config.repair:  # REPAIR alone, for comparison: it fixes variance collapse, not misalignment
         t0 = time.perf_counter()
         fixed = curve("naive + REPAIR", pb, L.repair_adjust(model, arch.graph, pa, pb, split.train))

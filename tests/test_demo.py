@@ -41,6 +41,7 @@ def test_demo_json_plot_and_weight_matching_gain(tmp_path):
     assert wm["loss_barrier"] < out["naive"]["loss_barrier"] and wm["l2"] < out["naive"]["l2"]
     assert "weight_matching + REPAIR" in rows
     assert out["widths"] == [64, 32, 10]
+    assert set(out["cka"]) == {"hidden.0"} and 0.5 < out["cka"]["hidden.0"] <= 1.0
 
 
 def test_demo_table_with_every_solver_and_bnn(tmp_path):
