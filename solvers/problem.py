@@ -67,11 +67,11 @@ class Problem:
             if self.width_changing:
                 return None
             transforms = TransformSet()
-        b = self.aligned(transforms)
         total = 0.0
-        for name, a in self.params_a.items():
+        for name, a in self.params_a.items():  # one tensor at a time: no aligned copy of the model
             if a.is_floating_point():
-                total += float(torch.sum((a - b[name]) ** 2))
+                b = apply(self.graph_b, {name: self.params_b[name]}, transforms, check=False)[name]
+                total += float(torch.sum((a - b) ** 2))
         return total
 
 

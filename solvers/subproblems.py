@@ -71,19 +71,11 @@ def solve_local(cls: SymmetryClass, local: Local, *, backend: str = "auto", curr
     if isinstance(cls, SemiPermutation):
         from .semi_permutation import split_update
         return split_update(local, backend=backend)
-    if isinstance(cls, (Permutation, SignFlip, Orthogonal)):
+    if isinstance(cls, (Permutation, SignFlip, Orthogonal, SignedPermutation)):
         m, v = _score(local, cls)
         if v is not None and isinstance(cls, Permutation):
-            m = m + v
-        return cls.project(m, backend=backend)
-    if isinstance(cls, SignedPermutation):
-        m, v = _score(local, cls)
-        score = m.abs() + (v if v is not None else 0)
-        rows, cols = solve_assignment(score, backend=backend)
-        perm = np.empty(local.n, dtype=np.int64)
-        perm[rows] = cols
-        vals = m[torch.arange(local.n), torch.as_tensor(perm, device=m.device)]
-        return GatherElement.monomial(perm, torch.where(vals < 0, -1.0, 1.0).to(torch.float64).cpu())
+            m, v = m + v, None
+        return solve_block(cls, m, v, backend)
     if isinstance(cls, (PositiveScaling, PermutationScaling)):
         return _scaling(cls, local, backend)
     if isinstance(cls, Invertible):
@@ -184,6 +176,34 @@ def _diag_blocks(x: torch.Tensor, h: int) -> torch.Tensor:
     return torch.stack([x[i * m:(i + 1) * m, i * m:(i + 1) * m] for i in range(h)])
 
 
+def _heads_linear(inner, local: Local, h: int, backend: str):
+    """Norm-keeping inner classes: the inner oracle on every block of ``M = Σ A Bᵀ``; pair loss
+    ``−2⟨E_ij, M_ij⟩`` (+ variance edges) up to a constant."""
+    m, v = _score(local, inner)
+    if v is not None and isinstance(inner, Permutation):
+        m, v = m + v, None
+    mb = _head_blocks(m, h)
+    vb = None if v is None else _head_blocks(v, h)
+    best = [[solve_block(inner, mb[i, j], None if vb is None else vb[i, j], backend) for j in range(h)]
+            for i in range(h)]
+    loss = torch.tensor([[-2 * (inner_product(best[i][j], mb[i, j])
+                                + (0.0 if vb is None else inner_product(best[i][j], vb[i, j], squared=True)))
+                          for j in range(h)] for i in range(h)], dtype=torch.float64)
+    return loss, _pick(best)
+
+
+def solve_block(inner, m: torch.Tensor, v: torch.Tensor | None, backend: str) -> Element:
+    """The norm-keeping class's best element for the score ``⟨T, M⟩ + ⟨T∘T, V⟩``."""
+    if isinstance(inner, SignedPermutation):
+        n = m.shape[0]
+        rows, cols = solve_assignment(m.abs() + (v if v is not None else 0), backend=backend)
+        perm = np.empty(n, dtype=np.int64)
+        perm[rows] = cols
+        vals = m[torch.arange(n), torch.as_tensor(perm, device=m.device)]
+        return GatherElement.monomial(perm, torch.where(vals < 0, -1.0, 1.0).to(torch.float64).cpu())
+    return inner.project(m, backend=backend)
+
+
 def _heads_orthogonal(local: Local, h: int):
     """Pair losses (up to a constant) ``−2 ‖M_ij‖_*`` and the polar factors of every block."""
     blocks = _head_blocks(local.cross(OUT, IN).double(), h)
@@ -245,6 +265,8 @@ def solve_heads(classes: list[HeadStructured], locals_: list[Local], *, backend:
             loss, finish = _heads_orthogonal(local, h)
         elif isinstance(cls.inner, Invertible):
             loss, finish = _heads_invertible(local, h)
+        elif linear_classes(cls.inner):
+            loss, finish = _heads_linear(cls.inner, local, h, backend)
         else:
             loss, finish = _heads_generic(cls.inner, local, h, backend)
         total = loss.cpu() if total is None else total + loss.cpu()
