@@ -67,7 +67,10 @@ def _looks_safetensors(p: Path) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    name = type(exc).__name__
+    if name.islower():  # e.g. struct.error
+        name = f"{type(exc).__module__}.{name}"
+    return f"{name}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _flatten(obj, p: Path) -> dict[str, torch.Tensor]:
