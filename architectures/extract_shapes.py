@@ -113,24 +113,48 @@ def _transpose(ctx, node, x, a=None, b=None, **kwargs):
     return _perm(ctx, node, x, order)
 
 
+def _items(index, ndim: int) -> list:
+    """``index`` as one entry per input dimension (``None`` entries insert dimensions)."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(i is Ellipsis for i in items):
+        k = items.index(Ellipsis)
+        used = sum(1 for i in items if i is not None and i is not Ellipsis)
+        items[k:k + 1] = [slice(None)] * (ndim - used)
+    return items + [slice(None)] * (ndim - sum(1 for i in items if i is not None))
+
+
+def _getitem_param(ctx, node, p: ParamRef, index):
+    """Basic indexing of a parameter (``pos_embed[:, :T]``): an axis cut short can no longer follow
+    a space (it becomes a broadcast-like dimension, so a later add makes the tensor fixed)."""
+    axes: list[int | None] = []
+    d = 0
+    for item in _items(index, len(p.shape)):
+        if item is None:
+            axes.append(None)
+        elif isinstance(item, int):
+            d += 1
+        elif isinstance(item, slice):
+            full = range(p.shape[d])[item] == range(p.shape[d])
+            axes.append(p.axes[d] if full else None)
+            d += 1
+        else:
+            return ctx.opaque(node, f"advanced indexing of parameter {p.name!r}")
+    return ParamRef(p.name, ctx.shape(node), tuple(axes))
+
+
 def getitem(ctx, node, x, index):
     """``x[index]``: elements of tuples (attention outputs), or basic indexing of a tensor along
     dimensions other than the features."""
     if isinstance(x, (tuple, list)):
         return x[index]
+    if isinstance(x, ParamRef):
+        return _getitem_param(ctx, node, x, index)
     if not isinstance(x, Feat):
-        if isinstance(x, ParamRef):
-            return ctx.opaque(node, f"indexing parameter {x.name!r}")
         return ctx.value(node)
     out = ctx.shape(node)
     if x.dim is None:
         return Feat(out)
-    items = list(index) if isinstance(index, tuple) else [index]
-    if any(i is Ellipsis for i in items):
-        k = items.index(Ellipsis)
-        used = sum(1 for i in items if i is not None and i is not Ellipsis)
-        items[k:k + 1] = [slice(None)] * (x.ndim - used)
-    items += [slice(None)] * (x.ndim - sum(1 for i in items if i is not None))
+    items = _items(index, x.ndim)
     d_in, d_out = 0, 0
     for item in items:
         if item is None:

@@ -492,6 +492,37 @@ def test_functional_ops_with_raw_parameters():
                                                                                    ("out.weight", 1, "in")}
 
 
+def test_sliced_positional_embeddings_follow_the_stream():
+    class Positions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.pos = nn.Embedding(9, 6), nn.Parameter(torch.randn(1, 10, 6))
+            self.ln, self.fc, self.out = nn.LayerNorm(6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+        def forward(self, idx):
+            x = self.emb(idx) + self.pos[:, :idx.shape[1]]
+            x = x + self.fc(torch.relu(self.ln(x)))
+            return self.out(x)
+
+    m = Positions().double()
+    g = from_module(m, torch.randint(0, 9, (2, 4)))
+    assert ("pos", 2, "out") in {(e.parameter, e.axis, str(e.role)) for e in g.edges_at("emb")}
+    idx = torch.randint(0, 9, (3, 5))
+    T = sy.random_transforms(g, 1)
+    torch.testing.assert_close(_run(m, m.state_dict(), (idx,)), _run(m, sy.apply(g, m.state_dict(), T), (idx,)),
+                               rtol=1e-10, atol=1e-10)
+
+    class Cut(Positions):
+        def forward(self, idx):  # positions cut along the features cannot follow the stream
+            x = self.fc(self.emb(idx)[..., :3].repeat(1, 1, 2) + self.pos[:, :idx.shape[1], :1])
+            return self.out(x + self.pos[:, :idx.shape[1], 3:].repeat(1, 1, 2))
+
+    with pytest.raises(ExtractionError, match="indexing the feature dimension"):
+        from_module(Cut(), torch.randint(0, 9, (2, 4)))
+    cut = from_module(Cut(), torch.randint(0, 9, (2, 4)), unknown="fixed")
+    assert [s.name for s in cut.spaces()] == [] and cut.parameter("pos").fixed
+
+
 def test_concatenation_gives_slices():
     g = GRAPHS["concat"]
     reads = sorted((e.slice, e.space) for e in g.edges_of("out.weight"))
