@@ -730,6 +730,51 @@ def test_equivalence_is_up_to_renaming_only():
         assert_graphs_equivalent(mlp, shapes)
 
 
+def _mutated(g, kind, k):
+    """A copy of ``g`` with one thing changed: an edge's role, axis or slice, a class list, an
+    activation, or a parameter's fixed flag."""
+    h = architectures.WeightGraph(g.name)
+    params = g.parameters()
+    edges = g.edges()
+    target = edges[k % len(edges)] if edges else None
+    for p in params:
+        h.add_parameter(p.name, p.shape, fixed=p.fixed)
+    for sp in g.spaces():
+        classes, act = sp.classes, sp.activation
+        if target is not None and sp.name == target.space and kind == "classes":
+            classes = (sy.Trivial(),) + classes
+        if target is not None and sp.name == target.space and kind == "activation":
+            act = (act or "") + "?"
+        h.add_space(sp.name, sp.size, classes, activation=act, head_group=sp.head_group)
+    for e in edges:
+        role, sl = e.role, e.slice
+        if e is target and kind == "role":
+            role = sy.Role.IN if e.role is sy.Role.OUT else sy.Role.OUT
+        if e is target and kind == "slice":
+            sl = (0, g.space(e.space).size) if e.slice is None else None
+        h.connect(e.parameter, e.space, axis=e.axis, role=role, slice=sl)
+    return h
+
+
+@settings(max_examples=60)
+@given(st.sampled_from(sorted(GRAPHS)), st.randoms(use_true_random=False),
+       st.sampled_from(["role", "slice", "classes", "activation"]), st.integers(0, 10**6))
+def test_equivalence_ignores_names_and_sees_every_change(name, rnd, kind, k):
+    g = GRAPHS[name]
+    names = [sp.name for sp in g.spaces()]
+    shuffled = names[:]
+    rnd.shuffle(shuffled)
+    groups = {grp: f"group{i}" for i, grp in enumerate(g.head_groups())}
+    renamed = _renamed(g, {**{a: f"space:{b}" for a, b in zip(names, shuffled)}, **groups})
+    assert graphs_equivalent(g, renamed) and architectures.graph_difference(g, renamed) is None
+    if not g.edges():
+        return
+    other = _mutated(g, kind, k)
+    assert not graphs_equivalent(g, other) and not graphs_equivalent(renamed, other)
+    with pytest.raises(AssertionError, match="differ"):
+        assert_graphs_equivalent(renamed, other)
+
+
 def test_head_groups_must_map_consistently():
     g = architectures.WeightGraph("heads")
     for p in ("w1", "w2"):
