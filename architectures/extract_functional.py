@@ -102,6 +102,20 @@ def _norm2(ctx, node, x, *args, **kwargs):
     return ctx.opaque(node, "a norm that is not the 2-norm over the features alone")
 
 
+def _pad(ctx, node, x, pad, mode="constant", value=None):
+    """Padding of dimensions other than the features: linear (zeros) or per-channel (reflect,
+    replicate, circular); a non-zero constant commutes with permutations only."""
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "padding something that is not a tensor")
+    padded = {x.ndim - 1 - i // 2 for i, n in enumerate(pad) if n}
+    if x.dim is not None and x.spaced() and x.dim in padded:
+        return ctx.opaque(node, "padding the feature dimension")
+    if mode == "constant" and value not in (None, 0, 0.0):
+        for var, _ in x.segs:
+            ctx.state.restrict(var, PERM)
+    return x.moved(ctx.shape(node), x.dim)
+
+
 def _is_square(n) -> bool:
     """Whether fx node ``n`` is ``y ** 2`` (``y.pow(2)``, ``torch.pow(y, 2)``)."""
     return (getattr(n, "op", None) in ("call_method", "call_function")
@@ -167,6 +181,7 @@ FUNCTIONS.update({F.linear: _f_linear, torch.pow: _pow, operator.pow: _pow, F.dr
                   F.max_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, RELU_LIKE),
                   operator.getitem: getitem})
 FUNCTIONS.update({F.layer_norm: _f_layer_norm, F.embedding: _f_embedding, F.conv1d: _f_conv, F.conv2d: _f_conv,
+                  F.pad: _pad, F.interpolate: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
                   torch.norm: _norm2, torch.linalg.vector_norm: _norm2, torch.linalg.norm: _norm2})
 FUNCTIONS.update({getattr(torch, f): _unary(f, PERM) for f in _UNARY_PERM})
 FUNCTIONS.update({getattr(torch, f): _unary(f, (SignedPermutation(),)) for f in _UNARY_ODD})

@@ -81,6 +81,19 @@ def _module_conv(ctx, node, mod, x):
     return Feat(out, 1, ((v, out[1]),))
 
 
+def _module_conv_transpose(ctx, node, mod, x):
+    """Transposed conv weight (in, out, k…): axis 0 consumes the channel space, axis 1 produces one."""
+    if mod.groups != 1:
+        return ctx.opaque(node, f"a grouped transposed convolution (groups={mod.groups})")
+    if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
+        return ctx.opaque(node, "a transposed convolution whose input channels are not on dimension 1")
+    w = ctx.pname(node.target, "weight")
+    _consume(ctx, x, w, 0)
+    out = ctx.shape(node)
+    v = _produce(ctx, node, out[1], node.target, [(w, 1), (ctx.pname(node.target, "bias", mod.bias), 0)])
+    return Feat(out, 1, ((v, out[1]),))
+
+
 def _module_embedding(ctx, node, mod, idx):
     """Embedding weight (num, dim): axis 1 produces the embedding space."""
     if mod.max_norm is not None:
@@ -267,6 +280,8 @@ _MODULES = [
     (nn.Linear, _module_linear),
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _module_conv),
     (nn.PReLU, _module_prelu),
+    ((nn.ConvTranspose1d, nn.ConvTranspose2d), _module_conv_transpose),
+    (nn.Upsample, lambda ctx, node, mod, x: _pool(ctx, node, x, ())),
     (nn.Embedding, _module_embedding),
     ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d), _module_batchnorm),
     (nn.LayerNorm, _module_layernorm),

@@ -162,6 +162,20 @@ class Functional(nn.Module):
         return self.out(h)
 
 
+class Decoder(nn.Module):
+    """Upsampling (interpolate, transposed conv) with reflect and zero padding."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(5, 2, 3)
+        self.up = nn.ConvTranspose2d(4, 5, 2, stride=2)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        h = F.pad(F.interpolate(h, scale_factor=2), (1, 1, 1, 1), mode="reflect")
+        return self.c2(F.pad(F.silu(self.up(h)), (1, 1, 1, 1)))
+
+
 class Concat(nn.Module):
     """Two branches concatenated along the features: the reader's columns are two slices."""
 
@@ -225,6 +239,7 @@ def _inputs(name):
         "hand_attention": (torch.randn(2, 4, 5, generator=g, dtype=torch.float64),),
         "mobile": (torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64),),
         "functional": (torch.randint(0, 7, (3, 4), generator=g),),
+        "decoder": (torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64),),
         "gcn": (torch.randn(5, 4, generator=g, dtype=torch.float64),
                 torch.rand(5, 5, generator=g, dtype=torch.float64)),
     }.get(name, (torch.randn(6, 4, generator=g, dtype=torch.float64),))
@@ -232,7 +247,7 @@ def _inputs(name):
 
 MODELS = {"two_branch": TwoBranch, "res_mlp": ResMLP, "conv_bn": ConvBN, "transformer": TinyTransformer,
           "concat": Concat, "gcn": HandGCN, "hand_attention": HandAttention, "mobile": MobileBlock,
-          "odd_mlp": OddMLP, "functional": Functional}
+          "odd_mlp": OddMLP, "functional": Functional, "decoder": Decoder}
 MODELS.update({f"rule:{r}": (lambda r=r: Rule(r)) for r in Rule.RULES})
 
 
@@ -479,6 +494,15 @@ def test_depthwise_instance_norm_prelu_and_torch_activations():
         ((sy.PermutationScaling(), sy.SemiPermutation()), "prelu"), ((sy.SignedPermutation(),), "softsign"),
         ((sy.SignedPermutation(),), "hardtanh")]
     assert odd.parameter("prelu.weight").fixed
+
+
+def test_transposed_convolutions_and_upsampling():
+    g = GRAPHS["decoder"]
+    assert [(s.name, s.classes) for s in g.spaces()] == [("c1", (sy.PermutationScaling(), sy.SemiPermutation())),
+                                                         ("up", (sy.Permutation(),))]
+    assert {(e.parameter, e.axis, str(e.role)) for e in g.edges_at("up")} == {
+        ("up.weight", 1, "out"), ("up.bias", 0, "out"), ("c2.weight", 1, "in")}
+    assert ("up.weight", 0, "in") in {(e.parameter, e.axis, str(e.role)) for e in g.edges_at("c1")}
 
 
 def test_functional_ops_with_raw_parameters():
