@@ -182,7 +182,7 @@ class _Walk:
         args = fx.node.map_arg(node.args, lambda n: self._fresh(self.info[n]))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self._fresh(self.info[n]))
         element = node.target is operator.getitem and isinstance(args[0], (tuple, list))
-        if _has_heads((args, kwargs)) and not (element or _head_aware(node)):
+        if _has_heads((args, kwargs)) and not (element or _head_aware(node, self.root)):
             self.info[node] = self.opaque(node, "an op on features split into attention heads")
             return
         try:
@@ -306,7 +306,7 @@ class _Walk:
 
 
 _HEAD_AWARE = {*BINARY_FUNCTIONS, *HEAD_FUNCTIONS, torch.softmax, torch.nn.functional.softmax, torch.transpose,
-               torch.permute, torch.reshape, torch.flatten}
+               torch.permute, torch.reshape, torch.flatten, torch.nn.functional.dropout}
 _HEAD_AWARE_METHODS = {*BINARY_METHODS, *HEAD_METHODS, "softmax", "view", "reshape", "transpose", "permute",
                        "contiguous", "flatten", "to", "float", "double", "type_as"}
 
@@ -318,7 +318,9 @@ def _has_heads(args) -> bool:
     return bool(found)
 
 
-def _head_aware(node) -> bool:
+def _head_aware(node, root) -> bool:
+    if node.op == "call_module":  # dropout (identity in eval mode) on attention weights or heads
+        return isinstance(root.get_submodule(node.target), (nn.Dropout, nn.Identity))
     if node.op == "call_method":
         return node.target in _HEAD_AWARE_METHODS
     if node.op == "call_function":

@@ -14,13 +14,14 @@ import math
 from numbers import Number
 
 import torch
+import torch.nn.functional as F
 
 from symmetries.classes import HeadStructured, Invertible
 from symmetries.roles import Role
 
 from .extract_state import Feat, HeadOnly
 
-__all__ = ["cut", "split_features", "head_reshape", "bilinear", "scores_times_values", "head_only_op",
+__all__ = ["cut", "split_features", "head_reshape", "bilinear", "scores_times_values", "head_only_op", "sdpa",
            "HEAD_FUNCTIONS", "HEAD_METHODS"]
 
 
@@ -162,6 +163,28 @@ def head_only_op(ctx, node, args) -> HeadOnly | None:
     return HeadOnly(out, s.hdim, s.var)
 
 
+def sdpa(ctx, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``F.scaled_dot_product_attention``: ``softmax(q kᵀ · scale + mask) v`` per head — the same
+    pairing of query/key spaces and tie of the value space as the written-out form."""
+    if enable_gqa or not all(isinstance(t, Feat) for t in (q, k, v)):
+        return ctx.opaque(node, "scaled_dot_product_attention with grouped queries or non-tensor inputs")
+    if isinstance(attn_mask, Feat) and attn_mask.spaced() or not (attn_mask is None or isinstance(attn_mask, Feat)):
+        return ctx.opaque(node, "scaled_dot_product_attention with a mask that depends on transformed features")
+    if k.hdim is None or k.dim != k.ndim - 1:
+        return ctx.opaque(node, "scaled_dot_product_attention on keys that are not split into heads")
+    shape = list(k.shape)
+    shape[-1], shape[-2] = shape[-2], shape[-1]
+    kt = Feat(tuple(shape), k.ndim - 2, k.segs, k.hdim)
+    scores = bilinear(ctx, node, q, kt)
+    if not isinstance(scores, HeadOnly):
+        return scores
+    if attn_mask is not None:
+        k_dim = scores.hdim - (scores.ndim - attn_mask.ndim)
+        if k_dim >= 0 and attn_mask.shape[k_dim] != 1:
+            return ctx.opaque(node, "scaled_dot_product_attention with a mask that differs between heads")
+    return scores_times_values(ctx, node, scores, v)
+
+
 def _masked_fill(ctx, node, x, mask, value):
     res = head_only_op(ctx, node, [x, mask, value]) if isinstance(x, HeadOnly) else None
     if res is not None:
@@ -187,4 +210,5 @@ def _chunk(ctx, node, x, chunks, dim=0):
 
 
 HEAD_METHODS = {"split": _split, "chunk": _chunk, "masked_fill": _masked_fill}
-HEAD_FUNCTIONS = {torch.split: _split, torch.chunk: _chunk, torch.masked_fill: _masked_fill}
+HEAD_FUNCTIONS = {torch.split: _split, torch.chunk: _chunk, torch.masked_fill: _masked_fill,
+                  F.scaled_dot_product_attention: sdpa}

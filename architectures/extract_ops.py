@@ -242,6 +242,8 @@ def elementwise(ctx, node, x, name: str, classes):
 
 def _passthrough(ctx, node, x, *args, **kwargs):
     """Identity in eval mode (dropout)."""
+    if isinstance(x, HeadOnly):
+        return x
     if not isinstance(x, Feat):
         return ctx.opaque(node, "dropout of something that is not a tensor")
     return x
@@ -287,7 +289,8 @@ _MODULES = [
     (nn.LayerNorm, _module_layernorm),
     (getattr(nn, "RMSNorm", ()), _module_rmsnorm),
     (nn.MultiheadAttention, _module_mha),
-    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d), lambda ctx, node, mod, x, *a, **k: _passthrough(ctx, node, x)),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity),
+     lambda ctx, node, mod, x, *a, **k: _passthrough(ctx, node, x)),
     (_AVG, lambda ctx, node, mod, x: _pool(ctx, node, x, ())),
     (_MAX, lambda ctx, node, mod, x: _pool(ctx, node, x, RELU_LIKE)),
     ((nn.Softmax, nn.LogSoftmax), lambda ctx, node, mod, x: _softmax(ctx, node, x)),

@@ -176,6 +176,25 @@ class Decoder(nn.Module):
         return self.c2(F.pad(F.silu(self.up(h)), (1, 1, 1, 1)))
 
 
+class NanoAttention(nn.Module):
+    """nanoGPT-style: packed ``c_attn`` split, heads by view/transpose, causal
+    ``F.scaled_dot_product_attention``, dropout modules, an Embedding stream."""
+
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.h, self.wte, self.ln = heads, nn.Embedding(11, d), nn.LayerNorm(d)
+        self.c_attn, self.c_proj, self.drop = nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Dropout(0.1)
+        self.head = nn.Linear(d, 11, bias=False)
+
+    def forward(self, idx):
+        x = self.wte(idx)
+        b, t, c = x.size()
+        q, k, v = self.c_attn(self.ln(x)).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.h, c // self.h).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(x + self.drop(self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))))
+
+
 class Concat(nn.Module):
     """Two branches concatenated along the features: the reader's columns are two slices."""
 
@@ -235,6 +254,7 @@ def _inputs(name):
         "res_mlp": (torch.randn(6, 4, generator=g, dtype=torch.float64),),
         "conv_bn": (torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64),),
         "transformer": (torch.randint(0, 11, (3, 5), generator=g),),
+        "nano_attention": (torch.randint(0, 11, (3, 5), generator=g),),
         "concat": (torch.randn(6, 4, generator=g, dtype=torch.float64),),
         "hand_attention": (torch.randn(2, 4, 5, generator=g, dtype=torch.float64),),
         "mobile": (torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64),),
@@ -247,7 +267,7 @@ def _inputs(name):
 
 MODELS = {"two_branch": TwoBranch, "res_mlp": ResMLP, "conv_bn": ConvBN, "transformer": TinyTransformer,
           "concat": Concat, "gcn": HandGCN, "hand_attention": HandAttention, "mobile": MobileBlock,
-          "odd_mlp": OddMLP, "functional": Functional, "decoder": Decoder}
+          "odd_mlp": OddMLP, "functional": Functional, "decoder": Decoder, "nano_attention": NanoAttention}
 MODELS.update({f"rule:{r}": (lambda r=r: Rule(r)) for r in Rule.RULES})
 
 
@@ -393,6 +413,14 @@ def test_hand_written_attention():
     assert qk == [("qkv.bias", "in", (6, 12)), ("qkv.bias", "out", (0, 6)),
                   ("qkv.weight", "in", (6, 12)), ("qkv.weight", "out", (0, 6))]
     assert ("o.weight", "in", None) in {(e.parameter, str(e.role), e.slice) for e in g.edges_at("qkv.vo")}
+
+
+def test_scaled_dot_product_attention():
+    g = GRAPHS["nano_attention"]
+    assert g.head_groups() == {"c_attn": ["c_attn.qk", "c_attn.vo"]}
+    assert g.space("wte").classes == (sy.Permutation(),)
+    vo = {(e.parameter, str(e.role), e.slice) for e in g.edges_at("c_attn.vo")}
+    assert vo == {("c_attn.weight", "out", (16, 24)), ("c_attn.bias", "out", (16, 24)), ("c_proj.weight", "in", None)}
 
 
 def test_query_reused_after_the_scores_is_refused():
