@@ -271,7 +271,7 @@ class _Walk:
             if st.vars[r].head_group is not None:
                 groups[st.vars[r].head_group].append(r)
         for members in groups.values():  # one head permutation: a dead member freezes the group
-            if any(st.vars[r].dead or not st.vars[r].classes for r in members):
+            if any(st.vars[r].dead or all(c == Trivial() for c in st.vars[r].classes) for r in members):
                 for r in members:
                     st.kill(r, "another space of its head group has no symmetry")
         g = WeightGraph(name)

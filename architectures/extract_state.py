@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from symmetries.classes import HeadStructured, Invertible, SymmetryClass
+from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
+                                SemiPermutation, SignedPermutation, SymmetryClass, Trivial)
 from symmetries.errors import SymmetryError
 from symmetries.lattice import is_subclass, meet
 from symmetries.roles import Role
@@ -33,13 +34,34 @@ class ExtractionError(SymmetryError, ValueError):
         self.node = node
 
 
+#: Classes closed under block-diagonal assembly and block permutation (see symmetries.lattice).
+_BLOCK_CLOSED = (Permutation, SignedPermutation, PermutationScaling, Orthogonal, Invertible, SemiPermutation)
+
+
+def meet2(x: SymmetryClass, y: SymmetryClass) -> SymmetryClass:
+    """The largest class inside both ``x`` and ``y``; with head structure, per head:
+    ``HeadStructured(H, A) ∧ C = HeadStructured(H, A ∧ C)`` for a block-closed ``C``."""
+    if is_subclass(x, y):
+        return x
+    if is_subclass(y, x):
+        return y
+    hx, hy = isinstance(x, HeadStructured), isinstance(y, HeadStructured)
+    if hx and hy:
+        return HeadStructured(x.num_heads, meet2(x.inner, y.inner)) if x.num_heads == y.num_heads else Trivial()
+    if hx or hy:
+        h, c = (x, y) if hx else (y, x)
+        if isinstance(c, _BLOCK_CLOSED):
+            return HeadStructured(h.num_heads, meet2(h.inner, c))
+    return meet([x, y])
+
+
 def meet_sets(a: tuple[SymmetryClass, ...], b: tuple[SymmetryClass, ...]) -> tuple[SymmetryClass, ...]:
-    """Maximal classes of ``{meet(x, y) : x ∈ a, y ∈ b}`` — the classes exact under both
-    constraints — in the order of ``a`` (its first class stays the default where it survives)."""
+    """Maximal classes of ``{x ∧ y : x ∈ a, y ∈ b}`` — the classes exact under both constraints —
+    in the order of ``a`` (its first class stays the default where it survives)."""
     out: list[SymmetryClass] = []
     for x in a:
         for y in b:
-            m = x if is_subclass(x, y) else y if is_subclass(y, x) else meet([x, y])
+            m = meet2(x, y)
             if m not in out:
                 out.append(m)
     return tuple(c for c in out if not any(c != d and is_subclass(c, d) for d in out))
@@ -161,11 +183,7 @@ class State:
         v = self.var(i)
         if v.sealed:
             raise Sealed(i)
-        if v.head_group is not None:
-            v.classes = tuple(c for c in v.classes
-                              if any(is_subclass(c, k) for k in classes)) or v.classes[:0]
-        else:
-            v.classes = meet_sets(v.classes, tuple(classes))
+        v.classes = meet_sets(v.classes, tuple(classes))
         if activation is not None and activation not in v.activations:
             v.activations.append(activation)
 

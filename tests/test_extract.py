@@ -423,6 +423,32 @@ def test_scaled_dot_product_attention():
     assert vo == {("c_attn.weight", "out", (16, 24)), ("c_attn.bias", "out", (16, 24)), ("c_proj.weight", "in", None)}
 
 
+def test_a_restricted_key_space_keeps_its_heads():
+    """ReLU on the keys before the scores: per head, scalings (and splits) stay exact — the meet
+    with a head-structured class is taken head by head, never a class without heads in a group."""
+    class ReluKeys(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.qkv, self.o, self.out = nn.Linear(3, 8), nn.Linear(8, 24), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            b, t = x.shape[:2]
+            q, k, v = self.qkv(self.inp(x)).split(8, dim=-1)
+            q, k, v = (z.view(b, t, 2, 4).transpose(1, 2) for z in (q, torch.relu(k), v))
+            y = F.scaled_dot_product_attention(q, k, v)
+            return self.out(self.o(y.transpose(1, 2).reshape(b, t, 8)))
+
+    m = ReluKeys().double()
+    g = from_module(m, torch.randn(2, 5, 3, dtype=torch.float64))
+    assert g.space("qkv.qk").classes == (sy.HeadStructured(2, sy.PermutationScaling()),
+                                         sy.HeadStructured(2, sy.SemiPermutation()))
+    x = torch.randn(3, 4, 3, dtype=torch.float64)
+    for seed in range(3):
+        T = sy.random_transforms(g, seed)
+        torch.testing.assert_close(_run(m, m.state_dict(), (x,)), _run(m, sy.apply(g, m.state_dict(), T), (x,)),
+                                   rtol=1e-9, atol=1e-9)
+
+
 def test_query_reused_after_the_scores_is_refused():
     class Reuse(HandAttention):
         def forward(self, x):
