@@ -68,10 +68,24 @@ class Problem:
                 return None
             transforms = TransformSet()
         total = 0.0
-        for name, a in self.params_a.items():  # one tensor at a time: no aligned copy of the model
-            if a.is_floating_point():
-                b = apply(self.graph_b, {name: self.params_b[name]}, transforms, check=False)[name]
-                total += float(torch.sum((a - b) ** 2))
+        by_param = self.graph_b._index()["by_param"]
+        for name, a in self.params_a.items():  # one tensor (or chunk) at a time: no aligned copy of the model
+            if not a.is_floating_point():
+                continue
+            b = self.params_b[name]
+            touched = {e.axis % b.dim() for e in by_param[name] if e.space in transforms} if b.dim() else set()
+            free = [ax for ax in range(b.dim()) if ax not in touched]
+            if not touched:
+                total += float(torch.linalg.vector_norm(a - b) ** 2)
+                continue
+            ax = free[0] if free else 0
+            size = b.shape[ax] if b.dim() else 1
+            step = max(1, (1 << 20) // max(1, b.numel() // max(size, 1))) if free else size
+            for start in range(0, size, step):  # chunks along an axis no transform touches
+                chunk_b = b.narrow(ax, start, min(step, size - start)) if free else b
+                chunk_a = a.narrow(ax, start, chunk_b.shape[ax]) if free else a
+                aligned = apply(self.graph_b, {name: chunk_b}, transforms, check=False)[name]
+                total += float(torch.linalg.vector_norm(chunk_a - aligned) ** 2)
         return total
 
 

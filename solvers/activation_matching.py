@@ -1,0 +1,233 @@
+"""Activation matching: align each space from the two models' activations on data.
+
+Both models run on the same data (a tensor, or an iterable/DataLoader of tensors or
+``(inputs, …)`` tuples) with forward hooks at one module per space — its **site**, the module
+whose output realises the space (its activation function applied when the space declares one;
+channel axis: 1 for convolution/normalisation outputs with more than two dimensions, else the
+last). Streaming moments ``Σ z_a z_aᵀ``, ``Σ z_b z_bᵀ``, ``Σ z_a z_bᵀ`` and means are kept, never
+the activations. Each space ``s`` is solved independently (B's activations at ``s`` do not depend
+on B's transforms elsewhere) on the activation objective ``Σ_s ‖Z_A,s − T_s Z_B,s‖²``:
+
+* ``Permutation`` — LAP on the correlation matrix ``corr(z_a[j], z_b[i])`` (``statistic="cross"``:
+  on ``Z_A Z_Bᵀ``, the exact minimiser of the objective); ``SignedPermutation`` — LAP on ``|corr|``,
+  signs of ``corr``; ``SignFlip`` — signs of the diagonal;
+* ``PermutationScaling`` / ``PositiveScaling`` — the permutation as above, then per unit the least-
+  squares scale ``c = ⟨z_a, z_b⟩ / ‖z_b‖²`` (clamped positive);
+* ``Orthogonal`` — Procrustes: the polar factor of ``Z_A Z_Bᵀ``;
+* ``Invertible`` — least squares ``T = (Z_A Z_Bᵀ)(Z_B Z_Bᵀ + λI)⁻¹`` (``ridge`` λ, relative).
+
+Sites default to the module named by the space's producing weight (``layers.0.weight`` →
+``layers.0``; the last such module in the model when several produce the space); pass
+``sites={space: module name}`` otherwise.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from symmetries.assignment import solve_assignment
+from symmetries.classes import (Invertible, Orthogonal, Permutation, PermutationScaling, PositiveScaling,
+                                SignedPermutation, SignFlip, Trivial)
+from symmetries.elements import DenseElement, GatherElement
+from symmetries.roles import Role
+from symmetries.transforms import TransformSet
+
+from .errors import SolverInputError
+from .registry import Solver, register
+from .solution import Solution
+
+__all__ = ["ActivationMatching", "default_sites", "Moments"]
+
+_CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
+
+
+def default_sites(graph, model: nn.Module) -> dict[str, str]:
+    """``space → module name`` from the producing weights (``X.weight`` with role ``out`` → ``X``)."""
+    names = [n for n, _ in model.named_modules()]
+    order = {n: i for i, n in enumerate(names)}
+    sites = {}
+    for space in graph.spaces():
+        cands = {e.parameter.rsplit(".", 1)[0] for e in graph.edges_at(space.name)
+                 if e.role is Role.OUT and e.parameter.endswith(".weight")}
+        cands = [c for c in cands if c in order]
+        if cands:
+            sites[space.name] = max(cands, key=order.__getitem__)
+    return sites
+
+
+class Moments:
+    """Running sums of the features of A (``m``) and B (``n``) at one space."""
+
+    def __init__(self):
+        self.count = 0
+        self.sa = self.sb = self.aa = self.bb = self.ab = None
+
+    def update(self, za: torch.Tensor, zb: torch.Tensor) -> None:
+        za, zb = za.double(), zb.double()
+        if self.sa is None:
+            self.sa, self.sb = za.sum(0), zb.sum(0)
+            self.aa, self.bb, self.ab = za.T @ za, zb.T @ zb, za.T @ zb
+        else:
+            self.sa += za.sum(0)
+            self.sb += zb.sum(0)
+            self.aa.addmm_(za.T, za)
+            self.bb.addmm_(zb.T, zb)
+            self.ab.addmm_(za.T, zb)
+        self.count += za.shape[0]
+
+    def correlation(self) -> torch.Tensor:
+        n = self.count
+        ma, mb = self.sa / n, self.sb / n
+        cov = self.ab / n - torch.outer(ma, mb)
+        va = (torch.diagonal(self.aa) / n - ma ** 2).clamp_min(0)
+        vb = (torch.diagonal(self.bb) / n - mb ** 2).clamp_min(0)
+        return cov / (torch.sqrt(torch.outer(va, vb)) + 1e-12)
+
+    def objective(self, el) -> float:
+        """``‖Z_A − T Z_B‖² = tr(Z_A Z_Aᵀ) − 2⟨T, Z_A Z_Bᵀ⟩ + ⟨TᵀT, Z_B Z_Bᵀ⟩`` (from the moments)."""
+        t = el.as_matrix().to(self.ab)
+        return float(torch.trace(self.aa) - 2 * (t * self.ab).sum() + ((t.T @ t) * self.bb).sum())
+
+
+def _batches(data) -> Iterable[torch.Tensor]:
+    if isinstance(data, torch.Tensor):
+        for start in range(0, data.shape[0], 256):
+            yield data[start:start + 256]
+        return
+    if isinstance(data, np.ndarray):
+        yield from _batches(torch.as_tensor(data))
+        return
+    for item in data:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _features(out: torch.Tensor, module: nn.Module, activation) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if activation is not None:
+        out = activation(out)
+    axis = 1 if (out.dim() > 2 and isinstance(module, _CHANNEL_FIRST)) else -1
+    return out.movedim(axis, -1).reshape(-1, out.shape[axis])
+
+
+def collect(problem, sites: dict[str, str], apply_activation: bool) -> dict[str, Moments]:
+    """Run both models on the data with hooks at the sites; return the moments per space."""
+    from architectures.activations import activation as lookup
+
+    model_a, model_b = problem.models
+    moments = {s: Moments() for s in sites}
+    acts = {}
+    for s in sites:
+        name = problem.graph.space(s).activation
+        acts[s] = lookup(name).module() if (apply_activation and name) else None
+    store: dict[tuple[int, str], torch.Tensor] = {}
+    handles = []
+    for k, model in enumerate((model_a, model_b)):
+        for s, site in sites.items():
+            try:
+                module = model.get_submodule(site)
+            except AttributeError:
+                raise SolverInputError(f"space {s!r}: model {'AB'[k]} has no module {site!r} (sites=)", space=s) \
+                    from None
+
+            def hook(mod, inputs, out, k=k, s=s):
+                store[(k, s)] = _features(out, mod, acts[s])
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for x in _batches(problem.data):
+                x = x.to(problem.device, problem.dtype) if x.is_floating_point() else x.to(problem.device)
+                functional_call(model_a, problem.params_a, (x,))
+                functional_call(model_b, problem.params_b, (x,))
+                for s in sites:
+                    za, zb = store[(0, s)], store[(1, s)]
+                    m, n = problem.sizes[s]
+                    if za.shape[1] != m or zb.shape[1] != n:
+                        raise SolverInputError(f"space {s!r}: site {sites[s]!r} yields {za.shape[1]} / {zb.shape[1]} "
+                                               f"features, the space has {m} / {n}", space=s)
+                    moments[s].update(za, zb)
+                store.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    if not moments or next(iter(moments.values())).count == 0:
+        raise SolverInputError("activation matching got no data")
+    return moments
+
+
+def _solve_space(cls, mom: Moments, statistic: str, ridge: float, backend: str):
+    n = mom.ab.shape[1]
+    corr = mom.correlation() if statistic == "correlation" else mom.ab
+    if isinstance(cls, Permutation):
+        return cls.project(corr, backend=backend)
+    if isinstance(cls, SignFlip):
+        return GatherElement.monomial(torch.arange(n), torch.where(torch.diagonal(corr) < 0, -1.0, 1.0))
+    if isinstance(cls, SignedPermutation):
+        rows, cols = solve_assignment(corr.abs(), backend=backend)
+        perm = np.empty(n, dtype=np.int64)
+        perm[rows] = cols
+        vals = corr[torch.arange(n), torch.as_tensor(perm)]
+        return GatherElement.monomial(perm, torch.where(vals < 0, -1.0, 1.0).to(torch.float64))
+    if isinstance(cls, (PermutationScaling, PositiveScaling)):
+        perm = (Permutation().project(corr, backend=backend).index if isinstance(cls, PermutationScaling)
+                else torch.arange(n))
+        rows = torch.arange(n)
+        c = mom.ab[rows, perm] / torch.diagonal(mom.bb)[perm].clamp_min(1e-300)
+        return GatherElement.monomial(perm, c.clamp_min(1e-8))
+    if isinstance(cls, Orthogonal):
+        return cls.project(mom.ab)
+    if isinstance(cls, Invertible):
+        bb = mom.bb + ridge * torch.trace(mom.bb) / n * torch.eye(n, dtype=mom.bb.dtype)
+        return DenseElement(torch.linalg.solve(bb, mom.ab.T).T)
+    raise TypeError(f"activation matching has no rule for {cls!r}")
+
+
+class ActivationMatching(Solver):
+    """Per space, the class's best map between the two models' activations on data."""
+
+    name = "activation_matching"
+    description = ("activations on data via forward hooks: LAP on correlations, signed LAP, Procrustes, "
+                   "least squares (minimises sum_s ||Z_A - T Z_B||^2)")
+    classes = (Trivial, Permutation, SignFlip, SignedPermutation, PermutationScaling, PositiveScaling, Orthogonal,
+               Invertible)
+
+    def solve(self, problem, *, statistic: str = "correlation", ridge: float = 1e-10, backend: str = "auto",
+              apply_activation: bool = True) -> Solution:
+        """``statistic``: ``"correlation"`` or ``"cross"`` (for the permutation LAP); ``ridge``: relative
+        Tikhonov term of the invertible least squares; ``apply_activation``: apply the space's declared
+        activation to the site's output."""
+        if statistic not in ("correlation", "cross"):
+            raise ValueError(f"statistic must be 'correlation' or 'cross', got {statistic!r}")
+        if problem.models is None or problem.data is None:
+            raise SolverInputError("activation matching needs data= and models=(module_a, module_b) (or pass "
+                                   "an Architecture as the graph)")
+        sites = dict(default_sites(problem.graph, problem.models[0]))
+        sites.update(problem.sites or {})
+        sites = {s: site for s, site in sites.items() if s in problem.spaces}
+        missing = [s for s in problem.spaces if s not in sites]
+        if missing:
+            raise SolverInputError(f"no activation site for space(s) {', '.join(map(repr, missing))}: pass "
+                                   f"sites={{space: module name}} or classes={{space: Trivial()}}", space=missing[0])
+        moments = collect(problem, sites, apply_activation)
+        transforms, before, after = {}, 0.0, 0.0
+        for s, mom in moments.items():
+            el = _solve_space(problem.classes[s], mom, statistic, ridge, backend)
+            transforms[s] = el
+            m, n = problem.sizes[s]
+            before += mom.objective(GatherElement.identity(n)) if m == n else float("nan")
+            after += mom.objective(el)
+        t = TransformSet(transforms)
+        j_before, j_after = problem.objective(None), problem.objective(t)
+        return Solution(t, before, after, iterations=1, status="converged",
+                        objective="sum_s ||Z_A,s - T_s Z_B,s||^2 on the data",
+                        message=f"{len(moments)} space(s), {next(iter(moments.values())).count} samples per space",
+                        history=[before, after],
+                        extra={"weight_objective_before": j_before, "weight_objective_after": j_after,
+                               "sites": sites})
+
+
+register("activation_matching", ActivationMatching)

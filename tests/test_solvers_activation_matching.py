@@ -1,0 +1,69 @@
+"""Activation matching on planted problems (B = T·A: B's activations are T times A's)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch.utils.data import DataLoader, TensorDataset
+
+import architectures
+import solvers
+from symmetries import (Invertible, Orthogonal, Permutation, PermutationScaling, SignedPermutation, apply,
+                        random_transforms)
+
+CASES = [("relu", Permutation()), ("relu", PermutationScaling()), ("tanh", SignedPermutation()),
+         ("identity", Orthogonal()), ("identity", Invertible())]
+
+
+@pytest.mark.parametrize("act,cls", CASES, ids=lambda c: getattr(c, "name", c))
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**16))
+def test_planted_activation_matching(act, cls, seed):
+    arch = architectures.mlp([10, 8, 6, 3], activation=act)
+    a = {k: v.double() for k, v in arch.module(seed=seed).state_dict().items()}
+    t = random_transforms(arch.graph, seed, classes=cls)
+    b = apply(arch.graph, a, t)
+    x = torch.randn(300, 10, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    sol = solvers.solve("activation_matching", arch, a, b, classes=cls, data=x)
+    assert sol.objective_before > 1.0 and sol.objective_after <= 1e-8 * sol.objective_before
+    assert sol.extra["weight_objective_after"] <= 1e-10 * max(1.0, sol.extra["weight_objective_before"])
+    for space in t:
+        want = t.inverse()[space].as_matrix()
+        got = sol.transforms[space].as_matrix()
+        if isinstance(cls, (Permutation, SignedPermutation)):
+            assert torch.equal(got, want)
+        else:
+            assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+
+
+def test_dataloader_modules_and_sites():
+    arch = architectures.mlp([6, 7, 5, 2])
+    a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+    t = random_transforms(arch.graph, 3, classes=Permutation())
+    b = apply(arch.graph, a, t)
+    x = torch.randn(64, 6, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(x, torch.zeros(64)), batch_size=16)
+    ma, mb = arch.module(dtype=torch.float64), arch.module(dtype=torch.float64)
+    before = {k: v.clone() for k, v in ma.state_dict().items()}
+    sol = solvers.solve("activation_matching", arch.graph, a, b, classes=Permutation(), data=loader,
+                        models=(ma, mb), sites={"hidden.0": "layers.0", "hidden.1": "layers.1"},
+                        statistic="cross")
+    for space in t:
+        assert torch.equal(sol.transforms[space].as_matrix(), t.inverse()[space].as_matrix())
+    assert all(torch.equal(before[k], v) for k, v in ma.state_dict().items())  # modules untouched
+    assert sol.extra["sites"] == {"hidden.0": "layers.0", "hidden.1": "layers.1"}
+
+
+def test_activation_matching_errors():
+    arch = architectures.mlp([6, 7, 2])
+    a, b = ({k: v.double() for k, v in arch.module(seed=s).state_dict().items()} for s in (0, 1))
+    with pytest.raises(solvers.SolverInputError, match="data"):
+        solvers.solve("activation_matching", arch, a, b, classes=Permutation())
+    x = torch.randn(8, 6, dtype=torch.float64)
+    with pytest.raises(solvers.SolverInputError, match="nope"):
+        solvers.solve("activation_matching", arch, a, b, classes=Permutation(), data=x, sites={"hidden.0": "nope"})
+    with pytest.raises(solvers.UnsupportedClassError):
+        from symmetries import SemiPermutation
+        solvers.solve("activation_matching", arch, a, b, classes=SemiPermutation(), data=x)
+    with pytest.raises(ValueError, match="statistic"):
+        solvers.solve("activation_matching", arch, a, b, classes=Permutation(), data=x, statistic="cka")
