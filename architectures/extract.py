@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from symmetries.classes import HeadStructured, Orthogonal, Trivial
+from symmetries.classes import Orthogonal, Trivial
 from symmetries.roles import Role
 
 from .extract_functional import call_function, call_method
@@ -333,16 +333,7 @@ def _head_aware(node, root) -> bool:
 
 def _tied(classes):
     """Tied axes (``out`` and ``in`` of one space) need ``T⁻ᵀ = T``."""
-    out = []
-    for c in classes:
-        if isinstance(c, HeadStructured):
-            if c.inner.orthogonal:
-                out.append(c)
-            continue
-        for m in meet_sets((c,), (Orthogonal(),)):
-            if m not in out:
-                out.append(m)
-    return tuple(out)
+    return meet_sets(tuple(classes), (Orthogonal(),))
 
 
 def _target(node, root) -> str:
