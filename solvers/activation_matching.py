@@ -12,7 +12,7 @@ on B's transforms elsewhere) on the activation objective ``Σ_s ‖Z_A,s − T_s
   on ``Z_A Z_Bᵀ``, the exact minimiser of the objective); ``SignedPermutation`` — LAP on ``|corr|``,
   signs of ``corr``; ``SignFlip`` — signs of the diagonal;
 * ``PermutationScaling`` / ``PositiveScaling`` — the permutation as above, then per unit the least-
-  squares scale ``c = ⟨z_a, z_b⟩ / ‖z_b‖²`` (clamped positive);
+  squares scale ``c = ⟨z_a, z_b⟩ / ‖z_b‖²`` (clamped positive; 1 for a unit never active on the data);
 * ``Orthogonal`` — Procrustes: the polar factor of ``Z_A Z_Bᵀ``;
 * ``Invertible`` — least squares ``T = (Z_A Z_Bᵀ)(Z_B Z_Bᵀ + λI)⁻¹`` (``ridge`` λ, relative).
 
@@ -176,7 +176,9 @@ def _solve_space(cls, mom: Moments, statistic: str, ridge: float, backend: str):
         perm = (Permutation().project(corr, backend=backend).index if isinstance(cls, PermutationScaling)
                 else torch.arange(n))
         rows = torch.arange(n)
-        c = mom.ab[rows, perm] / torch.diagonal(mom.bb)[perm].clamp_min(1e-300)
+        energy = torch.diagonal(mom.bb)[perm]
+        live = energy > 1e-12 * float(energy.max().clamp_min(1e-300))  # a dead unit says nothing: scale 1
+        c = torch.where(live, mom.ab[rows, perm] / energy.clamp_min(1e-300), torch.ones_like(energy))
         return GatherElement.monomial(perm, c.clamp_min(1e-8))
     if isinstance(cls, Orthogonal):
         return cls.project(mom.ab)
