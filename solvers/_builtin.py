@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("weight_matching", "activation_matching", "transport", "semi_permutation")
+_MODULES = ("weight_matching", "activation_matching", "transport", "semi_permutation", "relaxation", "learned")
 
 for _name in _MODULES:
     try:
