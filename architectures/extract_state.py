@@ -231,6 +231,3 @@ class State:
         v.edges, v.dead = [], v.dead or "split into pieces"
         self.refined[r] = pieces
         return [j for j, _ in pieces]
-
-    def is_head(self, i: int) -> bool:
-        return self.var(i).head_group is not None or any(isinstance(c, HeadStructured) for c in self.var(i).classes)
