@@ -25,16 +25,24 @@ class Local:
     n: int
     pairs: dict[Role, list[tuple[torch.Tensor, torch.Tensor]]] = field(
         default_factory=lambda: {Role.OUT: [], Role.IN: [], Role.VAR: []})
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def add(self, role: Role, a: torch.Tensor, b: torch.Tensor) -> None:
         self.pairs[role].append((a, b))
+        self._cache.clear()
 
     @property
     def empty(self) -> bool:
         return not any(self.pairs.values())
 
     def cross(self, *roles: Role) -> torch.Tensor:
-        """``Σ_e A_e B_eᵀ`` over the edges of ``roles`` (``m × n``)."""
+        """``Σ_e A_e B_eᵀ`` over the edges of ``roles`` (``m × n``; computed once, then cached)."""
+        key = tuple(sorted({r for r in roles if self.pairs[r]}))
+        if key not in self._cache:
+            self._cache[key] = self._cross(key)
+        return self._cache[key]
+
+    def _cross(self, roles) -> torch.Tensor:
         ref = next((a for r in roles for a, _ in self.pairs[r]), None)
         out = None
         for r in roles:

@@ -182,7 +182,9 @@ class WeightMatching(Solver):
                        else [solve_local(classes[0], locals_[0], backend=backend, current=transforms[spaces[0]])])
                 if rebasin:
                     space, loc, el = spaces[0], locals_[0], new[0]
-                    score = loc.cross(Role.OUT, Role.IN, Role.VAR)
+                    score = loc.cross(Role.OUT, Role.IN)
+                    if loc.pairs[Role.VAR]:
+                        score = score + loc.cross(Role.VAR)
                     old_value, new_value = inner_product(transforms[space], score), inner_product(el, score)
                     progress = progress or new_value > old_value + tol
                     transforms[space] = el
