@@ -129,7 +129,7 @@ class WeightMatching(Solver):
     def solve(self, problem, *, mode: str = "default", max_iter: int = 100, tol: float | None = None,
               backend: str = "auto", start: str | None = None) -> Solution:
         """``mode``: ``"default"`` or ``"rebasin"``; ``tol``: an update is kept if it lowers ``J`` by more
-        than ``tol·J`` (default 1e-12 in float64, 1e-6 in float32; ``rebasin``: absolute 1e-12 on
+        than ``tol·J_start`` (default 1e-12 in float64, 1e-6 in float32; ``rebasin``: absolute 1e-12 on
         ``⟨P, cost⟩``); ``backend``: the LAP backend (:mod:`symmetries.assignment`); ``start``:
         ``"forward"`` (default: a first pass in graph order in which each space sees only the tensors
         whose other axes are settled; kept if it lowers ``J`` or widths change) or ``"identity"``
@@ -192,7 +192,7 @@ class WeightMatching(Solver):
                 if not all(_finite(el) for el in new):
                     continue
                 g = sum(gain(c, loc, transforms[s], el) for c, loc, s, el in zip(classes, locals_, spaces, new))
-                if g > tol * max(history[-1], 1e-300):
+                if g > tol * max(history[0], 1e-300):  # relative to the start: round-off never counts
                     progress = True
                     transforms.update(zip(spaces, new))
             history.append(problem.objective(TransformSet(transforms)))

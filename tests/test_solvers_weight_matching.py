@@ -101,6 +101,27 @@ def test_planted_heads_group_and_orthogonal_residual(inner, seed):
         assert torch.allclose(sol.transforms[space].as_matrix(), truth[space].as_matrix(), atol=1e-3)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_planted_gpt2_default_classes_recovered_and_function_kept(packed):
+    """The GPT-2 builder (RMS rewrite): Orthogonal residual, HeadStructured(H, Invertible) heads tied
+    per attention, Permutation MLP units, tied embeddings, packed QKV slices."""
+    from architectures import gpt2
+    arch = gpt2(50, 16, 16, 4, 2, 32, packed_qkv=packed, norm="rms", tie_embeddings=True)
+    a = _double(arch.module(seed=0).state_dict())
+    t = random_transforms(arch.graph, 1)
+    b = apply(arch.graph, a, t)
+    sol = solvers.solve("weight_matching", arch, a, b, seed=0)
+    assert sol.objective_after <= 1e-20 * sol.objective_before
+    truth = t.inverse()
+    for space in t:
+        assert torch.allclose(sol.transforms[space].as_matrix(), truth[space].as_matrix(), atol=1e-9), space
+    x = torch.randint(0, 50, (2, 7))
+    ma, mb = arch.module(dtype=torch.float64), arch.module(dtype=torch.float64)
+    ma.load_state_dict(a)
+    mb.load_state_dict(sol.apply(b))
+    assert torch.allclose(ma(x), mb(x), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("cls", [Permutation(), SignedPermutation(), PermutationScaling(), Orthogonal(),
                                  Invertible()], ids=lambda c: type(c).__name__)
 @settings(max_examples=4)
