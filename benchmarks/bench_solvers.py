@@ -5,8 +5,9 @@
 1. Weight matching of two 784-512-512-512-10 MLPs (independent random initialisations, float32),
    per LAP backend and mode: wall time (best of 3), sweeps, objective before/after.
 2. One sweep's time against its floor: the matmuls ``Σ_e A_e B_eᵀ`` and the assignments it must do.
-3. A GPT-2-small-shaped pair (12 layers, d=768, MLP 3072, 12 heads, vocabulary 50257, context
-   1024; random weights, LayerNorm already folded so the residual stream admits ``Orthogonal``):
+3. A GPT-2-small-shaped pair (``architectures.gpt2``: 12 layers, d=768, MLP 3072, 12 heads,
+   vocabulary 50257, context 1024, tied embeddings; random weights; LayerNorm rewritten to gain-free
+   RMSNorm so the residual stream admits ``Orthogonal``):
    B is a random permutation + head + orthogonal-residual transform of A plus noise, aligned with
    ``Permutation`` (MLP units), ``HeadStructured(12, Permutation)`` (heads, one head permutation per
    attention) and ``Orthogonal`` (residual). Time, sweeps, recovery and peak memory (RSS).
@@ -28,7 +29,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import architectures  # noqa: E402
 import solvers  # noqa: E402
-from architectures import WeightGraph  # noqa: E402
 from solvers.weight_matching import Matcher, _units  # noqa: E402
 from symmetries import HeadStructured, Orthogonal, Permutation, apply, random_transforms  # noqa: E402
 from symmetries.assignment import backends, solve_assignment  # noqa: E402
@@ -82,31 +82,10 @@ def sweep_floor(arch, a, b):
     print(f"floor total                                {(t_mm + t_lap) * 1e3:8.2f} ms")
 
 
-def gpt2_graph(layers=12, d=768, heads=12, d_mlp=3072, vocab=50257, ctx=1024) -> WeightGraph:
-    """GPT-2-small shape with LayerNorm folded (gain-free RMSNorm): residual ``Orthogonal``, tied
-    embedding/unembedding, per block ``attn.qk``/``attn.vo`` (head group) and ``mlp`` spaces."""
-    g = WeightGraph("gpt2-shaped")
-    g.add_space("residual", d, Orthogonal())
-    g.add_parameter("wte.weight", (vocab, d)).connect("wte.weight", "residual", axis=1, role="out")
-    g.add_parameter("wpe.weight", (ctx, d)).connect("wpe.weight", "residual", axis=1, role="out")
-    for i in range(layers):
-        p = f"blocks.{i}"
-        qk, vo, mlp = f"{p}.attn.qk", f"{p}.attn.vo", f"{p}.mlp"
-        g.add_space(qk, d, HeadStructured(heads, Permutation()), head_group=f"{p}.attn")
-        g.add_space(vo, d, HeadStructured(heads, Permutation()), head_group=f"{p}.attn")
-        g.add_space(mlp, d_mlp, Permutation(), activation="gelu")
-        for name, space, role, n_out, n_in in (("q", qk, "out", d, d), ("k", qk, "in", d, d), ("v", vo, "out", d, d),
-                                               ("fc", mlp, "out", d_mlp, d)):
-            w, bias = f"{p}.{name}.weight", f"{p}.{name}.bias"
-            g.add_parameter(w, (n_out, n_in)).add_parameter(bias, (n_out,))
-            g.connect(w, space, axis=0, role=role).connect(bias, space, axis=0, role=role)
-            g.connect(w, "residual", axis=1, role="in")
-        for name, space, n_in in (("o", vo, d), ("proj", mlp, d_mlp)):
-            w, bias = f"{p}.{name}.weight", f"{p}.{name}.bias"
-            g.add_parameter(w, (d, n_in)).add_parameter(bias, (d,))
-            g.connect(w, "residual", axis=0, role="out").connect(bias, "residual", axis=0, role="out")
-            g.connect(w, space, axis=1, role="in")
-    return g.validate()
+def gpt2_graph(layers=12, d=768, heads=12, d_mlp=3072, vocab=50257, ctx=1024):
+    """GPT-2-small shape from :func:`architectures.gpt2` with the LayerNorm rewrite (gain-free RMSNorm,
+    so the residual stream admits ``Orthogonal``) and tied embeddings; only the graph is built."""
+    return architectures.gpt2(vocab, ctx, d, heads, layers, d_mlp, norm="rms", tie_embeddings=True).graph
 
 
 def rss_mb() -> float:
@@ -139,10 +118,11 @@ class PeakRSS(threading.Thread):
 def gpt2_section():
     print("\n== 3. GPT-2-small-shaped pair: permutation (MLP) + heads + orthogonal residual ==")
     g = gpt2_graph()
+    classes = {s.name: (HeadStructured(12, Permutation()) if s.head_group else s.cls) for s in g.spaces()}
     gen = torch.Generator().manual_seed(0)
     a = {p.name: 0.02 * torch.randn(p.shape, generator=gen) for p in g.parameters()}
     model_mb = sum(v.numel() * v.element_size() for v in a.values()) / 2**20
-    t = random_transforms(g, 0)
+    t = random_transforms(g, 0, classes=classes)
     b = apply(g, a, t, check=False)
     for v in b.values():
         v.add_(1e-3 * torch.randn(v.shape, generator=gen))
@@ -150,7 +130,7 @@ def gpt2_section():
     base = rss_mb()
     with PeakRSS() as sampler:
         t0 = time.perf_counter()
-        sol = solvers.solve("weight_matching", g, a, b, seed=0, max_iter=10)
+        sol = solvers.solve("weight_matching", g, a, b, classes=classes, seed=0, max_iter=10)
         elapsed = time.perf_counter() - t0
     peak = sampler.peak
     truth = t.inverse()
