@@ -22,6 +22,7 @@ from symmetries.errors import ElementShapeError, NotAdmittedError, UnknownSpaceE
 from symmetries.transforms import TransformSet
 
 from .errors import SolverInputError
+from .local import apply_axis
 
 __all__ = ["Problem", "make_problem", "PROBLEM_OPTIONS"]
 
@@ -73,7 +74,11 @@ class Problem:
             if not a.is_floating_point():
                 continue
             b = self.params_b[name]
-            touched = {e.axis % b.dim() for e in by_param[name] if e.space in transforms} if b.dim() else set()
+            by_axis: dict[int, list] = {}
+            for e in by_param[name]:
+                if e.space in transforms and b.dim():
+                    by_axis.setdefault(e.axis % b.dim(), []).append(e)
+            touched = set(by_axis)
             free = [ax for ax in range(b.dim()) if ax not in touched]
             if not touched:
                 total += float(torch.linalg.vector_norm(a - b) ** 2)
@@ -84,7 +89,9 @@ class Problem:
             for start in range(0, size, step):  # chunks along an axis no transform touches
                 chunk_b = b.narrow(ax, start, min(step, size - start)) if free else b
                 chunk_a = a.narrow(ax, start, chunk_b.shape[ax]) if free else a
-                aligned = apply(self.graph_b, {name: chunk_b}, transforms, check=False)[name]
+                aligned = chunk_b
+                for axis, group in by_axis.items():
+                    aligned = apply_axis(aligned, axis, group, transforms)
                 total += float(torch.linalg.vector_norm(chunk_a - aligned) ** 2)
         return total
 

@@ -18,14 +18,13 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from symmetries.action import _apply_axis
 from symmetries.classes import HeadStructured, Permutation, Trivial
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
 from .errors import SolverInputError
-from .local import Local, inner_product
+from .local import Local, apply_axis, inner_product
 from .registry import Solver, register
 from .solution import Solution
 from .subproblems import SUPPORTED, gain, solve_heads, solve_local
@@ -75,7 +74,7 @@ class Matcher:
             if f.axis % t.dim() != axis and f.space in transforms:
                 others[f.axis % t.dim()].append(f)
         for ax, group in others.items():
-            t = _apply_axis(t, ax, group, transforms)
+            t = apply_axis(t, ax, group, transforms)
         start, stop = eb.span(t.shape[axis])
         return t.narrow(axis, start, stop - start).movedim(axis, 0).reshape(n, -1)
 

@@ -191,3 +191,19 @@ def test_cli_lists_solvers():
     for name in ("weight_matching", "semi_permutation", "cli-test-solver"):
         assert name in result.output
     assert "Permutation" in result.output
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_objective_equals_distance_after_symmetries_apply(packed):
+    """``Problem.objective`` (chunked, fast index paths) against ``symmetries.apply`` directly."""
+    from architectures import gpt2
+    from symmetries import apply
+    cases = [(architectures.mlp([5, 7, 6, 3]), None),
+             (gpt2(30, 8, 8, 2, 2, 12, packed_qkv=packed, norm="rms", tie_embeddings=True), None)]
+    for arch, classes in cases:
+        a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+        b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+        t = random_transforms(arch.graph, 2, classes=classes)
+        aligned = apply(arch.graph, b, t)
+        expected = sum(float(((a[k] - aligned[k]) ** 2).sum()) for k in a)
+        assert solvers.make_problem(arch.graph, a, b).objective(t) == pytest.approx(expected, rel=1e-12)
