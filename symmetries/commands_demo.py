@@ -30,6 +30,8 @@ def render_table(result) -> Table:
     table.add_row("naive", _f(n.curve.loss_barrier), _f(100 * n.curve.accuracy_barrier, 1),
                   _f(n.l2, 2), "—", "—")
     for r in result.rows:
+        if r.skipped:
+            continue  # listed under the table
         if r.error:
             table.add_row(r.method, f"[red]failed: {r.error}[/red]", "", "", "", "")
             continue
@@ -88,7 +90,7 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
 
     with bars:
         result = run_demo(config, progress=progress)
-    curves = [result.naive.curve] + [r.curve for r in result.rows if not r.error]
+    curves = [result.naive.curve] + [r.curve for r in result.rows if not (r.error or r.skipped)]
     extra = []
     if result.bnn:
         extra = [Curve(np.asarray(d["alphas"]), np.asarray(d["loss"]), np.asarray(d["accuracy"]), d["label"])
@@ -103,6 +105,9 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
         typer.echo(json.dumps(data, indent=2))
         return
     console.print(render_table(result))
+    for r in result.rows:
+        if r.skipped:
+            console.print(f"[dim]{r.method} skipped: {r.skipped}[/dim]")
     e = result.endpoints
     console.print(f"endpoints: A test acc {100 * e['A']['accuracy']:.1f}%, B {100 * e['B']['accuracy']:.1f}%; "
                   f"training {result.train_seconds:.1f} s, total {result.seconds:.1f} s")

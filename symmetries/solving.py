@@ -68,6 +68,8 @@ def align(name: str, arch, params_a: Mapping, params_b: Mapping, *, data=None, s
         classes = classes_for(name, arch)
         if classes is None:
             raise SolverUnavailableError(f"solver {name!r} supports no class that every space of {arch.name} admits")
-    if data is not None:
+    if data is not None:  # solvers take inputs (a tensor or batches of them), not (inputs, targets) pairs
+        if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
+            data = data[0]
         options["data"] = data
     return _solvers().solve(name, arch, params_a, params_b, seed=seed, classes=classes, **options)
