@@ -50,6 +50,11 @@ def test_demo_table_with_every_solver_and_bnn(tmp_path):
     assert r.exit_code == 0, r.output
     assert "naive" in r.output and "weight_matching" in r.output and "BNN" in r.output
     data = json.loads((tmp_path / "demo.json").read_text())
+    import solvers
+    ran = {row["method"] for row in data["rows"]}
+    assert {i.name for i in solvers.available()} <= ran        # every registered solver applies to an MLP
+    failed = {row["method"]: row["error"] for row in data["rows"] if row["error"] or row["skipped"]}
+    assert not failed, failed
     assert data["bnn"]["w2_after"] <= data["bnn"]["w2_before"]
     assert len(data["bnn"]["aligned"]["loss"]) == 25
 
