@@ -37,6 +37,8 @@ def render_table(result) -> Table:
             continue
         c = r.curve
         obj = "—" if r.objective_after is None else f"{_f(r.objective_before, 1)} → {_f(r.objective_after, 1)}"
+        if r.lower_bound is not None:
+            obj += f" (≥ {_f(r.lower_bound, 1)})"
         table.add_row(r.method, f"{_f(n.curve.loss_barrier)} → {_f(c.loss_barrier)}",
                       f"{_f(100 * n.curve.accuracy_barrier, 1)} → {_f(100 * c.accuracy_barrier, 1)}",
                       f"{_f(n.l2, 2)} → {_f(r.l2, 2)}", obj, _f(r.seconds, 2))

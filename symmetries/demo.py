@@ -58,6 +58,7 @@ class Row:
     seconds: float = 0.0
     error: str | None = None
     skipped: str | None = None
+    lower_bound: float | None = None           # certified by the solver (convex relaxation), if any
 
     def as_dict(self) -> dict:
         c = self.curve
@@ -65,7 +66,7 @@ class Row:
                     accuracy_barrier=c.accuracy_barrier, accuracy_barrier_linear=c.accuracy_barrier_linear,
                     midpoint_loss=c.midpoint[0], midpoint_accuracy=c.midpoint[1], l2=self.l2,
                     objective_before=self.objective_before, objective_after=self.objective_after,
-                    seconds=self.seconds, error=self.error, skipped=self.skipped, alphas=c.alphas.tolist(), loss=c.loss.tolist(),
+                    lower_bound=self.lower_bound, seconds=self.seconds, error=self.error, skipped=self.skipped, alphas=c.alphas.tolist(), loss=c.loss.tolist(),
                     accuracy=c.accuracy.tolist())
 
 
@@ -170,7 +171,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
         progress(f"align {name}", 1, 1)
         pb_aligned = apply(arch.graph, pb, sol.transforms)
         result.rows.append(Row(name, curve(name, pb_aligned), L.l2_distance(pa, pb_aligned),
-                               _num(sol.objective_before), _num(sol.objective_after), float(sol.wall_time)))
+                               _num(sol.objective_before), _num(sol.objective_after), float(sol.wall_time),
+                               lower_bound=_num(getattr(sol, "lower_bound", None))))
         if config.repair and name == "weight_matching":
             adjust = L.repair_adjust(model, arch.graph, pa, pb_aligned, split.train)
             result.rows.append(Row(f"{name} + REPAIR", curve(f"{name} + REPAIR", pb_aligned, adjust),
