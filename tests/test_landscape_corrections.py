@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import architectures
@@ -11,6 +13,7 @@ from symmetries import landscape as L
 from symmetries import posteriors as P
 from symmetries.data import digits
 from symmetries.errors import GraphError
+from symmetries.strategies import mlp_architectures, seeds
 
 
 def _train(model, data, epochs, seed, lr=3e-3):
@@ -178,3 +181,20 @@ def test_activations_need_one_producing_linear_or_conv():
     p = {k: v.detach() for k, v in arch.module(seed=0).state_dict().items()}
     with pytest.raises(GraphError, match="conv.0"):
         L.repair(arch.module(), arch.graph, p, p, 0.5, (torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)))
+
+
+@settings(max_examples=15)
+@given(mlp_architectures(max_depth=3, max_width=8, activations=["relu", "tanh", "gelu"]), seeds, st.floats(0, 1))
+def test_repair_property_on_drawn_mlps(arch, seed, alpha):
+    assume(arch.config["bias"])  # REPAIR needs biases (the refusal is tested above)
+    a, b = ({k: v.detach() for k, v in arch.module(seed=s, dtype=torch.float64).state_dict().items()}
+            for s in (seed % 1000, seed % 1000 + 1))
+    g = torch.Generator().manual_seed(seed % 1000)
+    data = (torch.randn(64, arch.config["widths"][0], generator=g, dtype=torch.float64), torch.zeros(64).long())
+    model = arch.module(dtype=torch.float64)
+    fixed = L.repair(model, arch.graph, a, b, alpha, data)
+    sa, sb = L.channel_stats(model, arch.graph, data, a), L.channel_stats(model, arch.graph, data, b)
+    got = L.channel_stats(model, arch.graph, data, fixed)
+    for s in got:
+        torch.testing.assert_close(got[s][0], (1 - alpha) * sa[s][0] + alpha * sb[s][0], rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(got[s][1], (1 - alpha) * sa[s][1] + alpha * sb[s][1], rtol=1e-7, atol=1e-9)
