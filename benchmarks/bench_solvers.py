@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import architectures  # noqa: E402
 import solvers  # noqa: E402
 from solvers.weight_matching import Matcher, _units  # noqa: E402
-from symmetries import HeadStructured, Orthogonal, Permutation, apply, random_transforms  # noqa: E402
+from symmetries import HeadStructured, Permutation, apply, random_transforms  # noqa: E402
 from symmetries.assignment import backends, solve_assignment  # noqa: E402
 from symmetries.roles import Role  # noqa: E402
 
