@@ -14,7 +14,9 @@ on B's transforms elsewhere) on the activation objective ``Σ_s ‖Z_A,s − T_s
 * ``PermutationScaling`` / ``PositiveScaling`` — the permutation as above, then per unit the least-
   squares scale ``c = ⟨z_a, z_b⟩ / ‖z_b‖²`` (clamped positive; 1 for a unit never active on the data);
 * ``Orthogonal`` — Procrustes: the polar factor of ``Z_A Z_Bᵀ``;
-* ``Invertible`` — least squares ``T = (Z_A Z_Bᵀ)(Z_B Z_Bᵀ + λI)⁻¹`` (``ridge`` λ, relative).
+* ``Invertible`` — least squares ``T = (Z_A Z_Bᵀ)(Z_B Z_Bᵀ + λI)⁻¹`` (``ridge`` λ, relative), or with
+  ``invertible="cca"`` the CCA map ``T = Σ_AA^{1/2} polar(Σ_AA^{-1/2} Σ_AB Σ_BB^{-1/2}) Σ_BB^{-1/2}`` on
+  centred covariances (whiten both, rotate B's canonical directions onto A's, re-colour).
 
 Sites default to the module named by the space's producing weight (``layers.0.weight`` →
 ``layers.0``; the last such module in the model when several produce the space); pass
@@ -86,6 +88,13 @@ class Moments:
         va = (torch.diagonal(self.aa) / n - ma ** 2).clamp_min(0)
         vb = (torch.diagonal(self.bb) / n - mb ** 2).clamp_min(0)
         return cov / (torch.sqrt(torch.outer(va, vb)) + 1e-12)
+
+    def covariances(self):
+        """Centred ``Σ_AA``, ``Σ_BB``, ``Σ_AB``."""
+        n = self.count
+        ma, mb = self.sa / n, self.sb / n
+        return (self.aa / n - torch.outer(ma, ma), self.bb / n - torch.outer(mb, mb),
+                self.ab / n - torch.outer(ma, mb))
 
     def objective(self, el) -> float:
         """``‖Z_A − T Z_B‖² = tr(Z_A Z_Aᵀ) − 2⟨T, Z_A Z_Bᵀ⟩ + ⟨TᵀT, Z_B Z_Bᵀ⟩`` (from the moments)."""
@@ -159,7 +168,20 @@ def collect(problem, sites: dict[str, str], apply_activation: bool) -> dict[str,
     return moments
 
 
-def _solve_space(cls, mom: Moments, statistic: str, ridge: float, backend: str):
+def _psd_power(c: torch.Tensor, power: float, ridge: float) -> torch.Tensor:
+    w, v = torch.linalg.eigh(c)
+    w = w.clamp_min(ridge * float(w.abs().max().clamp_min(1e-300)))
+    return (v * w ** power) @ v.T
+
+
+def _cca(mom: Moments, ridge: float) -> DenseElement:
+    caa, cbb, cab = mom.covariances()
+    u, _, vh = torch.linalg.svd(_psd_power(caa, -0.5, ridge) @ cab @ _psd_power(cbb, -0.5, ridge),
+                                full_matrices=False)
+    return DenseElement(_psd_power(caa, 0.5, ridge) @ (u @ vh) @ _psd_power(cbb, -0.5, ridge))
+
+
+def _solve_space(cls, mom: Moments, statistic: str, ridge: float, backend: str, invertible: str = "lstsq"):
     n = mom.ab.shape[1]
     corr = mom.correlation() if statistic == "correlation" else mom.ab
     if isinstance(cls, Permutation):
@@ -182,6 +204,8 @@ def _solve_space(cls, mom: Moments, statistic: str, ridge: float, backend: str):
         return GatherElement.monomial(perm, c.clamp_min(1e-8))
     if isinstance(cls, Orthogonal):
         return cls.project(mom.ab)
+    if isinstance(cls, Invertible) and invertible == "cca":
+        return _cca(mom, ridge)
     if isinstance(cls, Invertible):
         bb = mom.bb + ridge * torch.trace(mom.bb) / n * torch.eye(n, dtype=mom.bb.dtype)
         return DenseElement(torch.linalg.solve(bb, mom.ab.T).T)
@@ -198,12 +222,15 @@ class ActivationMatching(Solver):
                Invertible)
 
     def solve(self, problem, *, statistic: str = "correlation", ridge: float = 1e-10, backend: str = "auto",
-              apply_activation: bool = True) -> Solution:
+              apply_activation: bool = True, invertible: str = "lstsq") -> Solution:
         """``statistic``: ``"correlation"`` or ``"cross"`` (for the permutation LAP); ``ridge``: relative
-        Tikhonov term of the invertible least squares; ``apply_activation``: apply the space's declared
-        activation to the site's output."""
+        Tikhonov term of the invertible least squares (eigenvalue floor for CCA); ``apply_activation``:
+        apply the space's declared activation to the site's output; ``invertible``: ``"lstsq"`` or
+        ``"cca"``."""
         if statistic not in ("correlation", "cross"):
             raise ValueError(f"statistic must be 'correlation' or 'cross', got {statistic!r}")
+        if invertible not in ("lstsq", "cca"):
+            raise ValueError(f"invertible must be 'lstsq' or 'cca', got {invertible!r}")
         if problem.models is None or problem.data is None:
             raise SolverInputError("activation matching needs data= and models=(module_a, module_b) (or pass "
                                    "an Architecture as the graph)")
@@ -217,7 +244,7 @@ class ActivationMatching(Solver):
         moments = collect(problem, sites, apply_activation)
         transforms, before, after = {}, 0.0, 0.0
         for s, mom in moments.items():
-            el = _solve_space(problem.classes[s], mom, statistic, ridge, backend)
+            el = _solve_space(problem.classes[s], mom, statistic, ridge, backend, invertible)
             transforms[s] = el
             m, n = problem.sizes[s]
             before += mom.objective(GatherElement.identity(n)) if m == n else float("nan")

@@ -49,6 +49,9 @@ class Matcher:
             for e in gb.edges_at(space):
                 b_edges[(e.parameter, e.axis, e.role)].append(e)
             for ea in ga.edges_at(space):
+                if not b_edges[(ea.parameter, ea.axis, ea.role)]:
+                    raise SolverInputError(f"graph_b lacks the edge {ea.parameter!r} axis {ea.axis} ({ea.role}) → "
+                                           f"{space!r} that graph has", space=space, parameter=ea.parameter)
                 eb = b_edges[(ea.parameter, ea.axis, ea.role)].pop(0)
                 a = problem.params_a[ea.parameter]
                 span = ea.span(a.shape[ea.axis])

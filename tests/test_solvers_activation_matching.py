@@ -37,6 +37,21 @@ def test_planted_activation_matching(act, cls, seed):
             assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
 
 
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**16))
+def test_planted_invertible_by_cca(seed):
+    arch = architectures.mlp([10, 8, 6, 3], activation="identity")
+    a = {k: v.double() for k, v in arch.module(seed=seed).state_dict().items()}
+    t = random_transforms(arch.graph, seed, classes=Invertible())
+    b = apply(arch.graph, a, t)
+    x = torch.randn(300, 10, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    sol = solvers.solve("activation_matching", arch, a, b, classes=Invertible(), data=x, invertible="cca")
+    for space in t:
+        assert torch.allclose(sol.transforms[space].as_matrix(), t.inverse()[space].as_matrix(), atol=1e-6)
+    with pytest.raises(ValueError, match="invertible"):
+        solvers.solve("activation_matching", arch, a, b, classes=Invertible(), data=x, invertible="svd")
+
+
 def test_dataloader_modules_and_sites():
     arch = architectures.mlp([6, 7, 5, 2])
     a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
