@@ -1,0 +1,172 @@
+"""The convex misfit of a weight-matching problem and its certified lower bound.
+
+With one matrix ``X_s`` per searched space (``X_s = I`` at fixed and ``Trivial`` spaces),
+
+    f(X) = Σ_p ‖A_p X_in(p) − X_out(p) B_p‖²_F        (A = θ_A[p], B = θ_B[p], as matrices)
+
+is jointly convex (the residual is linear in ``X``). For a permutation or orthogonal ``X``
+``‖A X_in − X_out B‖ = ‖A − X_out B X_inᵀ‖``, so ``f(T) = J(T) = Σ_p ‖θ_A[p] − (T·θ_B)[p]‖²``
+exactly: minimising ``f`` over a convex superset ``C`` of the class (Birkhoff polytope ⊇
+permutations, spectral-norm ball ⊇ orthogonal maps) gives a lower bound on ``min_T J(T)``.
+
+The bound is certified independently of the convex solver's accuracy: for any point ``X̂``,
+convexity gives ``f(X) ≥ f(X̂) + ⟨∇f(X̂), X − X̂⟩``, so
+
+    L(X̂) = f(X̂) + Σ_s min_{S ∈ C_s} ⟨G_s, S − X̂_s⟩,   G = ∇f(X̂),
+
+is a lower bound on ``min_C f`` (hence on ``min_T J``) for *every* ``X̂`` — feasible or not — and
+equals ``min_C f`` at the relaxed optimum (the Frank–Wolfe gap vanishes there). The inner
+minima are exact: a linear assignment over the Birkhoff polytope (its vertices are the
+permutations), ``−‖G‖_*`` (nuclear norm) over the spectral-norm ball.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from symmetries.assignment import solve_assignment
+from symmetries.classes import Orthogonal, Permutation, Trivial
+from symmetries.roles import Role
+
+from .errors import SolverInputError, UnsupportedClassError
+
+__all__ = ["Term", "Misfit", "build_misfit", "RELAXABLE"]
+
+#: The classes with a convex relaxation here, and the convex superset each is relaxed to.
+RELAXABLE = {Permutation: "Birkhoff polytope (doubly stochastic matrices)",
+             Orthogonal: "spectral-norm ball (σ_max(X) ≤ 1)"}
+
+
+@dataclass(frozen=True)
+class Term:
+    """One parameter's residual. ``kind`` is ``"both"`` (``a``, ``b``: ``k × m × n``, residual
+    ``A_k X_in − X_out B_k``), ``"out"`` (``m × r``, ``A − X_out B``) or ``"in"`` (``r × n``,
+    ``A X_in − B``)."""
+    parameter: str
+    kind: str
+    out: str | None
+    inn: str | None
+    a: np.ndarray
+    b: np.ndarray
+
+
+@dataclass
+class Misfit:
+    """``f(X) = constant + Σ_terms ‖residual‖²``; ``spaces[s] = (n, class)``."""
+    terms: list[Term]
+    constant: float
+    spaces: dict[str, tuple[int, object]]
+    untouched: list[str] = field(default_factory=list)
+
+    # -- value and gradient -----------------------------------------------------------
+    def residual(self, term: Term, x: dict[str, np.ndarray]) -> np.ndarray:
+        if term.kind == "both":
+            return term.a @ x[term.inn] - x[term.out] @ term.b
+        if term.kind == "out":
+            return term.a - x[term.out] @ term.b
+        return term.a @ x[term.inn] - term.b
+
+    def value(self, x: dict[str, np.ndarray]) -> float:
+        """``f(X)`` in float64."""
+        return float(self.constant + sum(float(np.sum(self.residual(t, x) ** 2)) for t in self.terms))
+
+    def gradient(self, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``∇f(X)``: ``2 Σ Aᵀ R`` at ``X_in``, ``−2 Σ R Bᵀ`` at ``X_out``."""
+        g = {s: np.zeros((n, n)) for s, (n, _) in self.spaces.items()}
+        for t in self.terms:
+            r = self.residual(t, x)
+            if t.kind == "both":
+                g[t.inn] += 2 * np.einsum("kmi,kmn->in", t.a, r)
+                g[t.out] -= 2 * np.einsum("kmn,kjn->mj", r, t.b)
+            elif t.kind == "out":
+                g[t.out] -= 2 * r @ t.b.T
+            else:
+                g[t.inn] += 2 * t.a.T @ r
+        return g
+
+    # -- the certificate --------------------------------------------------------------
+    def linear_min(self, space: str, g: np.ndarray) -> float:
+        """``min_{S ∈ C_s} ⟨G, S⟩`` over the space's convex superset, exactly."""
+        _, cls = self.spaces[space]
+        if isinstance(cls, Permutation):
+            rows, cols = solve_assignment(g, maximize=False)
+            return float(g[rows, cols].sum())
+        return -float(np.linalg.svd(g, compute_uv=False).sum())
+
+    def lower_bound(self, x: dict[str, np.ndarray]) -> float:
+        """``L(X̂) = f(X̂) + Σ_s min_{S ∈ C_s} ⟨G_s, S − X̂_s⟩ ≤ min_C f ≤ min_T J(T)`` for any ``X̂``."""
+        grad = self.gradient(x)
+        return self.value(x) + sum(self.linear_min(s, g) - float(np.sum(g * x[s])) for s, g in grad.items())
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().to(torch.float64).numpy()
+
+
+def build_misfit(problem) -> Misfit:
+    """The misfit of a :class:`~solvers.Problem` whose searched spaces are square ``Permutation``
+    or ``Orthogonal`` spaces, each parameter touching at most one searched space as ``out`` (or
+    ``var``, permutations) and one other as ``in``, whole axes only. Anything else raises a typed
+    error naming the space or parameter."""
+    spaces = {}
+    for s, cls in problem.classes.items():
+        if isinstance(cls, Trivial):
+            continue
+        if type(cls) not in RELAXABLE:
+            raise UnsupportedClassError(f"space {s!r}: no convex relaxation for {cls!r}; relaxable classes: "
+                                        f"{', '.join(c.__name__ for c in RELAXABLE)}", solver="relaxation",
+                                        space=s, cls=cls)
+        m, n = problem.sizes[s]
+        if m != n:
+            raise SolverInputError(f"space {s!r} changes width ({n} → {m}); the relaxation needs square maps",
+                                   space=s)
+        if problem.graph.space(s).head_group is not None:
+            raise SolverInputError(f"space {s!r} belongs to head group {problem.graph.space(s).head_group!r}; "
+                                   f"head-tied spaces are not relaxed", space=s)
+        spaces[s] = (n, cls)
+    terms, constant, untouched = [], 0.0, []
+    for name, a_t in problem.params_a.items():
+        if not a_t.is_floating_point():
+            continue
+        a, b = _np(a_t), _np(problem.params_b[name])
+        edges = [e for e in problem.graph.edges_of(name) if e.space in spaces]
+        if not edges:
+            constant += float(np.sum((a - b) ** 2))
+            untouched.append(name)
+            continue
+        out = [e for e in edges if e.role in (Role.OUT, Role.VAR)]
+        inn = [e for e in edges if e.role is Role.IN]
+        for e in edges:
+            if e.slice is not None:
+                raise SolverInputError(f"parameter {name!r}: axis {e.axis} touches space {e.space!r} on a slice "
+                                       f"{e.slice}; the relaxation handles whole axes only", parameter=name)
+            if e.role is Role.VAR and not isinstance(spaces[e.space][1], Permutation):
+                raise SolverInputError(f"parameter {name!r}: a variance of space {e.space!r} under "
+                                       f"{spaces[e.space][1]!r}", parameter=name)
+        if len(out) > 1 or len(inn) > 1 or (out and inn and out[0].space == inn[0].space):
+            raise SolverInputError(f"parameter {name!r} touches searched spaces "
+                                   f"{sorted((e.space, e.axis, str(e.role)) for e in edges)}; the relaxation "
+                                   f"needs at most one produced and one other consumed space per tensor",
+                                   parameter=name)
+        if out and inn:
+            ao, ai = out[0].axis % a.ndim, inn[0].axis % a.ndim
+            m, n = a.shape[ao], a.shape[ai]
+
+            def mat(t):
+                return np.moveaxis(t, (ao, ai), (0, 1)).reshape(m, n, -1).transpose(2, 0, 1).copy()
+            terms.append(Term(name, "both", out[0].space, inn[0].space, mat(a), mat(b)))
+        elif out:
+            ao = out[0].axis % a.ndim
+
+            def mat(t):
+                return np.moveaxis(t, ao, 0).reshape(t.shape[ao], -1)
+            terms.append(Term(name, "out", out[0].space, None, mat(a), mat(b)))
+        else:
+            ai = inn[0].axis % a.ndim
+
+            def mat(t):
+                return np.moveaxis(t, ai, -1).reshape(-1, t.shape[ai])
+            terms.append(Term(name, "in", None, inn[0].space, mat(a), mat(b)))
+    return Misfit(terms, constant, spaces, untouched)
