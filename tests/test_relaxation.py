@@ -1,0 +1,192 @@
+"""Convex relaxations: certified bounds against brute force, planted recovery, f = J on the classes."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import architectures
+import solvers
+from solvers.errors import SolverInputError, UnsupportedClassError
+from solvers.problem import make_problem
+from solvers.relaxation import formulate, relax, round_relaxed
+from solvers.relaxation_misfit import build_misfit
+from symmetries.action import apply
+from symmetries.classes import Orthogonal, Permutation, PermutationScaling
+from symmetries.elements import GatherElement
+from symmetries.transforms import TransformSet, random_transforms
+
+SEEDS = st.integers(0, 2**16)
+
+
+def _pair(widths, seed, activation="relu", planted=None, noise=0.0, cls=Permutation()):
+    arch = architectures.mlp(widths, activation=activation)
+    pa = arch.module(seed=seed, dtype=torch.float64).state_dict()
+    if planted:
+        t = random_transforms(arch.graph, seed=seed + 1, classes=cls)
+        pb = apply(arch.graph, pa, t.inverse())  # T · θ_B = θ_A: the planted optimum is T
+        g = torch.Generator().manual_seed(seed + 2)
+        pb = {k: v + noise * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in pb.items()}
+    else:
+        t = None
+        pb = arch.module(seed=seed + 1000, dtype=torch.float64).state_dict()
+    return arch, pa, pb, t
+
+
+def _brute(problem, widths):
+    spaces = problem.spaces
+    best = np.inf
+    for perms in itertools.product(*(itertools.permutations(range(widths[i + 1])) for i in range(len(spaces)))):
+        t = TransformSet({s: GatherElement(list(p)) for s, p in zip(spaces, perms)})
+        best = min(best, problem.objective(t))
+    return best
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=SEEDS, width=st.sampled_from([3, 4]))
+def test_bound_below_brute_force_optimum(seed, width):
+    widths = [3, width, width, 2]
+    arch, pa, pb, _ = _pair(widths, seed)
+    sol = solvers.solve("relaxation", arch, pa, pb, classes=Permutation())
+    opt = _brute(make_problem(arch.graph, pa, pb, classes=Permutation()), widths)
+    assert sol.lower_bound <= opt + 1e-9 * opt
+    assert sol.objective_after >= opt - 1e-9 * opt  # a permutation's J can never beat the optimum
+    assert sol.gap >= 0
+    assert sol.lower_bound <= sol.extra["relaxed_value"] + 1e-7  # certificate ≤ the solver's value
+    for el in sol.transforms.values():
+        assert Permutation().contains(el)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=SEEDS)
+def test_rounded_solution_reaches_brute_force_optimum_on_planted_noisy_problem(seed):
+    widths = [3, 4, 4, 2]
+    arch, pa, pb, t = _pair(widths, seed, planted=True, noise=0.02)
+    sol = solvers.solve("relaxation", arch, pa, pb, classes=Permutation())
+    problem = make_problem(arch.graph, pa, pb, classes=Permutation())
+    opt = _brute(problem, widths)
+    assert sol.lower_bound <= opt + 1e-9 * opt
+    assert sol.objective_after == pytest.approx(opt, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("width", [4, 12])
+def test_planted_permutation_gap_closes(width):
+    arch, pa, pb, t = _pair([6, width, width, width, 3], 7, planted=True)
+    sol = solvers.solve("relaxation", arch, pa, pb, classes=Permutation())
+    assert sol.objective_after == pytest.approx(0.0, abs=1e-12)
+    assert abs(sol.lower_bound) <= 1e-6 and sol.gap <= 1e-6
+    assert sol.status == "optimal" or sol.gap <= 1e-6
+    for s, el in t.items():
+        assert torch.equal(sol.transforms[s].as_matrix(), el.as_matrix())
+
+
+def test_planted_orthogonal_gap_closes():
+    arch, pa, pb, t = _pair([5, 6, 6, 3], 3, activation="identity", planted=True, cls=Orthogonal())
+    sol = solvers.solve("relaxation", arch, pa, pb, classes=Orthogonal())
+    assert sol.objective_after <= 1e-10
+    assert -1e-5 <= sol.lower_bound <= 1e-10
+    for s, el in t.items():
+        assert torch.allclose(sol.transforms[s].as_matrix(), el.as_matrix(), atol=1e-6)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=SEEDS)
+def test_orthogonal_bound_below_every_orthogonal_alignment(seed):
+    arch, pa, pb, _ = _pair([4, 5, 5, 3], seed, activation="identity")
+    sol = solvers.solve("relaxation", arch, pa, pb, classes=Orthogonal())
+    problem = make_problem(arch.graph, pa, pb, classes=Orthogonal())
+    wm = solvers.solve("weight_matching", arch, pa, pb, classes=Orthogonal())
+    candidates = [sol.objective_after, wm.objective_after, problem.objective(None)]
+    candidates += [problem.objective(random_transforms(arch.graph, seed=seed + k, classes=Orthogonal()))
+                   for k in range(20)]
+    assert sol.lower_bound <= min(candidates) + 1e-9
+    for el in sol.transforms.values():
+        assert Orthogonal().contains(el)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=SEEDS, orth=st.booleans())
+def test_misfit_equals_objective_on_the_class(seed, orth):
+    cls = Orthogonal() if orth else Permutation()
+    arch, pa, pb, _ = _pair([3, 5, 4, 2], seed, activation="identity" if orth else "relu")
+    problem = make_problem(arch.graph, pa, pb, classes=cls)
+    misfit = build_misfit(problem)
+    t = random_transforms(arch.graph, seed=seed, classes=cls)
+    x = {s: t[s].as_matrix().numpy() for s in misfit.spaces}
+    assert misfit.value(x) == pytest.approx(problem.objective(t), rel=1e-10)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=SEEDS, scale=st.floats(0.0, 3.0))
+def test_certificate_is_valid_at_any_point(seed, scale):
+    """L(X̂) ≤ min over permutations for arbitrary (even infeasible) X̂."""
+    widths = [3, 3, 4, 2]
+    arch, pa, pb, _ = _pair(widths, seed)
+    problem = make_problem(arch.graph, pa, pb, classes=Permutation())
+    misfit = build_misfit(problem)
+    g = np.random.default_rng(seed)
+    x = {s: scale * g.standard_normal((n, n)) for s, (n, _) in misfit.spaces.items()}
+    assert misfit.lower_bound(x) <= _brute(problem, widths) + 1e-9
+
+
+def test_gradient_matches_finite_differences():
+    arch, pa, pb, _ = _pair([3, 4, 3, 2], 1)
+    misfit = build_misfit(make_problem(arch.graph, pa, pb, classes=Permutation()))
+    g = np.random.default_rng(0)
+    x = {s: g.random((n, n)) for s, (n, _) in misfit.spaces.items()}
+    grad = misfit.gradient(x)
+    for s in x:
+        d = g.standard_normal(x[s].shape)
+        xp = dict(x, **{s: x[s] + 1e-6 * d})
+        xm = dict(x, **{s: x[s] - 1e-6 * d})
+        fd = (misfit.value(xp) - misfit.value(xm)) / 2e-6
+        assert fd == pytest.approx(float(np.sum(grad[s] * d)), rel=1e-6)
+
+
+def test_scs_answer_is_corrected_into_a_valid_bound():
+    widths = [3, 4, 4, 2]
+    arch, pa, pb, _ = _pair(widths, 11)
+    problem = make_problem(arch.graph, pa, pb, classes=Permutation())
+    misfit = build_misfit(problem)
+    loose = relax(misfit, solver="SCS", eps_abs=1e-2, eps_rel=1e-2)
+    exact = relax(misfit)
+    assert loose.bound <= exact.value + 1e-8
+    assert loose.bound <= _brute(problem, widths)
+    assert exact.bound == pytest.approx(exact.value, rel=1e-6)
+
+
+def test_aux_and_direct_formulations_agree():
+    arch, pa, pb, _ = _pair([20, 5, 5, 3], 2)
+    misfit = build_misfit(make_problem(arch.graph, pa, pb, classes=Permutation()))
+    a, d = relax(misfit, formulation="aux"), relax(misfit, formulation="direct")
+    assert a.value == pytest.approx(d.value, rel=1e-6)
+    assert round_relaxed(misfit, a.x)["hidden.0"].shape == (5, 5)
+    with pytest.raises(ValueError):
+        formulate(misfit, "bogus")
+
+
+def test_inputs_are_not_mutated_and_solver_is_registered():
+    arch, pa, pb, _ = _pair([3, 4, 4, 2], 5)
+    copies = {k: v.clone() for k, v in pb.items()}
+    solvers.solve("relaxation", arch, pa, pb, classes=Permutation())
+    assert all(torch.equal(copies[k], pb[k]) for k in pb)
+    assert "relaxation" in [i.name for i in solvers.available()]
+
+
+def test_unsupported_class_and_slices_are_refused():
+    arch, pa, pb, _ = _pair([3, 4, 4, 2], 5)
+    with pytest.raises(UnsupportedClassError, match="hidden.0"):
+        solvers.solve("relaxation", arch, pa, pb, classes=PermutationScaling())
+    from architectures.graph import WeightGraph
+    g = WeightGraph("sliced")
+    g.add_parameter("w", (4, 3)).add_parameter("v", (2, 4))
+    g.add_space("h", 2, Permutation())
+    g.connect("w", "h", axis=0, role="out", slice=(0, 2))
+    g.connect("v", "h", axis=1, role="in", slice=(0, 2))
+    p = {"w": torch.randn(4, 3, dtype=torch.float64), "v": torch.randn(2, 4, dtype=torch.float64)}
+    with pytest.raises(SolverInputError, match="'w'"):
+        solvers.solve("relaxation", g, p, p, classes=Permutation())
