@@ -26,20 +26,42 @@ class Local:
     pairs: dict[Role, list[tuple[torch.Tensor, torch.Tensor]]] = field(
         default_factory=lambda: {Role.OUT: [], Role.IN: [], Role.VAR: []})
     _cache: dict = field(default_factory=dict, repr=False)
+    _acc: dict = field(default_factory=dict, repr=False)
 
-    def add(self, role: Role, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.pairs[role].append((a, b))
+    def add(self, role: Role, a: torch.Tensor, b: torch.Tensor, *, stream: bool = False) -> None:
+        """Add an edge; with ``stream`` only ``A_e B_eᵀ`` is accumulated and ``B_e`` is dropped (enough
+        for norm-keeping classes, whose loss is ``const − 2⟨T, M⟩``; memory: one ``m × n`` per role)."""
         self._cache.clear()
+        if stream:
+            prod = a @ b.T
+            self._acc[role] = prod if role not in self._acc else self._acc[role].add_(prod)
+        else:
+            if self._acc:
+                raise ValueError("a Local is either streamed or not")
+            self.pairs[role].append((a, b))
+
+    @property
+    def streamed(self) -> bool:
+        return bool(self._acc)
 
     @property
     def empty(self) -> bool:
-        return not any(self.pairs.values())
+        return not any(self.pairs.values()) and not self._acc
+
+    def has(self, role: Role) -> bool:
+        """Whether any edge of ``role`` meets the space."""
+        return bool(self.pairs[role]) or role in self._acc
 
     def cross(self, *roles: Role) -> torch.Tensor:
         """``Σ_e A_e B_eᵀ`` over the edges of ``roles`` (``m × n``; computed once, then cached)."""
-        key = tuple(sorted({r for r in roles if self.pairs[r]}))
+        key = tuple(sorted({r for r in roles if self.has(r)}))
         if key not in self._cache:
-            self._cache[key] = self._cross(key)
+            if self._acc:
+                parts = [self._acc[r] for r in key]
+                self._cache[key] = (parts[0] if len(parts) == 1 else sum(parts[1:], parts[0].clone())) if parts \
+                    else torch.zeros(self.m, self.n, dtype=torch.float64)
+            else:
+                self._cache[key] = self._cross(key)
         return self._cache[key]
 
     def _cross(self, roles) -> torch.Tensor:
@@ -71,6 +93,8 @@ class Local:
 
     def loss(self, el: Element) -> float:
         """``L(T) = Σ_e ‖A_e − T·B_e‖²`` in each edge's role."""
+        if self._acc:
+            raise ValueError("a streamed Local keeps only cross products; it has no loss")
         total = 0.0
         for role, pairs in self.pairs.items():
             fn = {Role.OUT: el._out, Role.IN: el._in, Role.VAR: el._var}[role]

@@ -47,7 +47,7 @@ def linear_classes(cls: SymmetryClass) -> bool:
 
 def _score(local: Local, cls) -> tuple[torch.Tensor, torch.Tensor | None]:
     m = local.cross(OUT, IN)
-    v = local.cross(VAR) if local.pairs[VAR] else None
+    v = local.cross(VAR) if local.has(VAR) else None
     return m, v
 
 

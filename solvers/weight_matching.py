@@ -27,7 +27,7 @@ from .errors import SolverInputError
 from .local import Local, apply_axis, inner_product
 from .registry import Solver, register
 from .solution import Solution
-from .subproblems import SUPPORTED, gain, solve_heads, solve_local
+from .subproblems import SUPPORTED, gain, linear_classes, solve_heads, solve_local
 
 __all__ = ["WeightMatching", "Matcher"]
 
@@ -89,13 +89,14 @@ class Matcher:
                 return False
         return True
 
-    def local(self, space: str, transforms: dict, settled_only: bool = False) -> Local:
+    def local(self, space: str, transforms: dict, settled_only: bool = False, stream: bool = False) -> Local:
+        """The space's subproblem data; ``stream`` keeps only cross products (norm-keeping classes)."""
         m, n = self.problem.sizes[space]
         loc = Local(m, n)
         for i, (ea, eb) in enumerate(self.edges[space]):
             if settled_only and not self.usable(eb, transforms):
                 continue
-            loc.add(ea.role, self.a_rows[(space, i)], self.b_rows(space, eb, transforms, n))
+            loc.add(ea.role, self.a_rows[(space, i)], self.b_rows(space, eb, transforms, n), stream=stream)
         return loc
 
 
@@ -177,15 +178,15 @@ class WeightMatching(Solver):
             progress = False
             for u in rng.permutation(len(units)):
                 spaces = units[u]
-                locals_ = [matcher.local(s, transforms) for s in spaces]
                 classes = [problem.classes[s] for s in spaces]
+                locals_ = [matcher.local(s, transforms, stream=linear_classes(c)) for s, c in zip(spaces, classes)]
                 new = (solve_heads(classes, locals_, backend=backend, current=[transforms[s] for s in spaces])
                        if isinstance(classes[0], HeadStructured)
                        else [solve_local(classes[0], locals_[0], backend=backend, current=transforms[spaces[0]])])
                 if rebasin:
                     space, loc, el = spaces[0], locals_[0], new[0]
                     score = loc.cross(Role.OUT, Role.IN)
-                    if loc.pairs[Role.VAR]:
+                    if loc.has(Role.VAR):
                         score = score + loc.cross(Role.VAR)
                     old_value, new_value = inner_product(transforms[space], score), inner_product(el, score)
                     progress = progress or new_value > old_value + tol
@@ -215,7 +216,8 @@ class WeightMatching(Solver):
         for spaces in units:
             if all(s in settled for s in spaces):
                 continue
-            locals_ = [matcher.local(s, settled, settled_only=True) for s in spaces]
+            locals_ = [matcher.local(s, settled, settled_only=True, stream=linear_classes(problem.classes[s]))
+                       for s in spaces]
             if any(loc.empty for loc in locals_):
                 if all(s in transforms for s in spaces):  # nothing to go on: keep the start
                     settled.update((s, transforms[s]) for s in spaces)
