@@ -178,7 +178,7 @@ class LearnedMatching(Solver):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            history.append(float(loss))
+            history.append(float(loss.detach()))
         final = project_latents(problem.graph, latents, problem.classes, backend)
         evals = _eval_batches(problem.data, eval_batches)
         before = midpoint_loss(module, problem.graph, problem.params_a, problem.params_b, start_transforms,
