@@ -20,6 +20,10 @@ def _f(x, digits: int = 3) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _g(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
 def render_table(result) -> Table:
     """Solver, barriers (loss and accuracy) before → after, L2 before → after, objective, time."""
     n = result.naive
@@ -36,9 +40,9 @@ def render_table(result) -> Table:
             table.add_row(r.method, f"[red]failed: {r.error}[/red]", "", "", "", "")
             continue
         c = r.curve
-        obj = "—" if r.objective_after is None else f"{_f(r.objective_before, 1)} → {_f(r.objective_after, 1)}"
+        obj = "—" if r.objective_after is None else f"{_g(r.objective_before)} → {_g(r.objective_after)}"
         if r.lower_bound is not None:
-            obj += f" (≥ {_f(r.lower_bound, 1)})"
+            obj += f" (≥ {_g(r.lower_bound)})"
         table.add_row(r.method, f"{_f(n.curve.loss_barrier)} → {_f(c.loss_barrier)}",
                       f"{_f(100 * n.curve.accuracy_barrier, 1)} → {_f(100 * c.accuracy_barrier, 1)}",
                       f"{_f(n.l2, 2)} → {_f(r.l2, 2)}", obj, _f(r.seconds, 2))

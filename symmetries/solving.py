@@ -13,7 +13,7 @@ from .classes import (Invertible, Orthogonal, Permutation, PermutationScaling, P
                       SignedPermutation, SignFlip, SymmetryClass)
 from .errors import SymmetryError
 
-__all__ = ["SolverUnavailableError", "applicable", "align", "check_names", "classes_for"]
+__all__ = ["SolverUnavailableError", "applicable", "align", "check_names", "classes_for", "as_batches"]
 
 _PREFERENCE = (Permutation(), SignedPermutation(), Orthogonal(), PermutationScaling(), Invertible(), SignFlip(),
                PositiveScaling(), SemiPermutation())
@@ -60,6 +60,18 @@ def applicable(arch) -> list[str]:
     return [n for n in _names() if classes_for(n, arch) is not None]
 
 
+def as_batches(data, *, batch_size: int = 256, seed: int = 0):
+    """An ``(x, y)`` pair as a list of shuffled ``(x, y)`` minibatches (seeded) — the form every data-driven
+    solver reads (activation matching takes each batch's inputs, learned matching inputs and targets);
+    other data is passed through."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(t, "shape") for t in data):
+        import torch
+        x, y = (torch.as_tensor(t) for t in data)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
+        return [(x[order[i:i + batch_size]], y[order[i:i + batch_size]]) for i in range(0, len(x), batch_size)]
+    return data
+
+
 def align(name: str, arch, params_a: Mapping, params_b: Mapping, *, data=None, seed: int = 0, classes=None,
           **options):
     """``solvers.solve(name, arch, A, B, classes=…, data=…, seed=…)`` with classes from :func:`classes_for`."""
@@ -68,8 +80,6 @@ def align(name: str, arch, params_a: Mapping, params_b: Mapping, *, data=None, s
         classes = classes_for(name, arch)
         if classes is None:
             raise SolverUnavailableError(f"solver {name!r} supports no class that every space of {arch.name} admits")
-    if data is not None:  # solvers take inputs (a tensor or batches of them), not (inputs, targets) pairs
-        if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
-            data = data[0]
-        options["data"] = data
+    if data is not None:
+        options["data"] = as_batches(data, seed=seed)
     return _solvers().solve(name, arch, params_a, params_b, seed=seed, classes=classes, **options)
