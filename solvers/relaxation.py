@@ -189,3 +189,5 @@ class RelaxationSolver(Solver):
 
 
 register("relaxation", RelaxationSolver)
+
+from . import relaxation_qp  # noqa: E402,F401  (registers "semi_permutation_qp")

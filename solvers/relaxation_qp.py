@@ -1,0 +1,112 @@
+"""Semi-permutation fractions as one convex QP once the assignment is fixed (cvxpy).
+
+With every wide unit ``j`` of a width-changing space assigned to a narrow unit ``σ(j)`` and its
+support fixed (consuming tensors copy ``σ(j)``'s weights at units that are not silent; silent units
+keep fraction 0), the producing rows are ``f_j C_j`` where ``C`` is B
+aligned with all fractions set to 1, so
+
+    J(f) = Σ_p Σ_j ‖A_p[j] − f_j C_p[j]‖² + const,   f ≥ 0,   Σ_{j: σ(j)=i} f_j = 1 for every i,
+
+a convex QP in the fractions of all semi-permutation spaces jointly; its optimum is the best
+``J`` for that assignment. Units whose fraction is 0 are silent (``f(0) = 0`` for the linearly
+decomposable activations where semi-permutations are exact), so the result is exact too.
+"""
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from symmetries.action import apply
+from symmetries.classes import SemiPermutation
+from symmetries.elements import GatherElement
+from symmetries.roles import Role
+from symmetries.transforms import TransformSet
+
+from .errors import SolverInputError
+from .registry import Solver, get, register
+from .solution import Solution
+
+__all__ = ["fit_fractions", "SemiPermutationQP"]
+
+
+def fit_fractions(problem, transforms, *, solver: str = "CLARABEL") -> tuple[TransformSet, float]:
+    """Optimal fractions at every ``SemiPermutation`` space of ``problem`` for the assignments in
+    ``transforms`` (split elements, whose support is kept). Returns the new transform set and the
+    QP's optimal value of ``J`` (≤ ``J(transforms)``: their fractions are feasible)."""
+    semi = [s for s, c in problem.classes.items() if isinstance(c, SemiPermutation)]
+    base = dict(transforms)
+    for s in semi:
+        el = transforms.get(s)
+        if not isinstance(el, GatherElement):
+            raise SolverInputError(f"space {s!r}: fitting fractions needs a split (GatherElement), got {el!r}", space=s)
+        copies = torch.ones(el.shape[0], dtype=torch.float64) if el.in_scale is None else el.in_scale.double()
+        base[s] = GatherElement(el.index, el.n, torch.ones(el.shape[0], dtype=torch.float64), copies)
+    aligned = apply(problem.graph_b, problem.params_b, TransformSet(base), check=False)
+    f = {s: cp.Variable(base[s].shape[0], nonneg=True, name=s) for s in semi}
+    obj, cons, const = 0, [], 0.0
+    for s in semi:
+        idx = base[s].index.numpy()
+        m, n = base[s].shape
+        if np.bincount(idx, minlength=n).min() == 0:
+            raise SolverInputError(f"space {s!r}: the assignment leaves a narrow unit without a wide unit", space=s)
+        cons.append(sp.csr_matrix((np.ones(m), (idx, np.arange(m))), shape=(n, m)) @ f[s] == 1)
+        silent = np.flatnonzero(base[s].in_scale.numpy() == 0)
+        if silent.size:  # a unit that copies nothing stays silent (fraction 0): J stays quadratic in f
+            cons.append(f[s][silent] == 0)
+    for name, a_t in problem.params_a.items():
+        if not a_t.is_floating_point():
+            continue
+        a, c = a_t.detach().double().cpu().numpy(), aligned[name].detach().double().cpu().numpy()
+        edges = [e for e in problem.graph.edges_of(name) if e.space in f and e.role in (Role.OUT, Role.VAR)]
+        if not edges:
+            const += float(np.sum((a - c) ** 2))
+            continue
+        if len(edges) > 1 or edges[0].role is Role.VAR or edges[0].slice is not None:
+            raise SolverInputError(f"parameter {name!r}: fractions are fitted for one produced space per tensor on a "
+                                   f"whole axis (no variances)", parameter=name)
+        ax = edges[0].axis % a.ndim
+        am = np.moveaxis(a, ax, 0).reshape(a.shape[ax], -1)
+        cm = np.moveaxis(c, ax, 0).reshape(c.shape[ax], -1)
+        const += float(np.sum(am ** 2))
+        obj += cp.sum(cp.multiply(np.sum(cm ** 2, 1), cp.square(f[edges[0].space]))) \
+            - 2 * np.sum(am * cm, 1) @ f[edges[0].space]
+    out = dict(transforms)
+    if not semi:
+        return TransformSet(out), problem.objective(TransformSet(out))
+    prob = cp.Problem(cp.Minimize(obj + const), cons)
+    prob.solve(solver=solver)
+    if prob.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+        raise SolverInputError(f"cvxpy solver {solver!r} returned status {prob.status!r} on the fraction QP")
+    for s in semi:
+        frac = np.clip(np.asarray(f[s].value, dtype=np.float64), 0.0, None)
+        idx = base[s].index.numpy()
+        frac /= np.bincount(idx, weights=frac, minlength=base[s].shape[1])[idx]  # exact column sums
+        out[s] = GatherElement(base[s].index, base[s].n, torch.from_numpy(frac), base[s].in_scale)
+    return TransformSet(out), float(prob.value)
+
+
+class SemiPermutationQP(Solver):
+    """Solver ``"semi_permutation_qp"``: assignments from the ``semi_permutation`` solver (or
+    ``init``), then all fractions jointly by the convex QP; keeps whichever has the lower ``J``."""
+
+    name = "semi_permutation_qp"
+    description = "semi-permutation assignment, then all split fractions jointly as one convex QP (cvxpy)"
+    classes = None
+
+    def solve(self, problem, *, cvxpy_solver: str = "CLARABEL", **options) -> Solution:
+        if problem.init is not None:
+            start, iterations = problem.init, 0
+        else:
+            first = get("semi_permutation").solve(problem, **options)
+            start, iterations = first.transforms, first.iterations
+        fitted, _ = fit_fractions(problem, start, solver=cvxpy_solver)
+        before, j_start, j_fit = problem.objective(None), problem.objective(start), problem.objective(fitted)
+        best, value = (fitted, j_fit) if j_fit <= j_start else (start, j_start)
+        return Solution(best, objective_before=before, objective_after=value, iterations=iterations,
+                        history=[h for h in (before, j_start, j_fit) if h is not None], solver=self.name,
+                        extra=dict(assignment_objective=j_start, qp_objective=j_fit), graph=problem.graph_b)
+
+
+register("semi_permutation_qp", SemiPermutationQP)
