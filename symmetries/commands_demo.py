@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 from pathlib import Path
 from typing import Optional
@@ -78,6 +79,8 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
 
     torch.set_num_threads(threads)
     console = Console(stderr=as_json)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=as_json, width=130)  # redirected to a file or CI log: do not squeeze to 80
     config = DemoConfig(width=width, depth=depth, epochs=epochs, seed=seed, activation=activation,
                         solvers=tuple(solver) if solver else None, bnn=bnn)
     try:
