@@ -14,7 +14,6 @@ Classes: permutations, orthogonal maps, and head-structured spaces with such an 
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from typing import Callable
@@ -159,7 +158,7 @@ class LearnedMatching(Solver):
         spaces = [s for s, c in problem.classes.items() if not isinstance(c, Trivial)]
         init = problem.init
         if init is None:
-            wm = get("weight_matching").solve(dataclasses.replace(problem, classes=dict(problem.classes)))
+            wm = get("weight_matching").solve(problem)
             init = wm.transforms
         init = TransformSet({s: init[s] for s in spaces if s in init})
         latents = {s: (init[s].as_matrix() if s in init else torch.eye(problem.sizes[s][0], dtype=torch.float64))
