@@ -93,7 +93,14 @@ class SemiPermutationQP(Solver):
 
     name = "semi_permutation_qp"
     description = "semi-permutation assignment, then all split fractions jointly as one convex QP (cvxpy)"
-    classes = None
+
+    @property
+    def classes(self):  # the classes of the solver it takes assignments from
+        return get("semi_permutation").classes
+
+    @classes.setter
+    def classes(self, value):  # the registry may assign; the delegation stays
+        pass
 
     def solve(self, problem, *, cvxpy_solver: str = "CLARABEL", **options) -> Solution:
         if problem.init is not None:
