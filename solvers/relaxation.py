@@ -149,8 +149,8 @@ class RelaxationSolver(Solver):
     Options: ``cvxpy_solver`` (``"CLARABEL"``), ``formulation`` (``"aux"``), ``polish`` (``True``),
     ``polish_options`` (passed to weight matching), ``backend`` (assignment backend),
     ``solver_options`` (passed to cvxpy). ``lower_bound`` bounds ``min_T J(T)`` over the searched
-    classes; ``gap = objective_after − lower_bound``; ``status="optimal"`` when the gap closes to
-    ``1e-9`` relative.
+    classes; ``gap = objective_after − lower_bound``; ``status="optimal"`` (proven global optimum up
+    to ``gap``) when ``gap ≤ tol · max(J(identity), objective_after)``, ``tol = 1e-8``.
     """
 
     name = "relaxation"
@@ -159,7 +159,7 @@ class RelaxationSolver(Solver):
 
     def solve(self, problem, *, cvxpy_solver: str = "CLARABEL", formulation: str = "aux", polish: bool = True,
               polish_options: dict | None = None, backend: str = "auto", solver_options: dict | None = None,
-              tol: float = 1e-9) -> Solution:
+              tol: float = 1e-8) -> Solution:
         start = time.perf_counter()
         misfit = build_misfit(problem)
         opt = relax(misfit, solver=cvxpy_solver, formulation=formulation, **(solver_options or {}))
@@ -178,7 +178,7 @@ class RelaxationSolver(Solver):
                     best, best_obj = sol.transforms, polished_obj
         bound = opt.bound
         gap = best_obj - bound
-        status = "optimal" if gap <= tol * max(1.0, abs(best_obj)) else "converged"
+        status = "optimal" if gap <= tol * max(abs(before), abs(best_obj)) else "converged"
         extra = dict(relaxed=opt.x, relaxed_value=opt.value, certificate=bound, rounded_objective=rounded_obj,
                      cvxpy_status=opt.status, cvxpy_solver=opt.solver, setup_time=opt.setup_time,
                      solve_time=opt.solve_time, variables=opt.variables, constraints=opt.constraints,
