@@ -150,7 +150,7 @@ class RelaxationSolver(Solver):
     ``polish_options`` (passed to weight matching), ``backend`` (assignment backend),
     ``solver_options`` (passed to cvxpy). ``lower_bound`` bounds ``min_T J(T)`` over the searched
     classes; ``gap = objective_after − lower_bound``; ``status="optimal"`` (proven global optimum up
-    to ``gap``) when ``gap ≤ tol · max(J(identity), objective_after)``, ``tol = 1e-8``.
+    to ``gap``) when ``gap ≤ tol · max(J(identity), objective_after)``, ``tol = 1e-6``.
     """
 
     name = "relaxation"
@@ -159,7 +159,7 @@ class RelaxationSolver(Solver):
 
     def solve(self, problem, *, cvxpy_solver: str = "CLARABEL", formulation: str = "aux", polish: bool = True,
               polish_options: dict | None = None, backend: str = "auto", solver_options: dict | None = None,
-              tol: float = 1e-8) -> Solution:
+              tol: float = 1e-6) -> Solution:
         start = time.perf_counter()
         misfit = build_misfit(problem)
         opt = relax(misfit, solver=cvxpy_solver, formulation=formulation, **(solver_options or {}))
