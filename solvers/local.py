@@ -144,13 +144,13 @@ def inner_product(el: Element, score: torch.Tensor, squared: bool = False) -> fl
 def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
     """``symmetries.action``'s per-axis rule, with a fast path for one full-axis index map: a single
     ``index_select`` along the axis (and a broadcast scale), no moved copies."""
-    from symmetries.action import _apply_axis
+    from symmetries import action
 
     if len(edges) == 1 or all(e.span(t.shape[axis]) == edges[0].span(t.shape[axis]) for e in edges):
         e = next((e for e in edges if e.role is Role.OUT), edges[0])
         el = transforms[e.space]
         if isinstance(el, HeadElement):
-            el = el._gather_form() or el
+            el = el.gather_form() or el
         if isinstance(el, GatherElement) and e.span(t.shape[axis]) == (0, t.shape[axis]):
             y = t.index_select(axis, el.index.to(t.device))
             scale = {Role.OUT: el.out_scale, Role.IN: el.in_scale,
@@ -160,4 +160,4 @@ def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
                 shape[axis] = -1
                 y = y * scale.to(device=t.device, dtype=t.dtype).reshape(shape)
             return y
-    return _apply_axis(t, axis, edges, transforms)
+    return action.apply_axis(t, axis, edges, transforms)

@@ -17,7 +17,7 @@ from .errors import ElementShapeError, TieError
 from .roles import Role
 from .transforms import TransformSet
 
-__all__ = ["apply"]
+__all__ = ["apply", "apply_axis"]
 
 
 def apply(graph, params: Mapping, transforms: Mapping[str, Element], *, check: bool = True) -> dict:
@@ -44,12 +44,18 @@ def apply(graph, params: Mapping, transforms: Mapping[str, Element], *, check: b
         for e in edges:
             by_axis[e.axis % t.dim()].append(e)
         for axis, group in by_axis.items():
-            t = _apply_axis(t, axis, group, transforms)
+            t = apply_axis(t, axis, group, transforms)
         out[name] = restore(t, was_numpy)
     return out
 
 
-def _apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
+def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
+    """Transform axis ``axis`` of ``t`` by every edge in ``edges`` (all on that axis).
+
+    Each edge's span is transformed by ``transforms[edge.space]`` in the edge's role; parts
+    of the axis no edge covers are kept. A tied axis (edges ``out`` and ``in`` with one span)
+    is transformed once, in role ``out``. This is the per-axis step of :func:`apply`.
+    """
     size = t.shape[axis]
     spans = {}
     for e in edges:  # a tied axis appears twice with one span: keep one edge, role out

@@ -48,7 +48,9 @@ class HeadElement(Element):
         return self.num_heads * m, self.num_heads * n
 
     # -- vectorised forms ------------------------------------------------------------------
-    def _gather_form(self) -> GatherElement | None:
+    def gather_form(self) -> GatherElement | None:
+        """The whole map as one :class:`GatherElement` when every per-head map is index-form
+        (cached), else ``None``."""
         if self._flat is None and all(isinstance(e, GatherElement) for e in self.inner):
             m, n = self.head_shape
             base = (self.head_perm * n).repeat_interleave(m)
@@ -77,15 +79,15 @@ class HeadElement(Element):
         return y.reshape(-1, x.shape[1])
 
     def _out(self, x):
-        g = self._gather_form()
+        g = self.gather_form()
         return g._out(x) if g is not None else self._blocks(x, self._stacked()[0], False)
 
     def _in(self, x):
-        g = self._gather_form()
+        g = self.gather_form()
         return g._in(x) if g is not None else self._blocks(x, self._stacked()[1], True)
 
     def _var(self, x):
-        g = self._gather_form()
+        g = self.gather_form()
         return g._var(x) if g is not None else super()._var(x)
 
     # -- algebra -------------------------------------------------------------------------------
