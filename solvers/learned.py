@@ -24,20 +24,16 @@ from torch.func import functional_call
 
 from symmetries.action import apply
 from symmetries.assignment import solve_assignment
-from symmetries.classes import HeadStructured, Orthogonal, Permutation, Trivial
+from symmetries.classes import HeadStructured, Orthogonal, Permutation
 from symmetries.elements import DenseElement, Element, HeadElement
 from symmetries.transforms import TransformSet
 
 from .errors import SolverInputError
 from .registry import Solver, get, register
 from .solution import Solution
+from .subproblems import head_blocks
 
 __all__ = ["LearnedMatching", "project_latents", "midpoint_loss"]
-
-
-def _head_blocks(t: torch.Tensor, h: int) -> torch.Tensor:
-    m, n = t.shape
-    return t.reshape(h, m // h, h, n // h).permute(0, 2, 1, 3)  # [row head, col head, dm, dn]
 
 
 def _project_heads(latents: dict, classes: dict, names: list[str], backend: str) -> dict[str, Element]:
@@ -46,7 +42,7 @@ def _project_heads(latents: dict, classes: dict, names: list[str], backend: str)
     h = classes[names[0]].num_heads
     best, value = {}, np.zeros((h, h))
     for s in names:
-        blocks = _head_blocks(latents[s].detach().cpu().to(torch.float64), h)
+        blocks = head_blocks(latents[s].detach().cpu().to(torch.float64), h)
         inner = classes[s].inner
         best[s] = [[inner.project(blocks[i, j], backend=backend) for j in range(h)] for i in range(h)]
         value += np.array([[float((best[s][i][j].as_matrix() * blocks[i, j]).sum()) for j in range(h)]
@@ -155,7 +151,7 @@ class LearnedMatching(Solver):
             raise ValueError(f"alpha must be a range inside [0, 1], got {alpha!r}")
         loss_fn = loss_fn or torch.nn.functional.cross_entropy
         module = problem.models[0]
-        spaces = [s for s, c in problem.classes.items() if not isinstance(c, Trivial)]
+        spaces = problem.spaces
         init = problem.init
         if init is None:
             wm = get("weight_matching").solve(problem)

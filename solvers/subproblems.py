@@ -30,7 +30,8 @@ from symmetries.roles import Role
 from .local import Local, inner_product
 from .scaling import best_scale
 
-__all__ = ["solve_local", "solve_heads", "linear_classes", "gain", "sylvester_psd", "SUPPORTED"]
+__all__ = ["solve_local", "solve_heads", "linear_classes", "gain", "sylvester_psd", "head_blocks",
+           "SUPPORTED"]
 
 OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
 
@@ -166,7 +167,8 @@ def polish_invertible(x0, cout, c, cin, gin, iters: int = 50) -> torch.Tensor:
 
 
 # -- heads ---------------------------------------------------------------------------------
-def _head_blocks(x: torch.Tensor, h: int) -> torch.Tensor:
+def head_blocks(x: torch.Tensor, h: int) -> torch.Tensor:
+    """``x`` (``m × n``, head-major rows and columns) as ``[A head, B head, m/h, n/h]`` blocks."""
     m, n = x.shape
     return x.reshape(h, m // h, h, n // h).permute(0, 2, 1, 3)  # [A head, B head, dm, dn]
 
@@ -182,8 +184,8 @@ def _heads_linear(inner, local: Local, h: int, backend: str):
     m, v = _score(local, inner)
     if v is not None and isinstance(inner, Permutation):
         m, v = m + v, None
-    mb = _head_blocks(m, h)
-    vb = None if v is None else _head_blocks(v, h)
+    mb = head_blocks(m, h)
+    vb = None if v is None else head_blocks(v, h)
     best = [[solve_block(inner, mb[i, j], None if vb is None else vb[i, j], backend) for j in range(h)]
             for i in range(h)]
     loss = torch.tensor([[-2 * (inner_product(best[i][j], mb[i, j])
@@ -206,7 +208,7 @@ def solve_block(inner, m: torch.Tensor, v: torch.Tensor | None, backend: str) ->
 
 def _heads_orthogonal(local: Local, h: int):
     """Pair losses (up to a constant) ``−2 ‖M_ij‖_*`` and the polar factors of every block."""
-    blocks = _head_blocks(local.cross(OUT, IN).double(), h)
+    blocks = head_blocks(local.cross(OUT, IN).double(), h)
     u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
     q = u @ vh
     loss = -2 * s.sum(-1)
@@ -216,8 +218,8 @@ def _heads_orthogonal(local: Local, h: int):
 def _heads_invertible(local: Local, h: int):
     """Per pair the Sylvester (least-squares) map ``X_ij`` and its true loss; returns a ``finish``
     that polishes the chosen pairs by L-BFGS on the true loss."""
-    cout = _head_blocks(local.cross(OUT).double(), h)
-    cin = _head_blocks(local.cross(IN).double(), h)
+    cout = head_blocks(local.cross(OUT).double(), h)
+    cin = head_blocks(local.cross(IN).double(), h)
     d = _diag_blocks(local.gram_a(IN).double().to(cout), h).unsqueeze(1)   # [i, 1, dm, dm]
     c = _diag_blocks(local.gram_b(OUT).double().to(cout), h).unsqueeze(0)  # [1, j, dn, dn]
     gin = _diag_blocks(local.gram_b(IN).double().to(cout), h).unsqueeze(0)
