@@ -5,7 +5,7 @@ definitions (mean of endpoints; linear interpolation of endpoints); BatchNorm re
 REPAIR of interpolated models; MergeMany; L2 distance; linear CKA per space.
 """
 from .activations import channel_stats, producers, space_activations
-from .barrier import Curve, barrier_linear, barrier_mean, interpolation_curve
+from .barrier import Curve, alpha_grid, barrier_linear, barrier_mean, interpolation_curve
 from .batchnorm import batchnorm_adjust, has_batchnorm, reset_batchnorm
 from .cka import cka_per_space, linear_cka
 from .distance import l2_distance
@@ -17,7 +17,7 @@ from .repair import repair, repair_adjust
 
 __all__ = [
     "interpolate", "alphas", "DEFAULT_ALPHAS", "check_compatible", "evaluate", "Evaluation", "batches",
-    "Curve", "interpolation_curve", "barrier_mean", "barrier_linear", "reset_batchnorm", "batchnorm_adjust",
+    "Curve", "interpolation_curve", "alpha_grid", "barrier_mean", "barrier_linear", "reset_batchnorm", "batchnorm_adjust",
     "has_batchnorm", "repair", "repair_adjust", "merge_many", "Merge", "mean_params", "l2_distance",
     "linear_cka", "cka_per_space", "space_activations", "channel_stats", "producers", "plot_curves",
 ]

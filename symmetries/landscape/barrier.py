@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from .evaluation import LossFn, evaluate
 from .interpolation import alphas as even_alphas
 from .interpolation import check_compatible, interpolate
 
-__all__ = ["barrier_mean", "barrier_linear", "Curve", "interpolation_curve"]
+__all__ = ["barrier_mean", "barrier_linear", "Curve", "interpolation_curve", "alpha_grid"]
 
 Adjust = Callable[[dict, float], dict]
 
@@ -31,6 +30,16 @@ def _check(alphas, values) -> tuple[np.ndarray, np.ndarray]:
     if not (a[0] == 0.0 and a[-1] == 1.0 and np.all(np.diff(a) > 0)):
         raise ValueError("alphas must increase from 0 to 1 (both endpoints included)")
     return a, v
+
+
+def alpha_grid(alphas: int | Sequence[float] | None = None) -> np.ndarray:
+    """The α of a path as float64: ``alphas`` evenly spaced values (25 if ``None``) or the given ones,
+    which must increase from 0 to 1 (``ValueError`` otherwise)."""
+    if alphas is None or isinstance(alphas, int):
+        return even_alphas(alphas).numpy()
+    a = np.asarray(alphas, dtype=np.float64)
+    _check(a, a)
+    return a
 
 
 def barrier_mean(alphas: Sequence[float], values: Sequence[float], *, higher_is_better: bool = False) -> float:
@@ -99,16 +108,11 @@ def interpolation_curve(model: nn.Module, params_a: Mapping, params_b: Mapping, 
     """Evaluate ``model`` at ``θ(α) = (1−α)θ_A + αθ_B`` for 25 evenly spaced α (default).
 
     ``adjust(params, α) → params`` corrects each interpolated set before evaluation (e.g.
-    :func:`~symmetries.landscape.reset_batchnorm` or :func:`~symmetries.landscape.repair`
-    wrapped by :func:`~symmetries.landscape.corrections`). ``progress(i, total)`` is called
-    after each point.
+    :func:`~symmetries.landscape.batchnorm_adjust` or :func:`~symmetries.landscape.repair_adjust`).
+    ``progress(i, total)`` is called after each point.
     """
     check_compatible(params_a, params_b)
-    if alphas is None or isinstance(alphas, int):
-        a = even_alphas(alphas).numpy()
-    else:
-        a = torch.as_tensor(alphas, dtype=torch.float64).numpy()
-    _check(a, a)
+    a = alpha_grid(alphas)
     losses, accs = [], []
     for i, alpha in enumerate(a):
         p = interpolate(params_a, params_b, float(alpha))

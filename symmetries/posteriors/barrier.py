@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..landscape.barrier import Curve, _check
+from ..landscape.barrier import Curve, alpha_grid
 from ..landscape.evaluation import LossFn, evaluate
-from ..landscape.interpolation import alphas as even_alphas
 from .gaussian import MeanField, interpolate_posteriors
 
 __all__ = ["expected_loss", "marginalized_curve"]
@@ -40,8 +39,7 @@ def marginalized_curve(model: nn.Module, post_a: MeanField, post_b: MeanField, d
                        loss_fn: LossFn | None = None, batch_size: int = 1024, device=None, label: str = "",
                        progress: Callable[[int, int], None] | None = None) -> Curve:
     """Expected loss and accuracy along ``q_α`` (25 evenly spaced α by default); see the module docstring."""
-    a = even_alphas(alphas).numpy() if alphas is None or isinstance(alphas, int) else np.asarray(alphas, float)
-    _check(a, a)
+    a = alpha_grid(alphas)
     losses, accs = [], []
     for i, alpha in enumerate(a):
         q = interpolate_posteriors(post_a, post_b, float(alpha))
