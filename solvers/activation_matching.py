@@ -31,7 +31,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from symmetries.assignment import solve_assignment
 from symmetries.classes import (Invertible, Orthogonal, Permutation, PermutationScaling, PositiveScaling,
                                 SignedPermutation, SignFlip, Trivial)
 from symmetries.elements import DenseElement, GatherElement
@@ -184,16 +183,8 @@ def _cca(mom: Moments, ridge: float) -> DenseElement:
 def _solve_space(cls, mom: Moments, statistic: str, ridge: float, backend: str, invertible: str = "lstsq"):
     n = mom.ab.shape[1]
     corr = mom.correlation() if statistic == "correlation" else mom.ab
-    if isinstance(cls, Permutation):
+    if isinstance(cls, (Permutation, SignFlip, SignedPermutation)):  # the class oracles: LAP, signs, signed LAP
         return cls.project(corr, backend=backend)
-    if isinstance(cls, SignFlip):
-        return GatherElement.monomial(torch.arange(n), torch.where(torch.diagonal(corr) < 0, -1.0, 1.0))
-    if isinstance(cls, SignedPermutation):
-        rows, cols = solve_assignment(corr.abs(), backend=backend)
-        perm = np.empty(n, dtype=np.int64)
-        perm[rows] = cols
-        vals = corr[torch.arange(n), torch.as_tensor(perm)]
-        return GatherElement.monomial(perm, torch.where(vals < 0, -1.0, 1.0).to(torch.float64))
     if isinstance(cls, (PermutationScaling, PositiveScaling)):
         perm = (Permutation().project(corr, backend=backend).index if isinstance(cls, PermutationScaling)
                 else torch.arange(n))
