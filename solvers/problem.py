@@ -69,13 +69,12 @@ class Problem:
                 return None
             transforms = TransformSet()
         total = 0.0
-        by_param = self.graph_b._index()["by_param"]
         for name, a in self.params_a.items():  # one tensor (or chunk) at a time: no aligned copy of the model
             if not a.is_floating_point():
                 continue
             b = self.params_b[name]
             by_axis: dict[int, list] = {}
-            for e in by_param[name]:
+            for e in self.graph_b.edges_of(name):
                 if e.space in transforms and b.dim():
                     by_axis.setdefault(e.axis % b.dim(), []).append(e)
             touched = set(by_axis)

@@ -39,7 +39,7 @@ class Matcher:
         self.problem = problem
         self.searched = set(problem.spaces)
         ga, gb = problem.graph, problem.graph_b
-        self.by_param_b = gb._index()["by_param"]
+        self.by_param_b = {p.name: gb.edges_of(p.name) for p in gb.parameters()}
         self.edges: dict[str, list] = {}
         self.a_rows: dict[tuple[str, int], torch.Tensor] = {}
         for space in problem.spaces:
