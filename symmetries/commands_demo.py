@@ -85,9 +85,8 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
                         solvers=tuple(solver) if solver else None, bnn=bnn)
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        console.print(f"[red]error:[/red] cannot create output folder {str(out)!r}: {exc}")
-        raise typer.Exit(2)
+    except OSError as exc:  # reported on stderr with exit code 2 by _clean_exit, like every other input error
+        raise OSError(f"cannot create output folder {str(out)!r}: {exc}") from None
     bars = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=False, disable=as_json)
     tasks: dict[str, int] = {}

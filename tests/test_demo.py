@@ -64,6 +64,14 @@ def test_demo_unknown_solver_is_a_clean_error(tmp_path):
     assert r.exit_code == 2 and "no_such_solver" in r.output and "Traceback" not in r.output
 
 
+def test_demo_output_folder_error_goes_to_stderr(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = runner.invoke(app, ["demo", "--out", str(blocker / "sub")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "cannot create output folder" in r.stderr and "error" not in r.stdout
+
+
 def test_tutorial_runs_as_written(tmp_path):
     """docs/tutorial.md's Python blocks, in order, in a fresh interpreter (writes its plot to tmp)."""
     import re
