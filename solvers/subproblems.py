@@ -46,7 +46,7 @@ def linear_classes(cls: SymmetryClass) -> bool:
     return isinstance(c, (Trivial, Permutation, SignFlip, SignedPermutation, Orthogonal))
 
 
-def _score(local: Local, cls) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _score(local: Local) -> tuple[torch.Tensor, torch.Tensor | None]:
     m = local.cross(OUT, IN)
     v = local.cross(VAR) if local.has(VAR) else None
     return m, v
@@ -55,7 +55,7 @@ def _score(local: Local, cls) -> tuple[torch.Tensor, torch.Tensor | None]:
 def gain(cls, local: Local, old: Element, new: Element) -> float:
     """``L(old) − L(new)``: by ``2(⟨new − old, M⟩ + ⟨new∘new − old∘old, V⟩)`` for norm-keeping classes."""
     if linear_classes(cls) and tuple(old.shape) == tuple(new.shape):
-        m, v = _score(local, cls)
+        m, v = _score(local)
         g = 2 * (inner_product(new, m) - inner_product(old, m))
         if v is not None:
             g += 2 * (inner_product(new, v, squared=True) - inner_product(old, v, squared=True))
@@ -73,15 +73,14 @@ def solve_local(cls: SymmetryClass, local: Local, *, backend: str = "auto", curr
         from .semi_permutation import split_update
         return split_update(local, backend=backend)
     if isinstance(cls, (Permutation, SignFlip, Orthogonal, SignedPermutation)):
-        m, v = _score(local, cls)
+        m, v = _score(local)
         if v is not None and isinstance(cls, Permutation):
             m, v = m + v, None
         return solve_block(cls, m, v, backend)
     if isinstance(cls, (PositiveScaling, PermutationScaling)):
         return _scaling(cls, local, backend)
     if isinstance(cls, Invertible):
-        x = _invertible(local, current)
-        return DenseElement(x.to(torch.float64 if x.dtype == torch.float64 else x.dtype))
+        return DenseElement(_invertible(local, current))
     raise TypeError(f"weight matching has no subproblem solver for {cls!r}")
 
 
@@ -181,7 +180,7 @@ def _diag_blocks(x: torch.Tensor, h: int) -> torch.Tensor:
 def _heads_linear(inner, local: Local, h: int, backend: str):
     """Norm-keeping inner classes: the inner oracle on every block of ``M = Σ A Bᵀ``; pair loss
     ``−2⟨E_ij, M_ij⟩`` (+ variance edges) up to a constant."""
-    m, v = _score(local, inner)
+    m, v = _score(local)
     if v is not None and isinstance(inner, Permutation):
         m, v = m + v, None
     mb = head_blocks(m, h)
@@ -251,8 +250,7 @@ def _pick(best):
     return lambda perm: [best[i][int(j)] for i, j in enumerate(perm)]
 
 
-def solve_heads(classes: list[HeadStructured], locals_: list[Local], *, backend: str = "auto",
-                current=None) -> list[HeadElement]:
+def solve_heads(classes: list[HeadStructured], locals_: list[Local], *, backend: str = "auto") -> list[HeadElement]:
     """Spaces of one head group solved jointly: one head permutation ``π`` minimising the summed
     pair losses, then each space's best inner map for its pairs ``(i, π(i))``."""
     h = classes[0].num_heads

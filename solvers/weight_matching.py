@@ -180,7 +180,7 @@ class WeightMatching(Solver):
                 spaces = units[u]
                 classes = [problem.classes[s] for s in spaces]
                 locals_ = [matcher.local(s, transforms, stream=linear_classes(c)) for s, c in zip(spaces, classes)]
-                new = (solve_heads(classes, locals_, backend=backend, current=[transforms[s] for s in spaces])
+                new = (solve_heads(classes, locals_, backend=backend)
                        if isinstance(classes[0], HeadStructured)
                        else [solve_local(classes[0], locals_[0], backend=backend, current=transforms[spaces[0]])])
                 if rebasin:
