@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .commands_checkpoints import _clean_exit
+from .io import atomic_path
 
 __all__ = ["demo", "render_table"]
 
@@ -106,9 +107,8 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
     png = plot_curves(curves, out / "demo.png", extra=extra,
                       title=f"digits, MLP {result.widths}: linear paths from A to (aligned) B")
     data = result.as_dict() | {"files": {"plot": str(png), "json": str(out / "demo.json")}}
-    tmp = out / ".demo.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(out / "demo.json")
+    with atomic_path(out / "demo.json") as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return

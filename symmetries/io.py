@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 
 from .errors import SymmetryError
 
-__all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "is_safetensors"]
+__all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "is_safetensors", "atomic_path"]
 
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "params")
 
@@ -95,23 +96,32 @@ def save_state_dict(params: Mapping[str, torch.Tensor], path: str | os.PathLike,
         raise CheckpointError(f"cannot write {str(p)!r}: folder {str(p.parent)!r} does not exist", path=p)
     tensors = {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v)).detach().cpu().contiguous()
                for k, v in params.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
+    try:
+        with atomic_path(p) as tmp:
+            if p.suffix in (".pt", ".pth"):
+                torch.save(tensors, tmp)
+            else:
+                from safetensors.torch import save_file
+                meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+                save_file(_unshare(tensors), tmp, metadata=meta or None)
+    except Exception as exc:
+        raise CheckpointError(f"cannot write {str(p)!r}: {_first_line(exc)}", path=p) from exc
+    return p
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[str]:
+    """A fresh temporary file name in ``path``'s folder to write to; renamed onto ``path`` when the
+    block succeeds, removed when it fails (so a failure never leaves a partial output file)."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=str(p.parent))
     os.close(fd)
     try:
-        if p.suffix in (".pt", ".pth"):
-            torch.save(tensors, tmp)
-        else:
-            from safetensors.torch import save_file
-            meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-            save_file(_unshare(tensors), tmp, metadata=meta or None)
+        yield tmp
         os.replace(tmp, p)
-    except BaseException as exc:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, Exception):
-            raise CheckpointError(f"cannot write {str(p)!r}: {_first_line(exc)}", path=p) from exc
-        raise
-    return p
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
