@@ -23,7 +23,6 @@ import torch
 from torch.func import functional_call
 
 from symmetries.action import apply
-from symmetries.assignment import solve_assignment
 from symmetries.classes import HeadStructured, Orthogonal, Permutation
 from symmetries.elements import DenseElement, Element, HeadElement
 from symmetries.transforms import TransformSet
@@ -31,7 +30,7 @@ from symmetries.transforms import TransformSet
 from .errors import SolverInputError
 from .registry import Solver, get, register
 from .solution import Solution
-from .subproblems import head_blocks
+from .subproblems import assignment_permutation, head_blocks
 
 __all__ = ["LearnedMatching", "project_latents", "midpoint_loss"]
 
@@ -47,9 +46,7 @@ def _project_heads(latents: dict, classes: dict, names: list[str], backend: str)
         best[s] = [[inner.project(blocks[i, j], backend=backend) for j in range(h)] for i in range(h)]
         value += np.array([[float((best[s][i][j].as_matrix() * blocks[i, j]).sum()) for j in range(h)]
                            for i in range(h)])
-    rows, cols = solve_assignment(value, backend=backend)
-    perm = np.empty(h, dtype=np.int64)
-    perm[rows] = cols
+    perm = assignment_permutation(value, backend=backend)
     return {s: HeadElement(perm, [best[s][i][int(perm[i])] for i in range(h)]) for s in names}
 
 

@@ -31,13 +31,21 @@ from .local import Local, inner_product
 from .scaling import best_scale
 
 __all__ = ["solve_local", "solve_heads", "linear_classes", "gain", "sylvester_psd", "head_blocks",
-           "SUPPORTED"]
+           "assignment_permutation", "SUPPORTED"]
 
 OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
 
 #: Classes weight matching can search in (``HeadStructured`` over any of the others but SemiPermutation).
 SUPPORTED = (Trivial, Permutation, SignFlip, SignedPermutation, Orthogonal, Invertible, PositiveScaling,
              PermutationScaling, SemiPermutation, HeadStructured)
+
+
+def assignment_permutation(score, *, maximize: bool = True, backend: str = "auto") -> np.ndarray:
+    """The optimal assignment of a square ``score`` as a permutation array: row ``i`` → ``perm[i]``."""
+    rows, cols = solve_assignment(score, maximize=maximize, backend=backend)
+    perm = np.empty(score.shape[0], dtype=np.int64)
+    perm[rows] = cols
+    return perm
 
 
 def linear_classes(cls: SymmetryClass) -> bool:
@@ -104,9 +112,7 @@ def _scaling(cls, local: Local, backend: str) -> GatherElement:
         c, _ = best_scale(**_scale_terms(local, diagonal=True))
         return GatherElement.monomial(np.arange(local.n), c)
     c, f = best_scale(**_scale_terms(local, diagonal=False))
-    rows, cols = solve_assignment(f, maximize=False, backend=backend)
-    perm = np.empty(local.n, dtype=np.int64)
-    perm[rows] = cols
+    perm = assignment_permutation(f, maximize=False, backend=backend)
     return GatherElement.monomial(perm, c[np.arange(local.n), perm])
 
 
@@ -197,9 +203,7 @@ def solve_block(inner, m: torch.Tensor, v: torch.Tensor | None, backend: str) ->
     """The norm-keeping class's best element for the score ``⟨T, M⟩ + ⟨T∘T, V⟩``."""
     if isinstance(inner, SignedPermutation):
         n = m.shape[0]
-        rows, cols = solve_assignment(m.abs() + (v if v is not None else 0), backend=backend)
-        perm = np.empty(n, dtype=np.int64)
-        perm[rows] = cols
+        perm = assignment_permutation(m.abs() + (v if v is not None else 0), backend=backend)
         vals = m[torch.arange(n), torch.as_tensor(perm, device=m.device)]
         return GatherElement.monomial(perm, torch.where(vals < 0, -1.0, 1.0).to(torch.float64).cpu())
     return inner.project(m, backend=backend)
@@ -274,7 +278,5 @@ def solve_heads(classes: list[HeadStructured], locals_: list[Local], *, backend:
     finite = torch.isfinite(total)
     big = float(total[finite].abs().max()) * 4 + 1 if bool(finite.any()) else 1.0
     total = torch.where(finite, total, torch.full_like(total, big))
-    rows, cols = solve_assignment(total, maximize=False, backend=backend)
-    perm = np.empty(h, dtype=np.int64)
-    perm[rows] = cols
+    perm = assignment_permutation(total, maximize=False, backend=backend)
     return [HeadElement(perm, finish(perm)) for finish in finishers]

@@ -22,7 +22,6 @@ import ot
 import torch
 
 from symmetries.action import apply
-from symmetries.assignment import solve_assignment
 from symmetries.classes import Permutation, Trivial
 from symmetries.elements import DenseElement, GatherElement
 from symmetries.roles import Role
@@ -30,6 +29,7 @@ from symmetries.transforms import TransformSet
 
 from .registry import Solver, register
 from .solution import Solution
+from .subproblems import assignment_permutation
 from .weight_matching import Matcher, _units
 
 __all__ = ["OptimalTransport", "fuse"]
@@ -75,10 +75,7 @@ class OptimalTransport(Solver):
                 gamma = ot.sinkhorn(mu, nu, cost / max(cost.max(), 1e-300), reg, numItermax=num_iter)
             t_soft = torch.as_tensor(gamma / mu[:, None], dtype=problem.dtype)
             soft[space] = DenseElement(t_soft, t_soft.T.contiguous())
-            rows, cols = solve_assignment(gamma, backend=backend)
-            perm = np.empty(m, dtype=np.int64)
-            perm[rows] = cols
-            hard[space] = GatherElement(perm, n)
+            hard[space] = GatherElement(assignment_permutation(gamma, backend=backend), n)
             couplings[space] = torch.as_tensor(gamma)
             costs[space] = float((gamma * cost).sum())
         t = TransformSet(hard)
