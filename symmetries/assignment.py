@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["solve_assignment", "backends", "default_backend"]
+__all__ = ["solve_assignment", "assignment_permutation", "backends", "default_backend"]
 
 
 def _scipy(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,3 +69,11 @@ def solve_assignment(score, *, maximize: bool = True, backend: str = "auto") -> 
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     rows, cols = table[name](-m if maximize else m)
     return np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+
+
+def assignment_permutation(score, *, maximize: bool = True, backend: str = "auto") -> np.ndarray:
+    """The optimal assignment of a square ``score`` as a permutation array: row ``i`` → ``perm[i]``."""
+    rows, cols = solve_assignment(score, maximize=maximize, backend=backend)
+    perm = np.empty(score.shape[0], dtype=np.int64)
+    perm[rows] = cols
+    return perm

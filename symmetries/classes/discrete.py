@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .._arrays import rng
-from ..assignment import solve_assignment
+from ..assignment import assignment_permutation
 from ..elements import GatherElement
 from ..errors import ElementShapeError
 from .base import SymmetryClass
@@ -70,10 +70,7 @@ class Permutation(SymmetryClass):
         if t.shape[0] != t.shape[1]:
             raise ElementShapeError(f"{self!r} needs a square score matrix, got {tuple(t.shape)}; "
                                     f"use SemiPermutation to embed a narrow space into a wide one")
-        rows, cols = solve_assignment(t, backend=backend)
-        perm = np.empty(t.shape[0], dtype=np.int64)
-        perm[rows] = cols
-        return GatherElement(perm, t.shape[0])
+        return GatherElement(assignment_permutation(t, backend=backend), t.shape[0])
 
 
 class SignFlip(SymmetryClass):
@@ -126,8 +123,6 @@ class SignedPermutation(SymmetryClass):
         t = self._matrix(score)
         if t.shape[0] != t.shape[1]:
             raise ElementShapeError(f"{self!r} needs a square score matrix, got {tuple(t.shape)}")
-        rows, cols = solve_assignment(t.abs(), backend=backend)
-        perm = np.empty(t.shape[0], dtype=np.int64)
-        perm[rows] = cols
+        perm = assignment_permutation(t.abs(), backend=backend)
         vals = t[torch.arange(t.shape[0]), torch.as_tensor(perm)]
         return GatherElement.monomial(perm, torch.where(vals < 0, -1.0, 1.0).to(torch.float64))

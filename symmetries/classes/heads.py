@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .._arrays import rng
-from ..assignment import solve_assignment
+from ..assignment import assignment_permutation
 from ..elements import HeadElement
 from ..errors import ElementShapeError
 from .base import SymmetryClass
@@ -101,7 +101,5 @@ class HeadStructured(SymmetryClass):
         best = [[self.inner.project(blocks[i, j], backend=backend) for j in range(h)] for i in range(h)]
         value = np.array([[float((best[i][j].as_matrix() * blocks[i, j]).sum()) for j in range(h)]
                           for i in range(h)])
-        rows, cols = solve_assignment(value, backend=backend)
-        perm = np.empty(h, dtype=np.int64)
-        perm[rows] = cols
+        perm = assignment_permutation(value, backend=backend)
         return HeadElement(perm, [best[i][int(perm[i])] for i in range(h)])
