@@ -50,14 +50,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.scs else ""))
     for w in args.widths:
         arch, pa, pb = trained_pair(w)
-        t = time.perf_counter()
         wm = solvers.solve("weight_matching", arch, pa, pb, classes=Permutation())
         sol = solvers.solve("relaxation", arch, pa, pb, classes=Permutation())
         total = sol.wall_time
         relax_time = sol.extra["setup_time"] + sol.extra["solve_time"]
         direct = "—"
-        misfit = build_misfit(make_problem(arch.graph, pa, pb, classes=Permutation()))
         if w <= args.direct_up_to:
+            misfit = build_misfit(make_problem(arch.graph, pa, pb, classes=Permutation()))
             t = time.perf_counter()
             relax(misfit, formulation="direct")
             direct = f"{time.perf_counter() - t:.2f}"
