@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .._arrays import Array, like, restore, to_tensor
+from .._arrays import Array, restore, to_tensor
 from ..errors import ElementShapeError
 from ..roles import Role
 
@@ -119,7 +119,3 @@ class Element(abc.ABC):
     def __repr__(self) -> str:
         m, n = self.shape
         return f"{type(self).__name__}({m}×{n})"
-
-
-def cast(t: torch.Tensor | None, ref: torch.Tensor) -> torch.Tensor | None:
-    return like(t, ref)

@@ -5,8 +5,9 @@ from typing import Any
 
 import torch
 
+from .._arrays import like
 from ..errors import ElementShapeError
-from .base import Element, cast
+from .base import Element
 
 __all__ = ["DenseElement"]
 
@@ -38,10 +39,10 @@ class DenseElement(Element):
         return tuple(self.matrix.shape)  # type: ignore[return-value]
 
     def _out(self, x):
-        return cast(self.matrix, x) @ x
+        return like(self.matrix, x) @ x
 
     def _in(self, x):
-        return cast(self.left_inverse, x).T @ x
+        return like(self.left_inverse, x).T @ x
 
     def as_matrix(self) -> torch.Tensor:
         return self.matrix.detach().cpu().to(torch.float64)

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from .._arrays import like
 from ..errors import ElementShapeError
-from .base import Element, cast
+from .base import Element
 
 __all__ = ["GatherElement", "ScatterElement"]
 
@@ -91,7 +92,7 @@ class GatherElement(Element):
     def _gather(x: torch.Tensor, index: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         y = x.index_select(0, index.to(x.device))
         if scale is not None:
-            y = y * cast(scale, y).unsqueeze(1)
+            y = y * like(scale, y).unsqueeze(1)
         return y
 
     def _out(self, x):
@@ -124,9 +125,8 @@ class GatherElement(Element):
             a = None if self.out_scale is None else self.out_scale[inv]
             b = None if self.in_scale is None else self.in_scale[inv]
             # T⁻¹[i, j] = 1/a[j] at i = index[j]; its left inverse is T itself.
-            return GatherElement(inv, self.n, None if b is None else b, a)
-        m, n = self.shape
-        return ScatterElement(self.index, n, out_weight=self.in_scale, in_weight=self.out_scale)
+            return GatherElement(inv, self.n, b, a)
+        return ScatterElement(self.index, self.n, out_weight=self.in_scale, in_weight=self.out_scale)
 
     def _compose(self, other: Element) -> Element:
         if isinstance(other, GatherElement):
@@ -172,7 +172,7 @@ class ScatterElement(Element):
 
     def _scatter(self, x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         if w is not None:
-            x = x * cast(w, x).unsqueeze(1)
+            x = x * like(w, x).unsqueeze(1)
         out = torch.zeros((self.m, x.shape[1]), dtype=x.dtype, device=x.device)
         return out.index_add_(0, self.index.to(x.device), x)
 

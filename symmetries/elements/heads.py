@@ -10,8 +10,9 @@ from typing import Any, Sequence
 
 import torch
 
+from .._arrays import like
 from ..errors import ElementShapeError
-from .base import Element, cast
+from .base import Element
 from .gather import GatherElement
 
 __all__ = ["HeadElement"]
@@ -74,7 +75,7 @@ class HeadElement(Element):
     def _blocks(self, x: torch.Tensor, mats: torch.Tensor, transpose: bool) -> torch.Tensor:
         h = self.num_heads
         xb = x.reshape(h, -1, x.shape[1]).index_select(0, self.head_perm.to(x.device))
-        mats = cast(mats, x)
+        mats = like(mats, x)
         y = torch.einsum("hji,hjk->hik" if transpose else "hij,hjk->hik", mats, xb)
         return y.reshape(-1, x.shape[1])
 
