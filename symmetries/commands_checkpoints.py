@@ -85,6 +85,12 @@ def load_data(spec: str, *, x_key: str = "x", y_key: str = "y"):
     return x, y
 
 
+def _load_data_as(spec: str, dtype: torch.dtype):
+    """:func:`load_data` with floating inputs cast to the checkpoints' dtype (the module's)."""
+    x, y = load_data(spec)
+    return (x.to(dtype) if x.is_floating_point() else x), y
+
+
 @_clean_exit
 def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch state dict): the reference."),
           b: Path = typer.Argument(..., help="Model B: the one to transform."),
@@ -101,8 +107,8 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
     from .landscape import l2_distance
     from .solving import align as run
 
-    architecture, pa, pb, _ = _load_pair(a, b, arch)
-    options = {"data": load_data(data)} if data else {}
+    architecture, pa, pb, dtype = _load_pair(a, b, arch)
+    options = {"data": _load_data_as(data, dtype)} if data else {}
     t0 = time.perf_counter()
     sol = run(solver, architecture, pa, pb, seed=seed, **options)
     aligned = apply(architecture.graph, pb, sol.transforms)
@@ -143,8 +149,7 @@ def barrier(a: Path = typer.Argument(..., help="Model A (safetensors or torch st
     if repair and reset_bn:
         raise ValueError("choose one of --repair and --reset-bn")
     architecture, pa, pb, dtype = _load_pair(a, b, arch)
-    x, y = load_data(data)
-    x = x.to(dtype) if x.is_floating_point() else x
+    x, y = _load_data_as(data, dtype)
     if solver:
         from .solving import align as run
         pb = apply(architecture.graph, pb, run(solver, architecture, pa, pb, data=(x, y)).transforms)

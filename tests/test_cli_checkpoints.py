@@ -219,6 +219,20 @@ def test_align_writes_a_function_preserving_aligned_model(files):
     torch.testing.assert_close(m(x), m2(x), rtol=2e-5, atol=1e-6)
 
 
+def test_align_with_data_on_float64_checkpoints(files):
+    """The data is cast to the checkpoints' dtype for data-driven solvers, as barrier does."""
+    import solvers
+    if "learned_matching" not in [i.name for i in solvers.available()]:
+        pytest.skip("needs the solvers package's learned_matching")
+    for seed, name in enumerate(("a", "b")):
+        io.save_state_dict({k: v.double() for k, v in _params(seed=seed).items()}, files / f"{name}64.pt")
+    out = files / "aligned64.pt"
+    r = _run("align", files / "a64.pt", files / "b64.pt", "--arch", ARCH, "--solver", "learned_matching",
+             "--data", files / "data.safetensors", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert all(v.dtype == torch.float64 for v in io.load_state_dict(out).values())
+
+
 def test_barrier_with_batchnorm_reset_on_a_vgg_spec(tmp_path):
     spec = "vgg:4,M,6:in_channels=1:num_classes=3:batchnorm=true"
     arch = parse_arch(spec)
