@@ -160,6 +160,11 @@ class WeightMatching(Solver):
             raise ValueError(f"start must be 'identity' or 'forward', got {start!r}")
         if rebasin and start != "identity":
             raise SolverInputError("mode='rebasin' starts from the identity (Git Re-Basin); drop start=")
+        missing = [s for s in problem.spaces if s not in transforms]
+        if start == "identity" and missing:
+            m, n = problem.sizes[missing[0]]
+            raise SolverInputError(f"space {missing[0]!r} changes width ({n} → {m}) and has no identity map: "
+                                   f"start='identity' needs init= there (or use start='forward')", space=missing[0])
         objective_before = problem.objective(TransformSet(transforms)) \
             if len(transforms) == len(problem.spaces) else None
         if tol is None:

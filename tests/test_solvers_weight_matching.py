@@ -246,6 +246,13 @@ def test_semi_permutation_aligns_a_narrow_model_into_a_wide_one(seed):
     assert torch.allclose(net_w(x), net_b(x), rtol=1e-10, atol=1e-12)
 
 
+def test_identity_start_of_a_width_changing_space_without_init_is_a_typed_error():
+    wide, narrow = architectures.mlp([4, 8, 3]), architectures.mlp([4, 6, 3])
+    a, b = wide.module(seed=0).state_dict(), narrow.module(seed=1).state_dict()
+    with pytest.raises(solvers.SolverInputError, match="'hidden.0' changes width"):
+        solvers.solve("semi_permutation", wide.graph, a, b, graph_b=narrow.graph, start="identity")
+
+
 def test_input_errors_are_typed():
     arch = architectures.mlp([6, 5, 3])
     a, b = (_double(arch.module(seed=s).state_dict()) for s in (0, 1))
