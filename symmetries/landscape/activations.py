@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import GraphError
-from .evaluation import _param_device, batches, float_dtype
+from .evaluation import _input_batches, _param_device, float_dtype
 
 __all__ = ["Producer", "producers", "space_activations", "channel_stats"]
 
@@ -72,7 +72,7 @@ def _rows(y: torch.Tensor, axis: int) -> torch.Tensor:
 def _run(model, graph, params, data, spaces, consume: Callable[[str, torch.Tensor], None], *,
          batch_size: int = 1024, device=None) -> None:
     prods = producers(model, graph, spaces)
-    device = torch.device(device) if device is not None else _param_device(model, params)
+    device = _param_device(model, params, device)
     params = None if params is None else {k: torch.as_tensor(v).to(device) for k, v in params.items()}
     hooks = []
     for space, p in prods.items():
@@ -82,10 +82,7 @@ def _run(model, graph, params, data, spaces, consume: Callable[[str, torch.Tenso
     was_training = model.training
     model.eval()
     try:
-        for x, _ in batches(data, batch_size):
-            x = x.to(device)
-            if dtype is not None and x.is_floating_point():
-                x = x.to(dtype)
+        for x, _ in _input_batches(data, batch_size, device, dtype):
             functional_call(model, params, (x,)) if params is not None else model(x)
     finally:
         for h in hooks:

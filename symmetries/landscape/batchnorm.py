@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UnknownParameterError
-from .evaluation import _param_device, batches, float_dtype
+from .evaluation import _input_batches, _param_device, float_dtype
 
 __all__ = ["reset_batchnorm", "batchnorm_adjust", "has_batchnorm"]
 
@@ -35,7 +35,7 @@ def reset_batchnorm(model: nn.Module, params: Mapping[str, torch.Tensor], data, 
     if unknown:
         raise UnknownParameterError(f"parameter {unknown[0]!r} is not in the model's state dict",
                                     parameter=unknown[0])
-    device = torch.device(device) if device is not None else _param_device(model, params)
+    device = _param_device(model, params, device)
     dtype = float_dtype(model, params)
     m.to(device=device, dtype=dtype)   # the module takes the parameters' dtype, not the reverse
     m.load_state_dict({k: torch.as_tensor(v) for k, v in params.items()}, strict=False)
@@ -47,9 +47,8 @@ def reset_batchnorm(model: nn.Module, params: Mapping[str, torch.Tensor], data, 
         b.reset_running_stats()
         b.momentum = None  # cumulative moving average: exact mean over all batches
         b.train()
-    for x, _ in batches(data, batch_size):
-        x = x.to(device)
-        m(x.to(dtype) if x.is_floating_point() and dtype is not None else x)
+    for x, _ in _input_batches(data, batch_size, device, dtype):
+        m(x)
     state = m.state_dict()
     return {k: state[k].detach().clone() for k in params} | {k: state[k].detach().clone() for k in state
                                                                 if k not in params and "running" in k}

@@ -63,13 +63,23 @@ def float_dtype(model: nn.Module, params: Mapping | None) -> torch.dtype | None:
     return None
 
 
-def _param_device(model: nn.Module, params: Mapping | None) -> torch.device:
+def _param_device(model: nn.Module, params: Mapping | None, device=None) -> torch.device:
+    """``device`` if given, else that of the first tensor of ``params``, else the model's (else CPU)."""
+    if device is not None:
+        return torch.device(device)
     for t in (params or {}).values():
         if isinstance(t, torch.Tensor):
             return t.device
     for t in model.parameters():
         return t.device
     return torch.device("cpu")
+
+
+def _input_batches(data, batch_size: int, device: torch.device, dtype: torch.dtype | None):
+    """:func:`batches` with the inputs moved to ``device`` and, when floating, cast to ``dtype``."""
+    for x, y in batches(data, batch_size):
+        x = x.to(device)
+        yield (x.to(dtype) if dtype is not None and x.is_floating_point() else x), y
 
 
 @torch.no_grad()
@@ -79,7 +89,7 @@ def evaluate(model: nn.Module, data, params: Mapping[str, torch.Tensor] | None =
 
     ``params`` (a state dict, possibly partial) replaces the model's own tensors for the call.
     """
-    device = torch.device(device) if device is not None else _param_device(model, params)
+    device = _param_device(model, params, device)
     if params is not None:
         params = {k: torch.as_tensor(v).to(device) for k, v in params.items()}
     dtype = float_dtype(model, params)
@@ -88,10 +98,8 @@ def evaluate(model: nn.Module, data, params: Mapping[str, torch.Tensor] | None =
     total, correct, n = 0.0, 0, 0
     classify = True
     try:
-        for x, y in batches(data, batch_size):
-            x, y = x.to(device), y.to(device)
-            if dtype is not None and x.is_floating_point():
-                x = x.to(dtype)
+        for x, y in _input_batches(data, batch_size, device, dtype):
+            y = y.to(device)
             out = functional_call(model, params, (x,)) if params is not None else model(x)
             fn = loss_fn or default_loss(y)
             total += float(fn(out, y))
