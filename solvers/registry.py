@@ -110,7 +110,6 @@ def as_solver(obj, name: str | None = None, classes=None, description: str | Non
 
 
 _REGISTRY: dict[str, Solver] = {}
-_ENTRY_POINTS_LOADED: set[str] = set()
 
 
 def register(name: str, solver=None, *, classes: Iterable | None = None, description: str | None = None,
@@ -135,7 +134,6 @@ def register(name: str, solver=None, *, classes: Iterable | None = None, descrip
 
 def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
-    _ENTRY_POINTS_LOADED.discard(name)
 
 
 def _entry_points():
@@ -150,7 +148,6 @@ def _load_entry_point(ep) -> None:
         return
     obj = ep.load()
     register(ep.name, obj)
-    _ENTRY_POINTS_LOADED.add(ep.name)
 
 
 def get(name: str) -> Solver:
