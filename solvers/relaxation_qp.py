@@ -36,6 +36,8 @@ def fit_fractions(problem, transforms, *, solver: str = "CLARABEL") -> tuple[Tra
     ``transforms`` (split elements, whose support is kept). Returns the new transform set and the
     QP's optimal value of ``J`` (≤ ``J(transforms)``: their fractions are feasible)."""
     semi = [s for s, c in problem.classes.items() if isinstance(c, SemiPermutation)]
+    if not semi:
+        return TransformSet(dict(transforms)), problem.objective(TransformSet(dict(transforms)))
     base = dict(transforms)
     for s in semi:
         el = transforms.get(s)
@@ -73,8 +75,6 @@ def fit_fractions(problem, transforms, *, solver: str = "CLARABEL") -> tuple[Tra
         obj += cp.sum(cp.multiply(np.sum(cm ** 2, 1), cp.square(f[edges[0].space]))) \
             - 2 * np.sum(am * cm, 1) @ f[edges[0].space]
     out = dict(transforms)
-    if not semi:
-        return TransformSet(out), problem.objective(TransformSet(out))
     prob = cp.Problem(cp.Minimize(obj + const), cons)
     prob.solve(solver=solver)
     if prob.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
