@@ -45,7 +45,7 @@ def check_structure(graph) -> None:
         for e in edges:
             if p.shape is not None:
                 _check_axis(e, p.shape, graph.space(e.space).size)
-        _check_claims(graph, edges)
+        _check_claims(graph, edges, p.shape)
 
     for s in graph.spaces():
         for c in s.classes:
@@ -87,13 +87,13 @@ def _check_axis(e, shape, size: int) -> None:
                                  parameter=e.parameter, axis=e.axis, space=e.space)
 
 
-def _check_claims(graph, edges) -> None:
-    """No index of an axis is claimed twice, except a tied axis (``out`` and ``in`` of one space)."""
+def _check_claims(graph, edges, shape) -> None:
+    """No index of an axis is claimed twice, except a tied axis (``out`` and ``in`` of one space).
+    With the tensor's ``shape`` known, negative axes are read as the axes they name."""
     by_axis = defaultdict(list)
     for e in edges:
-        by_axis[e.axis].append(e)
+        by_axis[e.axis % len(shape) if shape is not None else e.axis].append(e)
     for axis, group in by_axis.items():
-        shape = graph.parameter(group[0].parameter).shape
         size = shape[axis] if shape is not None else None
         for i, a in enumerate(group):
             for b in group[i + 1:]:
@@ -132,6 +132,9 @@ def check_params(graph, params: Mapping) -> None:
         if p.shape is not None and shape != p.shape:
             raise ShapeMismatchError(f"parameter {p.name!r} has shape {shape}, the graph declares {p.shape}",
                                      parameter=p.name)
-        for e in graph.edges_of(p.name):
+        edges = graph.edges_of(p.name)
+        for e in edges:
             _check_axis(e, shape, graph.space(e.space).size)
+        if p.shape is None:  # claims were checked on the declared axes only; now the shape is known
+            _check_claims(graph, edges, shape)
 

@@ -86,6 +86,19 @@ def test_index_claimed_twice_is_an_error():
     assert e.value.parameter == "qkv" and e.value.axis == 0
 
 
+
+def test_negative_axis_claims_the_same_axis():
+    """``axis=-1`` and ``axis=1`` of a matrix are one axis: two spaces on it overlap (with a declared
+    shape, and with the shape taken from the tensor)."""
+    for shape in [(3, 3), None]:
+        g = WeightGraph()
+        g.add_parameter("w", shape)
+        g.add_space("a", 3, sy.Permutation()).add_space("b", 3, sy.Permutation())
+        g.connect("w", "a", axis=1, role="in").connect("w", "b", axis=-1, role="out")
+        with pytest.raises(OverlappingAxisError, match="'w' axis -1 is claimed twice") as e:
+            g.validate({"w": torch.zeros(3, 3)})
+        assert e.value.parameter == "w" and e.value.axis == 1
+
 def test_disjoint_slices_are_fine():
     g = WeightGraph()
     g.add_parameter("qkv", (6, 2))
