@@ -77,9 +77,14 @@ def _mix(params_a: dict, aligned_b: dict, alpha: float) -> dict:
     return {k: (1 - alpha) * a + alpha * aligned_b[k] if a.is_floating_point() else a for k, a in params_a.items()}
 
 
+def _is_pair(data) -> bool:
+    """Whether ``data`` is one pair of tensors ``(x, y)`` (else: an iterable of ``(x, y)`` batches)."""
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+
+
 def _batches(data, batch_size: int, seed: int):
     """Endless minibatches from a pair ``(x, y)`` (shuffled, seeded) or an iterable of batches."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    if _is_pair(data):
         x, y = data
         if len(x) != len(y):
             raise SolverInputError(f"data: {len(x)} inputs but {len(y)} targets")
@@ -95,7 +100,7 @@ def _batches(data, batch_size: int, seed: int):
 
 
 def _eval_batches(data, limit: int):
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    if _is_pair(data):
         return [tuple(data)]
     return [(b[0], b[1]) for b in itertools.islice(iter(data), limit)]
 
