@@ -66,8 +66,8 @@ class Row:
                     accuracy_barrier=c.accuracy_barrier, accuracy_barrier_linear=c.accuracy_barrier_linear,
                     midpoint_loss=c.midpoint[0], midpoint_accuracy=c.midpoint[1], l2=self.l2,
                     objective_before=self.objective_before, objective_after=self.objective_after,
-                    lower_bound=self.lower_bound, seconds=self.seconds, error=self.error, skipped=self.skipped, alphas=c.alphas.tolist(), loss=c.loss.tolist(),
-                    accuracy=c.accuracy.tolist())
+                    lower_bound=self.lower_bound, seconds=self.seconds, error=self.error, skipped=self.skipped,
+                    alphas=c.alphas.tolist(), loss=c.loss.tolist(), accuracy=c.accuracy.tolist())
 
 
 @dataclass

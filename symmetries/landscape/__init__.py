@@ -17,7 +17,7 @@ from .repair import repair, repair_adjust
 
 __all__ = [
     "interpolate", "alphas", "DEFAULT_ALPHAS", "check_compatible", "evaluate", "Evaluation", "batches",
-    "Curve", "interpolation_curve", "alpha_grid", "barrier_mean", "barrier_linear", "reset_batchnorm", "batchnorm_adjust",
-    "has_batchnorm", "repair", "repair_adjust", "merge_many", "Merge", "mean_params", "l2_distance",
+    "Curve", "interpolation_curve", "alpha_grid", "barrier_mean", "barrier_linear", "reset_batchnorm",
+    "batchnorm_adjust", "has_batchnorm", "repair", "repair_adjust", "merge_many", "Merge", "mean_params", "l2_distance",
     "linear_cka", "cka_per_space", "space_activations", "channel_stats", "producers", "plot_curves",
 ]
