@@ -23,6 +23,7 @@ import torch
 from torch.func import functional_call
 
 from symmetries.action import apply
+from symmetries.assignment import assignment_permutation
 from symmetries.classes import HeadStructured, Orthogonal, Permutation
 from symmetries.elements import DenseElement, Element, HeadElement
 from symmetries.transforms import TransformSet
@@ -30,7 +31,7 @@ from symmetries.transforms import TransformSet
 from .errors import SolverInputError
 from .registry import Solver, get, register
 from .solution import Solution
-from .subproblems import assignment_permutation, head_blocks
+from .subproblems import head_blocks
 
 __all__ = ["LearnedMatching", "project_latents", "midpoint_loss"]
 

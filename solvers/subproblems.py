@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from symmetries.assignment import solve_assignment
+from symmetries.assignment import assignment_permutation
 from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
                                 PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass,
                                 Trivial)
@@ -31,21 +31,13 @@ from .local import Local, inner_product
 from .scaling import best_scale
 
 __all__ = ["solve_local", "solve_heads", "linear_classes", "gain", "sylvester_psd", "head_blocks",
-           "assignment_permutation", "SUPPORTED"]
+           "SUPPORTED"]
 
 OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
 
 #: Classes weight matching can search in (``HeadStructured`` over any of the others but SemiPermutation).
 SUPPORTED = (Trivial, Permutation, SignFlip, SignedPermutation, Orthogonal, Invertible, PositiveScaling,
              PermutationScaling, SemiPermutation, HeadStructured)
-
-
-def assignment_permutation(score, *, maximize: bool = True, backend: str = "auto") -> np.ndarray:
-    """The optimal assignment of a square ``score`` as a permutation array: row ``i`` → ``perm[i]``."""
-    rows, cols = solve_assignment(score, maximize=maximize, backend=backend)
-    perm = np.empty(score.shape[0], dtype=np.int64)
-    perm[rows] = cols
-    return perm
 
 
 def linear_classes(cls: SymmetryClass) -> bool:

@@ -22,6 +22,7 @@ import ot
 import torch
 
 from symmetries.action import apply
+from symmetries.assignment import assignment_permutation
 from symmetries.classes import Permutation, Trivial
 from symmetries.elements import DenseElement, GatherElement
 from symmetries.roles import Role
@@ -29,7 +30,6 @@ from symmetries.transforms import TransformSet
 
 from .registry import Solver, register
 from .solution import Solution
-from .subproblems import assignment_permutation
 from .weight_matching import Matcher, _units
 
 __all__ = ["OptimalTransport", "fuse"]
