@@ -20,8 +20,8 @@ from symmetries.classes import Orthogonal, SemiPermutation, SignedPermutation
 from .activations import ACTIVATIONS
 from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
 from .extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
-from .extract_ops import (PERM, RELU_LIKE, _consume, _linear, _normalise, _passthrough, _pool, _produce, _softmax,
-                          elementwise)
+from .extract_ops import (PERM, RELU_LIKE, _channel_map, _embedding, _linear, _normalise, _passthrough, _pool,
+                          _softmax, elementwise)
 from .extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem
 from .extract_state import Feat, ParamRef, hint_of
 
@@ -65,11 +65,7 @@ def _f_layer_norm(ctx, node, x, shape, weight=None, bias=None, eps=1e-5):
 def _f_embedding(ctx, node, idx, weight, *args, **kwargs):
     if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or kwargs.get("max_norm") is not None:
         return ctx.opaque(node, "F.embedding with a table that is not a parameter of the module")
-    if isinstance(idx, Feat) and idx.spaced():
-        return ctx.opaque(node, "an embedding looked up by transformed values")
-    out = ctx.shape(node)
-    v = _produce(ctx, node, out[-1], hint_of(weight.name), [(weight.name, 1)])
-    return Feat(out, len(out) - 1, ((v, out[-1]),))
+    return _embedding(ctx, node, idx, weight.name, hint_of(weight.name))
 
 
 def _f_conv(ctx, node, x, weight, bias=None, *args, **kwargs):
@@ -79,10 +75,8 @@ def _f_conv(ctx, node, x, weight, bias=None, *args, **kwargs):
         return ctx.opaque(node, "a functional convolution with weights that are not parameters, or groups")
     if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
         return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")
-    _consume(ctx, x, weight.name, 1)
-    out = ctx.shape(node)
-    v = _produce(ctx, node, out[1], hint_of(weight.name), [(weight.name, 0), (None if bias is None else bias.name, 0)])
-    return Feat(out, 1, ((v, out[1]),))
+    return _channel_map(ctx, node, x, weight.name, None if bias is None else bias.name, hint_of(weight.name),
+                        consumed=1, produced=0)
 
 
 def _norm2(ctx, node, x, *args, **kwargs):

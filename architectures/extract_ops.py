@@ -29,11 +29,7 @@ RELU_LIKE = (PermutationScaling(), SemiPermutation())
 # -- parameterised ops -----------------------------------------------------------------------------
 def _consume(ctx, x: Feat, param: str, axis: int) -> None:
     """``param``'s ``axis`` reads the features of ``x``: role ``in`` on each segment."""
-    pos = 0
-    for var, n in x.segs:
-        span = None if len(x.segs) == 1 else (pos, pos + n)
-        ctx.state.connect(var, param, axis, "in", span)
-        pos += n
+    _per_segment(ctx, x, [(param, "in")], axis)
 
 
 def _produce(ctx, node, size: int, hint: str, tensors) -> int:
@@ -74,11 +70,8 @@ def _module_conv(ctx, node, mod, x):
                            (ctx.pname(node.target, "bias", mod.bias), "out")], PERM)
     if mod.groups != 1:
         return ctx.opaque(node, f"a grouped convolution (groups={mod.groups})")
-    w = ctx.pname(node.target, "weight")
-    _consume(ctx, x, w, 1)
-    out = ctx.shape(node)
-    v = _produce(ctx, node, out[1], node.target, [(w, 0), (ctx.pname(node.target, "bias", mod.bias), 0)])
-    return Feat(out, 1, ((v, out[1]),))
+    return _channel_map(ctx, node, x, ctx.pname(node.target, "weight"), ctx.pname(node.target, "bias", mod.bias),
+                        node.target, consumed=1, produced=0)
 
 
 def _module_conv_transpose(ctx, node, mod, x):
@@ -87,10 +80,16 @@ def _module_conv_transpose(ctx, node, mod, x):
         return ctx.opaque(node, f"a grouped transposed convolution (groups={mod.groups})")
     if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
         return ctx.opaque(node, "a transposed convolution whose input channels are not on dimension 1")
-    w = ctx.pname(node.target, "weight")
-    _consume(ctx, x, w, 0)
+    return _channel_map(ctx, node, x, ctx.pname(node.target, "weight"), ctx.pname(node.target, "bias", mod.bias),
+                        node.target, consumed=0, produced=1)
+
+
+def _channel_map(ctx, node, x, weight: str, bias: str | None, hint: str, consumed: int, produced: int):
+    """A (transposed) convolution with input channels on dimension 1: the weight's axis ``consumed``
+    reads them; its axis ``produced`` and the bias produce a new channel space on dimension 1."""
+    _consume(ctx, x, weight, consumed)
     out = ctx.shape(node)
-    v = _produce(ctx, node, out[1], node.target, [(w, 1), (ctx.pname(node.target, "bias", mod.bias), 0)])
+    v = _produce(ctx, node, out[1], hint, [(weight, produced), (bias, 0)])
     return Feat(out, 1, ((v, out[1]),))
 
 
@@ -98,21 +97,27 @@ def _module_embedding(ctx, node, mod, idx):
     """Embedding weight (num, dim): axis 1 produces the embedding space."""
     if mod.max_norm is not None:
         return ctx.opaque(node, "an embedding with max_norm (renormalises rows)")
+    return _embedding(ctx, node, idx, ctx.pname(node.target, "weight"), node.target)
+
+
+def _embedding(ctx, node, idx, weight: str, hint: str):
+    """A table looked up by ``idx``: the table's axis 1 produces the embedding space."""
     if isinstance(idx, Feat) and idx.spaced():
         return ctx.opaque(node, "an embedding looked up by transformed values")
     out = ctx.shape(node)
-    v = _produce(ctx, node, out[-1], node.target, [(ctx.pname(node.target, "weight"), 1)])
+    v = _produce(ctx, node, out[-1], hint, [(weight, 1)])
     return Feat(out, len(out) - 1, ((v, out[-1]),))
 
 
-def _per_segment(ctx, x: Feat, tensors) -> None:
-    """Per-channel tensors ``[(name, role)]`` follow the channel on axis 0 of each segment."""
+def _per_segment(ctx, x: Feat, tensors, axis: int = 0) -> None:
+    """Tensors ``[(name, role)]`` follow ``x``'s features on ``axis``, segment by segment (per-channel
+    tensors on axis 0 by default)."""
     pos = 0
     for var, n in x.segs:
         span = None if len(x.segs) == 1 else (pos, pos + n)
         for name, role in tensors:
             if name is not None:
-                ctx.state.connect(var, name, 0, role, span)
+                ctx.state.connect(var, name, axis, role, span)
         pos += n
 
 
