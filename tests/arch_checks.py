@@ -1,12 +1,15 @@
-"""Helpers for the builder tests (CNN/VGG, ResNet, GCN): random parameters with non-trivial
-BatchNorm statistics, outputs in eval mode, a dtype- and conditioning-scaled comparison, and a
-graph surgery that splits one space in two (to show that an untied space breaks a model)."""
+"""Helpers for the builder tests (MLP, CNN/VGG, ResNet, GCN; extraction): admitted classes drawn
+per space, random parameters with non-trivial BatchNorm statistics, outputs in eval mode, a dtype-
+and conditioning-scaled comparison, and a graph surgery that splits one space in two (to show
+that an untied space breaks a model)."""
 from __future__ import annotations
 
 import torch
+from hypothesis import strategies as st
 
 from architectures import WeightGraph
 from conftest import RTOL
+from symmetries.strategies import GROUPS
 
 
 def randomize(arch, seed: int, dtype=torch.float64, var_range=(1e-3, 1e-1)) -> dict:
@@ -42,6 +45,12 @@ def outputs(arch, params, *inputs, dtype=torch.float64, bn_eps: float | None = N
     m.train(train)
     with torch.no_grad():
         return m(*[x.to(dtype) if x.is_floating_point() else x for x in inputs])
+
+
+def admitted_classes(data, graph) -> dict:
+    """Draw, per space of ``graph``, one of the concrete groups it admits (``data`` is ``st.data()``)."""
+    return {s.name: data.draw(st.sampled_from([c for c in GROUPS if graph.admits(s.name, c)]), label=s.name)
+            for s in graph.spaces()}
 
 
 def max_cond(transforms) -> float:

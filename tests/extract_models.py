@@ -283,12 +283,4 @@ def run_model(model, params, inputs):
         return m(*inputs)
 
 
-def cond(transforms) -> float:
-    worst = 1.0
-    for el in transforms.values():
-        s = torch.linalg.svdvals(el.as_matrix())
-        worst *= float(s[0] / s[-1])
-    return worst
-
-
 GRAPHS = {name: from_module(build_model(name), model_inputs(name)) for name in MODELS}

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 import architectures
 import symmetries as sy
-from arch_checks import assert_params_close, assert_same, max_cond, outputs, randomize, relative_change
+from arch_checks import (admitted_classes, assert_params_close, assert_same, max_cond, outputs, randomize,
+                         relative_change)
 from architectures import normalized_adjacency
-from symmetries.strategies import GROUPS, seeds
+from symmetries.strategies import seeds
 
 
 @st.composite
@@ -54,8 +55,7 @@ def _features(n, f, seed):
 @given(gcns(), graphs(), st.data(), st.sampled_from([torch.float64, torch.float32]), seeds)
 def test_admitted_classes_leave_the_function_unchanged(arch, graph, data, dtype, seed):
     g = arch.graph
-    classes = {s.name: data.draw(st.sampled_from([c for c in GROUPS if g.admits(s.name, c)]), label=s.name)
-               for s in g.spaces()}
+    classes = admitted_classes(data, g)
     T = sy.random_transforms(g, seed, classes=classes)
     params = randomize(arch, seed, dtype)
     new = sy.apply(g, params, T)

@@ -9,16 +9,9 @@ from hypothesis import strategies as st
 
 import architectures
 import symmetries as sy
+from arch_checks import admitted_classes, max_cond
 from conftest import RTOL
-from symmetries.strategies import GROUPS, mlp_architectures, seeds
-
-
-def _max_cond(transforms) -> float:
-    worst = 1.0
-    for el in transforms.values():
-        s = torch.linalg.svdvals(el.as_matrix())
-        worst *= float(s[0] / s[-1])
-    return worst
+from symmetries.strategies import mlp_architectures, seeds
 
 
 def _outputs(arch, params, x, dtype):
@@ -40,17 +33,16 @@ def _assert_same_function(arch, params, new_arch, new_params, dtype, cond=1.0, s
 @given(mlp_architectures(), st.data(), st.sampled_from([torch.float64, torch.float32]), seeds)
 def test_admitted_classes_leave_the_function_unchanged(arch, data, dtype, seed):
     g = arch.graph
-    classes = {s.name: data.draw(st.sampled_from([c for c in GROUPS if g.admits(s.name, c)]), label=s.name)
-               for s in g.spaces()}
+    classes = admitted_classes(data, g)
     T = sy.random_transforms(g, seed, classes=classes)
     params = arch.module(seed=seed, dtype=dtype).state_dict()
     new = sy.apply(g, params, T)
-    _assert_same_function(arch, params, arch, new, dtype, _max_cond(T), seed)
+    _assert_same_function(arch, params, arch, new, dtype, max_cond(T), seed)
     # the inverse brings the parameters back
     back = sy.apply(g, new, T.inverse())
     for k in params:
-        torch.testing.assert_close(back[k], params[k], rtol=RTOL[dtype] * _max_cond(T) * 100,
-                                   atol=RTOL[dtype] * _max_cond(T) * 100)
+        torch.testing.assert_close(back[k], params[k], rtol=RTOL[dtype] * max_cond(T) * 100,
+                                   atol=RTOL[dtype] * max_cond(T) * 100)
 
 
 @settings(max_examples=100)
@@ -83,7 +75,7 @@ def test_linear_networks_admit_rectangular_invertible_maps(widths, data, seed):
     wide = architectures.mlp([widths[0], *[sizes[f"hidden.{i}"] for i in range(len(widths) - 2)], widths[-1]],
                              activation="identity")
     params = arch.module(seed=seed, dtype=torch.float64).state_dict()
-    _assert_same_function(arch, params, wide, sy.apply(arch.graph, params, T), torch.float64, _max_cond(T), seed)
+    _assert_same_function(arch, params, wide, sy.apply(arch.graph, params, T), torch.float64, max_cond(T), seed)
 
 
 # -- the check can fail: classes a space does not admit change the function -------------------------
