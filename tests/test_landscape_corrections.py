@@ -12,23 +12,13 @@ import symmetries as sy
 from symmetries import landscape as L
 from symmetries import posteriors as P
 from symmetries.data import digits
+from symmetries.demo import train_classifier
 from symmetries.errors import GraphError
 from symmetries.strategies import mlp_architectures, seeds
 
 
-def _train(model, data, epochs, seed, lr=3e-3):
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    x, y = data
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), 64):
-            idx = order[i:i + 64]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def _train(model, data, epochs, seed):
+    return train_classifier(model, data, epochs=epochs, seed=seed, lr=3e-3)
 
 
 @pytest.fixture(scope="module")
