@@ -32,10 +32,9 @@ def apply(graph, params: Mapping, transforms: Mapping[str, Element], *, check: b
     if check:
         graph.validate(params)
         _check_transforms(graph, transforms)
-    index = graph._index()["by_param"]
     out = {}
     for name, x in params.items():
-        edges = [e for e in index[name] if e.space in transforms]
+        edges = [e for e in graph.edges_of(name) if e.space in transforms]
         if not edges:
             out[name] = x
             continue
