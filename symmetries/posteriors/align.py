@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..assignment import solve_assignment
+from ..assignment import assignment_permutation
 from ..classes import HeadStructured, Permutation, SignedPermutation, SignFlip, SymmetryClass, Trivial
 from ..elements import GatherElement
 from ..errors import NotAdmittedError
@@ -120,10 +120,7 @@ def _solve_space(cls: SymmetryClass, cm: torch.Tensor, cs: torch.Tensor, backend
         return GatherElement.monomial(torch.arange(n), torch.where(torch.diagonal(cm) < 0, -1.0, 1.0).double())
     signed = isinstance(cls, SignedPermutation)
     score = (cm.abs() if signed else cm) + cs
-    rows, cols = solve_assignment(score.numpy(), maximize=True, backend=backend)
-    perm = np.empty(n, dtype=np.int64)
-    perm[np.asarray(rows)] = np.asarray(cols)
-    perm_t = torch.from_numpy(perm)
+    perm_t = torch.from_numpy(assignment_permutation(score.numpy(), maximize=True, backend=backend))
     if not signed:
         return GatherElement(perm_t, n)
     vals = cm[torch.arange(n), perm_t]
