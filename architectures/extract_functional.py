@@ -21,7 +21,7 @@ from .activations import ACTIVATIONS
 from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
 from .extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
 from .extract_ops import (PERM, RELU_LIKE, _channel_map, _embedding, _linear, _normalise, _passthrough, _pool,
-                          _softmax, elementwise)
+                          _softmax, _unbatched, elementwise)
 from .extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem
 from .extract_state import Feat, ParamRef, hint_of
 
@@ -75,6 +75,9 @@ def _f_conv(ctx, node, x, weight, bias=None, *args, **kwargs):
         return ctx.opaque(node, "a functional convolution with weights that are not parameters, or groups")
     if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
         return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")
+    why = _unbatched(x, len(weight.shape) - 2, "a convolution")
+    if why:
+        return ctx.opaque(node, why)
     return _channel_map(ctx, node, x, weight.name, None if bias is None else bias.name, hint_of(weight.name),
                         consumed=1, produced=0)
 
@@ -159,6 +162,11 @@ def _reduce(ctx, node, x, *args, **kwargs):
     return x.moved(out, x.dim if keep else x.dim - sum(d < x.dim for d in dims))
 
 
+def _pool_function(classes, spatial: int):
+    """``F.*_pool{spatial}d``: average pooling (``classes`` empty) is linear, max pooling ReLU-like."""
+    return lambda ctx, node, x, *a, **k: _pool(ctx, node, x, classes, spatial)
+
+
 def _name(node) -> str:
     return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
 
@@ -167,15 +175,12 @@ FUNCTIONS = {f: _act(name) for name, fs in _ACT_FUNCS.items() for f in fs}
 FUNCTIONS.update({F.linear: _f_linear, torch.pow: _pow, operator.pow: _pow, F.dropout: _passthrough,
                   torch.sum: _reduce, torch.mean: _reduce,
                   F.softmax: _softmax, torch.softmax: _softmax, F.log_softmax: _softmax,
-                  F.adaptive_avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
-                  F.avg_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
-                  F.adaptive_avg_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
-                  F.avg_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
-                  F.max_pool2d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, RELU_LIKE),
-                  F.max_pool1d: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, RELU_LIKE),
+                  F.adaptive_avg_pool2d: _pool_function((), 2), F.avg_pool2d: _pool_function((), 2),
+                  F.adaptive_avg_pool1d: _pool_function((), 1), F.avg_pool1d: _pool_function((), 1),
+                  F.max_pool2d: _pool_function(RELU_LIKE, 2), F.max_pool1d: _pool_function(RELU_LIKE, 1),
                   operator.getitem: getitem})
 FUNCTIONS.update({F.layer_norm: _f_layer_norm, F.embedding: _f_embedding, F.conv1d: _f_conv, F.conv2d: _f_conv,
-                  F.pad: _pad, F.interpolate: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, ()),
+                  F.pad: _pad, F.interpolate: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, (), None),
                   torch.norm: _norm2, torch.linalg.vector_norm: _norm2, torch.linalg.norm: _norm2})
 FUNCTIONS.update({getattr(torch, f): _unary(f, PERM) for f in _UNARY_PERM})
 FUNCTIONS.update({getattr(torch, f): _unary(f, (SignedPermutation(),)) for f in _UNARY_ODD})

@@ -64,6 +64,9 @@ def _module_conv(ctx, node, mod, x):
     it (``out``), exact for permutations only."""
     if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
         return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")
+    why = _unbatched(x, len(mod.kernel_size), "a convolution")
+    if why:
+        return ctx.opaque(node, why)
     if mod.groups != 1 and mod.groups == mod.in_channels == mod.out_channels:
         return _normalise(ctx, node, x, True, "a depthwise convolution",
                           [(ctx.pname(node.target, "weight"), "out"),
@@ -80,6 +83,9 @@ def _module_conv_transpose(ctx, node, mod, x):
         return ctx.opaque(node, f"a grouped transposed convolution (groups={mod.groups})")
     if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
         return ctx.opaque(node, "a transposed convolution whose input channels are not on dimension 1")
+    why = _unbatched(x, len(mod.kernel_size), "a transposed convolution")
+    if why:
+        return ctx.opaque(node, why)
     return _channel_map(ctx, node, x, ctx.pname(node.target, "weight"), ctx.pname(node.target, "bias", mod.bias),
                         node.target, consumed=0, produced=1)
 
@@ -140,6 +146,9 @@ def _module_batchnorm(ctx, node, mod, x):
     squares (var); exact for permutations only (ε breaks scalings, the affine gain breaks signs)."""
     p = lambda n, present=True: ctx.pname(node.target, n, present)  # noqa: E731
     stats = mod.track_running_stats and mod.running_mean is not None
+    why = isinstance(x, Feat) and _unbatched(x, _INSTANCE_NORM_SPATIAL.get(type(mod)), "instance normalisation")
+    if why:
+        return ctx.opaque(node, why)
     tensors = [(p("weight", mod.affine), "out"), (p("bias", mod.affine), "out"),
                (p("running_mean", stats), "out"), (p("running_var", stats), "var")]
     return _normalise(ctx, node, x, isinstance(x, Feat) and x.dim == 1, "batch normalisation", tensors, PERM)
@@ -254,10 +263,24 @@ def _passthrough(ctx, node, x, *args, **kwargs):
     return x
 
 
-def _pool(ctx, node, x, classes):
-    """Pooling over spatial dimensions, channel by channel (dimension 1)."""
+def _unbatched(x: Feat, spatial: int | None, what: str) -> str | None:
+    """Why an op over ``spatial`` dimensions (a 1-d, 2-d or 3-d pool, conv or instance norm) must not
+    be given ``x``, or ``None``: torch reads a ``spatial + 1``-D input as one unbatched sample
+    ``(C, *spatial)``, whose dimension 1 — the features — is then one the op slides over."""
+    if spatial is None or not x.spaced() or x.ndim != spatial + 1:
+        return None
+    return (f"{what} over {spatial} dimension(s) of a {x.ndim}-D tensor: torch reads it as one unbatched "
+            f"sample, so the op runs across dimension 1 (the features)")
+
+
+def _pool(ctx, node, x, classes, spatial: int | None):
+    """Pooling over ``spatial`` dimensions, channel by channel (dimension 1). ``spatial`` is ``None``
+    for interpolation, which runs over every dimension after the channels and has no unbatched form."""
     if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
         return ctx.opaque(node, "pooling whose channels are not on dimension 1")
+    why = _unbatched(x, spatial, "pooling")
+    if why:
+        return ctx.opaque(node, why)
     for var, _ in x.segs:
         if classes:  # average pooling is linear: no restriction
             ctx.state.restrict(var, classes)
@@ -281,14 +304,18 @@ def call_module(ctx, node, mod, args, kwargs):
     return NotImplemented  # no rule
 
 
-_AVG = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-_MAX = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+def _pool_module(classes, spatial: int):
+    return lambda ctx, node, mod, x: _pool(ctx, node, x, classes, spatial)
+
+
+#: Instance norms accept an unbatched input (BatchNorm does not): how many spatial dimensions each has.
+_INSTANCE_NORM_SPATIAL = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2}
 _MODULES = [
     (nn.Linear, _module_linear),
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _module_conv),
     (nn.PReLU, _module_prelu),
     ((nn.ConvTranspose1d, nn.ConvTranspose2d), _module_conv_transpose),
-    (nn.Upsample, lambda ctx, node, mod, x: _pool(ctx, node, x, ())),
+    (nn.Upsample, lambda ctx, node, mod, x: _pool(ctx, node, x, (), None)),
     (nn.Embedding, _module_embedding),
     ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d), _module_batchnorm),
     (nn.LayerNorm, _module_layernorm),
@@ -296,8 +323,10 @@ _MODULES = [
     (nn.MultiheadAttention, _module_mha),
     ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity),
      lambda ctx, node, mod, x, *a, **k: _passthrough(ctx, node, x)),
-    (_AVG, lambda ctx, node, mod, x: _pool(ctx, node, x, ())),
-    (_MAX, lambda ctx, node, mod, x: _pool(ctx, node, x, RELU_LIKE)),
+    ((nn.AvgPool1d, nn.AdaptiveAvgPool1d), _pool_module((), 1)),  # average pooling is linear
+    ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), _pool_module((), 2)),
+    ((nn.MaxPool1d, nn.AdaptiveMaxPool1d), _pool_module(RELU_LIKE, 1)),
+    ((nn.MaxPool2d, nn.AdaptiveMaxPool2d), _pool_module(RELU_LIKE, 2)),
     ((nn.Softmax, nn.LogSoftmax), lambda ctx, node, mod, x: _softmax(ctx, node, x)),
     ((nn.Flatten, nn.Unflatten), lambda ctx, node, mod, x: move_feature(ctx, node, x)),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import symmetries as sy
@@ -66,6 +67,93 @@ def test_unknown_fixed_makes_the_region_fixed_and_stays_exact():
     assert gn.spaces() == [] and all(p.fixed for p in gn.parameters())
     with pytest.raises(ValueError, match="unknown must be"):
         from_module(m, torch.randn(3, 4), unknown="ignore")
+
+
+# -- ops over spatial dimensions given an unbatched input ------------------------------------------------
+class Through(nn.Module):
+    """``last(op(relu(first(x))))``: ``op`` (a module, or a function of the features) sits between two
+    parameterised layers, so the space ``first`` produces flows through it."""
+
+    def __init__(self, first, op, last):
+        super().__init__()
+        self.first, self.op, self.last = first, op, last
+
+    def forward(self, x):
+        return self.last(self.op(torch.relu(self.first(x))))
+
+
+class Fn(nn.Module):
+    def __init__(self, f, weight=None):
+        super().__init__()
+        self.f = f
+        self.weight = None if weight is None else nn.Parameter(weight)
+
+    def forward(self, h):
+        return self.f(h) if self.weight is None else self.f(h, self.weight)
+
+
+def _assert_transforms_keep_the_function(m, g, x):
+    y = run_model(m, m.state_dict(), (x,))
+    for seed in range(3):
+        T = sy.random_transforms(g, seed)
+        torch.testing.assert_close(run_model(m, sy.apply(g, m.state_dict(), T), (x,)), y, rtol=1e-10, atol=1e-10)
+
+
+# torch reads a 2-D input to a 1-d op (a 3-D input to a 2-d op) as one unbatched sample (C, L): the op
+# then slides over dimension 1, which holds the features, so no space may cross it.
+_UNBATCHED = {
+    "AvgPool1d on (N, F)": (lambda: Through(nn.Linear(3, 6), nn.AvgPool1d(3, 1, 1), nn.Linear(6, 2)), (4, 3)),
+    "MaxPool1d on (N, F)": (lambda: Through(nn.Linear(3, 6), nn.MaxPool1d(3, 1, 1), nn.Linear(6, 2)), (4, 3)),
+    "AdaptiveMaxPool1d on (N, F)": (lambda: Through(nn.Linear(3, 6), nn.AdaptiveMaxPool1d(3), nn.Linear(3, 2)),
+                                    (4, 3)),
+    "F.avg_pool1d on (N, F)": (lambda: Through(nn.Linear(3, 6), Fn(lambda h: F.avg_pool1d(h, 3, 1, 1)),
+                                               nn.Linear(6, 2)), (4, 3)),
+    "F.max_pool1d on (N, F)": (lambda: Through(nn.Linear(3, 6), Fn(lambda h: F.max_pool1d(h, 3, 1, 1)),
+                                               nn.Linear(6, 2)), (4, 3)),
+    "MaxPool2d on (N, C, L)": (lambda: Through(nn.Conv1d(2, 6, 1), nn.MaxPool2d(3, 1, 1), nn.Conv1d(6, 2, 1)),
+                               (4, 2, 5)),
+    "F.avg_pool2d on (N, C, L)": (lambda: Through(nn.Conv1d(2, 6, 1), Fn(lambda h: F.avg_pool2d(h, 3, 1, 1)),
+                                                  nn.Conv1d(6, 2, 1)), (4, 2, 5)),
+    "Conv1d on (N, F)": (lambda: Through(nn.Linear(3, 6), nn.Conv1d(4, 4, 3, padding=1), nn.Linear(6, 2)), (4, 3)),
+    "ConvTranspose1d on (N, F)": (lambda: Through(nn.Linear(3, 6), nn.ConvTranspose1d(4, 4, 3, padding=1),
+                                                  nn.Linear(6, 2)), (4, 3)),
+    "F.conv1d on (N, F)": (lambda: Through(nn.Linear(3, 6), Fn(lambda h, w: F.conv1d(h, w, padding=1),
+                                                               torch.randn(4, 4, 3)), nn.Linear(6, 2)), (4, 3)),
+    "InstanceNorm1d on (N, F)": (lambda: Through(nn.Linear(3, 4), nn.InstanceNorm1d(4, affine=True),
+                                                 nn.Linear(4, 2)), (4, 3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_UNBATCHED))
+def test_an_unbatched_input_to_a_spatial_op_is_refused(case):
+    make, shape = _UNBATCHED[case]
+    node = case.split()[0][2:] if case.startswith("F.") else "op"  # fx names a function's node after it
+    torch.manual_seed(0)
+    m = make().double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    with pytest.raises(ExtractionError, match="unbatched sample") as info:
+        from_module(m, x)
+    assert info.value.node == node and f"fx node '{node}'" in str(info.value) and "'first'" in str(info.value)
+    g = from_module(m, x, unknown="fixed")  # the region around the op is fixed, and stays exact
+    assert "first" not in [s.name for s in g.spaces()]
+    _assert_transforms_keep_the_function(m, g, x)
+
+
+@pytest.mark.parametrize("op,classes", [
+    (nn.AvgPool1d(3, 1, 1), (sy.PermutationScaling(), sy.SemiPermutation())),
+    (nn.MaxPool1d(3, 1, 1), (sy.PermutationScaling(), sy.SemiPermutation())),
+    (nn.Conv1d(6, 6, 3, padding=1), None),
+    (nn.InstanceNorm1d(6, affine=True), (sy.Permutation(),)),
+])
+def test_the_same_ops_on_a_batched_input_keep_the_space(op, classes):
+    torch.manual_seed(0)
+    m = Through(nn.Conv1d(3, 6, 1), op, nn.Conv1d(6, 2, 1)).double().eval()
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    g = from_module(m, x)
+    assert "first" in [s.name for s in g.spaces()]
+    if classes is not None:
+        assert g.space("first").classes == classes
+    _assert_transforms_keep_the_function(m, g, x)
 
 
 def test_values_turned_into_constants_are_refused():
