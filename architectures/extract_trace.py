@@ -172,6 +172,20 @@ def _target_name(node: fx.Node) -> str:
     return t if isinstance(t, str) else getattr(t, "__name__", repr(t))
 
 
+def _untraceable(module: nn.Module, exc: Exception) -> ExtractionError:
+    """The error for a module torch.fx cannot trace: why, and what to use instead."""
+    cls = type(module)
+    if cls.__module__.startswith("transformers.") and cls.__name__.startswith("GPT2"):
+        instead = ("for transformers' GPT-2, architectures.hf_gpt2(config) declares the graph on this model's "
+                   "state-dict names")
+    else:
+        instead = ("declare it with a builder that knows it (architectures.mlp, vgg, resnet, gpt2, vit, gcn, "
+                   "hf_gpt2), by hand as a WeightGraph, or pass a wrapper nn.Module whose forward torch.fx can trace")
+    return ExtractionError(f"torch.fx could not trace {cls.__name__} ({type(exc).__name__}: {exc}); from_module "
+                           f"needs a forward that torch.fx can trace symbolically (Python control flow only on "
+                           f"shapes, a signature fx can read — not a decorator's *args/**kwargs); {instead}")
+
+
 def trace(module: nn.Module, example_inputs) -> tuple[fx.Graph, dict, set]:
     """Trace ``module`` on ``example_inputs`` (a tensor or a tuple) in eval mode and without
     gradients; the module's training flags, parameters and buffers are left as they were.
@@ -187,8 +201,10 @@ def trace(module: nn.Module, example_inputs) -> tuple[fx.Graph, dict, set]:
         with torch.no_grad(), mock.patch.object(torch, "as_tensor", _traced_constructor(torch.as_tensor)), \
                 mock.patch.object(torch, "asarray", _traced_constructor(torch.asarray)):
             graph = tracer.trace(module, concrete_args=_defaults(module, len(inputs)))
-    except fx.proxy.TraceError as exc:
-        raise ExtractionError(f"torch.fx could not trace {type(module).__name__}: {exc}") from exc
+    except ExtractionError:
+        raise
+    except Exception as exc:  # fx's TraceError, or any failure of fx or of forward on the proxies
+        raise _untraceable(module, exc) from exc
     finally:
         for m, training in modes.items():
             m.training = training

@@ -2,6 +2,8 @@
 region; values turned into constants are refused; the module is left as it was."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -154,6 +156,34 @@ def test_the_same_ops_on_a_batched_input_keep_the_space(op, classes):
     if classes is not None:
         assert g.space("first").classes == classes
     _assert_transforms_keep_the_function(m, g, x)
+
+
+def _passes_through(f):
+    @functools.wraps(f)
+    def wrapper(self, *args, **kwargs):
+        return f(self, *args, **kwargs)
+    return wrapper
+
+
+class DecoratedForward(nn.Module):
+    """A decorator hides ``forward``'s signature behind ``(*args, **kwargs)`` (as transformers' models
+    do): torch.fx fails with a raw ValueError while patching it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    @_passes_through
+    def forward(self, x, mask=None, **kwargs):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_module_torch_fx_cannot_trace_is_a_typed_error():
+    for unknown in ("error", "fixed"):
+        with pytest.raises(ExtractionError, match="torch.fx could not trace DecoratedForward") as info:
+            from_module(DecoratedForward(), torch.randn(2, 3), unknown=unknown)
+        assert isinstance(info.value.__cause__, ValueError)  # fx's own error, chained
+        assert "wrapper nn.Module" in str(info.value) and "builder" in str(info.value)
 
 
 def test_values_turned_into_constants_are_refused():

@@ -180,3 +180,13 @@ def test_config_forms_and_the_user_config_is_not_modified():
     assert [p.name for p in a.graph.parameters()] == [p.name for p in b.graph.parameters()]
     with pytest.raises(ValueError, match="multiple of n_head"):
         architectures.hf_gpt2(cfg, n_head=3)
+
+
+def test_from_module_on_hf_gpt2_is_a_typed_error_pointing_to_the_builder():
+    """fx cannot trace GPT2LMHeadModel's decorated ``forward(*args, **kwargs)`` (a raw ValueError
+    from inside torch.fx before): an ExtractionError that says so and names hf_gpt2."""
+    arch = cached(1, 8)
+    for unknown in ("error", "fixed"):
+        with pytest.raises(architectures.ExtractionError, match="torch.fx could not trace GPT2LMHeadModel") as info:
+            architectures.from_module(arch.module(seed=0), ids(), unknown=unknown)
+        assert "architectures.hf_gpt2" in str(info.value) and info.value.__cause__ is not None
