@@ -182,8 +182,8 @@ def _untraceable(module: nn.Module, exc: Exception) -> ExtractionError:
         instead = ("declare it with a builder that knows it (architectures.mlp, vgg, resnet, gpt2, vit, gcn, "
                    "hf_gpt2), by hand as a WeightGraph, or pass a wrapper nn.Module whose forward torch.fx can trace")
     return ExtractionError(f"torch.fx could not trace {cls.__name__} ({type(exc).__name__}: {exc}); from_module "
-                           f"needs a forward that torch.fx can trace symbolically (Python control flow only on "
-                           f"shapes, a signature fx can read — not a decorator's *args/**kwargs); {instead}")
+                           f"needs a forward that torch.fx can trace symbolically (among others, a signature fx "
+                           f"can read, not one a decorator hides behind *args/**kwargs); {instead}")
 
 
 def trace(module: nn.Module, example_inputs) -> tuple[fx.Graph, dict, set]:
