@@ -7,16 +7,19 @@ Two forms:
   are ints, floats, ``true``/``false`` or strings. ``mlp:64,128,10:relu`` is
   ``architectures.mlp([64, 128, 10], "relu")``; ``mlp:64,128,10:activation=tanh:bias=false``.
 * ``MODULE:ATTR[:ARG…]`` — ``ATTR`` of the importable ``MODULE`` (the user's code): an
-  ``Architecture``, or a callable returning one (called with the arguments).
+  ``Architecture``, or a callable returning one (called with the arguments). ``MODULE`` is
+  looked up in the current folder first, as ``python -m`` does (:func:`import_user_module`).
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 
 from .errors import SymmetryError
 
-__all__ = ["ArchSpecError", "parse_arch", "parse_value"]
+__all__ = ["ArchSpecError", "parse_arch", "parse_value", "builders", "import_user_module", "cwd_importable"]
 
 
 class ArchSpecError(SymmetryError, ValueError):
@@ -55,10 +58,66 @@ def _split_args(parts: list[str]) -> tuple[list, dict]:
     return args, kwargs
 
 
-def _builders() -> dict:
+#: Annotations of a first parameter that make a function a transformation of an existing network
+#: (``rebuild(arch, …)``, ``rewrite_layernorm(arch, …)``), not a builder from sizes and options.
+_NOT_BUILT_FROM = ("Architecture", "WeightGraph", "nn.Module", "Module", "torch.nn.Module")
+
+
+def _is_builder(fn) -> bool:
+    """A public function of ``architectures`` returning an ``Architecture`` from sizes and options."""
+    if not callable(fn) or inspect.isclass(fn):
+        return False
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    ret = sig.return_annotation
+    if getattr(ret, "__name__", ret) != "Architecture":
+        return False
+    first = next(iter(sig.parameters.values()), None)
+    if first is None:
+        return True
+    ann = first.annotation
+    return getattr(ann, "__name__", ann) not in _NOT_BUILT_FROM
+
+
+def builders() -> dict:
+    """``name → builder`` of the ``architectures`` package: its ``BUILDERS`` if it declares one, else
+    the public functions returning an ``Architecture`` built from sizes and options (not helpers
+    such as ``from_module``, ``rebuild`` or ``assert_graphs_equivalent``)."""
     import architectures
+    declared = getattr(architectures, "BUILDERS", None)
+    if isinstance(declared, dict):
+        return dict(declared)
+    if declared is not None:
+        return {n: getattr(architectures, n) for n in declared}
     return {n: getattr(architectures, n) for n in getattr(architectures, "__all__", [])
-            if n[:1].islower() and callable(getattr(architectures, n)) and not inspect.isclass(getattr(architectures, n))}
+            if n[:1].islower() and _is_builder(getattr(architectures, n, None))}
+
+
+_builders = builders
+
+
+def cwd_importable() -> None:
+    """Put the current folder first on ``sys.path`` unless it is there (as ``''`` or by name):
+    an installed console script does not search it, ``python -m`` and ``python -c`` do."""
+    cwd = os.getcwd()
+    if not any(entry in ("", ".", cwd) or _same_dir(entry, cwd) for entry in sys.path):
+        sys.path.insert(0, cwd)
+
+
+def _same_dir(entry: str, cwd: str) -> bool:
+    try:
+        return os.path.isdir(entry) and os.path.samefile(entry, cwd)
+    except OSError:
+        return False
+
+
+def import_user_module(name: str):
+    """``importlib.import_module(name)`` with the current folder importable (:func:`cwd_importable`)."""
+    cwd_importable()
+    importlib.invalidate_caches()  # a module file written since the last import of this folder
+    return importlib.import_module(name)
 
 
 def parse_arch(spec: str):
@@ -77,10 +136,13 @@ def parse_arch(spec: str):
                                 f"code write MODULE:FACTORY")
         attr, rest = rest[0], rest[1:]
         try:
-            module = importlib.import_module(head)
+            module = import_user_module(head)
         except Exception as exc:  # the user's module may fail in any way on import
             hint = "" if "." in head else f" (nor is it a builder: {', '.join(sorted(builders))})"
-            raise ArchSpecError(f"cannot import module {head!r} of {spec!r}: {type(exc).__name__}: {exc}{hint}") from None
+            where = f" (searched the current folder {os.getcwd()!r} and sys.path)" \
+                if isinstance(exc, ModuleNotFoundError) and exc.name == head.split(".")[0] else ""
+            raise ArchSpecError(f"cannot import module {head!r} of {spec!r}: {type(exc).__name__}: {exc}{where}"
+                                f"{hint}") from None
         if not hasattr(module, attr):
             raise ArchSpecError(f"module {head!r} has no attribute {attr!r}")
         target, label = getattr(module, attr), f"{head}:{attr}"
