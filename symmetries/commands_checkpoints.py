@@ -7,7 +7,6 @@ written atomically (no partial files).
 """
 from __future__ import annotations
 
-import json
 import time
 from functools import wraps
 from pathlib import Path
@@ -18,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["align", "barrier", "load_data"]
+__all__ = ["align", "barrier", "load_data", "check_data", "check_device"]
 
 err = Console(stderr=True)
 
@@ -56,6 +55,12 @@ def _load_pair(a: Path, b: Path, arch_spec: str):
         except SymmetryError as exc:
             raise ValueError(f"{name} does not fit {arch.name}: {exc}") from None
     check_compatible(pa, pb, names=(str(a), str(b)))
+    for name, p in ((str(a), pa), (str(b), pb)):
+        for k, v in p.items():
+            if not v.is_floating_point() and arch.graph.edges_of(k):
+                raise ValueError(f"{name}: tensor {k!r} is {str(v.dtype).replace('torch.', '')}; weights that "
+                                 f"symmetries act on must be floating point (save the checkpoint's weights as "
+                                 f"float32 or float64)")
     module_keys = set(arch.module().state_dict())
     if set(pa) != module_keys:
         extra = sorted(set(pa) ^ module_keys)[0]
@@ -77,7 +82,8 @@ def load_data(spec: str, *, x_key: str = "x", y_key: str = "y"):
     tensors = load_state_dict(spec)
     missing = [k for k in (x_key, y_key) if k not in tensors]
     if missing:
-        raise CheckpointError(f"data file {spec!r} has no tensor {missing[0]!r} (it holds {', '.join(sorted(tensors))})",
+        raise CheckpointError(f"data file {spec!r} has no tensor {missing[0]!r} "
+                              f"(it holds {', '.join(sorted(tensors))})",
                               path=spec)
     x, y = tensors[x_key], tensors[y_key]
     if x.shape[0] != y.shape[0]:
@@ -89,6 +95,84 @@ def _load_data_as(spec: str, dtype: torch.dtype):
     """:func:`load_data` with floating inputs cast to the checkpoints' dtype (the module's)."""
     x, y = load_data(spec)
     return (x.to(dtype) if x.is_floating_point() else x), y
+
+
+def check_device(device: str) -> torch.device:
+    """``torch.device(device)`` if a tensor can be made there; else a ``ValueError`` naming ``--device``."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "meta":
+        raise ValueError("--device 'meta' holds no data; choose a device to compute on (e.g. cpu or cuda)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available here (this torch {torch.__version__} "
+                         f"{'has no CUDA support' if torch.version.cuda is None else 'finds no CUDA device'}); "
+                         f"use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: there are {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
+    try:
+        torch.empty(1, device=dev)
+    except Exception as exc:  # noqa: BLE001 - any backend failure means the device is unusable
+        raise ValueError(f"--device {device!r} cannot be used: {type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    return dev
+
+
+def _first_layer(model: torch.nn.Module) -> str:
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            return f"; its first layer {name!r} takes {m.in_features} features"
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            return f"; its first layer {name!r} takes {m.in_channels} channels"
+        if isinstance(m, torch.nn.Embedding):
+            return f"; its first layer {name!r} takes token ids below {m.num_embeddings}"
+    return ""
+
+
+def check_data(model: torch.nn.Module, params, data, *, flag: str, spec: str) -> None:
+    """A ``ValueError`` naming ``flag`` (``--data``) unless ``model`` with ``params`` runs on the
+    inputs and the targets fit its outputs (class labels in range, or regression targets of the
+    output's size). Checked on a few examples, labels on all of them."""
+    from torch.func import functional_call
+
+    from .landscape.evaluation import default_loss
+
+    x, y = data
+    where = f"{flag} {spec!r}"
+    if x.shape[0] == 0:
+        raise ValueError(f"{where} holds no examples")
+    probe = x[:2]
+    try:
+        with torch.no_grad():
+            out = functional_call(model, dict(params), (probe,))
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's model on these inputs
+        text = str(exc).strip().splitlines()
+        raise ValueError(f"{where} does not fit the model: inputs are {str(x.dtype).replace('torch.', '')} of "
+                         f"shape {tuple(x.shape[1:])} per example{_first_layer(model)} "
+                         f"({type(exc).__name__}: {text[0] if text else ''})") from None
+    if not y.is_floating_point():
+        if out.dim() < 2:
+            raise ValueError(f"{where} has integer (class) targets but the model returns one value per example")
+        classes = out.shape[1]
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"{where} has class labels {lo}…{hi} but the model has {classes} outputs "
+                             f"(labels 0…{classes - 1})")
+    elif y[0].numel() != out[0].numel():
+        raise ValueError(f"{where} has targets of shape {tuple(y.shape[1:])} per example but the model returns "
+                         f"{tuple(out.shape[1:])}")
+    try:
+        default_loss(y)(out, y[:probe.shape[0]].to(out.device))
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{where}: the loss cannot compare the model's outputs {tuple(out.shape[1:])} with the "
+                         f"targets {tuple(y.shape[1:])}: {type(exc).__name__}: {exc}") from None
+
+
+def _fit_note(err_console: Console, what: str) -> None:
+    err_console.print(f"[yellow]note:[/yellow] {what} fitted on the --data it measures: the barrier is optimistic; "
+                      f"pass --fit-data (e.g. the training split) to fit on other data", highlight=False)
 
 
 @_clean_exit
@@ -103,14 +187,28 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
           ) -> None:
     """Align checkpoint B to checkpoint A and write the aligned B (same function as B)."""
     from .action import apply
-    from .io import save_state_dict
+    from .io import check_output, dumps_json, save_state_dict
     from .landscape import l2_distance
-    from .solving import align as run
+    from solvers import SolverInputError
 
+    from .solving import align as run
+    from .solving import check_names
+
+    check_output(output)     # before the (possibly long) solve
+    check_names([solver])
     architecture, pa, pb, dtype = _load_pair(a, b, arch)
-    options = {"data": _load_data_as(data, dtype)} if data else {}
+    options = {}
+    if data:
+        options["data"] = _load_data_as(data, dtype)
+        check_data(architecture.module(dtype=dtype), pa, options["data"], flag="--data", spec=data)
     t0 = time.perf_counter()
-    sol = run(solver, architecture, pa, pb, seed=seed, **options)
+    try:
+        sol = run(solver, architecture, pa, pb, seed=seed, **options)
+    except SolverInputError as exc:
+        if data or "data" not in str(exc):
+            raise
+        raise ValueError(f"solver {solver!r} needs data: pass --data ('digits:train' or a file with tensors x "
+                         f"and y) ({exc})") from None
     aligned = apply(architecture.graph, pb, sol.transforms)
     seconds = time.perf_counter() - t0
     save_state_dict(aligned, output, metadata={"aligned_to": str(a), "source": str(b), "solver": solver})
@@ -118,7 +216,7 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
                    objective_before=_num(getattr(sol, "objective_before", None)),
                    objective_after=_num(getattr(sol, "objective_after", None)), seconds=seconds)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(dumps_json(summary, indent=2))
         return
     Console().print(f"aligned {b} to {a} with {solver}: L2 {summary['l2_before']:.4f} → {summary['l2_after']:.4f}"
                     f" in {seconds:.2f} s; wrote {output}", highlight=False)
@@ -132,47 +230,79 @@ def _num(x):
 def barrier(a: Path = typer.Argument(..., help="Model A (safetensors or torch state dict)."),
             b: Path = typer.Argument(..., help="Model B (aligned to A, or see --solver)."),
             arch: str = typer.Option(..., "--arch", help="Architecture, e.g. 'mlp:64,128,10:relu'."),
-            data: str = typer.Option(..., "--data", help="'digits[:train|test]' or a file with tensors x and y."),
+            data: str = typer.Option(..., "--data", help="Data the path is measured on: 'digits[:train|test]' or a "
+                                                         "file with tensors x and y."),
+            fit_data: Optional[str] = typer.Option(None, "--fit-data", help="Data to fit --solver, --repair and "
+                                                   "--reset-bn on (default: --data, which is optimistic)."),
             solver: Optional[str] = typer.Option(None, "--solver", help="Align B to A with this solver first."),
             alphas: int = typer.Option(25, min=2, help="Number of evenly spaced α in [0, 1]."),
             repair: bool = typer.Option(False, "--repair", help="REPAIR each interpolated model (no BatchNorm)."),
             reset_bn: bool = typer.Option(False, "--reset-bn", help="Reset BatchNorm statistics along the path."),
             batch_size: int = typer.Option(1024, min=1, help="Evaluation batch size."),
             device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+            seed: int = typer.Option(0, help="Solver seed (and of its minibatch order)."),
             plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the curves here."),
             as_json: bool = typer.Option(False, "--json", help="Print the curve and barriers as JSON."),
             ) -> None:
     """Loss and accuracy barriers on the straight line from A to B (both definitions)."""
     from . import landscape as L
     from .action import apply
+    from .io import check_output, dumps_json
 
     if repair and reset_bn:
         raise ValueError("choose one of --repair and --reset-bn")
+    dev = check_device(device)
+    if plot is not None:
+        check_output(plot)
+    if solver:
+        from .solving import check_names
+        check_names([solver])
     architecture, pa, pb, dtype = _load_pair(a, b, arch)
+    probe = architecture.module(dtype=dtype)
     x, y = _load_data_as(data, dtype)
+    check_data(probe, pa, (x, y), flag="--data", spec=data)
+    fitted = [w for w, on in ((f"--solver {solver}", solver), ("REPAIR", repair), ("--reset-bn", reset_bn)) if on]
+    if fit_data is not None:
+        fit = _load_data_as(fit_data, dtype)
+        check_data(probe, pa, fit, flag="--fit-data", spec=fit_data)
+    else:
+        fit = (x, y)
+        if fitted:
+            _fit_note(err, " and ".join(fitted))
     if solver:
         from .solving import align as run
-        pb = apply(architecture.graph, pb, run(solver, architecture, pa, pb, data=(x, y)).transforms)
-    model = architecture.module(dtype=dtype, device=device)
+        pb = apply(architecture.graph, pb, run(solver, architecture, pa, pb, data=fit, seed=seed).transforms)
+    model = architecture.module(dtype=dtype, device=dev)
     adjust = None
     if repair:
-        adjust = L.repair_adjust(model, architecture.graph, pa, pb, (x, y), batch_size=batch_size, device=device)
+        adjust = L.repair_adjust(model, architecture.graph, pa, pb, fit, batch_size=batch_size, device=dev)
     elif reset_bn:
-        adjust = L.batchnorm_adjust(model, (x, y), batch_size=batch_size, device=device)
+        adjust = L.batchnorm_adjust(model, fit, batch_size=batch_size, device=dev)
     curve = L.interpolation_curve(model, pa, pb, (x, y), alphas=alphas, adjust=adjust, batch_size=batch_size,
-                                  device=device, label=solver or "as given")
+                                  device=dev, label=solver or "as given")
     if plot is not None:
         L.plot_curves([curve], plot, title=f"{a.name} → {b.name}")
-    summary = curve.as_dict() | {"l2": L.l2_distance(pa, pb), "a": str(a), "b": str(b)}
+    summary = curve.as_dict() | {"l2": L.l2_distance(pa, pb), "a": str(a), "b": str(b), "data": data,
+                                 "fit_data": fit_data if fit_data is not None else data,
+                                 "fitted_on_measured_data": bool(fitted) and fit_data is None, "seed": seed}
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(dumps_json(summary, indent=2))
         return
     t = Table(title=f"{a.name} → {b.name} ({architecture.name}, {len(curve.alphas)} α)")
     for col in ("", "mean of endpoints", "linear in α", "endpoints A / B"):
         t.add_column(col, justify="right")
     t.add_row("loss barrier", f"{curve.loss_barrier:.4f}", f"{curve.loss_barrier_linear:.4f}",
               f"{curve.loss[0]:.4f} / {curve.loss[-1]:.4f}")
-    t.add_row("accuracy barrier", f"{curve.accuracy_barrier:.4f}", f"{curve.accuracy_barrier_linear:.4f}",
-              f"{curve.accuracy[0]:.4f} / {curve.accuracy[-1]:.4f}")
+    t.add_row("accuracy barrier (pts)", _pts(curve.accuracy_barrier), _pts(curve.accuracy_barrier_linear),
+              f"{_pts(curve.accuracy[0])} % / {_pts(curve.accuracy[-1])} %" if not _nan(curve.accuracy[0]) else "—")
     Console().print(t)
     Console().print(f"L2 distance {summary['l2']:.4f}" + (f"; plot: {plot}" if plot else ""), highlight=False)
+
+
+def _nan(x) -> bool:
+    return x is None or x != x
+
+
+def _pts(x) -> str:
+    """A fraction as percentage points (``0.0123`` → ``1.23``), ``—`` when undefined (regression targets)."""
+    return "—" if _nan(x) else f"{100 * float(x):.2f}"
