@@ -59,6 +59,50 @@ def test_transform_acts_on_means_with_T_and_stds_with_abs_T(seed, act):
         P.wasserstein2(q, r), rel=1e-10)
 
 
+@settings(max_examples=30)
+@given(seeds, st.sampled_from(["relu", "tanh"]))
+def test_transform_of_stds_is_abs_T_computed_directly(seed, act):
+    """``|T|σ`` against the dense matrices: ``σ₀' = |T₀|σ₀``, ``σ₁' = |T₁| σ₁ |T₀|ᵀ``, ``σ₂' = σ₂ |T₁|ᵀ``
+    (for monomial ``T``, ``|T⁻¹| = |T|ᵀ``); the means with the signed ``T`` likewise."""
+    arch = architectures.mlp([4, 6, 5, 3], activation=act)
+    q = _posterior(arch, seed % 1000, std_scale=1.0)
+    cls = sy.SignedPermutation() if act == "tanh" else sy.Permutation()
+    t = sy.random_transforms(arch.graph, seed, classes=cls)
+    qt = q.transform(arch.graph, t)
+    t0, t1 = (t[s].as_matrix().double() for s in ("hidden.0", "hidden.1"))
+    a0, a1 = t0.abs(), t1.abs()
+    s, m = q.std, q.mean
+    expected_std = {"layers.0.weight": a0 @ s["layers.0.weight"], "layers.0.bias": a0 @ s["layers.0.bias"],
+                    "layers.1.weight": a1 @ s["layers.1.weight"] @ a0.T, "layers.1.bias": a1 @ s["layers.1.bias"],
+                    "layers.2.weight": s["layers.2.weight"] @ a1.T, "layers.2.bias": s["layers.2.bias"]}
+    expected_mean = {"layers.0.weight": t0 @ m["layers.0.weight"], "layers.1.weight": t1 @ m["layers.1.weight"] @ t0.T,
+                     "layers.2.weight": m["layers.2.weight"] @ t1.T}
+    assert set(qt.std) == set(expected_std)
+    for k, v in expected_std.items():
+        torch.testing.assert_close(qt.std[k], v, rtol=1e-12, atol=0, msg=k)
+    for k, v in expected_mean.items():
+        torch.testing.assert_close(qt.mean[k], v, rtol=1e-12, atol=1e-15, msg=k)
+    assert not all(torch.equal(qt.std[k], s[k]) for k in s)        # the planted T moved the stds
+
+
+@settings(max_examples=20)
+@given(seeds, st.sampled_from(["relu", "tanh"]))
+def test_alignment_recovers_a_planted_permutation_from_the_stds_alone(seed, act):
+    """All means zero: only the σ half of the W₂ cost, ``‖σ_A − |T|σ_B‖²``, can find the permutation."""
+    arch = architectures.mlp([5, 12, 10, 3], activation=act)
+    q = _posterior(arch, seed % 1000, std_scale=1.0)
+    qa = P.MeanField({k: torch.zeros_like(v) for k, v in q.mean.items()}, q.std)
+    planted = sy.random_transforms(arch.graph, seed, classes=sy.Permutation())
+    assume_moved = any(not el.allclose(type(el).identity(el.n)) for el in planted.values())
+    qb = qa.transform(arch.graph, planted)
+    result = P.align_posteriors(arch.graph, qa, qb, classes=sy.Permutation(), seed=seed % 100)
+    for space, el in result.transforms.items():
+        assert el.allclose(planted[space].inverse()), space
+    assert result.cost_after == pytest.approx(0.0, abs=1e-20)
+    if assume_moved:
+        assert result.cost_before > 0.1
+
+
 @settings(max_examples=25)
 @given(seeds, st.sampled_from([0.0, 1e-3]))
 def test_alignment_recovers_a_planted_permutation(seed, noise):
@@ -100,6 +144,19 @@ def test_classes_leaving_the_mean_field_family_are_refused(cls):
     assert isinstance(info.value, NotAdmittedError) and info.value.space == "hidden.0"
     with pytest.raises(P.MeanFieldClassError):
         P.align_posteriors(arch.graph, q, q, classes={"hidden.0": cls})
+
+
+@pytest.mark.parametrize("act, advised", [("relu", ["Permutation"]),
+                                         ("tanh", ["Permutation", "SignFlip", "SignedPermutation"])])
+def test_refusal_advises_only_the_mean_field_classes_the_space_admits(act, advised):
+    arch = architectures.mlp([4, 6, 3], activation=act)
+    q = _posterior(arch, 0)
+    with pytest.raises(P.MeanFieldClassError) as info:
+        P.align_posteriors(arch.graph, q, q, classes=sy.Orthogonal())
+    advice = str(info.value).split(":")[-1]
+    for name in ("SignFlip", "SignedPermutation"):
+        assert (name in advice) == (name in advised), advice
+    assert "Permutation" in advice
 
 
 def test_classes_the_space_does_not_admit_and_unknown_spaces_are_refused():

@@ -67,8 +67,8 @@ def _classes(graph, classes) -> dict[str, SymmetryClass]:
         if not isinstance(cls, MEAN_FIELD_CLASSES) or isinstance(cls, HeadStructured):
             raise MeanFieldClassError(
                 f"{cls!r} at space {space.name!r} does not keep the mean-field Gaussian family (a non-monomial map "
-                f"makes the covariance dense; scalings are not supported): choose Permutation, SignFlip or "
-                f"SignedPermutation", space=space.name, cls=cls)
+                f"makes the covariance dense; scalings are not supported): {_admitted_choices(graph, space.name)}",
+                space=space.name, cls=cls)
         if not graph.admits(space.name, cls):
             raise NotAdmittedError(f"space {space.name!r} admits {', '.join(map(repr, space.classes))}; "
                                    f"{cls!r} is not among them or their subclasses", space=space.name, cls=cls)
@@ -80,6 +80,16 @@ def _classes(graph, classes) -> dict[str, SymmetryClass]:
         for name in classes:
             graph.space(name)  # UnknownSpaceError for a misspelt space
     return out
+
+
+def _admitted_choices(graph, space: str) -> str:
+    """The mean-field classes ``space`` admits, as advice (only those: SignFlip is no choice for ReLU)."""
+    names = [c.__name__ for c in (Permutation, SignFlip, SignedPermutation) if graph.admits(space, c())]
+    if not names:
+        return "the space admits none of Permutation, SignFlip and SignedPermutation (use Trivial there)"
+    if len(names) == 1:
+        return f"choose {names[0]} (the only mean-field class the space admits)"
+    return f"choose {', '.join(names[:-1])} or {names[-1]} (the mean-field classes the space admits)"
 
 
 def _settled(graph, e, solved: set) -> bool:
