@@ -5,9 +5,11 @@ elements (that space alone transformed; a head group shares its head permutation
 a copy of the model's parameters and compares the outputs in eval mode; a last row transforms
 all spaces at once. The error is ``max |f(T·θ) − f(θ)|`` over every output entry; the tolerance is
 ``rtol · κ(T) · max |f(θ)| + atol`` with ``rtol`` by dtype and ``κ`` the condition number of the
-drawn maps (a sum over spaces for the joint row). :func:`assert_invariant` raises
-:class:`InvarianceError` (an ``AssertionError``) naming the space, the declared class, the
-smallest failing subclass, the error and the activation.
+drawn maps (a sum over spaces for the joint row). Non-finite output entries (masked logits) are
+compared positionally: the same ``±inf`` or NaN at the same place is equal, any other change of
+the non-finite pattern is a failure, and error and scale are taken over the finite entries only.
+:func:`assert_invariant` raises :class:`InvarianceError` (an ``AssertionError``) naming the space,
+the declared class, the smallest failing subclass, the error and the activation.
 """
 from __future__ import annotations
 
@@ -143,23 +145,52 @@ class _Runner:
         return leaves
 
 
-def _difference(y: list[torch.Tensor], y2: list[torch.Tensor]) -> float:
+def _inexact(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def _difference(y: list[torch.Tensor], y2: list[torch.Tensor]) -> tuple[float, str]:
+    """``(max |y2 − y| over entries finite in both, note)``; ``(inf, why)`` when the output's structure,
+    an exact (integer) entry, or the non-finite pattern changed: a ``±inf`` or NaN of ``y`` must be
+    the same ``±inf`` or a NaN at the same place in ``y2``, and a finite entry must stay finite."""
     if len(y) != len(y2) or any(a.shape != b.shape for a, b in zip(y, y2)):
-        return float("inf")
+        return float("inf"), "the output's structure or shape changed"
     err = 0.0
-    for a, b in zip(y, y2):
-        if a.is_floating_point() or a.is_complex():
-            d = (a.double() - b.double()).abs()
-            err = max(err, float(d.max()) if d.numel() else 0.0)
-            if not bool(torch.isfinite(b).all()) and bool(torch.isfinite(a).all()):
-                return float("inf")
-        elif not torch.equal(a, b):
-            return float("inf")
-    return err
+    for i, (a, b) in enumerate(zip(y, y2)):
+        if not _inexact(a):
+            if not torch.equal(a, b):
+                return float("inf"), f"an exact (non-floating) output {i} changed"
+            continue
+        if not a.numel():
+            continue
+        fa, fb = torch.isfinite(a), torch.isfinite(b)
+        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+        bad = (fa != fb) | (~fa & ~same)
+        if bool(bad.any()):
+            idx = tuple(int(k) for k in torch.nonzero(bad)[0])
+            where = f"output {i} entry {list(idx)}" if len(y) > 1 else f"output entry {list(idx)}"
+            kind = "was finite" if bool(fa[idx]) else "was non-finite"
+            return float("inf"), (f"{where} {kind} for θ ({a[idx].item()}) and is {b[idx].item()} after the "
+                                  f"transform (non-finite entries are compared by position and value)")
+        both = fa & fb
+        if bool(both.any()):
+            wide = torch.complex128 if a.is_complex() else torch.float64
+            err = max(err, float((a[both].to(wide) - b[both].to(wide)).abs().max()))
+    return err, ""
 
 
 def _scale(y: list[torch.Tensor]) -> float:
-    vals = [float(t.double().abs().max()) for t in y if (t.is_floating_point() or t.is_complex()) and t.numel()]
+    """``max |y|`` over the finite entries; ``ValueError`` when floating entries exist but none is finite."""
+    vals, inexact = [], False
+    for t in y:
+        if _inexact(t) and t.numel():
+            inexact = True
+            finite = t[torch.isfinite(t)]
+            if finite.numel():
+                vals.append(float(finite.abs().max()))
+    if inexact and not vals:
+        raise ValueError("the model's output f(θ) has no finite entries (every entry is ±inf or NaN), so no "
+                         "invariance can be checked; check the model and its example inputs")
     return max(vals, default=0.0)
 
 
@@ -243,7 +274,7 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
     rtol = DEFAULT_RTOL.get(run.dtype, 1e-4) if rtol is None else float(rtol)
     y = run(theta)
     scale = _scale(y)
-    if _difference(y, run(theta)) > rtol * scale + atol:
+    if _difference(y, run(theta))[0] > rtol * scale + atol:
         raise RuntimeError("the model is not deterministic in eval mode: two calls with the same parameters "
                            "differ beyond the tolerance, so no invariance can be checked")
     device = next((t.device for t in theta.values() if isinstance(t, torch.Tensor)), torch.device("cpu"))
@@ -251,15 +282,23 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
     report = InvarianceReport(dtype=str(run.dtype).replace("torch.", ""))
 
     def trial(transforms: Mapping[str, Element], kappa: float, wide: bool):
+        tol = rtol * kappa * scale + atol
         try:
-            y2 = run(apply(graph, theta, TransformSet(transforms).to(device), check=not wide))
+            moved = apply(graph, theta, TransformSet(transforms).to(device), check=not wide)
         except SymmetryError as exc:
             return float("inf"), 0.0, f"cannot apply: {exc}"
         except (RuntimeError, ValueError, IndexError) as exc:
             if wide:
                 return None, 0.0, f"{type(exc).__name__}: {exc}"
             raise
-        return _difference(y, y2), rtol * kappa * scale + atol, ""
+        try:
+            y2 = run(moved)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            if wide:
+                return None, 0.0, f"{type(exc).__name__}: {exc}"
+            raise
+        err, note = _difference(y, y2)
+        return err, tol, note
 
     def run_class(space, cls, k0: int, row: SpaceCheck, count: int) -> None:
         s = graph.space(space)

@@ -211,3 +211,87 @@ def test_a_model_on_the_gpu_is_checked_on_the_gpu():
     with pytest.raises(InvarianceError, match="hidden.0"):
         assert_invariant(wrong.module(seed=0).cuda(), wrong.graph.with_classes({"hidden.0": sy.PositiveScaling()}),
                          example_inputs(wrong, dtype=torch.float32).cuda())
+
+
+# -- non-finite outputs -------------------------------------------------------------------------------------------
+class _Masked(nn.Module):
+    """An MLP of the builders whose output carries a −inf column (as masked logits do)."""
+
+    def __init__(self, inner: nn.Module, fill: float = float("-inf")):
+        super().__init__()
+        self.layers, self.fill = inner.layers, fill
+        self.act = inner.act if hasattr(inner, "act") else None
+        object.__setattr__(self, "_inner", inner)
+
+    def forward(self, x):
+        y = self._inner(x)
+        return torch.cat([y, torch.full_like(y[:, :1], self.fill)], 1)
+
+
+@pytest.mark.parametrize("fill", [float("-inf"), float("inf"), float("nan")])
+def test_a_non_finite_mask_column_does_not_hide_a_broken_symmetry(fill):
+    arch = architectures.mlp([4, 6, 3], "gelu")
+    masked, x = _Masked(arch.module(seed=0), fill), example_inputs(arch)
+    wrong = arch.graph.with_classes({"hidden.0": sy.PositiveScaling()})
+    with pytest.raises(InvarianceError, match=r"space `hidden.0` declared PositiveScaling") as info:
+        assert_invariant(masked, wrong, x, dtype=torch.float64)
+    check = info.value.check
+    assert 1e-3 < check.max_error < float("inf") and 0 < check.tolerance < 1e-6  # finite entries only
+    report = assert_invariant(masked, arch.graph, x, dtype=torch.float64)  # the true symmetry holds
+    assert all(0 < c.tolerance < 1e-6 for c in report.checks)
+
+
+class _SqrtHead(nn.Module):
+    """``[fc2(|h|), −inf, sqrt(h₀ − 2)]``: sign flips keep ``|h|``, but flipping unit 0 turns the finite
+    last column into NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        y = self.fc2(h.abs())
+        return torch.cat([y, torch.full_like(y[:, :1], float("-inf")), torch.sqrt(h[:, :1] - 2.0)], 1)
+
+
+def _sqrt_graph(cls):
+    g = architectures.WeightGraph("sqrt-head")
+    g.add_parameter("fc1.weight", (6, 4)).add_parameter("fc1.bias", (6,)).add_parameter("fc2.weight", (3, 6))
+    g.add_parameter("fc2.bias", (3,), fixed=True)
+    g.add_space("h", 6, cls)
+    g.connect("fc1.weight", "h", axis=0, role="out").connect("fc1.bias", "h", axis=0, role="out")
+    g.connect("fc2.weight", "h", axis=1, role="in")
+    return g
+
+
+def test_nan_where_the_reference_is_finite_fails_with_a_note():
+    torch.manual_seed(0)
+    model = _SqrtHead().double()
+    with torch.no_grad():
+        model.fc1.weight.mul_(0.1)
+        model.fc1.bias[0] = 5.0  # h₀ − 2 > 0 at θ: the sqrt column is finite
+    x = torch.randn(8, 4, dtype=torch.float64)
+    report = check_invariance(model, _sqrt_graph(sy.SignFlip()), x, perturb=False, joint=False, examples=10)
+    (row,) = report.checks
+    assert not row.passed and row.max_error == float("inf")
+    assert "nan" in row.note and "was finite" in row.note
+
+
+def test_non_finite_pattern_compared_positionally():
+    from symmetries.testing import _difference
+    inf, nan = float("inf"), float("nan")
+    ref = [torch.tensor([1.0, -inf, nan, inf])]
+    assert _difference(ref, [torch.tensor([1.5, -inf, nan, inf])])[0] == pytest.approx(0.5)  # same pattern
+    for other in ([1.0, inf, nan, inf], [1.0, -inf, 2.0, inf], [1.0, 0.0, nan, inf], [nan, -inf, nan, inf]):
+        err, note = _difference(ref, [torch.tensor(other)])
+        assert err == inf and note
+
+
+def test_a_reference_output_without_finite_entries_is_refused():
+    arch = architectures.mlp([4, 6, 3], "relu")
+    model = _Masked(arch.module(seed=0))
+    model.forward = lambda x: torch.full((len(x), 3), float("nan"))
+    with pytest.raises(ValueError, match="no finite entries"):
+        check_invariance(model, arch.graph, example_inputs(arch))
+
