@@ -198,7 +198,7 @@ def example_inputs(arch, batch: int = 4, *, seed: int = 0, dtype: torch.dtype = 
                    image_size: int = 8, nodes: int = 6):
     """Seeded inputs for a module of the builders: MLP ``(batch, d_in)``, VGG/ResNet images
     ``(batch, C, image_size, image_size)``, GCN ``(features (nodes, d_in), adjacency)``, GPT-2 token
-    ids, ViT images."""
+    ids (``hf_gpt2``: ``(batch, min(n_positions, 16))``), ViT images."""
     cfg, gen = arch.config, torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -207,6 +207,9 @@ def example_inputs(arch, batch: int = 4, *, seed: int = 0, dtype: torch.dtype = 
     if cfg.get("kind") in ("gpt2", "vit"):
         from architectures.transformer import example_inputs as transformer_inputs
         return transformer_inputs(arch, batch, seed=seed, dtype=dtype)
+    if cfg.get("kind") == "hf_gpt2":  # token ids, at most 16 positions (a real GPT-2 has 1024)
+        hf = cfg["config"]
+        return torch.randint(0, int(hf["vocab_size"]), (batch, min(int(hf["n_positions"]), 16)), generator=gen)
     name = arch.name
     if name.startswith("gcn"):
         a = (torch.rand(nodes, nodes, generator=gen) < 0.4).to(torch.float64)

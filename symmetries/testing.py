@@ -8,8 +8,10 @@ all spaces at once. The error is ``max |f(T·θ) − f(θ)|`` over every output 
 drawn maps (a sum over spaces for the joint row). Non-finite output entries (masked logits) are
 compared positionally: the same ``±inf`` or NaN at the same place is equal, any other change of
 the non-finite pattern is a failure, and error and scale are taken over the finite entries only.
-:func:`assert_invariant` raises :class:`InvarianceError` (an ``AssertionError``) naming the space,
-the declared class, the smallest failing subclass, the error and the activation.
+Parameters tied in the module (one tensor under several state-dict keys) are checked as one
+tensor: a transform that gives the tied keys different values fails. :func:`assert_invariant` raises
+:class:`InvarianceError` (an ``AssertionError``) naming the space, the declared class, the
+smallest failing subclass, the error and the activation.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from .strategies import GROUPS, example_inputs, random_element, tie_heads as _ti
 from .transforms import TransformSet
 
 __all__ = ["DEFAULT_RTOL", "InvarianceError", "SpaceCheck", "InvarianceReport", "check_invariance",
-           "assert_invariant", "example_inputs"]  # example_inputs re-exported from strategies
+           "assert_invariant", "example_inputs", "cast_inputs", "tied_groups"]  # example_inputs re-exported from strategies
 
 #: Relative tolerance by dtype, before scaling by conditioning and output scale.
 DEFAULT_RTOL: dict[torch.dtype, float] = {torch.float64: 1e-9, torch.float32: 1e-4,
@@ -122,23 +124,66 @@ def _leaves(y) -> list[torch.Tensor]:
     return []
 
 
+def _float_dtype(module: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.state_dict().values() if p.is_floating_point()), torch.get_default_dtype())
+
+
+def cast_inputs(inputs, dtype: torch.dtype) -> tuple:
+    """The positional inputs as a tuple, floating tensors cast to ``dtype`` (others as given)."""
+    return tuple(x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in _as_args(inputs))
+
+
+def tied_groups(module: nn.Module) -> list[list[str]]:
+    """State-dict keys that name one tensor in ``module`` (tied parameters or buffers), in groups of ≥ 2."""
+    groups: dict[int, list[str]] = {}
+    keys = set(module.state_dict())
+    named = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
+    for name, t in named:
+        if name in keys and t is not None:
+            groups.setdefault(id(t), [])
+            if name not in groups[id(t)]:
+                groups[id(t)].append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 class _Runner:
-    """A private eval-mode copy of the model, called with substituted parameters."""
+    """A private eval-mode copy of the model, called with substituted parameters (one value per
+    tied group: what ``load_state_dict`` would leave in the module)."""
 
     def __init__(self, model: nn.Module, inputs, dtype: torch.dtype | None):
         self.model = copy.deepcopy(model).eval()
         if dtype is not None:
             self.model.to(dtype=dtype)
-        self.dtype = dtype or next((p.dtype for p in self.model.state_dict().values() if p.is_floating_point()),
-                                   torch.get_default_dtype())
-        self.args = tuple(x.to(self.dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-                          for x in _as_args(inputs))
+        self.dtype = dtype or _float_dtype(self.model)
+        self.args = cast_inputs(inputs, self.dtype)
+        self.tied = tied_groups(self.model)
+        self._drop = {name for group in self.tied for name in group[1:]}
         self.calls = 0
+
+    def untie(self, params: Mapping[str, torch.Tensor], rtol: float, kappa: float) -> str:
+        """Why ``params`` cannot be loaded into the module (tied keys whose values differ), or ``""``."""
+        for group in self.tied:
+            first = params.get(group[0])
+            for name in group[1:]:
+                other = params.get(name)
+                if first is None or other is None:
+                    continue
+                if first.shape != other.shape:
+                    return (f"tied parameters {group[0]!r} and {name!r} (one tensor in the module) get shapes "
+                            f"{tuple(first.shape)} and {tuple(other.shape)} under this transform")
+                diff = float((first.double() - other.double()).abs().max()) if first.numel() else 0.0
+                size = float(first.double().abs().max()) if first.numel() else 0.0
+                if not diff <= rtol * kappa * size:
+                    return (f"tied parameters {group[0]!r} and {name!r} (one tensor in the module) get different "
+                            f"values under this transform (by {diff:.2g}): the transformed state dict cannot be "
+                            f"loaded into the module")
+        return ""
 
     def __call__(self, params: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         self.calls += 1
+        values = {k: v for k, v in params.items() if k not in self._drop}
         with torch.no_grad():
-            out = torch.func.functional_call(self.model, dict(params), self.args, strict=False)
+            out = torch.func.functional_call(self.model, values, self.args, strict=False)
         leaves = _leaves(out)
         if not leaves:
             raise TypeError(f"the model returned {type(out).__name__}, which holds no tensors to compare")
@@ -194,9 +239,10 @@ def _scale(y: list[torch.Tensor]) -> float:
     return max(vals, default=0.0)
 
 
-def _perturb(graph, params: dict, seed: int) -> dict:
+def _perturb(graph, params: dict, seed: int, tied: Sequence[Sequence[str]] = ()) -> dict:
     """A generic point near ``θ``: every tensor a space acts on gets 20% noise (running variances a
-    positive factor), so no parameter sits at a special value (γ = 1, β = 0) that hides a wrong rule."""
+    positive factor), so no parameter sits at a special value (γ = 1, β = 0) that hides a wrong rule.
+    Keys of one ``tied`` group (one tensor in the module) get one perturbed value."""
     gen = torch.Generator().manual_seed(seed)
     out = dict(params)
     for p in graph.parameters():
@@ -210,6 +256,12 @@ def _perturb(graph, params: dict, seed: int) -> dict:
         else:
             rms = float(v.double().pow(2).mean().sqrt()) if v.numel() else 0.0
             out[p.name] = (v.double() + 0.2 * (rms or 1.0) * noise).to(v.dtype)
+    for group in tied:
+        moved = next((k for k in group if k in out and out[k] is not params.get(k)), None)
+        if moved is not None:
+            for k in group:
+                if k in out:
+                    out[k] = out[moved]
     return out
 
 
@@ -270,7 +322,7 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
     theta = dict(run.model.state_dict())
     graph.validate(theta)
     if perturb:
-        theta = _perturb(graph, theta, _seed(seed, 1))
+        theta = _perturb(graph, theta, _seed(seed, 1), run.tied)
     rtol = DEFAULT_RTOL.get(run.dtype, 1e-4) if rtol is None else float(rtol)
     y = run(theta)
     scale = _scale(y)
@@ -291,6 +343,9 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
             if wide:
                 return None, 0.0, f"{type(exc).__name__}: {exc}"
             raise
+        untied = run.untie(moved, rtol, kappa)
+        if untied:
+            return float("inf"), tol, untied
         try:
             y2 = run(moved)
         except (RuntimeError, ValueError, IndexError) as exc:

@@ -295,3 +295,69 @@ def test_a_reference_output_without_finite_entries_is_refused():
     with pytest.raises(ValueError, match="no finite entries"):
         check_invariance(model, arch.graph, example_inputs(arch))
 
+
+# -- tied parameters ---------------------------------------------------------------------------------------------------
+class _TiedLM(nn.Module):
+    """``logits = E[t] Eᵀ`` with the output layer's weight tied to the embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.out = nn.Embedding(11, 6), nn.Linear(6, 11, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, t):
+        return self.out(self.emb(t))
+
+
+def _tied_graph(cls):
+    g = architectures.WeightGraph("tied-lm")
+    g.add_parameter("emb.weight", (11, 6)).add_parameter("out.weight", (11, 6))
+    g.add_space("stream", 6, cls)
+    g.connect("emb.weight", "stream", axis=1, role="out").connect("out.weight", "stream", axis=1, role="in")
+    return g
+
+
+def test_tied_parameters_are_checked_as_one_tensor():
+    torch.manual_seed(0)
+    model, ids = _TiedLM(), torch.randint(0, 11, (3, 5))
+    report = assert_invariant(model, _tied_graph(sy.Orthogonal()), ids, dtype=torch.float64)  # Eᵀ Q Qᵀ E
+    assert report.passed and report.checks[0].max_error < 1e-10
+    # an invertible A keeps E Aᵀ A⁻ᵀ Eᵀ if the keys were separate, but one tensor cannot be both E Aᵀ and E A⁻¹
+    with pytest.raises(InvarianceError, match=r"space `stream` declared Invertible") as info:
+        assert_invariant(model, _tied_graph(sy.Invertible()), ids, dtype=torch.float64)
+    note = info.value.check.note
+    assert "tied" in note and "emb.weight" in note and "out.weight" in note
+
+
+def test_a_module_with_tied_weights_from_module():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc, self.out = nn.Embedding(11, 6), nn.Linear(6, 6), nn.Linear(6, 11, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, t):
+            return self.out(torch.relu(self.fc(self.emb(t))))
+
+    torch.manual_seed(0)
+    model, ids = Tiny(), torch.randint(0, 11, (3, 5))
+    graph = architectures.from_module(model, ids)
+    report = assert_invariant(model, graph, ids, examples=3)
+    assert report.passed and report.examples >= 3
+
+
+def _hf_gpt2():
+    pytest.importorskip("transformers")
+    return architectures.hf_gpt2(n_embd=8, n_head=2, n_layer=1, vocab_size=13, n_positions=6)
+
+
+def test_hf_gpt2_with_its_tied_lm_head_passes():
+    arch = _hf_gpt2()
+    ids = example_inputs(arch)
+    assert ids.dtype == torch.long and ids.shape[-1] == 6 and int(ids.max()) < 13
+    report = assert_invariant(arch.module(seed=0), arch.graph, ids, examples=2, dtype=torch.float64)
+    assert report.passed and {c.space for c in report.checks} >= {"residual", "transformer.h.0.mlp"}
+    wrong = arch.graph.with_classes({"transformer.h.0.mlp": sy.PositiveScaling()})
+    with pytest.raises(InvarianceError, match=r"space `transformer.h.0.mlp` declared PositiveScaling"):
+        assert_invariant(arch.module(seed=0), wrong, ids, examples=2, dtype=torch.float64)
+

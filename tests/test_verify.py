@@ -120,6 +120,7 @@ BUILDERS = {
     "gcn": "architectures.gcn([3, 5, 4, 2], 'leaky_relu')",
     "gpt2": "architectures.gpt2(13, 6, 8, n_heads=2, n_layers=1, d_mlp=6, packed_qkv=True)",
     "vit_rms": "architectures.vit(8, 4, 2, 8, n_heads=2, n_layers=1, norm='rms')",
+    "hf_gpt2": "architectures.hf_gpt2(n_embd=8, n_head=2, n_layer=1, vocab_size=13, n_positions=6)",  # tied lm_head
 }
 
 
@@ -144,6 +145,8 @@ def builders_file(tmp_path) -> Path:
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_every_builder_passes(builders_file, name):
+    if name.startswith("hf_"):
+        pytest.importorskip("transformers")
     res = _invoke(f"{builders_file}:{name}", "--examples", "2", "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
@@ -191,3 +194,26 @@ def test_docs_page_examples_run():
         for name, fn in namespace.items():
             if name.startswith("test_") and callable(fn):
                 fn()
+
+
+def test_a_user_module_with_tied_weights_passes_with_its_from_module_graph(tmp_path):
+    (tmp_path / "tied.py").write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+
+        class TiedLM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb, self.fc, self.out = nn.Embedding(11, 6), nn.Linear(6, 6), nn.Linear(6, 11, bias=False)
+                self.out.weight = self.emb.weight
+
+            def forward(self, t):
+                return self.out(torch.relu(self.fc(self.emb(t))))
+
+        def model():
+            torch.manual_seed(0)
+            return TiedLM(), torch.randint(0, 11, (3, 5))
+    '''))
+    res = _invoke(f"{tmp_path / 'tied.py'}:model", "--examples", "2")
+    assert res.exit_code == 0, res.output
+    assert "from_module" in res.output and "all declared symmetries hold" in res.output
