@@ -61,6 +61,9 @@ class SpaceCheck:
     failing_class: str | None = None   # smallest failing subclass (shrunk), when it fails
     seed: int | None = None            # seed of the worst draw: random_element(cls, n, m, seed=…)
     note: str = ""
+    failing_seed: int | None = None    # the failing subclass's draw: random_element(failing_class, …, seed=…)
+    failing_error: float | None = None
+    failing_tolerance: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -70,10 +73,17 @@ class SpaceCheck:
         if self.space == ALL_SPACES:
             head = (f"all spaces at once ({self.cls}): output changed by {self.max_error:.2g} "
                     f"(tolerance {self.tolerance:.2g})")
+        elif self.failing_class and self.failing_class != self.cls and self.failing_seed is not None:
+            # the error, tolerance and seed all of the shrunk draw; the declared class's worst draw after
+            head = (f"space `{self.space}` declared {self.cls}: output changed by {self.failing_error:.2g} "
+                    f"(tolerance {self.failing_tolerance:.2g}) after a drawn {self.failing_class} "
+                    f"(seed {self.failing_seed}; worst drawn {self.cls}: {self.max_error:.2g}, seed {self.seed})")
         else:
             head = (f"space `{self.space}` declared {self.cls}: output changed by {self.max_error:.2g} "
-                    f"(tolerance {self.tolerance:.2g}) after a drawn {self.failing_class or self.cls}")
-        if self.seed is not None:
+                    f"(tolerance {self.tolerance:.2g}) after a drawn {self.cls}")
+            if self.seed is not None:
+                head += f" (seed {self.seed})"
+        if self.space == ALL_SPACES and self.seed is not None:
             head += f" (seed {self.seed})"
         if self.activation:
             head += f"; activation is {self.activation}"
@@ -381,7 +391,12 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
             row = SpaceCheck(space, _label(cls), activation=graph.space(space).activation)
             run_class(space, cls, _seed(seed, 2, i, j), row, examples)
             if not row.passed:
-                row.failing_class = _shrink(graph, space, cls, seed, i, j, run_class, examples) or _label(cls)
+                probe = _shrink(graph, space, cls, seed, i, j, run_class, examples)
+                if probe is None:
+                    row.failing_class = _label(cls)
+                else:
+                    row.failing_class, row.failing_seed = probe.cls, probe.seed
+                    row.failing_error, row.failing_tolerance = probe.max_error, probe.tolerance
             report.checks.append(row)
     if joint and len(plan) > 1:
         report.checks.append(_joint(graph, plan, seed, examples, cond, trial))
@@ -407,13 +422,14 @@ def _plan(graph, classes, spaces) -> list[tuple[str, list[SymmetryClass]]]:
     return plan
 
 
-def _shrink(graph, space, cls, seed, i, j, run_class, examples) -> str | None:
-    """The smallest subclass of ``cls`` that already fails at ``space`` (``None``: only ``cls`` does)."""
+def _shrink(graph, space, cls, seed, i, j, run_class, examples) -> SpaceCheck | None:
+    """The check of the smallest subclass of ``cls`` that already fails at ``space`` (its ``seed``:
+    the failing draw); ``None`` when only ``cls`` itself fails."""
     for k, sub in enumerate(_subclasses(cls)):
         probe = SpaceCheck(space, _label(sub))
         run_class(space, sub, _seed(seed, 3, i, j, k), probe, examples)
         if not probe.passed:
-            return _label(sub)
+            return probe
     return None
 
 

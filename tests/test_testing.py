@@ -361,3 +361,25 @@ def test_hf_gpt2_with_its_tied_lm_head_passes():
     with pytest.raises(InvarianceError, match=r"space `transformer.h.0.mlp` declared PositiveScaling"):
         assert_invariant(arch.module(seed=0), wrong, ids, examples=2, dtype=torch.float64)
 
+
+# -- messages ------------------------------------------------------------------------------------------------------------
+def test_a_shrunk_failure_names_the_seed_of_the_failing_subclass_draw():
+    from symmetries.strategies import random_element
+    arch = architectures.gpt2(13, 6, 8, n_heads=2, n_layers=1, d_mlp=6)
+    wrong = arch.graph.with_classes({"residual": sy.Orthogonal()})
+    x = example_inputs(arch)
+    report = check_invariance(arch.module(seed=0), wrong, x, examples=3, dtype=torch.float64, joint=False)
+    row = next(c for c in report.checks if c.space == "residual")
+    assert row.failing_class == "SignFlip" and row.failing_seed is not None and row.failing_seed != row.seed
+    msg = row.message()
+    assert f"after a drawn SignFlip (seed {row.failing_seed}" in msg and f"seed {row.seed}" in msg
+    # the named seed replays a failing sign flip
+    model = arch.module(seed=0).double()
+    el = random_element(sy.SignFlip(), 8, seed=row.failing_seed, cond=4.0)
+    from symmetries.testing import _perturb, _seed
+    theta = _perturb(wrong, dict(model.state_dict()), _seed(0, 1))
+    with torch.no_grad():
+        y = torch.func.functional_call(model, theta, (x,))
+        y2 = torch.func.functional_call(model, sy.apply(wrong, theta, sy.TransformSet({"residual": el}), check=False),
+                                        (x,))
+    assert float((y - y2).abs().max()) == pytest.approx(row.failing_error, rel=1e-9)
