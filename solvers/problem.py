@@ -62,14 +62,17 @@ class Problem:
         """``T · θ_B`` (B's parameters moved into A's basis)."""
         return apply(self.graph_b, self.params_b, transforms, check=False)
 
-    def objective(self, transforms: TransformSet | None) -> float | None:
-        """``J(T) = Σ_p ‖θ_A[p] − (T·θ_B)[p]‖²``; ``None`` if ``T`` is ``None`` and widths differ."""
+    def objective(self, transforms: TransformSet | None, parameters=None) -> float | None:
+        """``J(T) = Σ_p ‖θ_A[p] − (T·θ_B)[p]‖²``; ``None`` if ``T`` is ``None`` and widths differ.
+        ``parameters``: sum over these tensors only (default: every floating tensor)."""
         if transforms is None:
             if self.width_changing:
                 return None
             transforms = TransformSet()
         total = 0.0
-        for name, a in self.params_a.items():  # one tensor (or chunk) at a time: no aligned copy of the model
+        names = self.params_a if parameters is None else parameters
+        for name in names:  # one tensor (or chunk) at a time: no aligned copy of the model
+            a = self.params_a[name]
             if not a.is_floating_point():
                 continue
             b = self.params_b[name]

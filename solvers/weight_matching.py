@@ -3,7 +3,10 @@
 Each sweep visits the spaces (a head group counts as one) in a seeded random order; at each,
 with every other transform fixed, the space's subproblem ``argmin_T Σ_e ‖A_e − T·B_e‖²`` is
 solved by its class (:mod:`solvers.subproblems`) and kept only if it lowers ``J``, so ``J``
-never increases. It stops after a sweep without an accepted improvement or at ``max_iter``.
+never increases. Where one tensor meets a unit on two axes (``W ← T W Tᵀ``: an RNN's hidden-to-hidden
+matrix, a layer applied twice) the subproblem is solved with the unit's current transform on the
+other axis (for permutations: the LAP on the gradient, a Frank–Wolfe step of the quadratic assignment
+problem) and the step is kept only if the exact ``J`` of the tensors touching the unit decreases. It stops after a sweep without an accepted improvement or at ``max_iter``.
 
 ``mode="rebasin"`` reproduces Git Re-Basin's published loop for permutations exactly: identity
 start; each sweep a seeded random order (``numpy.random.default_rng(seed)``, one
@@ -18,7 +21,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from symmetries.classes import HeadStructured, Permutation, Trivial
+from symmetries.classes import HeadStructured, Invertible, Permutation, PositiveScaling, Trivial
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
@@ -27,7 +30,7 @@ from .errors import SolverInputError
 from .local import Local, apply_axis, inner_product
 from .registry import Solver, register
 from .solution import Solution
-from .subproblems import SUPPORTED, gain, linear_classes, solve_heads, solve_local
+from .subproblems import SUPPORTED, _score, gain, linear_classes, solve_block, solve_heads, solve_local
 
 __all__ = ["WeightMatching", "Matcher"]
 
@@ -121,6 +124,56 @@ def _units(problem) -> list[list[str]]:
     return units
 
 
+def _coupled(problem, spaces: list[str]) -> tuple[str, ...]:
+    """The tensors touching a unit if one of them meets the unit on two different axes (an RNN's
+    ``W_hh``, a layer applied twice: ``W ← T W Tᵀ``), else ``()``. There the local problem is
+    solved with the unit's own current transform on the other axis — a linearisation of a loss
+    quadratic in ``T`` — so neither its loss nor :func:`~solvers.subproblems.gain` is the change of
+    ``J``; the step is judged by the exact ``J`` over these tensors instead."""
+    gb = problem.graph_b
+    axes: dict[str, set[int]] = defaultdict(set)
+    for space in spaces:
+        for e in gb.edges_at(space):
+            axes[e.parameter].add(e.axis % max(problem.params_b[e.parameter].dim(), 1))
+    return tuple(axes) if any(len(a) > 1 for a in axes.values()) else ()
+
+
+def _coupled_step(problem, spaces, classes, locals_, new, transforms, names, backend, threshold):
+    """``(elements, exact decrease of J over names)`` for a coupled unit: the solved step if it lowers
+    ``J`` by more than ``threshold``; else, for one space, shorter steps from the current element
+    ``T₀`` — proximal for norm-keeping classes (``argmax ⟨T, M + λT₀⟩``, ``λ`` growing: a projected
+    gradient step of ``J``, which lowers ``J`` once ``λ`` is large enough), along the segment
+    ``T₀ + s(T − T₀)`` for ``Invertible`` and ``PositiveScaling``."""
+    def value(els):
+        return problem.objective(TransformSet({**transforms, **dict(zip(spaces, els))}), names)
+    base = value([transforms[s] for s in spaces])
+    g = base - value(new)
+    if g > threshold or len(spaces) > 1 or isinstance(classes[0], HeadStructured):
+        return new, g
+    cls, loc, cur, cand = classes[0], locals_[0], transforms[spaces[0]], new[0]
+    trials = []
+    if linear_classes(cls):
+        m, v = _score(loc)
+        if v is not None and isinstance(cls, Permutation):  # as solve_local: T∘T = T
+            m, v = m + v, None
+        t0 = cur.as_matrix().to(m)
+        lam = float(torch.linalg.vector_norm(m)) / max(float(torch.linalg.vector_norm(t0)), 1e-300)
+        trials = (solve_block(cls, m + lam * 4.0 ** k * t0, v, backend) for k in range(-1, 8))
+    elif isinstance(cls, Invertible):
+        t0, t1 = cur.as_matrix(), cand.as_matrix().to(cur.as_matrix())
+        trials = (DenseElement(t0 + 0.5 ** k * (t1 - t0)) for k in range(1, 9))
+    elif isinstance(cls, PositiveScaling):
+        c0, c1 = (torch.ones(loc.n, dtype=torch.float64) if e.out_scale is None else e.out_scale.double()
+                  for e in (cur, cand))
+        trials = (GatherElement.monomial(cur.index, c0 + 0.5 ** k * (c1 - c0)) for k in range(1, 9))
+    for el in trials:  # lazily: stop at the first that lowers J
+        if _finite(el):
+            g = base - value([el])
+            if g > threshold:
+                return [el], g
+    return new, -1.0
+
+
 class WeightMatching(Solver):
     """Coordinate descent over spaces on ``Σ_p ‖θ_A − T·θ_B‖²``, each space solved by its class."""
 
@@ -147,6 +200,7 @@ class WeightMatching(Solver):
             _check_rebasin(problem)
         matcher = Matcher(problem)
         units = _units(problem)
+        coupled = [_coupled(problem, spaces) for spaces in units]
         transforms: dict[str, Element] = {}
         for space in problem.spaces:
             m, n = problem.sizes[space]
@@ -199,7 +253,11 @@ class WeightMatching(Solver):
                     continue
                 if not all(_finite(el) for el in new):
                     continue
-                g = sum(gain(c, loc, transforms[s], el) for c, loc, s, el in zip(classes, locals_, spaces, new))
+                if coupled[u]:  # the local loss is not the one solved: judge by the exact change of J
+                    new, g = _coupled_step(problem, spaces, classes, locals_, new, transforms, coupled[u],
+                                           backend, tol * max(history[0], 1e-300))
+                else:
+                    g = sum(gain(c, loc, transforms[s], el) for c, loc, s, el in zip(classes, locals_, spaces, new))
                 if g > tol * max(history[0], 1e-300):  # relative to the start: round-off never counts
                     progress = True
                     transforms.update(zip(spaces, new))
