@@ -64,6 +64,20 @@ def test_default_grid_has_25_points_with_both_endpoints():
     assert a.numel() == 25 and float(a[0]) == 0.0 and float(a[-1]) == 1.0 and float(a[12]) == 0.5
 
 
+def test_alpha_grid_takes_any_integer_and_names_other_numbers():
+    import numpy as np
+    for n in (9, np.int64(9), np.int32(9), np.array(9), torch.tensor(9)):
+        g = L.alpha_grid(n)
+        assert g.shape == (9,) and g[0] == 0.0 and g[-1] == 1.0 and g.dtype == np.float64, type(n)
+    assert L.alpha_grid(None).shape == (25,)
+    np.testing.assert_array_equal(L.alpha_grid([0.0, 0.25, 1.0]), [0.0, 0.25, 1.0])
+    for bad in (9.0, 0.5, True, np.float64(3.0)):
+        with pytest.raises(TypeError, match="integer"):
+            L.alpha_grid(bad)
+    with pytest.raises(ValueError, match="at least 2"):
+        L.alpha_grid(np.int64(1))
+
+
 # -- barrier definitions on synthetic curves ---------------------------------------------------
 def test_barrier_definitions_on_a_known_curve():
     a = L.alphas(401).numpy()

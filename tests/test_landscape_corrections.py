@@ -1,6 +1,8 @@
 """BatchNorm reset, REPAIR and MergeMany on planted cases (real training on bundled digits)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -61,6 +63,71 @@ def test_batchnorm_reset_measures_exact_statistics_and_lowers_the_midpoint_loss(
                                   adjust=L.batchnorm_adjust(net, split.train))
     plain = L.interpolation_curve(net, a, b, split.test, alphas=5)
     assert curve.loss_barrier < plain.loss_barrier
+
+
+def _two_bn_net(seed, conv=False):
+    torch.manual_seed(seed)
+    if conv:
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5),
+                             nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3)).double()
+    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 7), nn.BatchNorm1d(7),
+                         nn.ReLU(), nn.Linear(7, 3)).double()
+
+
+@torch.no_grad()
+def _full_data_statistics(net, params, x):
+    """Each BatchNorm's input over all of ``x`` at once, in eval mode, upstream layers already set:
+    ``{layer: (mean, unbiased variance)}`` per channel, computed layer by layer by hand."""
+    net = copy.deepcopy(net)
+    net.load_state_dict(params)
+    net.eval()
+    out = {}
+    h = x
+    for i, layer in enumerate(net):
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            rows = h.movedim(1, 0).reshape(h.shape[1], -1)
+            out[i] = (rows.mean(1), rows.var(1, unbiased=True))
+            layer.running_mean.copy_(out[i][0])
+            layer.running_var.copy_(out[i][1])
+        h = layer(h)
+    return out
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_batchnorm_reset_is_exact_over_unequal_batches(conv):
+    """Unequal batches (and a one-shot generator of them) give the full-data statistics of every
+    layer, the second one included (its input depends on the first one's statistics)."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(61, 1, 8, 8, generator=g, dtype=torch.float64) if conv else
+         torch.randn(61, 6, generator=g, dtype=torch.float64)) * 3 + 1
+    y = torch.randint(0, 3, (61,), generator=g)
+    net = _two_bn_net(0, conv)
+    params = {k: v.detach().clone() for k, v in _two_bn_net(1, conv).state_dict().items()}
+    expected = _full_data_statistics(net, params, x)
+    sizes = [2, 40, 5, 14]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    unequal = [(x[s:s + n], y[s:s + n]) for s, n in zip(starts, sizes)]
+    runs = {"unequal": L.reset_batchnorm(net, params, unequal),
+            "generator": L.reset_batchnorm(net, params, (b for b in unequal)),
+            "batch_size=16": L.reset_batchnorm(net, params, (x, y), batch_size=16),
+            "one batch": L.reset_batchnorm(net, params, (x, y), batch_size=len(x))}
+    for how, reset in runs.items():
+        for i, (mean, var) in expected.items():
+            torch.testing.assert_close(reset[f"{i}.running_mean"], mean, rtol=1e-10, atol=1e-12, msg=how)
+            torch.testing.assert_close(reset[f"{i}.running_var"], var, rtol=1e-10, atol=1e-12, msg=how)
+    assert int(runs["unequal"]["1.num_batches_tracked"]) == 4
+    # the model evaluated with the reset statistics sees standardized inputs at every BatchNorm
+    again = _full_data_statistics(net, runs["unequal"], x)
+    for i, (mean, var) in expected.items():
+        torch.testing.assert_close(again[i][0], mean, rtol=1e-10, atol=1e-12)
+    assert all(torch.equal(params[k], v) for k, v in _two_bn_net(1, conv).state_dict().items())   # inputs untouched
+
+
+def test_batchnorm_reset_needs_two_values_per_channel():
+    net = _two_bn_net(0)
+    params = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="at least 2"):
+        L.reset_batchnorm(net, params, (torch.randn(1, 6, dtype=torch.float64), torch.zeros(1).long()))
 
 
 def test_batchnorm_reset_needs_batchnorm(mlps, split):
@@ -149,6 +216,26 @@ def test_merge_many_with_the_built_in_weight_matching(mlps):
     merged = L.merge_many(arch.graph, models, method="weight_matching", seed=1)
     assert merged.converged
     assert max(L.l2_distance(merged.params, m) for m in merged.aligned) < 1e-6
+
+
+@pytest.mark.skipif(not _has_weight_matching(), reason="needs the solvers package")
+def test_merge_many_takes_an_architecture_and_data_for_data_driven_solvers(mlps, split):
+    arch, (a, _) = mlps
+    models = [sy.apply(arch.graph, a, sy.random_transforms(arch.graph, 30 + i, classes=sy.Permutation()))
+              for i in range(3)]
+    by_graph = L.merge_many(arch.graph, models, method="weight_matching", seed=1)
+    by_arch = L.merge_many(arch, models, method="weight_matching", seed=1)
+    assert by_arch.converged and by_arch.rounds == by_graph.rounds
+    assert all(torch.equal(by_arch.params[k], by_graph.params[k]) for k in by_graph.params)
+    x = split.train[0][:256]
+    merged = L.merge_many(arch, models, method="activation_matching", data=(x, split.train[1][:256]), seed=0)
+    model = arch.module(dtype=torch.float64)
+    # activations cannot tell dead units apart, so the weights need not coincide; the function does
+    ends = L.evaluate(model, split.test, a)
+    got, naive = L.evaluate(model, split.test, merged.params), L.evaluate(model, split.test, L.mean_params(models))
+    assert merged.converged and got.accuracy > ends.accuracy - 0.03 and got.loss < 0.5 * naive.loss, (got, naive)
+    with pytest.raises(sy.errors.SymmetryError, match="data"):                    # a data solver without data
+        L.merge_many(arch, models, method="activation_matching")
 
 
 def test_repair_of_a_convolutional_network_hits_the_target_statistics():

@@ -7,6 +7,7 @@ For accuracy (higher is better) the signs flip: ``B = max_α [reference(α) − 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -33,10 +34,16 @@ def _check(alphas, values) -> tuple[np.ndarray, np.ndarray]:
 
 
 def alpha_grid(alphas: int | Sequence[float] | None = None) -> np.ndarray:
-    """The α of a path as float64: ``alphas`` evenly spaced values (25 if ``None``) or the given ones,
-    which must increase from 0 to 1 (``ValueError`` otherwise)."""
-    if alphas is None or isinstance(alphas, int):
-        return even_alphas(alphas).numpy()
+    """The α of a path as float64: ``alphas`` evenly spaced values (25 if ``None``; any integer,
+    numpy's included) or the given ones, which must increase from 0 to 1 (``ValueError``
+    otherwise; a non-integer number is a ``TypeError``)."""
+    if getattr(alphas, "ndim", None) == 0:   # a 0-d numpy array or tensor: its number
+        alphas = alphas.item()
+    if alphas is None or (isinstance(alphas, numbers.Integral) and not isinstance(alphas, bool)):
+        return even_alphas(int(alphas) if alphas is not None else None).numpy()
+    if isinstance(alphas, (bool, numbers.Number)):
+        raise TypeError(f"alphas must be a number of points (an integer) or a sequence of values, got "
+                        f"{alphas!r} ({type(alphas).__name__})")
     a = np.asarray(alphas, dtype=np.float64)
     _check(a, a)
     return a

@@ -44,15 +44,11 @@ class Merge:
     spread: list  # mean distance of the aligned models to their mean, after each round
 
 
-def _solver(method: str, options: dict) -> Solve:
+def _solver(method: str, arch, data, seed: int, options: dict) -> Solve:
+    """``symmetries.solving.align(method, arch, target, params, data=…, seed=…)`` as a :data:`Solve`."""
     def solve(graph, a, b):
-        import solvers
-
-        from ..solving import classes_for
-        opts = dict(options)
-        if "classes" not in opts:  # a class the solver supports at every space (permutations first)
-            opts["classes"] = classes_for(method, graph)
-        return solvers.solve(method, graph, a, b, **opts).transforms
+        from ..solving import align
+        return align(method, arch, a, b, data=data, seed=seed, **options).transforms
     return solve
 
 
@@ -60,19 +56,22 @@ def _same(s: TransformSet, t: TransformSet) -> bool:
     return set(s) == set(t) and all(s[k].allclose(t[k], atol=1e-9) for k in s)
 
 
-def merge_many(graph, models: Sequence[Mapping], *, method: str = "weight_matching", max_rounds: int = 20,
-               seed: int = 0, solve: Solve | None = None, **options) -> Merge:
+def merge_many(arch, models: Sequence[Mapping], *, method: str = "weight_matching", max_rounds: int = 20,
+               seed: int = 0, data=None, solve: Solve | None = None, **options) -> Merge:
     """Align ``models`` into one basin and average them (MergeMany).
 
-    ``solve(graph, target, params) → TransformSet`` overrides the solver; by default
-    ``solvers.solve(method, graph, target, params, **options).transforms`` searching, unless
-    ``classes=`` is given, the class :func:`symmetries.solving.classes_for` picks.
+    ``arch`` is an ``architectures.Architecture`` or its ``WeightGraph``. By default each step runs
+    solver ``method`` as :func:`symmetries.solving.align` does (``solvers.solve`` with ``seed``,
+    ``data`` for data-driven solvers such as activation matching — these need the Architecture —
+    and, unless ``classes=`` is given, the class :func:`symmetries.solving.classes_for` picks);
+    other ``options`` go to the solver. ``solve(graph, target, params) → TransformSet`` replaces it.
     """
+    graph = getattr(arch, "graph", arch)
     if len(models) < 2:
         raise ValueError(f"MergeMany needs at least two models, got {len(models)}")
     for p in models:
         graph.validate(p)
-    solve = solve or _solver(method, options)
+    solve = solve or _solver(method, arch, data, seed, options)
     rng = np.random.default_rng(seed)
     k = len(models)
     transforms = [identity_transforms(graph) for _ in range(k)]
