@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from .classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
                       PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass, Trivial)
 from .elements import Element, HeadElement
-from .transforms import TransformSet, random_transforms
+from .transforms import TransformSet
 
 __all__ = ["GROUPS", "symmetry_classes", "elements", "random_element", "transform_sets", "tie_heads", "seeds", "dtypes",
            "mlp_architectures", "cnn_architectures", "resnet_architectures", "gcn_architectures",
@@ -92,6 +92,7 @@ def transform_sets(draw, graph, classes: dict[str, SymmetryClass] | SymmetryClas
 
     ``one_space=True`` draws one space and one element there (the rest of its head group gets the
     same head permutation with identity per-head maps): the unit in which a failure is attributed.
+    ``cond`` bounds the conditioning of every drawn map, as in :func:`random_element`.
     """
     if one_space:
         space = graph.space(draw(st.sampled_from([s.name for s in graph.spaces()])))
@@ -105,10 +106,26 @@ def transform_sets(draw, graph, classes: dict[str, SymmetryClass] | SymmetryClas
             from .errors import NotAdmittedError
             raise NotAdmittedError(f"space {space.name!r} does not admit {cls!r}", space=space.name, cls=cls)
         return TransformSet(tie_heads(graph, space.name, random_element(cls, space.size, seed=draw(seeds), cond=cond)))
-    if classes is None:
-        classes = {s.name: draw(st.sampled_from([c for c in s.classes if c.is_group] or [s.cls]))
-                   for s in graph.spaces()}
-    return random_transforms(graph, draw(seeds), classes=classes, strict=strict)
+    if isinstance(classes, dict):
+        for name in classes:
+            graph.space(name)  # UnknownSpaceError names it
+    els = {}
+    for space in graph.spaces():
+        if isinstance(classes, SymmetryClass):
+            cls = classes
+        elif classes is not None and space.name in classes:
+            cls = classes[space.name]
+        else:
+            cls = draw(st.sampled_from([c for c in space.classes if c.is_group] or [space.cls]))
+        if strict and not graph.admits(space.name, cls):
+            from .errors import NotAdmittedError
+            raise NotAdmittedError(f"space {space.name!r} does not admit {cls!r}", space=space.name, cls=cls)
+        els[space.name] = random_element(cls, space.size, seed=draw(seeds), cond=cond)
+    for names in graph.head_groups().values():  # one head permutation per head group
+        heads = [n for n in names if isinstance(els.get(n), HeadElement)]
+        for n in heads[1:]:
+            els[n] = els[n].with_head_perm(els[heads[0]].head_perm)
+    return TransformSet(els)
 
 
 def tie_heads(graph, space: str, el: Element) -> dict[str, Element]:

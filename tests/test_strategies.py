@@ -95,3 +95,44 @@ def test_one_space_transform_sets_touch_one_space_and_keep_the_function(arch, da
         model.load_state_dict(sy.apply(arch.graph, params, T))
         y2 = model(*x)
     assert float((y - y2).abs().max()) <= 1e-9 * max(1.0, float(y.abs().max()))
+
+
+@settings(max_examples=30)
+@given(arch=st.one_of(architectures_(), transformer_architectures(norm="rms")), data=st.data(),
+       cond=st.sampled_from([1.5, 4.0]))
+def test_transform_sets_of_all_spaces_respect_the_conditioning_bound(arch, data, cond):
+    T = data.draw(transform_sets(arch.graph, cond=cond))
+    assert set(T) == {s.name for s in arch.graph.spaces()}
+    for el in T.values():
+        if el.shape[0] == el.shape[1]:
+            assert _cond(el) <= cond * (1 + 1e-9)
+
+
+def test_transform_sets_cond_applies_to_every_space_of_an_mlp():
+    import architectures
+    arch = architectures.mlp([4, 8, 3], "relu")
+    worst = []
+
+    @settings(max_examples=30, database=None)
+    @given(T=transform_sets(arch.graph, cond=1.5))
+    def draw(T):
+        worst.append(max(_cond(el) for el in T.values()))
+
+    draw()
+    assert max(worst) <= 1.5 * (1 + 1e-9) and max(worst) > 1.05  # bounded, and scalings really drawn
+
+
+@settings(max_examples=20)
+@given(data=st.data())
+def test_transform_sets_with_classes_for_every_space(data):
+    import architectures
+    arch = architectures.mlp([4, 6, 5, 3], "relu")
+    T = data.draw(transform_sets(arch.graph, sy.PositiveScaling(), cond=2.0))
+    assert all(sy.PositiveScaling().contains(el.as_matrix(), atol=1e-12) and _cond(el) <= 2.0 + 1e-9
+               for el in T.values())
+    T = data.draw(transform_sets(arch.graph, {"hidden.1": sy.Permutation()}, cond=2.0))
+    assert sy.Permutation().contains(T["hidden.1"].as_matrix(), atol=0) and _cond(T["hidden.0"]) <= 2.0 + 1e-9
+    import pytest
+    from symmetries.errors import NotAdmittedError
+    with pytest.raises(NotAdmittedError, match="hidden.0"):  # ReLU does not admit sign flips
+        data.draw(transform_sets(arch.graph, {"hidden.0": sy.SignFlip()}))
