@@ -21,6 +21,7 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
+from ._args import integer, items, real, scaled, sizes
 from ._layers import BATCHNORM_CLASSES, MAXPOOL_CLASSES, add_batchnorm, connect_conv, restrict
 from .activations import activation as lookup
 from .architecture import Architecture
@@ -87,19 +88,23 @@ class VGG(nn.Module):
 def vgg(cfg: Cfg | str = (16, "M", 32, "M", 64), *, in_channels: int = 3, num_classes: int = 10,
         hidden: Sequence[int] = (), batchnorm: bool = False, activation: str = "relu", bias: bool | None = None,
         width: float = 1.0) -> Architecture:
-    """A VGG-style CNN. ``cfg``: conv widths and ``"M"`` (max pool), or a name in ``VGG_CONFIGS``;
-    ``width`` multiplies every conv width; ``bias`` defaults to ``not batchnorm``."""
+    """A VGG-style CNN. ``cfg``: conv widths (positive integers) and ``"M"`` (max pool), or a name
+    in ``VGG_CONFIGS``; ``width`` (> 0) multiplies every conv width, each rounded to the nearest
+    integer and at least 1 (``vgg("vgg11", width=1/16)`` has 4, 8, 16, 32 channels); ``bias``
+    defaults to ``not batchnorm``. Invalid arguments raise ``ValueError`` naming them."""
     if isinstance(cfg, str):
         if cfg not in VGG_CONFIGS:
             raise ValueError(f"unknown VGG configuration {cfg!r}; choose one of {', '.join(VGG_CONFIGS)}")
         cfg = VGG_CONFIGS[cfg]
-    cfg = [v if v == "M" else max(1, round(int(v) * width)) for v in cfg]
-    bad = [v for v in cfg if v != "M" and (not isinstance(v, int) or v < 1)]
-    if bad or not any(v != "M" for v in cfg):
-        raise ValueError(f"cfg needs at least one conv width (positive int) and only 'M' otherwise, got {cfg}")
-    hidden = [int(h) for h in hidden]
-    if any(h < 1 for h in hidden) or in_channels < 1 or num_classes < 1:
-        raise ValueError("in_channels, num_classes and hidden widths must be positive")
+    width = real("width", width, strict=True)
+    entry = lambda msg: ValueError(f"{msg}; cfg lists conv widths and 'M' (max pool)")  # noqa: E731
+    cfg = [v if isinstance(v, str) and v == "M" else integer(f"cfg[{i}]", v, error=entry)
+           for i, v in enumerate(items("cfg", cfg))]
+    if not any(v != "M" for v in cfg):
+        raise ValueError(f"cfg needs at least one conv width, got {cfg}")
+    cfg = [v if v == "M" else scaled(v, width) for v in cfg]
+    hidden = sizes("hidden", hidden)
+    in_channels, num_classes = integer("in_channels", in_channels), integer("num_classes", num_classes)
     bias = (not batchnorm) if bias is None else bool(bias)
     act = lookup(activation)
 

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ._args import sizes
 from .activations import activation as lookup
 from .architecture import Architecture
 from .mlp import mlp
@@ -92,10 +93,9 @@ class GCN(nn.Module):
 
 
 def gcn(widths: Sequence[int], activation: str = "relu", bias: bool = True) -> Architecture:
-    """A GCN with feature ``widths`` (input features first, output features last)."""
-    act = lookup(activation)
+    """A GCN with feature ``widths`` (positive integers, input features first, output features last)."""
+    widths, act = sizes("widths", widths), lookup(activation)
     graph = mlp(widths, act.name, bias).graph.copy()  # same weight graph: Â only touches the node axis
-    widths = [int(w) for w in widths]
     graph.nx.graph["name"] = f"gcn{widths}"
     graph.validate()
     return Architecture(graph.name, graph, lambda: GCN(widths, act.name, bias),

@@ -21,6 +21,7 @@ import torch
 
 from symmetries.classes import HeadStructured, Invertible, Permutation
 
+from ._args import integer, real
 from .activations import ACTIVATIONS
 from .architecture import Architecture
 from .graph import WeightGraph
@@ -63,12 +64,17 @@ def _make(config):
 
 def hf_gpt2(config: Any = None, **overrides) -> Architecture:
     """``Architecture`` for ``GPT2LMHeadModel(config)`` (see :func:`hf_gpt2_config`); its
-    ``.module()`` is the HF model in eval mode and its state-dict keys are the graph's names."""
+    ``.module()`` is the HF model in eval mode and its state-dict keys are the graph's names.
+    The config's sizes must be positive integers (``n_layer`` ≥ 0) and ``layer_norm_epsilon`` ≥ 0
+    (``ValueError`` naming the field)."""
     config = hf_gpt2_config(config, **overrides)
-    d, h, v = int(config.n_embd), int(config.n_head), int(config.vocab_size)
+    d, h = integer("n_embd", config.n_embd), integer("n_head", config.n_head)
+    v, n_positions = integer("vocab_size", config.vocab_size), integer("n_positions", config.n_positions)
+    n_layer = integer("n_layer", config.n_layer, 0)
+    real("layer_norm_epsilon", config.layer_norm_epsilon)
     if d % h:
         raise ValueError(f"n_embd={d} is not a multiple of n_head={h}")
-    d_mlp = int(config.n_inner) if config.n_inner is not None else 4 * d
+    d_mlp = integer("n_inner", config.n_inner) if config.n_inner is not None else 4 * d
     act = ACTIVATIONS.get(str(config.activation_function))
     mlp_classes = act.classes if act is not None else (Permutation(),)  # HF's GELU variants: elementwise
     keys = _state_keys(config)
@@ -86,9 +92,9 @@ def hf_gpt2(config: Any = None, **overrides) -> Architecture:
         param(f"{prefix}.bias", (d,), (RESIDUAL, 0, "out", None))
 
     param("transformer.wte.weight", (v, d), (RESIDUAL, 1, "out", None))
-    param("transformer.wpe.weight", (int(config.n_positions), d), (RESIDUAL, 1, "out", None))
+    param("transformer.wpe.weight", (n_positions, d), (RESIDUAL, 1, "out", None))
     heads = HeadStructured(h, Invertible())
-    for i in range(int(config.n_layer)):
+    for i in range(n_layer):
         b = f"transformer.h.{i}"
         qk, vo, mlp = f"{b}.attn.qk", f"{b}.attn.vo", f"{b}.mlp"
         g.add_space(qk, d, heads, head_group=f"{b}.attn")

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ._args import sizes
 from .activations import activation as lookup
 from .architecture import Architecture
 from .graph import WeightGraph
@@ -39,9 +40,9 @@ class MLP(nn.Module):
 
 
 def mlp(widths: Sequence[int], activation: str = "relu", bias: bool = True) -> Architecture:
-    """An MLP with the given layer ``widths`` (input first, output last)."""
-    widths = [int(w) for w in widths]
-    if len(widths) < 2 or any(w < 1 for w in widths):
+    """An MLP with the given layer ``widths`` (positive integers, input first, output last)."""
+    widths = sizes("widths", widths)
+    if len(widths) < 2:
         raise ValueError(f"widths needs at least two positive sizes (input and output), got {widths}")
     act = lookup(activation)
     g = WeightGraph(f"mlp{widths}")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._args import integer, real, scaled, sizes
 from ._layers import BATCHNORM_CLASSES, add_batchnorm, connect_conv
 from .architecture import Architecture
 from .graph import WeightGraph
@@ -73,12 +74,17 @@ class ResNet(nn.Module):
 
 def resnet(depth: int = 20, width: float = 1, num_classes: int = 10, *, in_channels: int = 3,
            channels: Sequence[int] = (16, 32, 64)) -> Architecture:
-    """ResNet-``depth`` (``depth = 6n + 2``: 20, 32, 44, 56, 110) with ``channels · width`` per stage."""
+    """ResNet-``depth`` (``depth = 6n + 2``: 20, 32, 44, 56, 110) with ``channels · width`` per stage:
+    ``channels`` are positive integers, ``width`` > 0, and each stage width is rounded to the
+    nearest integer and at least 1 (``width=0.5``: 8, 16, 32). Invalid arguments raise
+    ``ValueError`` naming them."""
+    rule = "a CIFAR ResNet has depth 6n + 2 with n ≥ 1 (8, 14, 20, 32, …)"
+    depth = integer("depth", depth, error=lambda msg: ValueError(f"{msg}; {rule}"))
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"a CIFAR ResNet has depth 6n + 2 with n ≥ 1 (8, 14, 20, 32, …), got {depth}")
-    widths = [max(1, round(c * width)) for c in channels]
-    if not widths or in_channels < 1 or num_classes < 1:
-        raise ValueError("channels must be non-empty; in_channels and num_classes must be positive")
+        raise ValueError(f"{rule}, got depth={depth}")
+    width = real("width", width, strict=True)
+    widths = [scaled(c, width) for c in sizes("channels", channels, 1)]
+    in_channels, num_classes = integer("in_channels", in_channels), integer("num_classes", num_classes)
     blocks = (depth - 2) // 6
     g = WeightGraph(f"resnet{depth}-w{width:g}")
 

@@ -23,6 +23,7 @@ import torch
 
 from symmetries.classes import HeadStructured, Invertible, Orthogonal, Permutation
 
+from ._args import integer, real
 from .architecture import Architecture
 from .graph import WeightGraph
 from .transformer_modules import GELUS, GPT, ViT
@@ -34,21 +35,24 @@ RESIDUAL = "residual"
 
 
 def _config(d_model, n_heads, n_layers, d_mlp, packed_qkv, norm, norm_dim, d_head, eps, activation) -> dict:
-    d_model, n_heads, n_layers, d_mlp = int(d_model), int(n_heads), int(n_layers), int(d_mlp)
-    if min(d_model, n_heads, d_mlp) < 1 or n_layers < 0:
-        raise ValueError("d_model, n_heads and d_mlp must be ≥ 1 and n_layers ≥ 0")
+    """The checked configuration shared by :func:`gpt2` and :func:`vit` (``d_mlp=None``: 4·d_model)."""
+    d_model, n_heads = integer("d_model", d_model), integer("n_heads", n_heads)
+    n_layers = integer("n_layers", n_layers, 0)
+    d_mlp = 4 * d_model if d_mlp is None else integer("d_mlp", d_mlp)
     if d_head is None:
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not a multiple of n_heads={n_heads}; pass d_head")
         d_head = d_model // n_heads
+    d_head = integer("d_head", d_head)
+    if norm_dim is not None:
+        norm_dim = integer("norm_dim", norm_dim)
     if activation not in GELUS:
         raise ValueError(f"activation must be one of {sorted(GELUS)}, got {activation!r}")
     if norm not in ("layernorm", "rms"):
         raise ValueError(f"norm must be 'layernorm' or 'rms', got {norm!r}")
     return dict(d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_mlp=d_mlp, packed_qkv=bool(packed_qkv),
-                norm=norm, norm_dim=int(norm_dim if norm_dim is not None and norm == "rms" else d_model),
-                d_head=int(d_head),
-                eps=float(eps), activation=activation)
+                norm=norm, norm_dim=norm_dim if norm_dim is not None and norm == "rms" else d_model,
+                d_head=d_head, eps=real("eps", eps), activation=activation)
 
 
 def _norm(g: WeightGraph, prefix: str, cfg: dict) -> None:
@@ -118,11 +122,13 @@ def gpt2(vocab_size: int, n_positions: int, d_model: int, n_heads: int, n_layers
     ``tie_embeddings`` reads the stream with ``wte`` itself (its axis 1 both writes and reads
     ``residual``, which the graph then restricts to ``T⁻ᵀ = T``). ``norm="rms"`` builds the
     rewritten form (gain-free normaliser with constant ``norm_dim``, default ``d_model``).
+    Sizes are positive integers (``n_layers`` ≥ 0) and ``eps`` ≥ 0; invalid arguments raise
+    ``ValueError`` naming them.
     """
-    cfg = _config(d_model, n_heads, n_layers, d_mlp if d_mlp is not None else 4 * int(d_model), packed_qkv,
-                  norm, norm_dim, d_head, eps, activation)
-    cfg.update(kind="gpt2", vocab_size=int(vocab_size), n_positions=int(n_positions),
-               tie_embeddings=bool(tie_embeddings), head_bias=bool(head_bias))
+    cfg = _config(d_model, n_heads, n_layers, d_mlp, packed_qkv, norm, norm_dim, d_head, eps, activation)
+    cfg.update(kind="gpt2", vocab_size=integer("vocab_size", vocab_size),
+               n_positions=integer("n_positions", n_positions), tie_embeddings=bool(tie_embeddings),
+               head_bias=bool(head_bias))
     if tie_embeddings and head_bias:
         raise ValueError("tie_embeddings=True has no separate head to carry head_bias")
     d = cfg["d_model"]
@@ -148,13 +154,15 @@ def vit(image_size: int, patch_size: int, channels: int, d_model: int, n_heads: 
         norm_dim: int | None = None, d_head: int | None = None, eps: float = 1e-5,
         activation: str = "gelu") -> Architecture:
     """A ViT-style pre-norm encoder: ``logits = head(N(x_L)[cls])`` with
-    ``x_0 = [cls_token; patch_embed(patches)] + pos_embed``."""
-    if int(image_size) % int(patch_size):
+    ``x_0 = [cls_token; patch_embed(patches)] + pos_embed``. Sizes are positive integers
+    (``n_layers`` ≥ 0, ``patch_size`` dividing ``image_size``) and ``eps`` ≥ 0; invalid arguments
+    raise ``ValueError`` naming them."""
+    image_size, patch_size = integer("image_size", image_size), integer("patch_size", patch_size)
+    if image_size % patch_size:
         raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
-    cfg = _config(d_model, n_heads, n_layers, d_mlp if d_mlp is not None else 4 * int(d_model), packed_qkv,
-                  norm, norm_dim, d_head, eps, activation)
-    cfg.update(kind="vit", image_size=int(image_size), patch_size=int(patch_size), channels=int(channels),
-               num_classes=int(num_classes))
+    cfg = _config(d_model, n_heads, n_layers, d_mlp, packed_qkv, norm, norm_dim, d_head, eps, activation)
+    cfg.update(kind="vit", image_size=image_size, patch_size=patch_size, channels=integer("channels", channels),
+               num_classes=integer("num_classes", num_classes))
     d, p = cfg["d_model"], cfg["patch_size"]
     n_tokens = (cfg["image_size"] // p) ** 2 + 1
     g = WeightGraph(f"vit(d={d}, heads={cfg['n_heads']}, layers={cfg['n_layers']}, norm={norm}"

@@ -180,6 +180,10 @@ def test_config_forms_and_the_user_config_is_not_modified():
     assert [p.name for p in a.graph.parameters()] == [p.name for p in b.graph.parameters()]
     with pytest.raises(ValueError, match="multiple of n_head"):
         architectures.hf_gpt2(cfg, n_head=3)
+    for field, value in (("n_head", 0), ("n_embd", -8), ("vocab_size", 0), ("n_positions", 0), ("n_layer", -1),
+                         ("n_inner", 0), ("layer_norm_epsilon", -1e-5)):  # n_head=0 was a ZeroDivisionError
+        with pytest.raises(ValueError, match=f"^{field} must be .*got {value}"):
+            architectures.hf_gpt2(cfg, **{field: value})
 
 
 def test_from_module_on_hf_gpt2_is_a_typed_error_pointing_to_the_builder():
