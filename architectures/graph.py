@@ -18,6 +18,8 @@ from symmetries.classes import SymmetryClass
 from symmetries.errors import GraphError, UnknownParameterError, UnknownSpaceError
 from symmetries.roles import Role
 
+from ._args import integer, items
+
 __all__ = ["WeightGraph", "Parameter", "Space", "Edge"]
 
 
@@ -66,19 +68,25 @@ class WeightGraph:
 
     # -- building ------------------------------------------------------------------------
     def add_parameter(self, name: str, shape: Sequence[int] | None = None, *, fixed: bool = False) -> "WeightGraph":
-        """Declare a tensor; ``fixed=True`` says no symmetry acts on it."""
+        """Declare a tensor; ``fixed=True`` says no symmetry acts on it. ``shape`` (``None``: taken
+        from the tensor) lists non-negative integers; anything else is a ``GraphError``."""
         self._new_node(name)
-        self.nx.add_node(name, kind="parameter", shape=None if shape is None else tuple(int(s) for s in shape),
-                         fixed=bool(fixed))
+        if shape is not None:
+            bad = lambda msg: GraphError(f"parameter {name!r}: {msg}", parameter=name)  # noqa: E731
+            shape = tuple(integer(f"shape[{i}]", n, 0, error=bad)
+                          for i, n in enumerate(items("shape", shape, error=bad)))
+        self.nx.add_node(name, kind="parameter", shape=shape, fixed=bool(fixed))
         return self
 
     def add_space(self, name: str, size: int, classes: SymmetryClass | Iterable[SymmetryClass], *,
                   activation: str | None = None, head_group: str | None = None) -> "WeightGraph":
         """Declare a hidden space of ``size`` units admitting ``classes`` (maximal ones; the first is
-        the group drawn by default). Spaces sharing a ``head_group`` share their head permutation."""
+        the group drawn by default). Spaces sharing a ``head_group`` share their head permutation.
+        ``size`` must be a positive integer (else a ``GraphError`` naming the space)."""
         self._new_node(name)
+        size = integer("size", size, error=lambda msg: GraphError(f"space {name!r}: {msg}", space=name))
         classes = _as_classes(classes, name)
-        self.nx.add_node(name, kind="space", size=int(size), classes=classes, activation=activation,
+        self.nx.add_node(name, kind="space", size=size, classes=classes, activation=activation,
                          head_group=head_group)
         return self
 

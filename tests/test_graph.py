@@ -168,6 +168,16 @@ def test_building_errors():
         g.connect("fc1.weight", "h", axis=0, role="out", slice=(3, 1))
     with pytest.raises(GraphError, match="SymmetryClass"):
         g.add_space("k", 3, "permutation")
+    for size in (-4, 0, 2.5, True, "3"):  # a negative or truncated size used to be accepted
+        with pytest.raises(GraphError, match="space 'k': size must be a positive integer") as e:
+            g.add_space("k", size, sy.Permutation())
+        assert e.value.space == "k"
+    for shape in ((3, -1), (3, 2.5), 3):
+        with pytest.raises(GraphError, match="parameter 'w'") as e:
+            g.add_parameter("w", shape)
+        assert e.value.parameter == "w"
+    ok = WeightGraph().add_parameter("empty", (0, 3), fixed=True).add_space("z", 3.0, sy.Permutation())
+    assert ok.parameter("empty").shape == (0, 3) and ok.space("z").size == 3  # torch allows empty axes
     with pytest.raises(UnknownSpaceError, match="has no space 'k'.*spaces: h"):
         g.space("k")
 
