@@ -11,6 +11,7 @@ the entry-point group ``symmetries.solvers`` (loaded lazily, on first lookup)::
 """
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from dataclasses import dataclass
@@ -93,16 +94,22 @@ class FunctionSolver(Solver):
 
 
 def as_solver(obj, name: str | None = None, classes=None, description: str | None = None) -> Solver:
-    """A :class:`Solver` from a solver instance, a ``Solver`` subclass, or a callable."""
+    """A :class:`Solver` from a solver instance, a ``Solver`` subclass, or a callable. A given
+    instance is never modified: if ``name``, ``classes`` or ``description`` change it, a copy is."""
     if isinstance(obj, type) and issubclass(obj, Solver):
         obj = obj()
     if isinstance(obj, Solver):
+        changes = {}
         if name and not obj.name:
-            obj.name = name
+            changes["name"] = name
         if classes is not None:
-            obj.classes = tuple(classes)
+            changes["classes"] = tuple(classes)
         if description:
-            obj.description = description
+            changes["description"] = description
+        if changes:
+            obj = copy.copy(obj)
+            for key, value in changes.items():
+                setattr(obj, key, value)
         return obj
     if callable(obj):
         return FunctionSolver(obj, name, classes, description)
@@ -110,23 +117,35 @@ def as_solver(obj, name: str | None = None, classes=None, description: str | Non
 
 
 _REGISTRY: dict[str, Solver] = {}
+#: What was registered under each name: ``(object, classes, description)`` as passed to ``register``.
+_SOURCES: dict[str, tuple] = {}
 
 
 def register(name: str, solver=None, *, classes: Iterable | None = None, description: str | None = None,
              replace: bool = False):
     """Register ``solver`` under ``name`` (or use as a decorator: ``@register("name", classes=…)``).
 
-    Re-registering a taken name raises ``ValueError`` unless ``replace=True``.
+    Registering the same object again under its name (with the same options) does nothing — so a
+    module that registers itself at import may also be named by an entry point; a different
+    object under a taken name raises ``ValueError`` unless ``replace=True``. The caller's solver
+    instance is not modified (the registry keeps a copy named ``name``).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"solver names are non-empty strings, got {name!r}")
+    options = (None if classes is None else tuple(classes), description)
 
     def do(obj):
         if name in _REGISTRY and not replace:
+            known = _SOURCES.get(name)
+            if known is not None and known[0] is obj and known[1:] == options:
+                return obj
             raise ValueError(f"a solver named {name!r} is already registered; pass replace=True to override")
         s = as_solver(obj, name, classes, description)
-        s.name = name
+        if s.name != name:
+            s = copy.copy(s) if s is obj else s
+            s.name = name
         _REGISTRY[name] = s
+        _SOURCES[name] = (obj, *options)
         return obj
 
     return do if solver is None else do(solver)
@@ -134,6 +153,7 @@ def register(name: str, solver=None, *, classes: Iterable | None = None, descrip
 
 def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
+    _SOURCES.pop(name, None)
 
 
 def _entry_points():

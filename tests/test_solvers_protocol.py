@@ -95,8 +95,9 @@ def test_third_party_solver_registers_and_is_found_by_name(pair):
         assert sol.message == "options=['flavour']" and sol.wall_time > 0
         expected = solvers.make_problem(arch.graph, a, b).objective(sol.transforms)
         assert sol.objective_after == pytest.approx(expected)
+        solvers.register("shuffle-test", Shuffle)  # the identical class again: idempotent
         with pytest.raises(ValueError):
-            solvers.register("shuffle-test", Shuffle)
+            solvers.register("shuffle-test", Shuffle())  # another object under a taken name
         solvers.register("shuffle-test", Shuffle(), replace=True)
     finally:
         solvers.unregister("shuffle-test")
@@ -207,3 +208,69 @@ def test_objective_equals_distance_after_symmetries_apply(packed):
         aligned = apply(arch.graph, b, t)
         expected = sum(float(((a[k] - aligned[k]) ** 2).sum()) for k in a)
         assert solvers.make_problem(arch.graph, a, b).objective(t) == pytest.approx(expected, rel=1e-12)
+
+
+def _installed_plugin(root, module_source: str, entry_point_line: str, package: str = "my_solvers"):
+    """An installed distribution on ``root``: the package and a dist-info with the entry point."""
+    pkg = root / package
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    module, _ = entry_point_line.split("=", 1)[1].strip().strip('"').split(":")
+    (root / (module.replace(".", "/") + ".py")).write_text(module_source)
+    info = root / f"{package}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: 0.1\n")
+    line = entry_point_line.replace('"', "")
+    (info / "entry_points.txt").write_text(f"[{solvers.ENTRY_POINT_GROUP}]\n{line}\n")
+
+
+def test_documented_plugin_installed_with_its_entry_point_is_found(pair, tmp_path, monkeypatch):
+    """The one-file example of docs/writing-a-solver.md registers itself at import; installed with the
+    documented entry point, loading it registers the identical class again — which is fine."""
+    import re
+    import warnings
+    from pathlib import Path
+    page = (Path(__file__).resolve().parents[1] / "docs" / "writing-a-solver.md").read_text()
+    source = re.findall(r"```python\n(.*?)```", page, flags=re.S)[0]
+    line = re.search(r'^greedy = ".*"$', page, flags=re.M).group(0)
+    assert 'solvers.register("greedy", Greedy)' in source
+    _installed_plugin(tmp_path, source, line)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    arch, a, b = pair
+    try:
+        assert "greedy" not in registry._REGISTRY
+        assert [ep.value for ep in registry._entry_points() if ep.name == "greedy"] == ["my_solvers.greedy:Greedy"]
+        sol = solvers.solve("greedy", arch.graph, a, b, classes=Permutation())
+        assert sol.solver == "greedy" and sol.objective_after <= sol.objective_before
+        assert type(solvers.get("greedy")).__name__ == "Greedy"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert "greedy" in [i.name for i in solvers.available()]
+        greedy = sys.modules["my_solvers.greedy"].Greedy
+        solvers.register("greedy", greedy)  # the identical object again: idempotent
+        with pytest.raises(ValueError, match="already registered"):
+            solvers.register("greedy", Shuffle)  # a different one under a taken name
+        with pytest.raises(ValueError, match="already registered"):
+            solvers.register("greedy", greedy())  # a different object (an instance) too
+    finally:
+        solvers.unregister("greedy")
+        for name in ("my_solvers.greedy", "my_solvers"):
+            sys.modules.pop(name, None)
+
+
+def test_registering_an_instance_does_not_rename_it():
+    s = Shuffle()
+    solvers.register("shuffle-a", s)
+    solvers.register("shuffle-b", s)
+    try:
+        assert s.name == "shuffle" and s.classes == (Permutation,)
+        assert solvers.get("shuffle-a").name == "shuffle-a" and solvers.get("shuffle-b").name == "shuffle-b"
+        solvers.register("shuffle-a", s)  # the same instance again under its name: nothing changes
+        solvers.register("shuffle-c", s, classes=(Permutation, PermutationScaling), description="wider")
+        assert s.classes == (Permutation,) and s.description == "random permutations (a test plug-in)"
+        assert solvers.get("shuffle-c").classes == (Permutation, PermutationScaling)
+        with pytest.raises(ValueError):  # the same object with other options is a different registration
+            solvers.register("shuffle-a", s, description="other")
+    finally:
+        for name in ("shuffle-a", "shuffle-b", "shuffle-c"):
+            solvers.unregister(name)
