@@ -108,7 +108,9 @@ def resolve(obj: Any, arch: str = "auto", seed: int = 0):
         except ImportError:  # pragma: no cover - from_module ships with architectures
             raise VerifyError("--arch auto needs architectures.from_module, which is not available; "
                               "pass --arch BUILDER:ARGS") from None
-        graph, source = from_module(module, inputs), "from_module (torch.fx)"
+        from .testing import _float_dtype, cast_inputs
+        # trace with floating inputs in the module's own dtype (the check casts both to --dtype later)
+        graph, source = from_module(module, cast_inputs(inputs, _float_dtype(module))), "from_module (torch.fx)"
     return module, graph, inputs, source
 
 

@@ -217,3 +217,15 @@ def test_a_user_module_with_tied_weights_passes_with_its_from_module_graph(tmp_p
     res = _invoke(f"{tmp_path / 'tied.py'}:model", "--examples", "2")
     assert res.exit_code == 0, res.output
     assert "from_module" in res.output and "all declared symmetries hold" in res.output
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "model"])
+def test_from_module_traces_with_inputs_cast_to_the_model_dtype(tmp_path, dtype):
+    (tmp_path / "mixed.py").write_text(textwrap.dedent('''
+        import torch, architectures
+        def model():  # a float32 module with float64 example inputs
+            return architectures.mlp([4, 6, 3], "relu").module(seed=0), torch.randn(3, 4, dtype=torch.float64)
+    '''))
+    res = _invoke(f"{tmp_path / 'mixed.py'}:model", "--dtype", dtype, "--examples", "2")
+    assert res.exit_code == 0, res.output
+    assert "from_module" in res.output and ("float32" if dtype != "float64" else "float64") in res.output
