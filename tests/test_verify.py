@@ -64,10 +64,37 @@ def _command() -> list[str]:
     return [sys.executable, "-c", "from symmetries.cli import main; main()"]
 
 
-def _run(args, cwd) -> subprocess.CompletedProcess:
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict:
     env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
-    return subprocess.run(_command() + ["verify", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env.pop("PYTHONPATH", None)  # nothing of the checkout on sys.path but what the installation provides
+    return env
+
+
+def _run(args, cwd, command=None) -> subprocess.CompletedProcess:
+    return subprocess.run((command or _command()) + ["verify", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+ISOLATION_CHECK = textwrap.dedent('''
+    import importlib.util, sys
+    from pathlib import Path
+    import symmetries
+
+    REPO, EXPECT_PACKAGE_UNDER = Path({repo!r}), {package!r}
+
+    def isolated():
+        """A factory that refuses to run if the checkout (repo root or tests/) is on sys.path."""
+        entries = {{Path(p or ".").resolve() for p in sys.path}}
+        assert REPO not in entries and REPO / "tests" not in entries, sys.path
+        assert importlib.util.find_spec("arch_checks") is None, "the tests folder is importable"
+        here = Path(symmetries.__file__).resolve()
+        assert EXPECT_PACKAGE_UNDER is None or Path(EXPECT_PACKAGE_UNDER).resolve() in here.parents, here
+        from user_models import relu_net
+        return relu_net()
+''')
 
 
 @pytest.fixture()
@@ -96,6 +123,56 @@ def test_subprocess_json_with_a_module_path(user_file, tmp_path):
     assert "residual" in failing and failing <= {"residual", "(all spaces)"}
     row = next(c for c in data["checks"] if c["space"] == "residual")
     assert row["cls"] == "Orthogonal" and row["max_error"] > row["tolerance"]
+
+
+def test_subprocess_runs_in_a_temporary_folder_without_the_checkout_on_sys_path(user_file, tmp_path):
+    (tmp_path / "isolation.py").write_text(ISOLATION_CHECK.format(repo=str(REPO), package=None))
+    res = _run(["isolation:isolated", "--examples", "2"], cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "all declared symmetries hold" in res.stdout
+
+
+def _fresh_install(root: Path) -> Path:
+    """A fresh virtual environment holding a wheel built from this working tree (dependencies:
+    the running environment's site-packages, added by a ``.pth`` path line, which does not run that
+    folder's editable-install hook). Returns the environment's python."""
+    import shutil
+    import sysconfig
+    import zipfile
+    pytest.importorskip("setuptools")
+    src = root / "src"
+    for name in ("symmetries", "solvers", "architectures"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-q", "-w", str(root / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    if built.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {built.stderr[-300:]}")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True, timeout=120)
+    python = root / "venv" / ("Scripts" if os.name == "nt" else "bin") / "python"
+    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    (wheel,) = (root / "dist").glob("symmetries-*.whl")
+    zipfile.ZipFile(wheel).extractall(purelib)
+    (purelib / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+@pytest.mark.slow
+def test_the_command_runs_from_a_freshly_built_wheel_in_a_fresh_environment(user_file, tmp_path):
+    python = _fresh_install(tmp_path / "env")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "user_models.py").write_text(user_file.read_text())
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (work / "isolation.py").write_text(ISOLATION_CHECK.format(repo=str(REPO), package=purelib))
+    command = [str(python), "-c", "from symmetries.cli import main; main()"]
+    ok = _run(["isolation:isolated", "--examples", "2"], cwd=work, command=command)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = _run(["user_models.py:gelu_mlp", "--arch", "mlp:4,6,5,3:relu", "--seed", "3"], cwd=work, command=command)
+    assert bad.returncode == 1 and "space `hidden.0` declared PermutationScaling" in bad.stdout, bad.stdout + bad.stderr
 
 
 def test_subprocess_unusable_input_exits_2(user_file, tmp_path):
