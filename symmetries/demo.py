@@ -4,7 +4,13 @@
 aligns model B to model A with every built-in solver that applies, and measures, on the
 test split, loss and accuracy along ``θ(α) = (1−α)θ_A + α T(θ_B)`` (25 α), both barrier
 definitions, the L2 distance and the solver's objective. With ``bnn=True`` it also fits two
-mean-field posteriors and measures the marginalized barrier before and after aligning them.
+mean-field posteriors (:func:`train_posterior`) and measures the marginalized barrier before
+and after aligning them.
+
+Each row's ``seconds`` is the time to produce the models on its path: the solver's wall time
+plus, for ``+ REPAIR`` rows, the time REPAIR takes to measure its statistics and correct every
+interpolated model on the training split (evaluation on the test split is not counted).
+A solver that is skipped or fails has no curve, distance or time, only the reason.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from . import posteriors as P
 from .action import apply
 from .data import Split, digits
 
-__all__ = ["DemoConfig", "DemoResult", "Row", "run_demo", "train_classifier"]
+__all__ = ["DemoConfig", "DemoResult", "Row", "run_demo", "train_classifier", "train_posterior"]
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -44,30 +50,46 @@ class DemoConfig:
     repair: bool = True                        # also REPAIR the naive and weight-matching paths
     bnn: bool = False
     bnn_epochs: int = 30
+    bnn_lr: float = 1e-3
     bnn_samples: int = 8
 
 
 @dataclass
 class Row:
-    """One aligned pair: barriers, distance, objective and time (the naive row has no solver)."""
+    """One aligned pair: barriers, distance, objective and time (the naive row has no solver).
+
+    ``seconds = solver_seconds + repair_seconds`` (see the module docstring). A skipped or failed
+    solver has ``curve`` and ``l2`` ``None`` and the reason in ``skipped`` or ``error``.
+    """
     method: str
-    curve: L.Curve
-    l2: float
+    curve: L.Curve | None
+    l2: float | None
     objective_before: float | None = None
     objective_after: float | None = None
-    seconds: float = 0.0
+    solver_seconds: float = 0.0
+    repair_seconds: float = 0.0
     error: str | None = None
     skipped: str | None = None
     lower_bound: float | None = None           # certified by the solver (convex relaxation), if any
 
+    @property
+    def seconds(self) -> float | None:
+        return None if self.curve is None else self.solver_seconds + self.repair_seconds
+
     def as_dict(self) -> dict:
         c = self.curve
-        return dict(method=self.method, loss_barrier=c.loss_barrier, loss_barrier_linear=c.loss_barrier_linear,
-                    accuracy_barrier=c.accuracy_barrier, accuracy_barrier_linear=c.accuracy_barrier_linear,
-                    midpoint_loss=c.midpoint[0], midpoint_accuracy=c.midpoint[1], l2=self.l2,
-                    objective_before=self.objective_before, objective_after=self.objective_after,
-                    lower_bound=self.lower_bound, seconds=self.seconds, error=self.error, skipped=self.skipped,
-                    alphas=c.alphas.tolist(), loss=c.loss.tolist(), accuracy=c.accuracy.tolist())
+        out = dict(method=self.method, loss_barrier=None, loss_barrier_linear=None, accuracy_barrier=None,
+                   accuracy_barrier_linear=None, midpoint_loss=None, midpoint_accuracy=None, l2=self.l2,
+                   objective_before=self.objective_before, objective_after=self.objective_after,
+                   lower_bound=self.lower_bound, seconds=self.seconds, solver_seconds=None, repair_seconds=None,
+                   error=self.error, skipped=self.skipped, alphas=None, loss=None, accuracy=None)
+        if c is not None:
+            out.update(loss_barrier=c.loss_barrier, loss_barrier_linear=c.loss_barrier_linear,
+                       accuracy_barrier=c.accuracy_barrier, accuracy_barrier_linear=c.accuracy_barrier_linear,
+                       midpoint_loss=c.midpoint[0], midpoint_accuracy=c.midpoint[1], alphas=c.alphas.tolist(),
+                       loss=c.loss.tolist(), accuracy=c.accuracy.tolist(), solver_seconds=self.solver_seconds,
+                       repair_seconds=self.repair_seconds)
+        return out
 
 
 @dataclass
@@ -113,6 +135,30 @@ def train_classifier(model: nn.Module, data: tuple, *, epochs: int, seed: int, l
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def train_posterior(model: nn.Module, data: tuple, init: dict, *, seed: int, config: DemoConfig = DemoConfig(),
+                    progress: Callable[[int, int, float], None] | None = None) -> P.MeanField:
+    """The demo's variational fit of a mean-field posterior (means started at ``init``):
+    :func:`symmetries.posteriors.train_mean_field` with ``config``'s ``bnn_epochs``, ``bnn_lr`` and
+    ``batch_size`` — the one place these are set, so the tutorial reproduces the demo's figures."""
+    return P.train_mean_field(model, data, epochs=config.bnn_epochs, lr=config.bnn_lr, batch_size=config.batch_size,
+                              seed=seed, init=init, progress=progress)
+
+
+class _Timed:
+    """An ``adjust(params, α)`` that adds the seconds it (and its set-up) takes to ``seconds``."""
+
+    def __init__(self, make: Callable[[], Callable]):
+        t0 = time.perf_counter()
+        self.adjust = make()
+        self.seconds = time.perf_counter() - t0
+
+    def __call__(self, params, alpha):
+        t0 = time.perf_counter()
+        out = self.adjust(params, alpha)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
 def _noop(task: str, done: int, total: int) -> None:
     pass
 
@@ -152,32 +198,33 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
     result = DemoResult(config, widths, endpoints, train_seconds, naive)
     result.cka = L.cka_per_space(model, arch.graph, pa, pb, split.test)
     if config.repair:  # REPAIR alone, for comparison: it fixes variance collapse, not misalignment
-        t0 = time.perf_counter()
-        fixed = curve("naive + REPAIR", pb, L.repair_adjust(model, arch.graph, pa, pb, split.train))
-        result.rows.append(Row("naive + REPAIR", fixed, naive.l2, seconds=time.perf_counter() - t0))
+        adjust = _Timed(lambda: L.repair_adjust(model, arch.graph, pa, pb, split.train))
+        fixed = curve("naive + REPAIR", pb, adjust)
+        result.rows.append(Row("naive + REPAIR", fixed, naive.l2, repair_seconds=adjust.seconds))
     names = list(config.solvers) if config.solvers is not None else applicable(arch)
     for name in names:
         limit = SIZE_LIMITS.get(name)
         if config.solvers is None and limit is not None and config.width > limit:
-            result.rows.append(Row(name, naive.curve, float("nan"), skipped=f"width {config.width} > {limit}, "
-                                   f"too slow (--solver {name} forces it)"))
+            result.rows.append(Row(name, None, None, skipped=f"width {config.width} > {limit}, too slow "
+                                                             f"(--solver {name} forces it)"))
             continue
         progress(f"align {name}", 0, 1)
         try:
             sol = align(name, arch, pa, pb, data=split.train, seed=config.seed)
         except Exception as exc:  # a solver failing must not end the demo: report it in the table
-            result.rows.append(Row(name, naive.curve, float("nan"), seconds=0.0, error=f"{type(exc).__name__}: {exc}"))
+            result.rows.append(Row(name, None, None, error=f"{type(exc).__name__}: {exc}"))
             continue
         progress(f"align {name}", 1, 1)
         pb_aligned = apply(arch.graph, pb, sol.transforms)
-        result.rows.append(Row(name, curve(name, pb_aligned), L.l2_distance(pa, pb_aligned),
-                               _num(sol.objective_before), _num(sol.objective_after), float(sol.wall_time),
+        objectives = (_num(sol.objective_before), _num(sol.objective_after))
+        result.rows.append(Row(name, curve(name, pb_aligned), L.l2_distance(pa, pb_aligned), *objectives,
+                               solver_seconds=float(sol.wall_time),
                                lower_bound=_num(getattr(sol, "lower_bound", None))))
         if config.repair and name == "weight_matching":
-            adjust = L.repair_adjust(model, arch.graph, pa, pb_aligned, split.train)
+            adjust = _Timed(lambda: L.repair_adjust(model, arch.graph, pa, pb_aligned, split.train))
             result.rows.append(Row(f"{name} + REPAIR", curve(f"{name} + REPAIR", pb_aligned, adjust),
-                                   L.l2_distance(pa, pb_aligned), _num(sol.objective_before),
-                                   _num(sol.objective_after), float(sol.wall_time)))
+                                   L.l2_distance(pa, pb_aligned), *objectives, solver_seconds=float(sol.wall_time),
+                                   repair_seconds=adjust.seconds))
     if config.bnn:
         result.bnn = _bnn(config, arch, model, split, pa, pb, progress)
     result.seconds = time.perf_counter() - start
@@ -192,9 +239,8 @@ def _bnn(config, arch, model, split, pa, pb, progress) -> dict:
     """Fit ``q_A, q_B`` by VI (means started at the trained nets), align with W₂, marginalized curves."""
     posts = []
     for k, (name, init) in enumerate((("A", pa), ("B", pb))):
-        posts.append(P.train_mean_field(model, split.train, epochs=config.bnn_epochs, lr=1e-3,
-                                        batch_size=config.batch_size, seed=config.seed + k, init=init,
-                                        progress=lambda d, t, loss, n=name: progress(f"VI {n}", d, t)))
+        posts.append(train_posterior(model, split.train, init, seed=config.seed + k, config=config,
+                                     progress=lambda d, t, loss, n=name: progress(f"VI {n}", d, t)))
     qa, qb = posts
     t0 = time.perf_counter()
     al = P.align_posteriors(arch.graph, qa, qb, seed=config.seed)

@@ -86,3 +86,81 @@ def test_tutorial_runs_as_written(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "tutorial_paths.png").read_bytes()[:4] == b"\x89PNG"
     assert "refused:" in res.stdout and "mean-field" in res.stdout
+
+
+def test_demo_json_is_strict_and_skipped_or_failed_rows_carry_no_curve(tmp_path, monkeypatch):
+    """A skipped solver (over its width limit) and a failing one are recorded with their reason and
+    no curve, distance or time (they carried the naive curve, so the JSON showed barriers they never
+    had); demo.json is strict JSON (no NaN)."""
+    import symmetries.demo as D
+    import symmetries.solving as S
+
+    real_align = S.align
+
+    def align(name, *args, **kwargs):
+        if name == "optimal_transport":
+            raise RuntimeError("planted failure")
+        return real_align(name, *args, **kwargs)
+
+    monkeypatch.setattr(S, "applicable", lambda arch: ["weight_matching", "optimal_transport", "relaxation"])
+    monkeypatch.setattr(S, "align", align)
+    monkeypatch.setattr(D, "SIZE_LIMITS", {"relaxation": 8})
+    r = runner.invoke(app, ["demo", "--width", "16", "--depth", "1", "--epochs", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "demo.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    rows = {row["method"]: row for row in data["rows"]}
+    skipped, failed = rows["relaxation"], rows["optimal_transport"]
+    assert "width 16 > 8" in skipped["skipped"] and skipped["error"] is None
+    assert "planted failure" in failed["error"] and failed["skipped"] is None
+    for row in (skipped, failed):
+        for key in ("loss_barrier", "loss_barrier_linear", "accuracy_barrier", "midpoint_loss", "l2", "seconds",
+                    "alphas", "loss", "accuracy"):
+            assert row[key] is None, (row["method"], key)
+    assert rows["weight_matching"]["loss"] is not None and len(rows["weight_matching"]["loss"]) == 25
+    assert "relaxation skipped" in r.output and "failed" in r.output
+
+
+def test_demo_time_column_is_solver_time_plus_repair_time(tmp_path):
+    from symmetries.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(width=16, depth=1, epochs=2, solvers=("weight_matching",)))
+    rows = {r.method: r for r in result.rows}
+    wm, wm_repair, naive_repair = rows["weight_matching"], rows["weight_matching + REPAIR"], rows["naive + REPAIR"]
+    assert wm.repair_seconds == 0.0 and wm.seconds == wm.solver_seconds > 0
+    assert wm_repair.solver_seconds == wm.solver_seconds and wm_repair.repair_seconds > 0
+    assert wm_repair.seconds == pytest.approx(wm_repair.solver_seconds + wm_repair.repair_seconds)
+    assert naive_repair.solver_seconds == 0.0 and naive_repair.seconds == naive_repair.repair_seconds > 0
+    d = wm_repair.as_dict()
+    assert d["seconds"] == pytest.approx(d["solver_seconds"] + d["repair_seconds"])
+    from symmetries.commands_demo import TIME_NOTE, render_table
+    table = render_table(result)
+    assert table.caption.startswith(TIME_NOTE) and "REPAIR" in TIME_NOTE and "solver" in TIME_NOTE
+
+
+def test_tutorial_and_demo_fit_posteriors_with_one_function(monkeypatch):
+    """The tutorial's BNN section calls the demo's own train_posterior (it used batch size 128 where
+    the demo used 64, so its figures differed)."""
+    import re
+    from pathlib import Path
+
+    import symmetries.demo as D
+    from symmetries import posteriors as P
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "tutorial.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", page, flags=re.S))
+    assert "train_posterior(" in code and "train_mean_field(" not in code
+    seen = []
+    real = P.train_mean_field
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs[k] for k in ("epochs", "lr", "batch_size")})
+        return real(*args, **{**kwargs, "epochs": 1})
+
+    monkeypatch.setattr(P, "train_mean_field", spy)
+    D.run_demo(D.DemoConfig(width=8, depth=1, epochs=1, solvers=("weight_matching",), repair=False, bnn=True,
+                            bnn_samples=1, alphas=3))
+    cfg = D.DemoConfig()
+    expected = {"epochs": cfg.bnn_epochs, "lr": cfg.bnn_lr, "batch_size": cfg.batch_size}
+    assert seen == [expected, expected] and expected["batch_size"] == 64
