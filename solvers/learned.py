@@ -74,8 +74,32 @@ def _ste(hard: TransformSet, latents: dict) -> TransformSet:
     return TransformSet(els)
 
 
+def _hard_keys(graph, params: dict, module) -> set[str]:
+    """Tensors that take the hard projection, not the straight-through one: the module's buffers
+    (BatchNorm's running statistics: no gradient is wanted there) and any tensor a space acts on
+    as a variance (``var`` accepts only monomial maps, never the dense ``T̃``)."""
+    buffers = {name for name, _ in module.named_buffers(remove_duplicate=False)} if module is not None else set()
+    return {k for k in params if k in buffers or any(e.role.value == "var" for e in graph.edges_of(k))}
+
+
+def _align(graph, params_b: dict, hard: TransformSet, latents: dict, hard_keys: set[str]) -> dict:
+    """``T̃·θ_B``: parameters by the straight-through ``T̃`` (the gradient reaches the latents),
+    ``hard_keys`` by the projected ``T`` itself (a permutation for permutation classes, so running
+    variances stay variances)."""
+    soft = {k: v for k, v in params_b.items() if k not in hard_keys}
+    fixed = {k: v for k, v in params_b.items() if k in hard_keys}
+    out = apply(graph, soft, _ste(hard, latents), check=False)
+    if fixed:
+        device = next(iter(fixed.values())).device
+        out.update(apply(graph, fixed, hard.to(device), check=False))
+    return out
+
+
 def _mix(params_a: dict, aligned_b: dict, alpha: float) -> dict:
-    return {k: (1 - alpha) * a + alpha * aligned_b[k] if a.is_floating_point() else a for k, a in params_a.items()}
+    """``(1 − α) θ_A + α θ_B'``; other tensors (BatchNorm's ``num_batches_tracked``) are copied, since a
+    module in train mode updates them in place."""
+    return {k: (1 - alpha) * a + alpha * aligned_b[k] if a.is_floating_point() else a.clone()
+            for k, a in params_a.items()}
 
 
 def _is_pair(data) -> bool:
@@ -127,6 +151,12 @@ class LearnedMatching(Solver):
     ``eval_batches`` (DataLoader batches for the final midpoint comparison, ``10``), ``backend``.
     ``objective_before`` / ``objective_after``: midpoint loss at weight matching's transforms and
     at the returned ones.
+
+    Tensors that are buffers of the module (BatchNorm's running statistics) or variances take the
+    hard projection in the forward pass; the straight-through gradient flows through parameters.
+    The module runs in the mode it is in (an ``Architecture``'s modules: eval, so BatchNorm uses the
+    interpolated running statistics; a module in train mode uses batch statistics). The inputs are
+    never modified.
     """
 
     name = "learned_matching"
@@ -167,11 +197,12 @@ class LearnedMatching(Solver):
         gen = torch.Generator().manual_seed(problem.seed)
         history = []
         batches = _batches(problem.data, batch_size, problem.seed)
+        hard_keys = _hard_keys(problem.graph, problem.params_b, module)
         for _ in range(int(steps)):
             x, y = next(batches)
             a = lo + (hi - lo) * float(torch.rand((), generator=gen))
             hard = project_latents(problem.graph, latents, problem.classes, backend)
-            aligned = apply(problem.graph, problem.params_b, _ste(hard, latents), check=False)
+            aligned = _align(problem.graph, problem.params_b, hard, latents, hard_keys)
             loss = loss_fn(functional_call(module, _mix(problem.params_a, aligned, a), (x,)), y)
             opt.zero_grad()
             loss.backward()

@@ -110,6 +110,72 @@ def test_head_structured_spaces_share_one_head_permutation():
     assert torch.allclose(mb(x), mt(x), atol=1e-4)
 
 
+def _cnn_data(channels=2, n=64):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, channels, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: architectures.vgg((4, "M", 5), in_channels=2, num_classes=3, batchnorm=True),
+    lambda: architectures.resnet(8, channels=(3, 4), in_channels=2, num_classes=3),
+], ids=["vgg_bn", "resnet"])
+def test_batchnorm_models_learn_a_function_preserving_permutation(build):
+    """Running statistics (a variance: monomial maps only) take the hard projection; the gradient flows
+    through the parameters."""
+    arch = build()
+    x, y = _cnn_data()
+    g = torch.Generator().manual_seed(1)
+    pa, pb = arch.module(seed=0).state_dict(), arch.module(seed=1).state_dict()
+    for p in (pa, pb):  # generic running statistics (fresh BatchNorm: mean 0, variance 1)
+        for k in p:
+            if k.endswith("running_mean"):
+                p[k] = torch.randn(p[k].shape, generator=g)
+            elif k.endswith("running_var"):
+                p[k] = torch.rand(p[k].shape, generator=g) + 0.5
+    before = {k: v.clone() for k, v in pb.items()}
+    sol = solvers.solve("learned_matching", arch, pa, pb, classes=Permutation(), data=(x, y), steps=25, lr=0.1,
+                        seed=0)
+    assert len(sol.history) == 25 and all(map(lambda v: v == v, sol.history))
+    assert sol.objective_after <= sol.objective_before
+    for el in sol.transforms.values():
+        assert Permutation().contains(el)
+    mb, mt = arch.module(), arch.module()
+    mb.load_state_dict(pb)
+    mt.load_state_dict(apply(arch.graph, pb, sol.transforms))
+    with torch.no_grad():
+        assert torch.allclose(mb.eval()(x), mt.eval()(x), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(before[k], pb[k]) for k in pb)
+
+
+def test_train_mode_batchnorm_modules_leave_the_inputs_untouched():
+    arch = architectures.vgg((4, "M", 5), in_channels=2, num_classes=3, batchnorm=True)
+    ma, mb = arch.module(seed=0).train(), arch.module(seed=1).train()
+    pa, pb = ma.state_dict(), mb.state_dict()
+    copies = {k: v.clone() for k, v in {**pa, **{"b." + k: v for k, v in pb.items()}}.items()}
+    sol = solvers.solve("learned_matching", arch.graph, pa, pb, classes=Permutation(), data=_cnn_data(), steps=10,
+                        models=(ma, mb))
+    assert len(sol.history) == 10
+    assert all(torch.equal(pa[k], copies[k]) for k in pa)  # num_batches_tracked was incremented in place
+    assert all(torch.equal(pb[k], copies["b." + k]) for k in pb)
+
+
+def test_batchnorm_gradient_reaches_the_latents_of_every_space():
+    from solvers.learned import project_latents
+    from solvers.problem import make_problem
+    arch = architectures.vgg((4, "M", 5), in_channels=2, num_classes=3, batchnorm=True)
+    pa, pb = arch.module(seed=0).state_dict(), arch.module(seed=1).state_dict()
+    problem = make_problem(arch.graph, pa, pb, classes=Permutation())
+    latents = {s: torch.eye(problem.sizes[s][0]).requires_grad_(True) for s in problem.spaces}
+    from solvers.learned import _align, _hard_keys
+    keys = _hard_keys(problem.graph, pb, arch.module())
+    assert {k for k in pb if "running" in k or "num_batches" in k} == keys
+    aligned = _align(problem.graph, pb, project_latents(problem.graph, latents, problem.classes), latents, keys)
+    x, y = _cnn_data()
+    CE(torch.func.functional_call(arch.module(), aligned, (x,)), y).backward()
+    assert all(lat.grad is not None and float(lat.grad.abs().sum()) > 0 for lat in latents.values())
+    assert all(not aligned[k].requires_grad for k in aligned if "running" in k)
+
+
 def test_refuses_missing_data_and_unsupported_classes(trained_pair):
     arch, pa, pb, d = trained_pair
     with pytest.raises(SolverInputError, match="data"):
