@@ -148,9 +148,10 @@ class LearnedMatching(Solver):
 
     Options: ``loss_fn`` (``(outputs, targets) → scalar``, default cross-entropy), ``steps``
     (``300``), ``lr`` (Adam, ``0.05``), ``batch_size`` (``256``), ``alpha`` (``(0.4, 0.6)``),
-    ``eval_batches`` (DataLoader batches for the final midpoint comparison, ``10``), ``backend``.
-    ``objective_before`` / ``objective_after``: midpoint loss at weight matching's transforms and
-    at the returned ones.
+    ``selection_data`` (held-out ``(x, y)`` or DataLoader on which the learned and weight matching's
+    transforms are compared; default: the training ``data``), ``eval_batches`` (DataLoader batches
+    for that comparison, ``10``), ``backend``. ``objective_before`` / ``objective_after``: midpoint
+    loss on the selection data at weight matching's transforms and at the returned ones.
 
     Tensors that are buffers of the module (BatchNorm's running statistics) or variances take the
     hard projection in the forward pass; the straight-through gradient flows through parameters.
@@ -170,7 +171,7 @@ class LearnedMatching(Solver):
 
     def solve(self, problem, *, loss_fn: Callable | None = None, steps: int = 300, lr: float = 0.05,
               batch_size: int = 256, alpha: tuple[float, float] = (0.4, 0.6), eval_batches: int = 10,
-              backend: str = "auto") -> Solution:
+              selection_data=None, backend: str = "auto") -> Solution:
         start = time.perf_counter()
         if problem.data is None:
             raise SolverInputError("learned matching needs data=(x, y) or a DataLoader of (x, y) batches")
@@ -209,16 +210,18 @@ class LearnedMatching(Solver):
             opt.step()
             history.append(float(loss.detach()))
         final = project_latents(problem.graph, latents, problem.classes, backend)
-        evals = _eval_batches(problem.data, eval_batches)
+        evals = _eval_batches(problem.data if selection_data is None else selection_data, eval_batches)
         before = midpoint_loss(module, problem.graph, problem.params_a, problem.params_b, start_transforms,
                                evals, loss_fn)
         after = midpoint_loss(module, problem.graph, problem.params_a, problem.params_b, final, evals, loss_fn)
         chosen, value = (final, after) if after <= before else (start_transforms, before)
         extra = dict(final_midpoint_loss=after, start_midpoint_loss=before, kept="learned" if after <= before
-                     else "weight_matching", weight_distance=problem.objective(chosen), steps=int(steps))
+                     else "weight_matching", weight_distance=problem.objective(chosen), steps=int(steps),
+                     selection="data" if selection_data is None else "selection_data")
         return Solution(chosen, objective_before=before, objective_after=value, iterations=int(steps),
                         wall_time=time.perf_counter() - start, status="max_iter", history=history, solver=self.name,
-                        objective="midpoint loss L((theta_A + T.theta_B) / 2) on the evaluation data",
+                        objective="midpoint loss L((theta_A + T.theta_B) / 2) on the "
+                                  + ("training data" if selection_data is None else "selection data"),
                         extra=extra, graph=problem.graph_b)
 
 

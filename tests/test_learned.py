@@ -73,7 +73,8 @@ def test_dataloader_and_custom_loss(trained_pair):
     sol = solvers.solve("learned_matching", arch, pa, pb, classes=Permutation(), data=loader, loss_fn=loss_fn,
                         steps=30)
     assert len(calls) >= 30 and len(sol.history) == 30
-    assert sol.objective_after <= sol.objective_before
+    assert sol.extra["kept"] == "learned" and sol.objective_after < sol.objective_before - 1e-3
+    assert sol.objective_before == pytest.approx(sol.extra["start_midpoint_loss"])
 
 
 def test_orthogonal_spaces_on_a_linear_network():
@@ -85,7 +86,9 @@ def test_orthogonal_spaces_on_a_linear_network():
     pb = arch.module(seed=1, dtype=torch.float64).state_dict()
     sol = solvers.solve("learned_matching", arch, pa, pb, classes=Orthogonal(), data=(x, y),
                         loss_fn=torch.nn.functional.mse_loss, steps=40, lr=0.02)
-    assert sol.objective_after <= sol.objective_before
+    assert sol.extra["kept"] == "learned" and sol.objective_after < sol.objective_before - 0.01
+    assert any(not torch.equal(sol.transforms[s].as_matrix(), torch.eye(5, dtype=torch.float64))
+               for s in sol.transforms)
     for el in sol.transforms.values():
         assert Orthogonal().contains(el, atol=1e-8)
 
@@ -102,12 +105,29 @@ def test_head_structured_spaces_share_one_head_permutation():
         return CE(out.reshape(-1, out.shape[-1]), t.reshape(-1))
 
     sol = solvers.solve("learned_matching", arch, pa, pb, classes=classes, data=(x, y), loss_fn=lm_loss, steps=15)
+    assert sol.extra["kept"] == "learned" and sol.objective_after < sol.objective_before - 0.01
     qk, vo = sol.transforms["blocks.0.attn.qk"], sol.transforms["blocks.0.attn.vo"]
     assert torch.equal(qk.head_perm, vo.head_perm)
     mb, mt = arch.module(), arch.module()
     mb.load_state_dict(pb)
     mt.load_state_dict(apply(arch.graph, pb, sol.transforms))  # validates the head-group tie
     assert torch.allclose(mb(x), mt(x), atol=1e-4)
+
+
+def test_held_out_selection_data_decides_between_learned_and_weight_matching(trained_pair):
+    arch, pa, pb, d = trained_pair
+    module = arch.module()
+    wm = solvers.solve("weight_matching", arch, pa, pb, classes=Permutation())
+    sol = solvers.solve("learned_matching", arch, pa, pb, classes=Permutation(), data=d.train, steps=100, seed=0,
+                        selection_data=d.test)
+    held_out_wm = midpoint_loss(module, arch.graph, pa, pb, wm.transforms, [d.test], CE)
+    held_out = midpoint_loss(module, arch.graph, pa, pb, sol.transforms, [d.test], CE)
+    assert sol.objective_before == pytest.approx(held_out_wm, rel=1e-5)  # measured on the held-out split
+    assert sol.objective_after == pytest.approx(held_out, rel=1e-5) and sol.objective_after <= sol.objective_before
+    assert sol.extra["selection"] == "selection_data"
+    if sol.extra["kept"] == "learned":
+        assert held_out < held_out_wm
+        assert sol.extra["final_midpoint_loss"] == pytest.approx(held_out, rel=1e-5)
 
 
 def _cnn_data(channels=2, n=64):
