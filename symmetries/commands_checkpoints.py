@@ -208,7 +208,7 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
         if data or "data" not in str(exc):
             raise
         raise ValueError(f"solver {solver!r} needs data: pass --data ('digits:train' or a file with tensors x "
-                         f"and y) ({exc})") from None
+                         f"and y)") from None
     aligned = apply(architecture.graph, pb, sol.transforms)
     seconds = time.perf_counter() - t0
     save_state_dict(aligned, output, metadata={"aligned_to": str(a), "source": str(b), "solver": solver})
