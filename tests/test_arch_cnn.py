@@ -5,6 +5,8 @@ changes it. The BatchNorm case is proven both ways: with ε > 0 scaling breaks t
 with ε = 0 the same transform is exact, so ε is what rules it out."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,8 +14,8 @@ from hypothesis import strategies as st
 
 import architectures
 import symmetries as sy
-from arch_checks import (admitted_classes, assert_params_close, assert_same, max_cond, outputs, randomize,
-                         relative_change)
+from arch_checks import (admitted_classes, assert_params_close, assert_same, cond, max_cond, outputs, param_conds,
+                         randomize, relative_change)
 from symmetries.strategies import seeds
 
 ACTS = ["relu", "leaky_relu", "tanh", "gelu", "identity", "abs"]
@@ -48,9 +50,30 @@ def test_admitted_classes_leave_the_function_unchanged(arch, data, dtype, seed):
     params = randomize(arch, seed, dtype)
     new = sy.apply(g, params, T)
     x = _image(arch, seed)
-    cond = max_cond(T)
+    cond = max_cond(T, g)
     assert_same(outputs(arch, params, x, dtype=dtype), outputs(arch, new, x, dtype=dtype), dtype, cond)
-    assert_params_close(sy.apply(g, new, T.inverse()), params, dtype, cond)
+    assert_params_close(sy.apply(g, new, T.inverse()), params, dtype, param_conds(g, T))
+
+
+def test_float32_tolerance_stays_meaningful_with_invertible_maps_at_every_space():
+    """Round-off grows with the conditions of the (two) spaces one tensor touches, not with the product
+    over the network: that product made the float32 tolerance of this draw 1.5 relative (a check that
+    could not fail), the per-tensor factor makes it ≈ 1e-3, and a 1% error is caught."""
+    arch = architectures.vgg([4, 4, 4, 4], hidden=[4], activation="identity")
+    g = arch.graph
+    T = sy.random_transforms(g, 0, classes=sy.Invertible())
+    chain = [s.name for s in g.spaces()]
+    assert chain == ["conv.0", "conv.1", "conv.2", "conv.3", "hidden.0"]
+    kappa = {s: cond(T[s]) for s in chain}
+    assert max_cond(T, g) == pytest.approx(max(kappa[a] * kappa[b] for a, b in zip(chain, chain[1:])))
+    assert max_cond(T, g) <= max_cond(T)  # the bound without the graph: the two largest conditions
+    assert math.prod(kappa.values()) > 100 * max_cond(T, g)  # 7.7e3 against 57 for this draw
+    params, x = randomize(arch, 0, torch.float32), _image(arch, 0)
+    y, moved = outputs(arch, params, x, dtype=torch.float32), sy.apply(g, params, T)
+    assert_same(y, outputs(arch, moved, x, dtype=torch.float32), torch.float32, max_cond(T, g))
+    wrong = dict(moved, **{"classifier.2.bias": moved["classifier.2.bias"] + 1e-2 * max(1.0, float(y.abs().max()))})
+    with pytest.raises(AssertionError, match="output changed"):
+        assert_same(y, outputs(arch, wrong, x, dtype=torch.float32), torch.float32, max_cond(T, g))
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])
@@ -65,7 +88,7 @@ def test_each_maximal_class_at_every_space_that_admits_it(activation, batchnorm)
     y = outputs(arch, params, x)
     for cls in maximal:
         T = sy.random_transforms(g, 2, classes={s.name: cls for s in g.spaces() if g.admits(s.name, cls)})
-        assert_same(y, outputs(arch, sy.apply(g, params, T), x), torch.float64, max_cond(T))
+        assert_same(y, outputs(arch, sy.apply(g, params, T), x), torch.float64, max_cond(T, g))
 
 
 def _widened(arch, sizes):

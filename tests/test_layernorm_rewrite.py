@@ -57,7 +57,7 @@ def test_orthogonal_residual_leaves_the_rewritten_model_unchanged(arch, data, dt
     new = {k: v.to(dtype) for k, v in new.items()}
     x = example_inputs(arch, 2, seed=seed % 1000, dtype=dtype)
     y = outputs(new_arch, new, x, dtype)
-    assert_same(y, outputs(new_arch, sy.apply(g, new, T), x, dtype), dtype, max_cond(T))
+    assert_same(y, outputs(new_arch, sy.apply(g, new, T), x, dtype), dtype, max_cond(T, g))
 
 
 @settings(max_examples=60)
