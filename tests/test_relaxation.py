@@ -154,7 +154,7 @@ def test_scs_answer_is_corrected_into_a_valid_bound():
     problem = make_problem(arch.graph, pa, pb, classes=Permutation())
     misfit = build_misfit(problem)
     loose = relax(misfit, solver="SCS", eps_abs=1e-2, eps_rel=1e-2)
-    exact = relax(misfit)
+    exact = relax(misfit, solver="CLARABEL")
     assert loose.bound <= exact.value + 1e-8
     assert loose.bound <= _brute(problem, widths)
     assert exact.bound == pytest.approx(exact.value, rel=1e-6)
@@ -163,7 +163,7 @@ def test_scs_answer_is_corrected_into_a_valid_bound():
 def test_aux_and_direct_formulations_agree():
     arch, pa, pb, _ = _pair([20, 5, 5, 3], 2)
     misfit = build_misfit(make_problem(arch.graph, pa, pb, classes=Permutation()))
-    a, d = relax(misfit, formulation="aux"), relax(misfit, formulation="direct")
+    a, d = relax(misfit, solver="CLARABEL", formulation="aux"), relax(misfit, solver="CLARABEL", formulation="direct")
     assert a.value == pytest.approx(d.value, rel=1e-6)
     assert round_relaxed(misfit, a.x)["hidden.0"].shape == (5, 5)
     with pytest.raises(ValueError):
@@ -214,3 +214,119 @@ def test_convolutions_and_batchnorm_variances(batchnorm):
     best = min(problem.objective(TransformSet({s: GatherElement(list(p)) for s, p in zip(spaces, perms)}))
                for perms in itertools.product(*(itertools.permutations(range(problem.sizes[s][0])) for s in spaces)))
     assert sol.lower_bound <= best + 1e-9 * best <= sol.objective_after + 2e-9 * best
+
+
+# -- the APG route (default) ------------------------------------------------------------------------------------
+def _relaxable(kind, seed, planted=False):
+    if kind == "vgg_bn":
+        arch, cls = architectures.vgg((3, "M", 4), in_channels=2, num_classes=3, batchnorm=True), Permutation()
+    elif kind == "resnet":
+        arch, cls = architectures.resnet(8, channels=(3, 4), in_channels=2), Permutation()
+    elif kind == "orthogonal":
+        arch, cls = architectures.mlp([5, 7, 6, 3], "identity"), Orthogonal()
+    elif kind == "mixed":
+        arch, cls = architectures.mlp([5, 7, 6, 3], "identity"), {"hidden.0": Permutation(), "hidden.1": Orthogonal()}
+    else:
+        arch, cls = architectures.mlp([5, 7, 6, 3]), Permutation()
+
+    def fix(p):
+        return {k: v.abs() + 0.5 if "running_var" in k else v for k, v in p.items()}
+    pa = fix(arch.module(seed=seed, dtype=torch.float64).state_dict())
+    if planted:
+        pb = apply(arch.graph, pa, random_transforms(arch.graph, seed=seed, classes=cls).inverse())
+    else:
+        pb = fix(arch.module(seed=seed + 50, dtype=torch.float64).state_dict())
+    return arch, pa, pb, cls
+
+
+@pytest.mark.parametrize("kind", ["mlp", "orthogonal", "mixed", "vgg_bn", "resnet"])
+@pytest.mark.parametrize("planted", [False, True])
+def test_apg_bound_agrees_with_clarabel(kind, planted):
+    arch, pa, pb, cls = _relaxable(kind, 1, planted)
+    misfit = build_misfit(make_problem(arch.graph, pa, pb, classes=cls))
+    apg, ipm = relax(misfit), relax(misfit, solver="CLARABEL")
+    assert apg.status == "optimal" and apg.solver == "APG" and apg.iterations > 0
+    assert apg.bound <= apg.value + 1e-12  # L(X̂) ≤ min f ≤ f(X̂) at the feasible X̂
+    assert apg.value - apg.bound <= 1e-8 * abs(apg.value) + 1e-10 * misfit.value(
+        {s: np.eye(n) for s, (n, _) in misfit.spaces.items()})
+    assert apg.bound == pytest.approx(ipm.bound, rel=1e-6, abs=1e-7)
+    for s, (n, c) in misfit.spaces.items():  # the returned point is feasible
+        x = apg.x[s]
+        if isinstance(c, Permutation):
+            assert x.min() >= 0 and np.allclose(x.sum(0), 1, atol=1e-9) and np.allclose(x.sum(1), 1, atol=1e-9)
+        else:
+            assert np.linalg.norm(x, 2) <= 1 + 1e-9
+
+
+def test_an_early_stopped_apg_still_gives_a_valid_bound():
+    widths = [3, 4, 4, 2]
+    arch, pa, pb, _ = _pair(widths, 4)
+    problem = make_problem(arch.graph, pa, pb, classes=Permutation())
+    misfit = build_misfit(problem)
+    early, full = relax(misfit, max_iter=3, check_every=1), relax(misfit)
+    assert early.status == "max_iter" and early.iterations == 3
+    assert early.bound <= full.bound <= _brute(problem, widths)
+    assert full.bound - early.bound > 1e-6  # it really stopped early: looser, still valid
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 9), seed=SEEDS, log_scale=st.floats(-3, 3), shape=st.sampled_from(["plain", "row", "ties"]))
+def test_birkhoff_projection_is_exact(n, seed, log_scale, shape):
+    from solvers.relaxation import project_birkhoff
+    g = np.random.default_rng(seed)
+    scale = 10.0 ** log_scale
+    y = scale * g.standard_normal((n, n))
+    if shape == "row":
+        y[0] = -1e3 * scale  # a row far below the others: no support at the start
+    elif shape == "ties":
+        y = np.round(y / scale) * scale
+    x, (u, v), _ = project_birkhoff(y)
+    # KKT: x = max(y − u1ᵀ − 1vᵀ, 0) with unit row and column sums is the projection
+    assert np.array_equal(x, np.maximum(y - u[:, None] - v[None, :], 0.0))
+    tol = 1e-9 * max(1.0, float(np.abs(y).max()))
+    assert np.allclose(x.sum(0), 1, atol=tol) and np.allclose(x.sum(1), 1, atol=tol)
+    h = np.random.default_rng(seed + 1)  # any other doubly stochastic point is farther from y
+    weights = h.dirichlet(np.ones(3))
+    rival = sum(w * np.eye(n)[h.permutation(n)] for w in weights)
+    assert np.sum((x - y) ** 2) <= np.sum((rival - y) ** 2) + 1e-9 * max(1.0, scale) ** 2
+
+
+def test_birkhoff_projection_against_cvxpy():
+    import cvxpy as cp
+    from solvers.relaxation import project_birkhoff
+    g = np.random.default_rng(0)
+    for n, scale in ((4, 0.3), (6, 1.0), (7, 5.0)):
+        y = scale * g.standard_normal((n, n))
+        x, _, _ = project_birkhoff(y)
+        var = cp.Variable((n, n), nonneg=True)
+        cp.Problem(cp.Minimize(cp.sum_squares(var - y)), [cp.sum(var, 0) == 1, cp.sum(var, 1) == 1]).solve(
+            solver="CLARABEL")
+        assert np.sum((x - y) ** 2) <= np.sum((var.value - y) ** 2) + 1e-8
+        assert np.abs(x - var.value).max() < 1e-4
+
+
+def test_spectral_ball_projection_clips_singular_values():
+    from solvers.relaxation import project_spectral_ball
+    g = np.random.default_rng(0)
+    y = 2 * g.standard_normal((5, 5))
+    x = project_spectral_ball(y)
+    sv_x, sv_y = np.linalg.svd(x, compute_uv=False), np.linalg.svd(y, compute_uv=False)
+    assert np.allclose(sv_x, np.minimum(sv_y, 1.0))
+    inside = y / (2 * sv_y.max())
+    assert np.allclose(project_spectral_ball(inside), inside)
+
+
+def test_relaxation_methods_and_options():
+    arch, pa, pb, _ = _pair([3, 4, 4, 2], 2)
+    apg = solvers.solve("relaxation", arch, pa, pb, classes=Permutation())
+    ipm = solvers.solve("relaxation", arch, pa, pb, classes=Permutation(), engine="cvxpy")
+    scs = solvers.solve("relaxation", arch, pa, pb, classes=Permutation(), cvxpy_solver="SCS")
+    assert apg.extra["relaxation_solver"] == "APG" and apg.extra["cvxpy_solver"] is None
+    assert ipm.extra["relaxation_solver"] == "CLARABEL" and scs.extra["relaxation_solver"] == "SCS"
+    assert apg.lower_bound == pytest.approx(ipm.lower_bound, rel=1e-6) and scs.lower_bound <= ipm.lower_bound + 1e-7
+    opts = solvers.solve("relaxation", arch, pa, pb, classes=Permutation(), solver_options=dict(tol=1e-4))
+    assert opts.lower_bound <= apg.lower_bound + 1e-12
+    with pytest.raises(ValueError, match="engine"):
+        solvers.solve("relaxation", arch, pa, pb, classes=Permutation(), engine="newton")
+    with pytest.raises(ValueError, match="cvxpy_solver"):
+        solvers.solve("relaxation", arch, pa, pb, classes=Permutation(), engine="apg", cvxpy_solver="SCS")
