@@ -48,7 +48,7 @@ from .relaxation_misfit import Misfit, build_misfit
 from .solution import Solution
 
 __all__ = ["RelaxedOptimum", "QuadraticMisfit", "formulate", "relax", "relax_apg", "project_birkhoff",
-           "project_spectral_ball", "round_relaxed", "RelaxationSolver"]
+           "project_spectral_ball", "round_relaxed", "sample_rounding", "RelaxationSolver"]
 
 
 @dataclass
@@ -408,6 +408,21 @@ def round_relaxed(misfit: Misfit, x: dict[str, np.ndarray], backend: str = "auto
                          for s, (_, cls) in misfit.spaces.items()})
 
 
+def sample_rounding(misfit: Misfit, x: dict[str, np.ndarray], rng: np.random.Generator,
+                    backend: str = "auto") -> TransformSet:
+    """A randomised rounding of ``X̂`` (perturb and MAP): ``argmax_P ⟨P, log X̂ + Gumbel noise⟩`` at
+    permutation spaces (a permutation drawn near the doubly stochastic ``X̂``, inside its support),
+    the polar factor of ``X̂ + N(0, σ²)`` (``σ`` the RMS of ``X̂``'s entries) at orthogonal ones."""
+    tilted = {}
+    for s, (n, cls) in misfit.spaces.items():
+        if isinstance(cls, Permutation):
+            tilted[s] = np.log(np.maximum(x[s], 0.0) + 1e-9) + rng.gumbel(size=x[s].shape)
+        else:
+            sigma = float(np.sqrt(np.mean(x[s] ** 2))) or 1.0 / np.sqrt(n)
+            tilted[s] = x[s] + sigma * rng.standard_normal(x[s].shape)
+    return round_relaxed(misfit, tilted, backend)
+
+
 def _polish(problem, transforms: TransformSet, options: dict):
     try:
         wm = get("weight_matching")
@@ -424,7 +439,11 @@ class RelaxationSolver(Solver):
     Options: ``engine`` (``"auto"``: ``"apg"``, or ``"cvxpy"`` when ``cvxpy_solver`` is given),
     ``cvxpy_solver`` (``"CLARABEL"`` when ``engine="cvxpy"``), ``formulation`` (cvxpy: ``"aux"``),
     ``solver_options`` (keywords of :func:`relax_apg`, or cvxpy's), ``polish`` (``True``),
-    ``polish_options`` (passed to weight matching), ``backend`` (assignment backend). ``lower_bound``
+    ``polish_options`` (passed to weight matching), ``backend`` (assignment backend),
+    ``rounding_samples`` (``8``). Candidates, each polished by weight matching, the lowest ``J``
+    kept: the oracle rounding of ``X̂``, weight matching's own start (``init`` or the identity), and
+    ``rounding_samples`` randomised roundings (:func:`sample_rounding`, seeded by ``seed``);
+    ``extra["candidates"]`` has their ``J``, ``extra["chosen"]`` the winner. ``lower_bound``
     bounds ``min_T J(T)`` over the searched classes; ``gap = objective_after − lower_bound``;
     ``status="optimal"`` (proven global optimum up to ``gap``) when
     ``gap ≤ tol · max(J(identity), objective_after)``, ``tol = 1e-6``. ``extra["relaxed_value"]``
@@ -438,7 +457,7 @@ class RelaxationSolver(Solver):
 
     def solve(self, problem, *, engine: str = "auto", cvxpy_solver: str | None = None, formulation: str = "aux",
               polish: bool = True, polish_options: dict | None = None, backend: str = "auto",
-              solver_options: dict | None = None, tol: float = 1e-6) -> Solution:
+              solver_options: dict | None = None, tol: float = 1e-6, rounding_samples: int = 8) -> Solution:
         start = time.perf_counter()
         if engine not in ("auto", "apg", "cvxpy"):
             raise ValueError(f"engine must be 'auto', 'apg' or 'cvxpy', got {engine!r}")
@@ -452,20 +471,35 @@ class RelaxationSolver(Solver):
         before = problem.objective(None)
         rounded = round_relaxed(misfit, opt.x, backend)
         rounded_obj = problem.objective(rounded)
-        best, best_obj, message, iterations = rounded, rounded_obj, "", 0
+        best, best_obj, message, iterations, chosen = rounded, rounded_obj, "", 0, "rounded"
         history = [before, rounded_obj]
-        if polish and misfit.spaces:
-            sol, message = _polish(problem, rounded, dict(polish_options or {}))
-            if sol is not None:
-                iterations = sol.iterations
-                polished_obj = problem.objective(sol.transforms)
-                history.append(polished_obj)
-                if polished_obj <= best_obj:
-                    best, best_obj = sol.transforms, polished_obj
+        candidates = {"rounded": rounded}
+        if misfit.spaces:
+            candidates["weight_matching"] = problem.init  # its own start: never worse than weight matching
+            rng = np.random.default_rng(problem.seed)
+            for k in range(int(rounding_samples)):
+                candidates[f"sample {k}"] = sample_rounding(misfit, opt.x, rng, backend)
+        scores = {}
+        for name, start_t in candidates.items():
+            if polish and misfit.spaces:
+                sol, message = _polish(problem, start_t, dict(polish_options or {}))
+                if sol is None:
+                    break
+                iterations += sol.iterations
+                t, value = sol.transforms, problem.objective(sol.transforms)
+            elif start_t is not None:
+                t, value = start_t, problem.objective(start_t)
+            else:
+                continue
+            scores[name] = value
+            if value < best_obj:
+                best, best_obj, chosen = t, value, name
+        history.append(best_obj)
         bound = opt.bound
         gap = best_obj - bound
         status = "optimal" if gap <= tol * max(abs(before), abs(best_obj)) else "converged"
         extra = dict(relaxed=opt.x, relaxed_value=opt.value, certificate=bound, rounded_objective=rounded_obj,
+                     candidates=scores, chosen=chosen,
                      relaxation_status=opt.status, relaxation_solver=opt.solver, relaxation_iterations=opt.iterations,
                      cvxpy_status=opt.status if engine == "cvxpy" else None,
                      cvxpy_solver=opt.solver if engine == "cvxpy" else None, setup_time=opt.setup_time,
