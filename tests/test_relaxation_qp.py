@@ -76,3 +76,25 @@ def test_requires_split_elements():
     same, value = fit_fractions(make_problem(arch.graph, p, p, classes=Permutation()),
                                 TransformSet({"hidden.0": GatherElement.identity(4)}))
     assert value == pytest.approx(0.0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_fraction_bound_certifies_the_fractions_for_the_assignment(seed):
+    from solvers.relaxation_qp import fraction_bound
+    wide, narrow, a, b, problem = _setup(seed)
+    sp_sol = solvers.solve("semi_permutation", wide.graph, a, b, graph_b=narrow.graph)
+    g = np.random.default_rng(seed)
+    start = TransformSet({s: _random_fractions(el, g) for s, el in sp_sol.transforms.items()})
+    fitted, value = fit_fractions(problem, start)
+    j = problem.objective(fitted)
+    at_start, at_fit = fraction_bound(problem, start), fraction_bound(problem, fitted)
+    assert at_start <= j + 1e-9 and at_fit <= j + 1e-9  # valid at any feasible point
+    assert j - at_fit <= 1e-6 * j  # tight at the QP's optimum
+    for _ in range(20):  # below every fraction vector with this assignment
+        other = TransformSet({s: _random_fractions(el, g) for s, el in start.items()})
+        assert at_start <= problem.objective(other) + 1e-9
+    sol = solvers.solve("semi_permutation_qp", wide.graph, a, b, graph_b=narrow.graph, init=start)
+    assert sol.lower_bound is None  # no bound over other assignments
+    assert sol.extra["fraction_gap"] == pytest.approx(sol.objective_after - sol.extra["fraction_bound"])
+    assert 0 <= sol.extra["fraction_gap"] <= 1e-6 * sol.objective_after
