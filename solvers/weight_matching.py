@@ -6,7 +6,8 @@ solved by its class (:mod:`solvers.subproblems`) and kept only if it lowers ``J`
 never increases. Where one tensor meets a unit on two axes (``W ← T W Tᵀ``: an RNN's hidden-to-hidden
 matrix, a layer applied twice) the subproblem is solved with the unit's current transform on the
 other axis (for permutations: the LAP on the gradient, a Frank–Wolfe step of the quadratic assignment
-problem) and the step is kept only if the exact ``J`` of the tensors touching the unit decreases. It stops after a sweep without an accepted improvement or at ``max_iter``.
+problem) and the step is kept only if the exact ``J`` of the tensors touching the unit decreases.
+It stops after a sweep without an accepted improvement or at ``max_iter``.
 
 ``mode="rebasin"`` reproduces Git Re-Basin's published loop for permutations exactly: identity
 start; each sweep a seeded random order (``numpy.random.default_rng(seed)``, one
