@@ -37,9 +37,12 @@ class UnsupportedClassError(SolverError, ValueError):
 
 
 class SolverInputError(SolverError, ValueError):
-    """A problem's inputs are inconsistent (missing data, models, widths, initial transforms)."""
+    """A problem's inputs are inconsistent (missing data, models, widths, initial transforms,
+    tensors a solver cannot compute with); ``space``, ``parameter`` and ``cls`` name the culprit."""
 
-    def __init__(self, message: str, *, space: str | None = None, parameter: str | None = None):
+    def __init__(self, message: str, *, space: str | None = None, parameter: str | None = None,
+                 cls: object = None):
         super().__init__(message)
         self.space = space
         self.parameter = parameter
+        self.cls = cls

@@ -18,6 +18,7 @@ import torch
 
 from symmetries.action import apply
 from symmetries.classes import SymmetryClass, Trivial
+from symmetries.elements import HeadElement
 from symmetries.errors import ElementShapeError, NotAdmittedError, UnknownSpaceError
 from symmetries.transforms import TransformSet
 
@@ -107,6 +108,14 @@ def _tensor(x, name: str, dtype, device) -> torch.Tensor:
     return t
 
 
+def _float64(el) -> bool:
+    """Whether an element's stored numbers are float64 (else membership allows single-precision round-off)."""
+    if isinstance(el, HeadElement):
+        return all(_float64(e) for e in el.inner)
+    matrix = getattr(el, "matrix", None)
+    return matrix is None or matrix.dtype == torch.float64
+
+
 def _common_dtype(*param_sets) -> torch.dtype:
     dtypes = [torch.as_tensor(v).dtype for p in param_sets for v in p.values()
               if torch.as_tensor(v).is_floating_point()]
@@ -194,6 +203,9 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
             if tuple(el.shape) != sizes[name]:
                 raise ElementShapeError(f"initial transform for space {name!r} has shape {tuple(el.shape)}, "
                                         f"expected {sizes[name]} (A's width × B's width)")
+            if not chosen[name].contains(el.as_matrix(), atol=1e-8 if _float64(el) else 1e-4):
+                raise SolverInputError(f"initial transform for space {name!r} is not an element of "
+                                       f"{chosen[name]!r}, the class searched there", space=name, cls=chosen[name])
         init = init.to(device)
     if models is None and architecture is not None and data is not None:
         models = _modules(architecture, pa, pb, graph_b, dtype, device)

@@ -274,3 +274,27 @@ def test_registering_an_instance_does_not_rename_it():
     finally:
         for name in ("shuffle-a", "shuffle-b", "shuffle-c"):
             solvers.unregister(name)
+
+
+def test_init_outside_the_searched_class_is_a_typed_error(pair):
+    from symmetries.elements import DenseElement
+    arch, a, b = pair
+    q, _ = torch.linalg.qr(torch.randn(7, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    rotation = TransformSet({"hidden.0": DenseElement(q, q.T.contiguous())})  # not a symmetry across ReLU
+    for name in ("weight_matching", "semi_permutation"):
+        with pytest.raises(solvers.SolverInputError) as e:
+            solvers.solve(name, arch.graph, a, b, classes=Permutation(), init=rotation, max_iter=0)
+        assert e.value.space == "hidden.0" and e.value.cls == Permutation()
+        assert "hidden.0" in str(e.value) and "Permutation()" in str(e.value)
+    scaled = TransformSet({"hidden.0": PermutationScaling().random(7, seed=1)})
+    with pytest.raises(solvers.SolverInputError, match="hidden.0"):  # D·P is admitted, but not searched
+        solvers.make_problem(arch.graph, a, b, classes=Permutation(), init=scaled)
+    assert solvers.make_problem(arch.graph, a, b, init=scaled).init is not None  # default class: D·P
+    perm = TransformSet({"hidden.1": Permutation().random(6, seed=2)})
+    sol = solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), init=perm, max_iter=0,
+                        start="identity")
+    assert torch.equal(sol.transforms["hidden.1"].as_matrix(), perm["hidden.1"].as_matrix())
+    linear = architectures.mlp([5, 7, 3], activation="identity")
+    la, lb = linear.module(seed=0).state_dict(), linear.module(seed=1).state_dict()
+    q32 = TransformSet({"hidden.0": DenseElement(q.float(), q.T.contiguous().float())})  # float32 round-off
+    assert solvers.make_problem(linear.graph, la, lb, classes=Orthogonal(), init=q32).init is not None
