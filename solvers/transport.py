@@ -17,6 +17,8 @@ a fused model is a new model, not a reparameterisation.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import ot
 import torch
@@ -51,13 +53,23 @@ class OptimalTransport(Solver):
     classes = (Trivial, Permutation)
 
     def solve(self, problem, *, transport: str = "emd", reg: float = 0.01, num_iter: int = 1000,
-              backend: str = "auto") -> Solution:
-        """``transport``: ``"emd"`` or ``"sinkhorn"``; ``reg``: entropic weight relative to ``max C``;
-        ``num_iter``: Sinkhorn iterations."""
+              marginal_tol: float = 1e-6, backend: str = "auto") -> Solution:
+        """``transport``: ``"emd"`` or ``"sinkhorn"``; ``reg`` (> 0): entropic weight relative to
+        ``max C``; ``num_iter``: Sinkhorn iterations; ``marginal_tol``: the largest relative marginal
+        error ``max(m‖Γ1 − μ‖_∞, n‖Γᵀ1 − ν‖_∞)`` of a coupling counted as converged.
+
+        ``status``: ``"converged"`` when every coupling meets its marginals; ``"max_iter"`` when one
+        does not (Sinkhorn stopped at ``num_iter``; its permutation is still returned); ``"failed"``
+        when one is not finite or carries no mass (Sinkhorn's kernel underflows for a small ``reg``),
+        the spaces after it left as the identity — the message names the space."""
         if transport not in ("emd", "sinkhorn"):
             raise ValueError(f"transport must be 'emd' or 'sinkhorn', got {transport!r}")
+        if transport == "sinkhorn" and not (np.isfinite(reg) and reg > 0):
+            raise ValueError(f"reg must be a positive number for transport='sinkhorn', got {reg!r} "
+                             f"(reg → 0 is exact transport: use transport='emd')")
         matcher = Matcher(problem)
         hard, soft, couplings, costs = {}, {}, {}, {}
+        status, notes = "converged", []
         for unit in _units(problem):
             space = unit[0]
             loc = matcher.local(space, soft, settled_only=True)
@@ -69,10 +81,27 @@ class OptimalTransport(Solver):
             nb = sum(loc.row_norms(r, "b").double().cpu() for r in (Role.OUT, Role.IN, Role.VAR))
             cost = (na[:, None] + nb[None, :] - 2 * cross).clamp_min(0).numpy()
             mu, nu = np.full(m, 1.0 / m), np.full(n, 1.0 / n)
-            if transport == "emd":
-                gamma = ot.emd(mu, nu, cost)
-            else:
-                gamma = ot.sinkhorn(mu, nu, cost / max(cost.max(), 1e-300), reg, numItermax=num_iter)
+            with warnings.catch_warnings(record=True) as caught:  # judged below, on the coupling itself
+                warnings.simplefilter("always")
+                if transport == "emd":
+                    gamma = ot.emd(mu, nu, cost)
+                else:
+                    gamma = ot.sinkhorn(mu, nu, cost / max(cost.max(), 1e-300), reg, numItermax=num_iter)
+            said = "; ".join(sorted({str(w.message).splitlines()[0] for w in caught}))
+            said = f" (POT: {said})" if said else ""
+            finite = bool(np.isfinite(gamma).all())
+            if not finite or not gamma.sum() > 0:
+                status = "failed"
+                hint = f"use a larger reg (now {reg:g}) or transport='emd'" if transport == "sinkhorn" else \
+                    "check the weights for extreme values"
+                notes.append(f"space {space!r}: the {transport} coupling is {'zero' if finite else 'not finite'}"
+                             f"{said}; {hint}")
+                break
+            error = max(float(np.abs(gamma.sum(1) - mu).max()) * m, float(np.abs(gamma.sum(0) - nu).max()) * n)
+            if error > marginal_tol:
+                status = "max_iter" if status == "converged" else status
+                notes.append(f"space {space!r}: the {transport} coupling misses its marginals by {error:.2g} "
+                             f"(relative){said}; raise num_iter (now {num_iter}) or reg, or use transport='emd'")
             t_soft = torch.as_tensor(gamma / mu[:, None], dtype=problem.dtype)
             soft[space] = DenseElement(t_soft, t_soft.T.contiguous())
             hard[space] = GatherElement(assignment_permutation(gamma, backend=backend), n)
@@ -81,8 +110,8 @@ class OptimalTransport(Solver):
         t = TransformSet(hard)
         soft_t = TransformSet(soft)
         before, after = problem.objective(None), problem.objective(t)
-        return Solution(t, before, after, iterations=1, status="converged", history=[before, after],
-                        message=f"{transport} on {len(hard)} space(s); transport costs {costs}",
+        message = "; ".join(notes + [f"{transport} on {len(hard)} space(s); transport costs {costs}"])
+        return Solution(t, before, after, iterations=1, status=status, history=[before, after], message=message,
                         extra={"couplings": couplings, "soft_transforms": soft_t, "transport_cost": costs,
                                "soft_objective": problem.objective(soft_t)})
 

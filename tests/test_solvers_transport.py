@@ -59,3 +59,27 @@ def test_sinkhorn_coupling_is_soft_and_errors():
         solvers.solve("optimal_transport", arch.graph, a, b, classes=Permutation(), transport="gw")
     with pytest.raises(solvers.UnsupportedClassError):
         solvers.solve("optimal_transport", arch.graph, a, b)  # default class: PermutationScaling
+
+
+def test_sinkhorn_breakdown_and_non_convergence_are_reported_not_converged():
+    arch = architectures.mlp([6, 5, 4, 3])
+    a, b = ({k: v.double() for k, v in arch.module(seed=s).state_dict().items()} for s in (0, 1))
+
+    def run(**options):
+        return solvers.solve("optimal_transport", arch.graph, a, b, classes=Permutation(), transport="sinkhorn",
+                             **options)
+    for reg in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="reg must be a positive number"):
+            run(reg=reg)
+    broken = run(reg=1e-5)  # the kernel exp(-C/reg) underflows: POT returns an all-zero coupling
+    assert broken.status == "failed" and not broken.success
+    assert "'hidden.0'" in broken.message and "larger reg" in broken.message and "transport='emd'" in broken.message
+    stopped = run(reg=1e-3, num_iter=1000)  # finite, but the marginals are not met yet
+    assert stopped.status == "max_iter" and "marginals" in stopped.message and "num_iter" in stopped.message
+    for space, gamma in stopped.extra["couplings"].items():  # the spaces named are those off their marginals
+        m, n = gamma.shape
+        off = max(float((gamma.sum(1) * m - 1).abs().max()), float((gamma.sum(0) * n - 1).abs().max())) > 1e-6
+        assert off == (f"space {space!r}" in stopped.message), space
+    fine = run(reg=0.05)
+    assert fine.status == "converged" and "marginals" not in fine.message
+    assert solvers.solve("optimal_transport", arch.graph, a, b, classes=Permutation()).status == "converged"
