@@ -185,6 +185,12 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
     device = torch.device(device) if device is not None else torch.device("cpu")
     pa = {k: _tensor(v, k, dtype, device) for k, v in params_a.items()}
     pb = {k: _tensor(v, k, dtype, device) for k, v in params_b.items()}
+    for name in pa:  # a solver computes with every tensor a space touches: those must be floating
+        for params, g, side in ((pa, graph, "A"), (pb, gb, "B")):
+            if not params[name].is_floating_point() and g.edges_of(name):
+                raise SolverInputError(f"parameter {name!r} of model {side} is a {params[name].dtype} tensor but space "
+                                       f"{g.edges_of(name)[0].space!r} acts on it; convert it to a floating dtype "
+                                       f"(non-floating tensors are allowed only where no space acts)", parameter=name)
     chosen = _classes(graph, classes, gb)
     sizes = {s.name: (s.size, gb.space(s.name).size) for s in graph.spaces()}
     for name, (m, n) in sizes.items():

@@ -298,3 +298,27 @@ def test_init_outside_the_searched_class_is_a_typed_error(pair):
     la, lb = linear.module(seed=0).state_dict(), linear.module(seed=1).state_dict()
     q32 = TransformSet({"hidden.0": DenseElement(q.float(), q.T.contiguous().float())})  # float32 round-off
     assert solvers.make_problem(linear.graph, la, lb, classes=Orthogonal(), init=q32).init is not None
+
+
+def test_integer_tensors_a_space_acts_on_are_a_typed_error_untouched_ones_are_fine():
+    arch = architectures.mlp([5, 7, 3])
+    a = arch.module(seed=0).state_dict()
+    b = {k: (10 * v).round().to(torch.int64) if k == "layers.1.weight" else v
+         for k, v in arch.module(seed=1).state_dict().items()}
+    with pytest.raises(solvers.SolverInputError) as e:
+        solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation())
+    assert e.value.parameter == "layers.1.weight" and "int64" in str(e.value) and "'hidden.0'" in str(e.value)
+    with pytest.raises(solvers.SolverInputError, match="layers.1.weight"):  # in A too
+        solvers.make_problem(arch.graph, b, a)
+    # BatchNorm's integer num_batches_tracked: no space acts on it, the problem is fine
+    def net(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), torch.nn.ReLU(),
+                                   torch.nn.Linear(7, 3))
+    g = architectures.from_module(net(0), torch.randn(4, 5))
+    g = getattr(g, "graph", g)
+    sa, sb = net(0).state_dict(), net(1).state_dict()
+    assert sa["1.num_batches_tracked"].dtype == torch.int64
+    sol = solvers.solve("weight_matching", g, sa, sb, classes=Permutation())
+    assert sol.objective_after <= sol.objective_before
+    assert set(sol.apply(sb)) == set(sb) and sol.apply(sb)["1.num_batches_tracked"].dtype == torch.int64
