@@ -90,8 +90,9 @@ def _align(graph, params_b: dict, hard: TransformSet, latents: dict, hard_keys: 
     fixed = {k: v for k, v in params_b.items() if k in hard_keys}
     out = apply(graph, soft, _ste(hard, latents), check=False)
     if fixed:
-        device = next(iter(fixed.values())).device
-        out.update(apply(graph, fixed, hard.to(device), check=False))
+        first = next((v for v in fixed.values() if v.is_floating_point()), next(iter(fixed.values())))
+        dtype = first.dtype if first.is_floating_point() else None
+        out.update(apply(graph, fixed, hard.to(first.device, dtype), check=False))
     return out
 
 
