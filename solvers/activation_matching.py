@@ -19,7 +19,8 @@ on B's transforms elsewhere) on the activation objective ``Σ_s ‖Z_A,s − T_s
   centred covariances (whiten both, rotate B's canonical directions onto A's, re-colour).
 
 Sites default to the module named by the space's producing weight (``layers.0.weight`` →
-``layers.0``; the last such module in the model when several produce the space); pass
+``layers.0``; the last such module in the model when several produce the space), except for a
+residual stream, read at the block or stage that returns it (:func:`default_sites`); pass
 ``sites={space: module name}`` otherwise.
 """
 from __future__ import annotations
@@ -46,18 +47,55 @@ __all__ = ["ActivationMatching", "default_sites", "Moments"]
 _CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
 
 
+def _module_of(parameter: str) -> str:
+    return parameter.rsplit(".", 1)[0] if "." in parameter else ""
+
+
+def _producer(graph, space: str, order: dict[str, int]) -> str | None:
+    """The last module (in ``model.named_modules()`` order) whose ``.weight`` produces ``space``."""
+    cands = [c for c in {_module_of(e.parameter) for e in graph.edges_at(space)
+                         if e.role is Role.OUT and e.parameter.endswith(".weight")} if c in order]
+    return max(cands, key=order.__getitem__) if cands else None
+
+
 def default_sites(graph, model: nn.Module) -> dict[str, str]:
-    """``space → module name`` from the producing weights (``X.weight`` with role ``out`` → ``X``)."""
-    names = [n for n, _ in model.named_modules()]
-    order = {n: i for i, n in enumerate(names)}
+    """``space → module name`` whose output is the space's value. A plain space: its last producing
+    module ``p`` (``X.weight`` with role ``out`` → ``X``; its activation is applied to the output). A
+    residual stream — a space written again after it has been read (a consuming module between its
+    first and its last producing module), its writes summed: the outermost module containing ``p``
+    that contains no later module touching the space and is called (a ResNet stage ``layer2``, a
+    transformer block ``blocks.11``), whose output is the stream itself, not the last branch added
+    to it (no activation is applied: the module's output is the value the network computes)."""
+    return {s: site for s, (site, _) in _site_plan(graph, model).items()}
+
+
+def _site_plan(graph, model: nn.Module) -> dict[str, tuple[str, str]]:
+    """``space → (default site, last producing module)`` (see :func:`default_sites`)."""
+    modules = dict(model.named_modules())
+    order = {n: i for i, n in enumerate(modules)}
     sites = {}
     for space in graph.spaces():
-        cands = {e.parameter.rsplit(".", 1)[0] for e in graph.edges_at(space.name)
-                 if e.role is Role.OUT and e.parameter.endswith(".weight")}
-        cands = [c for c in cands if c in order]
-        if cands:
-            sites[space.name] = max(cands, key=order.__getitem__)
+        p = _producer(graph, space.name, order)
+        if p is None:
+            continue
+        sites[space.name] = (p, p)
+        edges = [(e, _module_of(e.parameter)) for e in graph.edges_at(space.name)]
+        first = min(order[m] for e, m in edges if e.role is Role.OUT and m in order)
+        if not any(e.role is Role.IN and m in order and first < order[m] < order[p] for e, m in edges):
+            continue  # not a residual stream
+        later = [m for _, m in edges if m in order and order[m] > order[p] and not _inside(m, p)]
+        parts = p.split(".")
+        for k in range(len(parts) - 1, 0, -1):
+            outer = ".".join(parts[:k])
+            if any(_inside(m, outer) for m in later):
+                break
+            if not isinstance(modules[outer], (nn.ModuleList, nn.ModuleDict)):
+                sites[space.name] = (outer, p)
     return sites
+
+
+def _inside(module: str, outer: str) -> bool:
+    return module == outer or module.startswith(outer + ".")
 
 
 class Moments:
@@ -113,25 +151,29 @@ def _batches(data) -> Iterable[torch.Tensor]:
         yield item[0] if isinstance(item, (tuple, list)) else item
 
 
-def _features(out: torch.Tensor, module: nn.Module, activation) -> torch.Tensor:
+def _features(out: torch.Tensor, channel_first: bool, activation) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
         out = out[0]
     if activation is not None:
         out = activation(out)
-    axis = 1 if (out.dim() > 2 and isinstance(module, _CHANNEL_FIRST)) else -1
+    axis = 1 if (out.dim() > 2 and channel_first) else -1
     return out.movedim(axis, -1).reshape(-1, out.shape[axis])
 
 
-def collect(problem, sites: dict[str, str], apply_activation: bool) -> dict[str, Moments]:
-    """Run both models on the data with hooks at the sites; return the moments per space."""
+def collect(problem, sites: dict[str, str], apply_activation: bool,
+            streams: dict[str, str] | None = None) -> dict[str, Moments]:
+    """Run both models on the data with hooks at the sites; return the moments per space.
+    ``streams``: ``space → producing module`` for sites whose output is the space's value as
+    computed (no activation applied; the producing module's type gives the channel axis)."""
     from architectures.activations import activation as lookup
 
+    streams = streams or {}
     model_a, model_b = problem.models
     moments = {s: Moments() for s in sites}
     acts = {}
     for s in sites:
         name = problem.graph.space(s).activation
-        acts[s] = lookup(name).module() if (apply_activation and name) else None
+        acts[s] = lookup(name).module() if (apply_activation and name and s not in streams) else None
     store: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
     for k, model in enumerate((model_a, model_b)):
@@ -142,8 +184,10 @@ def collect(problem, sites: dict[str, str], apply_activation: bool) -> dict[str,
                 raise SolverInputError(f"space {s!r}: model {'AB'[k]} has no module {site!r} (sites=)", space=s) \
                     from None
 
-            def hook(mod, inputs, out, k=k, s=s):
-                store[(k, s)] = _features(out, mod, acts[s])
+            channel_first = isinstance(model.get_submodule(streams[s]) if s in streams else module, _CHANNEL_FIRST)
+
+            def hook(mod, inputs, out, k=k, s=s, channel_first=channel_first):
+                store[(k, s)] = _features(out, channel_first, acts[s])
             handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -225,14 +269,16 @@ class ActivationMatching(Solver):
         if problem.models is None or problem.data is None:
             raise SolverInputError("activation matching needs data= and models=(module_a, module_b) (or pass "
                                    "an Architecture as the graph)")
-        sites = dict(default_sites(problem.graph, problem.models[0]))
+        plan = _site_plan(problem.graph, problem.models[0])
+        sites = {s: site for s, (site, _) in plan.items()}
         sites.update(problem.sites or {})
         sites = {s: site for s, site in sites.items() if s in problem.spaces}
+        streams = {s: plan[s][1] for s, site in sites.items() if s in plan and site == plan[s][0] != plan[s][1]}
         missing = [s for s in problem.spaces if s not in sites]
         if missing:
             raise SolverInputError(f"no activation site for space(s) {', '.join(map(repr, missing))}: pass "
                                    f"sites={{space: module name}} or classes={{space: Trivial()}}", space=missing[0])
-        moments = collect(problem, sites, apply_activation)
+        moments = collect(problem, sites, apply_activation, streams)
         transforms, before, after = {}, 0.0, 0.0
         for s, mom in moments.items():
             el = _solve_space(problem.classes[s], mom, statistic, ridge, backend, invertible)

@@ -83,3 +83,54 @@ def test_activation_matching_errors():
         solvers.solve("activation_matching", arch, a, b, classes=SemiPermutation(), data=x)
     with pytest.raises(ValueError, match="statistic"):
         solvers.solve("activation_matching", arch, a, b, classes=Permutation(), data=x, statistic="cka")
+
+
+def _stream_distance(modules, site, x):
+    """``‖Z_A − Z_B‖²`` of the outputs of ``site`` (channels on axis 1 for 4-D outputs)."""
+    outs = []
+    for m in modules:
+        got = {}
+        h = m.get_submodule(site).register_forward_hook(lambda mod, i, o: got.setdefault("z", o))
+        with torch.no_grad():
+            m(x)
+        h.remove()
+        outs.append(got["z"])
+    return float(((outs[0] - outs[1]) ** 2).sum())
+
+
+def test_residual_streams_are_read_where_the_stream_is_returned():
+    """A ResNet stage's stream is the stage's output (shortcut + branch, after the ReLU), not the
+    last branch's BatchNorm with a ReLU applied; a transformer's residual stream (RMS rewrite) is
+    the last block's output, not the last MLP's projection."""
+    from solvers.activation_matching import default_sites
+    from symmetries import Trivial
+    resnet = architectures.resnet(depth=14, channels=(4, 8, 16))
+    sites = default_sites(resnet.graph, resnet.module())
+    assert [sites[f"stream.{k}"] for k in range(3)] == ["layer1", "layer2", "layer3"]
+    assert sites["layer2.1.inner"] == "layer2.1.bn1" and sites["layer1.0.inner"] == "layer1.0.bn1"  # plain spaces
+    gpt = architectures.gpt2(50, 16, 16, 4, 2, 32, norm="rms", tie_embeddings=True)
+    gsites = default_sites(gpt.graph, gpt.module())
+    assert gsites["residual"] == "blocks.1" and gsites["blocks.1.mlp"] == "blocks.1.mlp.fc"
+    assert default_sites(architectures.mlp([4, 5, 6, 2]).graph, architectures.mlp([4, 5, 6, 2]).module()) == \
+        {"hidden.0": "layers.0", "hidden.1": "layers.1"}
+
+    # the features read are the stream's values: the activation objective at the identity is the
+    # distance between the stage outputs themselves (no second activation, channels on axis 1)
+    a, b = ({k: v.double() for k, v in resnet.module(seed=s).state_dict().items()} for s in (0, 1))
+    modules = []
+    for p in (a, b):
+        m = resnet.module(dtype=torch.float64)
+        m.load_state_dict(p)
+        modules.append(m.eval())
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for space, site in (("stream.1", "layer2"), ("stream.2", "layer3")):
+        classes = {s.name: (Permutation() if s.name == space else Trivial()) for s in resnet.graph.spaces()}
+        sol = solvers.solve("activation_matching", resnet.graph, a, b, classes=classes, data=x,
+                            models=tuple(modules))
+        assert sol.extra["sites"] == {space: site}
+        assert sol.objective_before == pytest.approx(_stream_distance(modules, site, x), rel=1e-12)
+    # planted: B = P·A at every space is recovered from the streams
+    t = random_transforms(resnet.graph, 3, classes=Permutation())
+    sol = solvers.solve("activation_matching", resnet, a, apply(resnet.graph, a, t), classes=Permutation(), data=x)
+    for space in t:
+        assert torch.equal(sol.transforms[space].as_matrix(), t.inverse()[space].as_matrix()), space
