@@ -32,11 +32,28 @@ from symmetries.roles import Role
 
 from .errors import SolverInputError, UnsupportedClassError
 
-__all__ = ["Term", "Misfit", "build_misfit", "RELAXABLE"]
+__all__ = ["Term", "Misfit", "RelaxedOptimum", "build_misfit", "RELAXABLE"]
 
 #: The classes with a convex relaxation here, and the convex superset each is relaxed to.
 RELAXABLE = {Permutation: "Birkhoff polytope (doubly stochastic matrices)",
              Orthogonal: "spectral-norm ball (σ_max(X) ≤ 1)"}
+
+
+@dataclass
+class RelaxedOptimum:
+    """``x[s]``: the relaxed matrices; ``value``: the convex solver's optimal value (cvxpy) or
+    ``f(x)`` at the returned feasible point (APG) — not a certificate; ``bound``: the certified
+    ``L(x)`` (APG: the best over the iterates checked); times in seconds."""
+    x: dict[str, np.ndarray]
+    value: float
+    bound: float
+    status: str
+    setup_time: float
+    solve_time: float
+    solver: str
+    variables: int
+    constraints: int
+    iterations: int = 0
 
 
 @dataclass(frozen=True)
