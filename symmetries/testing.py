@@ -4,18 +4,19 @@
 elements (that space alone transformed; a head group shares its head permutation), applies them to
 a copy of the model's parameters and compares the outputs in eval mode; a last row transforms
 all spaces at once. The error is ``max |f(T·θ) − f(θ)|`` over every output entry; the tolerance is
-``rtol · κ(T) · max |f(θ)| + atol`` with ``rtol`` by dtype and ``κ`` the condition number of the
-drawn maps (a sum over spaces for the joint row). Non-finite output entries (masked logits) are
-compared positionally: the same ``±inf`` or NaN at the same place is equal, any other change of
-the non-finite pattern is a failure, and error and scale are taken over the finite entries only.
-Parameters tied in the module (one tensor under several state-dict keys) are checked as one
-tensor: a transform that gives the tied keys different values fails. :func:`assert_invariant` raises
-:class:`InvarianceError` (an ``AssertionError``) naming the space, the declared class, the
-smallest failing subclass, the error and the activation.
+``rtol · κ(T) · max |f(θ)| + atol`` with ``rtol`` by dtype and ``κ`` the round-off factor of the
+drawn maps (:func:`roundoff_factor`: the worst tensor's product of condition numbers). Non-finite
+output entries (masked logits) are compared positionally: the same ``±inf`` or NaN at the same
+place is equal, any other change of the non-finite pattern is a failure, and error and scale are
+taken over the finite entries only (:mod:`symmetries.outputs`). Parameters tied in the module (one
+tensor under several state-dict keys) are checked as one tensor: a transform that gives the tied
+keys different values fails. :func:`assert_invariant` raises :class:`InvarianceError` (an
+``AssertionError``) naming the space, the declared class, the smallest failing subclass, the error
+and the activation.
 """
 from __future__ import annotations
 
-import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
@@ -27,12 +28,14 @@ from torch import nn
 from .action import apply
 from .classes import HeadStructured, SymmetryClass, Trivial
 from .elements import Element, HeadElement
+from .roles import Role
 from .errors import SymmetryError
+from .outputs import ModelRunner, cast_inputs, output_difference, output_scale, tied_groups
 from .strategies import GROUPS, example_inputs, random_element, tie_heads as _tie_heads
 from .transforms import TransformSet
 
 __all__ = ["DEFAULT_RTOL", "InvarianceError", "SpaceCheck", "InvarianceReport", "check_invariance",
-           "assert_invariant", "example_inputs", "cast_inputs", "tied_groups"]  # example_inputs re-exported from strategies
+           "assert_invariant", "example_inputs", "cast_inputs", "tied_groups", "roundoff_factor"]  # example_inputs re-exported from strategies
 
 #: Relative tolerance by dtype, before scaling by conditioning and output scale.
 DEFAULT_RTOL: dict[torch.dtype, float] = {torch.float64: 1e-9, torch.float32: 1e-4,
@@ -119,136 +122,6 @@ class InvarianceReport:
                     checks=[c.to_dict() for c in self.checks])
 
 
-# -- running the model ---------------------------------------------------------------------------
-def _as_args(inputs) -> tuple:
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-
-
-def _leaves(y) -> list[torch.Tensor]:
-    if isinstance(y, torch.Tensor):
-        return [y]
-    if isinstance(y, Mapping):
-        return [t for v in y.values() for t in _leaves(v)]
-    if isinstance(y, (tuple, list)):
-        return [t for v in y for t in _leaves(v)]
-    return []
-
-
-def _float_dtype(module: nn.Module) -> torch.dtype:
-    return next((p.dtype for p in module.state_dict().values() if p.is_floating_point()), torch.get_default_dtype())
-
-
-def cast_inputs(inputs, dtype: torch.dtype) -> tuple:
-    """The positional inputs as a tuple, floating tensors cast to ``dtype`` (others as given)."""
-    return tuple(x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in _as_args(inputs))
-
-
-def tied_groups(module: nn.Module) -> list[list[str]]:
-    """State-dict keys that name one tensor in ``module`` (tied parameters or buffers), in groups of ≥ 2."""
-    groups: dict[int, list[str]] = {}
-    keys = set(module.state_dict())
-    named = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
-    for name, t in named:
-        if name in keys and t is not None:
-            groups.setdefault(id(t), [])
-            if name not in groups[id(t)]:
-                groups[id(t)].append(name)
-    return [g for g in groups.values() if len(g) > 1]
-
-
-class _Runner:
-    """A private eval-mode copy of the model, called with substituted parameters (one value per
-    tied group: what ``load_state_dict`` would leave in the module)."""
-
-    def __init__(self, model: nn.Module, inputs, dtype: torch.dtype | None):
-        self.model = copy.deepcopy(model).eval()
-        if dtype is not None:
-            self.model.to(dtype=dtype)
-        self.dtype = dtype or _float_dtype(self.model)
-        self.args = cast_inputs(inputs, self.dtype)
-        self.tied = tied_groups(self.model)
-        self._drop = {name for group in self.tied for name in group[1:]}
-        self.calls = 0
-
-    def untie(self, params: Mapping[str, torch.Tensor], rtol: float, kappa: float) -> str:
-        """Why ``params`` cannot be loaded into the module (tied keys whose values differ), or ``""``."""
-        for group in self.tied:
-            first = params.get(group[0])
-            for name in group[1:]:
-                other = params.get(name)
-                if first is None or other is None:
-                    continue
-                if first.shape != other.shape:
-                    return (f"tied parameters {group[0]!r} and {name!r} (one tensor in the module) get shapes "
-                            f"{tuple(first.shape)} and {tuple(other.shape)} under this transform")
-                diff = float((first.double() - other.double()).abs().max()) if first.numel() else 0.0
-                size = float(first.double().abs().max()) if first.numel() else 0.0
-                if not diff <= rtol * kappa * size:
-                    return (f"tied parameters {group[0]!r} and {name!r} (one tensor in the module) get different "
-                            f"values under this transform (by {diff:.2g}): the transformed state dict cannot be "
-                            f"loaded into the module")
-        return ""
-
-    def __call__(self, params: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        self.calls += 1
-        values = {k: v for k, v in params.items() if k not in self._drop}
-        with torch.no_grad():
-            out = torch.func.functional_call(self.model, values, self.args, strict=False)
-        leaves = _leaves(out)
-        if not leaves:
-            raise TypeError(f"the model returned {type(out).__name__}, which holds no tensors to compare")
-        return leaves
-
-
-def _inexact(t: torch.Tensor) -> bool:
-    return t.is_floating_point() or t.is_complex()
-
-
-def _difference(y: list[torch.Tensor], y2: list[torch.Tensor]) -> tuple[float, str]:
-    """``(max |y2 − y| over entries finite in both, note)``; ``(inf, why)`` when the output's structure,
-    an exact (integer) entry, or the non-finite pattern changed: a ``±inf`` or NaN of ``y`` must be
-    the same ``±inf`` or a NaN at the same place in ``y2``, and a finite entry must stay finite."""
-    if len(y) != len(y2) or any(a.shape != b.shape for a, b in zip(y, y2)):
-        return float("inf"), "the output's structure or shape changed"
-    err = 0.0
-    for i, (a, b) in enumerate(zip(y, y2)):
-        if not _inexact(a):
-            if not torch.equal(a, b):
-                return float("inf"), f"an exact (non-floating) output {i} changed"
-            continue
-        if not a.numel():
-            continue
-        fa, fb = torch.isfinite(a), torch.isfinite(b)
-        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
-        bad = (fa != fb) | (~fa & ~same)
-        if bool(bad.any()):
-            idx = tuple(int(k) for k in torch.nonzero(bad)[0])
-            where = f"output {i} entry {list(idx)}" if len(y) > 1 else f"output entry {list(idx)}"
-            kind = "was finite" if bool(fa[idx]) else "was non-finite"
-            return float("inf"), (f"{where} {kind} for θ ({a[idx].item()}) and is {b[idx].item()} after the "
-                                  f"transform (non-finite entries are compared by position and value)")
-        both = fa & fb
-        if bool(both.any()):
-            wide = torch.complex128 if a.is_complex() else torch.float64
-            err = max(err, float((a[both].to(wide) - b[both].to(wide)).abs().max()))
-    return err, ""
-
-
-def _scale(y: list[torch.Tensor]) -> float:
-    """``max |y|`` over the finite entries; ``ValueError`` when floating entries exist but none is finite."""
-    vals, inexact = [], False
-    for t in y:
-        if _inexact(t) and t.numel():
-            inexact = True
-            finite = t[torch.isfinite(t)]
-            if finite.numel():
-                vals.append(float(finite.abs().max()))
-    if inexact and not vals:
-        raise ValueError("the model's output f(θ) has no finite entries (every entry is ±inf or NaN), so no "
-                         "invariance can be checked; check the model and its example inputs")
-    return max(vals, default=0.0)
-
-
 def _perturb(graph, params: dict, seed: int, tied: Sequence[Sequence[str]] = ()) -> dict:
     """A generic point near ``θ``: every tensor a space acts on gets 20% noise (running variances a
     positive factor), so no parameter sits at a special value (γ = 1, β = 0) that hides a wrong rule.
@@ -290,6 +163,26 @@ def _cond(el: Element) -> float:
     return float(s[0] / s[-1]) if s.numel() and float(s[-1]) > 0 else float("inf")
 
 
+def roundoff_factor(graph, transforms: Mapping[str, Element]) -> float:
+    """How much ``transforms`` can amplify round-off: the largest, over tensors, product over the
+    tensor's axes of the condition numbers ``κ`` of the maps acting there (``var`` edges: ``κ²``).
+
+    A tensor between spaces ``a`` and ``b`` becomes ``T_b W T_a⁻¹``; its rounding errors map back to
+    the original coordinates amplified by ``κ(T_b)·κ(T_a)``, while errors already present flow through
+    the original network, so the output error grows by at most the worst tensor's factor."""
+    conds = {space: _cond(el) for space, el in transforms.items()}
+    worst = 1.0
+    for p in graph.parameters():
+        per_axis: dict[int, float] = {}
+        for e in graph.edges_of(p.name):
+            if e.space in conds:
+                axis = e.axis % len(p.shape) if p.shape else 0
+                c = conds[e.space] ** (2 if e.role is Role.VAR else 1)
+                per_axis[axis] = max(per_axis.get(axis, 1.0), c)
+        worst = max(worst, math.prod(per_axis.values()))
+    return worst
+
+
 def _subclasses(cls: SymmetryClass) -> list[SymmetryClass]:
     """Proper, non-trivial group subclasses of ``cls``, smallest first (for shrinking a failure)."""
     from .lattice import is_subclass
@@ -328,15 +221,15 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
         raise TypeError("check_invariance needs the model's graph and example_inputs")
     if examples < 1:
         raise ValueError(f"examples must be ≥ 1, got {examples}")
-    run = _Runner(model, example_inputs, dtype)
+    run = ModelRunner(model, example_inputs, dtype)
     theta = dict(run.model.state_dict())
     graph.validate(theta)
     if perturb:
         theta = _perturb(graph, theta, _seed(seed, 1), run.tied)
     rtol = DEFAULT_RTOL.get(run.dtype, 1e-4) if rtol is None else float(rtol)
     y = run(theta)
-    scale = _scale(y)
-    if _difference(y, run(theta))[0] > rtol * scale + atol:
+    scale = output_scale(y)
+    if output_difference(y, run(theta))[0] > rtol * scale + atol:
         raise RuntimeError("the model is not deterministic in eval mode: two calls with the same parameters "
                            "differ beyond the tolerance, so no invariance can be checked")
     device = next((t.device for t in theta.values() if isinstance(t, torch.Tensor)), torch.device("cpu"))
@@ -362,7 +255,7 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
             if wide:
                 return None, 0.0, f"{type(exc).__name__}: {exc}"
             raise
-        err, note = _difference(y, y2)
+        err, note = output_difference(y, y2)
         return err, tol, note
 
     def run_class(space, cls, k0: int, row: SpaceCheck, count: int) -> None:
@@ -372,12 +265,14 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
         for k in range(count):
             sd = _seed(seed, k0, k)
             el = random_element(cls, s.size, m, seed=sd, cond=cond)
-            err, tol, note = trial(_tie_heads(graph, space, el), _cond(el), m != s.size)
+            tied = _tie_heads(graph, space, el)
+            err, tol, note = trial(tied, roundoff_factor(graph, tied), m != s.size)
             if err is None:  # the module rejects wider weights: check square maps instead
                 row.note = f"checked without widening (the module rejects {m} > {s.size} units: {note[:120]})"
                 m = s.size
                 el = random_element(cls, s.size, m, seed=sd, cond=cond)
-                err, tol, note = trial(_tie_heads(graph, space, el), _cond(el), False)
+                tied = _tie_heads(graph, space, el)
+                err, tol, note = trial(tied, roundoff_factor(graph, tied), False)
             row.examples += 1
             if row.seed is None or err - tol > row.max_error - row.tolerance:
                 row.max_error, row.tolerance, row.seed = err, tol, sd
@@ -435,7 +330,7 @@ def _shrink(graph, space, cls, seed, i, j, run_class, examples) -> SpaceCheck | 
 
 def _joint(graph, plan, seed, examples, cond, trial) -> SpaceCheck:
     """Every space transformed at once by its first declared class (head groups share one head
-    permutation); tolerance uses the sum of the maps' condition numbers."""
+    permutation); the tolerance scales with :func:`roundoff_factor` of the whole set."""
     first = {space: declared[0] for space, declared in plan if declared}
     row = SpaceCheck(ALL_SPACES, "first declared class of each space")
     for k in range(examples):
@@ -446,7 +341,7 @@ def _joint(graph, plan, seed, examples, cond, trial) -> SpaceCheck:
             heads = [n for n in names if isinstance(els.get(n), HeadElement)]
             for n in heads[1:]:
                 els[n] = els[n].with_head_perm(els[heads[0]].head_perm)
-        err, tol, note = trial(els, sum(_cond(e) for e in els.values()), False)
+        err, tol, note = trial(els, roundoff_factor(graph, els), False)
         row.examples += 1
         if row.seed is None or err - tol > row.max_error - row.tolerance:
             row.max_error, row.tolerance, row.seed = err, tol, sd

@@ -50,10 +50,9 @@ def _import(module_part: str):
         except Exception as exc:
             raise VerifyError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
         return module
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    from .archspec import import_user_module
     try:
-        return importlib.import_module(module_part)
+        return import_user_module(module_part)
     except Exception as exc:
         raise VerifyError(f"cannot import {module_part!r}: {type(exc).__name__}: {exc}") from exc
 
@@ -108,9 +107,9 @@ def resolve(obj: Any, arch: str = "auto", seed: int = 0):
         except ImportError:  # pragma: no cover - from_module ships with architectures
             raise VerifyError("--arch auto needs architectures.from_module, which is not available; "
                               "pass --arch BUILDER:ARGS") from None
-        from .testing import _float_dtype, cast_inputs
+        from .outputs import cast_inputs, float_dtype
         # trace with floating inputs in the module's own dtype (the check casts both to --dtype later)
-        graph, source = from_module(module, cast_inputs(inputs, _float_dtype(module))), "from_module (torch.fx)"
+        graph, source = from_module(module, cast_inputs(inputs, float_dtype(module))), "from_module (torch.fx)"
     return module, graph, inputs, source
 
 

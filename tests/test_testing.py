@@ -140,6 +140,21 @@ def test_tolerance_is_rtol_times_conditioning_times_output_scale():
     assert scaled.passed  # a huge rtol accepts even a broken symmetry: the tolerance is really used
 
 
+def test_the_round_off_factor_is_the_worst_tensors_product_of_conditions():
+    """Deep nets: the joint row's factor stays the worst adjacent pair's κ_a·κ_b (a sum over spaces
+    would grow with depth); a running variance sees κ²."""
+    from symmetries.testing import roundoff_factor
+    deep = architectures.mlp([3] + [5] * 12 + [2], "relu")
+    conds = [1.5 + 0.25 * i for i in range(11)]
+    T = {f"hidden.{i}": sy.GatherElement.monomial(range(5), [c] + [1.0] * 4) for i, c in enumerate(conds)}
+    assert roundoff_factor(deep.graph, T) == pytest.approx(conds[-1] * conds[-2], rel=1e-12)
+    assert roundoff_factor(deep.graph, {"hidden.3": T["hidden.3"]}) == pytest.approx(conds[3], rel=1e-12)
+    bn = architectures.vgg([4], batchnorm=True)
+    space = bn.graph.spaces()[0].name
+    scale = sy.GatherElement.monomial(range(4), [3.0, 1.0, 1.0, 1.0])
+    assert roundoff_factor(bn.graph, {space: scale}) == pytest.approx(9.0, rel=1e-12)
+
+
 def test_float32_tolerance_is_looser_than_float64():
     arch = architectures.mlp([4, 6, 3], "relu")
     r64 = check_invariance(arch.module(seed=0), arch.graph, example_inputs(arch), dtype=torch.float64)
@@ -279,7 +294,7 @@ def test_nan_where_the_reference_is_finite_fails_with_a_note():
 
 
 def test_non_finite_pattern_compared_positionally():
-    from symmetries.testing import _difference
+    from symmetries.outputs import output_difference as _difference
     inf, nan = float("inf"), float("nan")
     ref = [torch.tensor([1.0, -inf, nan, inf])]
     assert _difference(ref, [torch.tensor([1.5, -inf, nan, inf])])[0] == pytest.approx(0.5)  # same pattern
