@@ -30,9 +30,9 @@ __all__ = ["DemoConfig", "DemoResult", "Row", "run_demo", "train_classifier", "t
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
-#: Widest hidden layer at which a solver is tried unless named explicitly (measured on 1 CPU thread:
-#: the cvxpy relaxation of two spaces takes 1.3 s at width 32, 12 s at 48, 52 s at 64, minutes beyond).
-SIZE_LIMITS = {"relaxation": 48}
+#: Widest hidden layer at which a solver is tried unless named explicitly (measured on 2 CPU cores:
+#: the relaxation of two spaces takes 2 s at width 128, 13 s at 256; its cost grows about like n⁴).
+SIZE_LIMITS = {"relaxation": 256}
 
 
 @dataclass(frozen=True)
