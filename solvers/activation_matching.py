@@ -251,6 +251,7 @@ class ActivationMatching(Solver):
     """Per space, the class's best map between the two models' activations on data."""
 
     name = "activation_matching"
+    needs_data = True
     description = ("activations on data via forward hooks: LAP on correlations, signed LAP, Procrustes, "
                    "least squares (minimises sum_s ||Z_A - T Z_B||^2)")
     classes = (Trivial, Permutation, SignFlip, SignedPermutation, PermutationScaling, PositiveScaling, Orthogonal,

@@ -16,7 +16,8 @@ def solvers_command() -> None:
     for col, ratio in (("name", 2), ("classes", 4), ("what it does", 6)):
         table.add_column(col, overflow="fold", ratio=ratio)
     for info in available():
-        table.add_row(info.name, ", ".join(info.classes), info.description)
+        table.add_row(info.name, ", ".join(info.classes),
+                      info.description + (" (needs data)" if info.needs_data else ""))
     Console().print(table)
 
 

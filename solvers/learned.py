@@ -162,6 +162,7 @@ class LearnedMatching(Solver):
     """
 
     name = "learned_matching"
+    needs_data = True
     description = "straight-through estimator (Git Re-Basin / Theus et al.): Adam on the loss of the interpolated model"
     classes = (Permutation, Orthogonal, HeadStructured)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from symmetries.classes import HeadStructured, SymmetryClass, Trivial
 
-from .errors import UnknownSolverError, UnsupportedClassError
+from .errors import SolverInputError, UnknownSolverError, UnsupportedClassError
 from .problem import PROBLEM_OPTIONS, Problem, make_problem
 from .solution import Solution
 
@@ -41,11 +41,13 @@ class Solver:
     classes (types, or instances for an exact match) they can search in — and implement
     ``solve``. ``HeadStructured`` in ``classes`` means head-structured spaces whose inner class
     is itself supported. ``Trivial`` spaces are always accepted (they are left as the identity).
-    ``classes = None`` accepts every class (no check)."""
+    ``classes = None`` accepts every class (no check). ``needs_data`` — the solver reads
+    ``problem.data`` (activations, a loss on data); a problem without data is refused at the door."""
 
     name: str = ""
     description: str = ""
     classes: tuple | None = None
+    needs_data: bool = False
 
     def supports(self, cls: SymmetryClass) -> bool:
         """Whether the solver can search in ``cls`` (exact membership, not the lattice's order:
@@ -60,7 +62,11 @@ class Solver:
         return False
 
     def check(self, problem: Problem) -> None:
-        """Raise :class:`UnsupportedClassError` naming solver, space and class if a class is not supported."""
+        """Raise :class:`UnsupportedClassError` naming solver, space and class if a class is not
+        supported, and :class:`SolverInputError` if the solver needs data and the problem has none."""
+        if self.needs_data and problem.data is None:
+            raise SolverInputError(f"solver {self.name!r} needs data: pass data= (input tensors, an (x, y) pair or "
+                                   f"a DataLoader) and an Architecture or models=(module_a, module_b)")
         for space, cls in problem.classes.items():
             if not self.supports(cls):
                 names = ", ".join(_class_label(c) for c in self.classes or ())
@@ -190,6 +196,7 @@ class SolverInfo:
     name: str
     classes: tuple[str, ...]
     description: str
+    needs_data: bool = False
 
 
 def available() -> list[SolverInfo]:
@@ -202,7 +209,7 @@ def available() -> list[SolverInfo]:
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the listing
             warnings.warn(f"solver entry point {ep.name!r} failed to load: {exc}", RuntimeWarning, stacklevel=2)
     return [SolverInfo(n, tuple(_class_label(c) for c in s.classes) if s.classes is not None else ("any",),
-                       s.description) for n, s in sorted(_REGISTRY.items())]
+                       s.description, bool(getattr(s, "needs_data", False))) for n, s in sorted(_REGISTRY.items())]
 
 
 def resolve(method) -> Solver:

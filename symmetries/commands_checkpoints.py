@@ -189,26 +189,21 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
     from .action import apply
     from .io import check_output, dumps_json, save_state_dict
     from .landscape import l2_distance
-    from solvers import SolverInputError
-
     from .solving import align as run
-    from .solving import check_names
+    from .solving import check_names, needs_data
 
     check_output(output)     # before the (possibly long) solve
     check_names([solver])
+    if not data and needs_data(solver):
+        raise ValueError(f"solver {solver!r} needs data: pass --data ('digits:train' or a file with tensors x "
+                         f"and y)")
     architecture, pa, pb, dtype = _load_pair(a, b, arch)
     options = {}
     if data:
         options["data"] = _load_data_as(data, dtype)
         check_data(architecture.module(dtype=dtype), pa, options["data"], flag="--data", spec=data)
     t0 = time.perf_counter()
-    try:
-        sol = run(solver, architecture, pa, pb, seed=seed, **options)
-    except SolverInputError as exc:
-        if data or "data" not in str(exc):
-            raise
-        raise ValueError(f"solver {solver!r} needs data: pass --data ('digits:train' or a file with tensors x "
-                         f"and y)") from None
+    sol = run(solver, architecture, pa, pb, seed=seed, **options)
     aligned = apply(architecture.graph, pb, sol.transforms)
     seconds = time.perf_counter() - t0
     save_state_dict(aligned, output, metadata={"aligned_to": str(a), "source": str(b), "solver": solver})

@@ -13,7 +13,7 @@ from .classes import (Invertible, Orthogonal, Permutation, PermutationScaling, P
                       SignedPermutation, SignFlip, SymmetryClass)
 from .errors import SymmetryError
 
-__all__ = ["SolverUnavailableError", "applicable", "align", "check_names", "classes_for", "as_batches"]
+__all__ = ["SolverUnavailableError", "applicable", "align", "check_names", "classes_for", "needs_data", "as_batches"]
 
 _PREFERENCE = (Permutation(), SignedPermutation(), Orthogonal(), PermutationScaling(), Invertible(), SignFlip(),
                PositiveScaling(), SemiPermutation())
@@ -38,6 +38,11 @@ def check_names(names) -> None:
     for name in names:
         if name not in known:
             raise SolverUnavailableError(f"no solver named {name!r}; available: {', '.join(known)}")
+
+
+def needs_data(name: str) -> bool:
+    """Whether solver ``name`` reads data (activation and learned matching)."""
+    return bool(getattr(_solvers().get(name), "needs_data", False))
 
 
 def classes_for(name: str, arch) -> dict[str, SymmetryClass] | None:

@@ -136,6 +136,31 @@ def test_unsupported_class_is_a_clear_error(pair):
     assert "hidden.0" in str(e.value) and "PermutationScaling" in str(e.value)
 
 
+def test_a_solver_that_needs_data_is_refused_without_it_before_it_runs(pair):
+    arch, a, b = pair
+    calls = []
+
+    class NeedsData(Shuffle):
+        name = "needs-data"
+        needs_data = True
+
+        def solve(self, problem, **options):
+            calls.append(problem.data)
+            return super().solve(problem, **options)
+
+    with pytest.raises(solvers.SolverInputError, match="solver 'needs-data' needs data"):
+        solvers.solve(NeedsData(), arch.graph, a, b, classes=Permutation())
+    assert calls == []
+    x = torch.randn(4, 5)
+    assert solvers.solve(NeedsData(), arch.graph, a, b, data=x, classes=Permutation()).iterations == 1
+    assert calls[0] is x
+    info = {i.name: i for i in solvers.available()}
+    assert info["activation_matching"].needs_data and info["learned_matching"].needs_data
+    assert not info["weight_matching"].needs_data and not info["relaxation"].needs_data
+    with pytest.raises(solvers.SolverInputError, match="needs data"):
+        solvers.solve("activation_matching", arch, a, b)
+
+
 def test_supports_is_exact_membership_not_the_lattice():
     s = Shuffle()
     assert s.supports(Permutation()) and s.supports(Trivial())
