@@ -22,3 +22,7 @@ from .layernorm import rewrite_layernorm
 from .hf_gpt2 import hf_gpt2, hf_gpt2_config, hf_to_gpt2  # imports transformers only when called
 
 __all__ += ["gpt2", "vit", "rebuild", "RESIDUAL", "rewrite_layernorm", "hf_gpt2", "hf_gpt2_config", "hf_to_gpt2"]
+
+#: The builders: networks from sizes and options (what ``--arch NAME:ARGS`` may name).
+BUILDERS = ("mlp", "vgg", "resnet", "gcn", "gpt2", "vit", "hf_gpt2")
+__all__ += ["BUILDERS"]

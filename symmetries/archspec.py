@@ -13,7 +13,6 @@ Two forms:
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import sys
 
@@ -58,44 +57,12 @@ def _split_args(parts: list[str]) -> tuple[list, dict]:
     return args, kwargs
 
 
-#: Annotations of a first parameter that make a function a transformation of an existing network
-#: (``rebuild(arch, …)``, ``rewrite_layernorm(arch, …)``), not a builder from sizes and options.
-_NOT_BUILT_FROM = ("Architecture", "WeightGraph", "nn.Module", "Module", "torch.nn.Module")
-
-
-def _is_builder(fn) -> bool:
-    """A public function of ``architectures`` returning an ``Architecture`` from sizes and options."""
-    if not callable(fn) or inspect.isclass(fn):
-        return False
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return False
-    ret = sig.return_annotation
-    if getattr(ret, "__name__", ret) != "Architecture":
-        return False
-    first = next(iter(sig.parameters.values()), None)
-    if first is None:
-        return True
-    ann = first.annotation
-    return getattr(ann, "__name__", ann) not in _NOT_BUILT_FROM
-
-
 def builders() -> dict:
-    """``name → builder`` of the ``architectures`` package: its ``BUILDERS`` if it declares one, else
-    the public functions returning an ``Architecture`` built from sizes and options (not helpers
-    such as ``from_module``, ``rebuild`` or ``assert_graphs_equivalent``)."""
+    """``name → builder``: the builders ``architectures.BUILDERS`` declares (networks from sizes and
+    options; not helpers such as ``from_module``, ``rebuild`` or ``assert_graphs_equivalent``)."""
     import architectures
-    declared = getattr(architectures, "BUILDERS", None)
-    if isinstance(declared, dict):
-        return dict(declared)
-    if declared is not None:
-        return {n: getattr(architectures, n) for n in declared}
-    return {n: getattr(architectures, n) for n in getattr(architectures, "__all__", [])
-            if n[:1].islower() and _is_builder(getattr(architectures, n, None))}
+    return {name: getattr(architectures, name) for name in architectures.BUILDERS}
 
-
-_builders = builders
 
 
 def cwd_importable() -> None:
@@ -127,18 +94,18 @@ def parse_arch(spec: str):
     if not isinstance(spec, str) or not spec.strip():
         raise ArchSpecError("empty architecture specification; e.g. 'mlp:64,128,10:relu' or 'mypkg.models:build'")
     head, *rest = spec.strip().split(":")
-    builders = _builders()
-    if "." not in head and head in builders:
-        target, label = builders[head], f"architectures.{head}"
+    known = builders()
+    if "." not in head and head in known:
+        target, label = known[head], f"architectures.{head}"
     else:
         if not rest:
-            raise ArchSpecError(f"unknown builder {head!r} (builders: {', '.join(sorted(builders))}); for your own "
+            raise ArchSpecError(f"unknown builder {head!r} (builders: {', '.join(sorted(known))}); for your own "
                                 f"code write MODULE:FACTORY")
         attr, rest = rest[0], rest[1:]
         try:
             module = import_user_module(head)
         except Exception as exc:  # the user's module may fail in any way on import
-            hint = "" if "." in head else f" (nor is it a builder: {', '.join(sorted(builders))})"
+            hint = "" if "." in head else f" (nor is it a builder: {', '.join(sorted(known))})"
             where = f" (searched the current folder {os.getcwd()!r} and sys.path)" \
                 if isinstance(exc, ModuleNotFoundError) and exc.name == head.split(".")[0] else ""
             raise ArchSpecError(f"cannot import module {head!r} of {spec!r}: {type(exc).__name__}: {exc}{where}"
