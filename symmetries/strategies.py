@@ -84,6 +84,21 @@ def random_element(cls: SymmetryClass, n: int, m: int | None = None, *, seed=Non
     return cls.random(n, m=m if m != n else None, seed=seed, **opts)
 
 
+def _class_at(draw, graph, space, classes, strict: bool) -> SymmetryClass:
+    """The class drawn at ``space``: the one given (for all spaces or by name), else one of the
+    space's group classes; ``NotAdmittedError`` if ``strict`` and the space does not admit it."""
+    if isinstance(classes, SymmetryClass):
+        cls = classes
+    elif classes is not None and space.name in classes:
+        cls = classes[space.name]
+    else:
+        cls = draw(st.sampled_from([c for c in space.classes if c.is_group] or [space.cls]))
+    if strict and not graph.admits(space.name, cls):
+        from .errors import NotAdmittedError
+        raise NotAdmittedError(f"space {space.name!r} does not admit {cls!r}", space=space.name, cls=cls)
+    return cls
+
+
 @st.composite
 def transform_sets(draw, graph, classes: dict[str, SymmetryClass] | SymmetryClass | None = None, *,
                    strict: bool = True, one_space: bool = False, cond: float = 10.0) -> TransformSet:
@@ -94,32 +109,16 @@ def transform_sets(draw, graph, classes: dict[str, SymmetryClass] | SymmetryClas
     same head permutation with identity per-head maps): the unit in which a failure is attributed.
     ``cond`` bounds the conditioning of every drawn map, as in :func:`random_element`.
     """
-    if one_space:
-        space = graph.space(draw(st.sampled_from([s.name for s in graph.spaces()])))
-        if isinstance(classes, SymmetryClass):
-            cls = classes
-        elif classes is not None and space.name in classes:
-            cls = classes[space.name]
-        else:
-            cls = draw(st.sampled_from([c for c in space.classes if c.is_group] or [space.cls]))
-        if strict and not graph.admits(space.name, cls):
-            from .errors import NotAdmittedError
-            raise NotAdmittedError(f"space {space.name!r} does not admit {cls!r}", space=space.name, cls=cls)
-        return TransformSet(tie_heads(graph, space.name, random_element(cls, space.size, seed=draw(seeds), cond=cond)))
     if isinstance(classes, dict):
         for name in classes:
             graph.space(name)  # UnknownSpaceError names it
+    if one_space:
+        space = graph.space(draw(st.sampled_from([s.name for s in graph.spaces()])))
+        cls = _class_at(draw, graph, space, classes, strict)
+        return TransformSet(tie_heads(graph, space.name, random_element(cls, space.size, seed=draw(seeds), cond=cond)))
     els = {}
     for space in graph.spaces():
-        if isinstance(classes, SymmetryClass):
-            cls = classes
-        elif classes is not None and space.name in classes:
-            cls = classes[space.name]
-        else:
-            cls = draw(st.sampled_from([c for c in space.classes if c.is_group] or [space.cls]))
-        if strict and not graph.admits(space.name, cls):
-            from .errors import NotAdmittedError
-            raise NotAdmittedError(f"space {space.name!r} does not admit {cls!r}", space=space.name, cls=cls)
+        cls = _class_at(draw, graph, space, classes, strict)
         els[space.name] = random_element(cls, space.size, seed=draw(seeds), cond=cond)
     for names in graph.head_groups().values():  # one head permutation per head group
         heads = [n for n in names if isinstance(els.get(n), HeadElement)]
