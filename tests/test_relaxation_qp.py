@@ -33,20 +33,14 @@ def _random_fractions(el: GatherElement, g: np.random.Generator) -> GatherElemen
     return GatherElement.split(el.index, frac, el.n)
 
 
-def _fit_from_random_fractions(seed):
-    """The semi-permutation solver's assignment with random fractions, and the QP's fit from there."""
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_qp_fractions_are_optimal_for_the_assignment(seed):
     wide, narrow, a, b, problem = _setup(seed)
     sp_sol = solvers.solve("semi_permutation", wide.graph, a, b, graph_b=narrow.graph)
     g = np.random.default_rng(seed)
     start = TransformSet({s: _random_fractions(el, g) for s, el in sp_sol.transforms.items()})
     fitted, value = fit_fractions(problem, start)
-    return problem, start, fitted, value
-
-
-@settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**16))
-def test_qp_fractions_are_optimal_for_the_assignment(seed):
-    problem, start, fitted, value = _fit_from_random_fractions(seed)
     j = problem.objective(fitted)
     assert j == pytest.approx(value, rel=1e-7)
     assert j <= problem.objective(start) + 1e-12
@@ -88,7 +82,11 @@ def test_requires_split_elements():
 @given(seed=st.integers(0, 2**16))
 def test_fraction_bound_certifies_the_fractions_for_the_assignment(seed):
     from solvers.relaxation_qp import fraction_bound
-    problem, start, fitted, value = _fit_from_random_fractions(seed)
+    wide, narrow, a, b, problem = _setup(seed)
+    sp_sol = solvers.solve("semi_permutation", wide.graph, a, b, graph_b=narrow.graph)
+    g = np.random.default_rng(seed)
+    start = TransformSet({s: _random_fractions(el, g) for s, el in sp_sol.transforms.items()})
+    fitted, value = fit_fractions(problem, start)
     j = problem.objective(fitted)
     at_start, at_fit = fraction_bound(problem, start), fraction_bound(problem, fitted)
     assert at_start <= j + 1e-9 and at_fit <= j + 1e-9  # valid at any feasible point
