@@ -30,7 +30,7 @@ from symmetries.roles import Role
 from .local import Local, inner_product
 from .scaling import best_scale
 
-__all__ = ["solve_local", "solve_heads", "linear_classes", "gain", "sylvester_psd", "head_blocks",
+__all__ = ["solve_local", "solve_heads", "linear_classes", "gain", "score_matrices", "sylvester_psd", "head_blocks",
            "SUPPORTED"]
 
 OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
@@ -46,7 +46,8 @@ def linear_classes(cls: SymmetryClass) -> bool:
     return isinstance(c, (Trivial, Permutation, SignFlip, SignedPermutation, Orthogonal))
 
 
-def _score(local: Local) -> tuple[torch.Tensor, torch.Tensor | None]:
+def score_matrices(local: Local) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(M, V)``: ``M = Σ_e A_e B_eᵀ`` over out/in edges, ``V`` the same over variance edges (or ``None``)."""
     m = local.cross(OUT, IN)
     v = local.cross(VAR) if local.has(VAR) else None
     return m, v
@@ -55,7 +56,7 @@ def _score(local: Local) -> tuple[torch.Tensor, torch.Tensor | None]:
 def gain(cls, local: Local, old: Element, new: Element) -> float:
     """``L(old) − L(new)``: by ``2(⟨new − old, M⟩ + ⟨new∘new − old∘old, V⟩)`` for norm-keeping classes."""
     if linear_classes(cls) and tuple(old.shape) == tuple(new.shape):
-        m, v = _score(local)
+        m, v = score_matrices(local)
         g = 2 * (inner_product(new, m) - inner_product(old, m))
         if v is not None:
             g += 2 * (inner_product(new, v, squared=True) - inner_product(old, v, squared=True))
@@ -73,7 +74,7 @@ def solve_local(cls: SymmetryClass, local: Local, *, backend: str = "auto", curr
         from .semi_permutation import split_update
         return split_update(local, backend=backend)
     if isinstance(cls, (Permutation, SignFlip, Orthogonal, SignedPermutation)):
-        m, v = _score(local)
+        m, v = score_matrices(local)
         if v is not None and isinstance(cls, Permutation):
             m, v = m + v, None
         return solve_block(cls, m, v, backend)
@@ -178,7 +179,7 @@ def _diag_blocks(x: torch.Tensor, h: int) -> torch.Tensor:
 def _heads_linear(inner, local: Local, h: int, backend: str):
     """Norm-keeping inner classes: the inner oracle on every block of ``M = Σ A Bᵀ``; pair loss
     ``−2⟨E_ij, M_ij⟩`` (+ variance edges) up to a constant."""
-    m, v = _score(local)
+    m, v = score_matrices(local)
     if v is not None and isinstance(inner, Permutation):
         m, v = m + v, None
     mb = head_blocks(m, h)

@@ -31,7 +31,7 @@ from .errors import SolverInputError
 from .local import Local, apply_axis, inner_product
 from .registry import Solver, register
 from .solution import Solution
-from .subproblems import SUPPORTED, _score, gain, linear_classes, solve_block, solve_heads, solve_local
+from .subproblems import SUPPORTED, gain, linear_classes, score_matrices, solve_block, solve_heads, solve_local
 
 __all__ = ["WeightMatching", "Matcher"]
 
@@ -154,7 +154,7 @@ def _coupled_step(problem, spaces, classes, locals_, new, transforms, names, bac
     cls, loc, cur, cand = classes[0], locals_[0], transforms[spaces[0]], new[0]
     trials = []
     if linear_classes(cls):
-        m, v = _score(loc)
+        m, v = score_matrices(loc)
         if v is not None and isinstance(cls, Permutation):  # as solve_local: T∘T = T
             m, v = m + v, None
         t0 = cur.as_matrix().to(m)
