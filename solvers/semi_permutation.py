@@ -36,7 +36,7 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from symmetries.assignment import solve_assignment
+from symmetries.assignment import assignment_permutation, solve_assignment
 from symmetries.elements import GatherElement
 from symmetries.roles import Role
 
@@ -131,9 +131,7 @@ def split_update(local: Local, *, backend: str = "auto") -> GatherElement:
     rows, cols = np.arange(t.m)[:, None], np.arange(t.n)[None, :]
     whole = t.loss(rows, cols, 1.0)  # a unit alone: fraction 1
     if t.m == t.n:
-        r, c = solve_assignment(whole, maximize=False, backend=backend)
-        source = np.empty(t.m, dtype=np.int64)
-        source[r] = c
+        source = assignment_permutation(whole, maximize=False, backend=backend)
         return GatherElement(torch.as_tensor(source), t.n)
     free = t.loss(rows, cols, np.clip(t.ratio, 0.0, 1.0), live=True)  # an extra unit at its best fraction
     dead = t.loss(np.arange(t.m), 0, 0.0)
