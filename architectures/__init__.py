@@ -3,23 +3,23 @@
 ``WeightGraph`` (a networkx graph of parameters and spaces), ``Architecture`` (a graph
 plus the torch module it describes) and builders such as :func:`mlp`.
 """
-from .activations import ACTIVATIONS, Activation, activation
-from .architecture import Architecture
-from .graph import Edge, Parameter, Space, WeightGraph
-from .mlp import MLP, mlp
-from .equivalence import assert_graphs_equivalent, graph_difference, graphs_equivalent
-from .extract import ExtractionError, from_module
-from .cnn import VGG, VGG_CONFIGS, vgg
-from .gcn import GCN, gcn, normalized_adjacency
-from .resnet import ResNet, resnet
+from architectures.activations import ACTIVATIONS, Activation, activation
+from architectures.architecture import Architecture
+from symmetries.graph import Edge, Parameter, Space, WeightGraph
+from architectures.mlp import MLP, mlp
+from architectures.equivalence import assert_graphs_equivalent, graph_difference, graphs_equivalent
+from architectures.extract import ExtractionError, from_module
+from architectures.cnn import VGG, VGG_CONFIGS, vgg
+from architectures.gcn import GCN, gcn, normalized_adjacency
+from architectures.resnet import ResNet, resnet
 
 __all__ = ["WeightGraph", "Parameter", "Space", "Edge", "Architecture", "mlp", "MLP", "ACTIVATIONS",
            "Activation", "activation"]
 __all__ += ["vgg", "VGG", "VGG_CONFIGS", "resnet", "ResNet", "gcn", "GCN", "normalized_adjacency"]
 __all__ += ["from_module", "ExtractionError", "graphs_equivalent", "assert_graphs_equivalent", "graph_difference"]
-from .transformer import RESIDUAL, gpt2, rebuild, vit
-from .layernorm import rewrite_layernorm
-from .hf_gpt2 import hf_gpt2, hf_gpt2_config, hf_to_gpt2  # imports transformers only when called
+from architectures.transformer import RESIDUAL, gpt2, rebuild, vit
+from architectures.layernorm import rewrite_layernorm
+from architectures.hf_gpt2 import hf_gpt2, hf_gpt2_config, hf_to_gpt2  # imports transformers only when called
 
 __all__ += ["gpt2", "vit", "rebuild", "RESIDUAL", "rewrite_layernorm", "hf_gpt2", "hf_gpt2_config", "hf_to_gpt2"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from symmetries.classes import Permutation, PermutationScaling, SemiPermutation, SymmetryClass
 from symmetries.lattice import is_subclass, meet
 
-from .graph import WeightGraph
+from symmetries.graph import WeightGraph
 
 __all__ = ["connect_conv", "add_batchnorm", "BATCHNORM_CLASSES", "MAXPOOL_CLASSES", "restrict",
            "BATCHNORM_REASON", "MAXPOOL_REASON"]

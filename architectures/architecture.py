@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .graph import WeightGraph
+from symmetries.graph import WeightGraph
 
 __all__ = ["Architecture"]
 

@@ -21,11 +21,11 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from ._args import integer, items, real, scaled, sizes
-from ._layers import BATCHNORM_CLASSES, MAXPOOL_CLASSES, add_batchnorm, connect_conv, restrict
-from .activations import activation as lookup
-from .architecture import Architecture
-from .graph import WeightGraph
+from symmetries._args import integer, items, real, scaled, sizes
+from architectures._layers import BATCHNORM_CLASSES, MAXPOOL_CLASSES, add_batchnorm, connect_conv, restrict
+from architectures.activations import activation as lookup
+from architectures.architecture import Architecture
+from symmetries.graph import WeightGraph
 
 __all__ = ["vgg", "VGG", "VGG_CONFIGS"]
 

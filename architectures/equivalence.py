@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 
 import networkx as nx
 
-from .graph import WeightGraph
+from symmetries.graph import WeightGraph
 
 __all__ = ["graphs_equivalent", "assert_graphs_equivalent", "graph_difference"]
 

@@ -30,13 +30,13 @@ from torch import nn
 from symmetries.classes import Orthogonal, Trivial
 from symmetries.roles import Role
 
-from .extract_functional import call_function, call_method
-from .extract_ops import call_module
-from .extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
-from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
-from .extract_state import ExtractionError, Feat, HeadOnly, ParamRef, Sealed, State, meet_sets
-from .extract_trace import trace
-from .graph import WeightGraph
+from architectures.extract_functional import call_function, call_method
+from architectures.extract_ops import call_module
+from architectures.extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
+from architectures.extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
+from architectures.extract_state import ExtractionError, Feat, HeadOnly, ParamRef, Sealed, State, meet_sets
+from architectures.extract_trace import trace
+from symmetries.graph import WeightGraph
 
 __all__ = ["from_module", "ExtractionError"]
 

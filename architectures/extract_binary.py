@@ -18,8 +18,8 @@ import torch
 
 from symmetries.classes import Permutation
 
-from .extract_heads import bilinear, head_only_op, scores_times_values
-from .extract_state import Feat, HeadOnly, ParamRef, hint_of
+from architectures.extract_heads import bilinear, head_only_op, scores_times_values
+from architectures.extract_state import Feat, HeadOnly, ParamRef, hint_of
 
 __all__ = ["BINARY_FUNCTIONS", "BINARY_METHODS"]
 

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 
 from symmetries.classes import Orthogonal, SemiPermutation, SignedPermutation
 
-from .activations import ACTIVATIONS
-from .extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
-from .extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
-from .extract_ops import (PERM, RELU_LIKE, _channel_map, _embedding, _linear, _normalise, _passthrough, _pool,
+from architectures.activations import ACTIVATIONS
+from architectures.extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
+from architectures.extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
+from architectures.extract_ops import (PERM, RELU_LIKE, _channel_map, _embedding, _linear, _normalise, _passthrough, _pool,
                           _softmax, _unbatched, elementwise)
-from .extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem
-from .extract_state import Feat, ParamRef, hint_of
+from architectures.extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem
+from architectures.extract_state import Feat, ParamRef, hint_of
 
 __all__ = ["FUNCTIONS", "METHODS", "call_function", "call_method"]
 

@@ -15,10 +15,10 @@ from torch import nn
 from symmetries.classes import (HeadStructured, Invertible, Permutation, PermutationScaling, SemiPermutation,
                                 SignedPermutation)
 
-from .activations import ACTIVATIONS
-from .extract_heads import softmax_heads
-from .extract_shapes import move_feature
-from .extract_state import Feat, HeadOnly, ParamRef
+from architectures.activations import ACTIVATIONS
+from architectures.extract_heads import softmax_heads
+from architectures.extract_shapes import move_feature
+from architectures.extract_state import Feat, HeadOnly, ParamRef
 
 __all__ = ["call_module", "elementwise", "PERM", "RELU_LIKE"]
 

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .extract_state import ExtractionError
+from architectures.extract_state import ExtractionError
 
 __all__ = ["trace"]
 

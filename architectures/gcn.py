@@ -18,10 +18,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._args import sizes
-from .activations import activation as lookup
-from .architecture import Architecture
-from .mlp import mlp
+from symmetries._args import sizes
+from architectures.activations import activation as lookup
+from architectures.architecture import Architecture
+from architectures.mlp import mlp
 
 __all__ = ["gcn", "GCN", "GCNLayer", "normalized_adjacency", "propagate"]
 

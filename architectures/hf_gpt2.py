@@ -21,11 +21,11 @@ import torch
 
 from symmetries.classes import HeadStructured, Invertible, Permutation
 
-from ._args import integer, real
-from .activations import ACTIVATIONS
-from .architecture import Architecture
-from .graph import WeightGraph
-from .transformer import RESIDUAL, gpt2
+from symmetries._args import integer, real
+from architectures.activations import ACTIVATIONS
+from architectures.architecture import Architecture
+from symmetries.graph import WeightGraph
+from architectures.transformer import RESIDUAL, gpt2
 
 __all__ = ["hf_gpt2", "hf_gpt2_config", "hf_to_gpt2"]
 

@@ -25,8 +25,8 @@ from torch import nn
 
 from symmetries.roles import Role
 
-from .architecture import Architecture
-from .transformer import RESIDUAL, rebuild
+from architectures.architecture import Architecture
+from architectures.transformer import RESIDUAL, rebuild
 
 __all__ = ["rewrite_layernorm", "norm_readers"]
 
@@ -57,7 +57,7 @@ def rewrite_layernorm(arch: Architecture, params: Mapping[str, torch.Tensor] | n
     Arithmetic is done in float64 and each tensor is returned in its own dtype and device; the input is not modified.
     """
     if arch.config.get("kind") == "hf_gpt2":
-        from .hf_gpt2 import hf_to_gpt2
+        from architectures.hf_gpt2 import hf_to_gpt2
         arch, params = hf_to_gpt2(arch, params)
     cfg = arch.config
     if cfg.get("kind") not in ("gpt2", "vit"):

@@ -12,10 +12,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._args import sizes
-from .activations import activation as lookup
-from .architecture import Architecture
-from .graph import WeightGraph
+from symmetries._args import sizes
+from architectures.activations import activation as lookup
+from architectures.architecture import Architecture
+from symmetries.graph import WeightGraph
 
 __all__ = ["mlp", "MLP"]
 

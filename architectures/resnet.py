@@ -22,10 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._args import integer, real, scaled, sizes
-from ._layers import BATCHNORM_CLASSES, add_batchnorm, connect_conv
-from .architecture import Architecture
-from .graph import WeightGraph
+from symmetries._args import integer, real, scaled, sizes
+from architectures._layers import BATCHNORM_CLASSES, add_batchnorm, connect_conv
+from architectures.architecture import Architecture
+from symmetries.graph import WeightGraph
 
 __all__ = ["resnet", "ResNet", "BasicBlock"]
 

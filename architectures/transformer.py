@@ -23,10 +23,10 @@ import torch
 
 from symmetries.classes import HeadStructured, Invertible, Orthogonal, Permutation
 
-from ._args import integer, real
-from .architecture import Architecture
-from .graph import WeightGraph
-from .transformer_modules import GELUS, GPT, ViT
+from symmetries._args import integer, real
+from architectures.architecture import Architecture
+from symmetries.graph import WeightGraph
+from architectures.transformer_modules import GELUS, GPT, ViT
 
 __all__ = ["gpt2", "vit", "rebuild", "example_inputs", "RESIDUAL"]
 

@@ -24,7 +24,7 @@ from solvers.problem import make_problem
 from solvers.relaxation import formulate, relax
 from solvers.relaxation_misfit import build_misfit
 from symmetries.classes import Permutation
-from symmetries.data import digits
+from symmetries.demo.data import digits
 
 
 def trained_pair(width: int, steps: int = 150):

@@ -6,12 +6,12 @@ input is validated into a :class:`Problem`; every solver returns a :class:`Solut
 Solvers are found by name in a registry that built-ins and third-party packages (entry-point
 group ``symmetries.solvers``) fill alike: ``register``, ``get``, ``available``.
 """
-from .errors import SolverError, SolverInputError, UnknownSolverError, UnsupportedClassError
-from .problem import Problem, make_problem
-from .registry import (ENTRY_POINT_GROUP, FunctionSolver, Solver, SolverInfo, available, get, register, solve,
-                       unregister)
-from .solution import Solution
+from solvers.errors import SolverError, SolverInputError, UnknownSolverError, UnsupportedClassError
+from solvers.problem import Problem, as_batches, make_problem
+from solvers.registry import (ENTRY_POINT_GROUP, FunctionSolver, Solver, SolverInfo, applicable, available, get, register,
+                              solve, unregister)
+from solvers.solution import Solution
 
-__all__ = ["solve", "register", "unregister", "get", "available", "Solver", "FunctionSolver", "SolverInfo",
+__all__ = ["solve", "applicable", "as_batches", "register", "unregister", "get", "available", "Solver", "FunctionSolver", "SolverInfo",
            "Problem", "make_problem", "Solution", "ENTRY_POINT_GROUP", "SolverError", "SolverInputError",
            "UnknownSolverError", "UnsupportedClassError"]

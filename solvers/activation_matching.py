@@ -38,9 +38,9 @@ from symmetries.elements import DenseElement, GatherElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
-from .errors import SolverInputError
-from .registry import Solver, register
-from .solution import Solution
+from solvers.errors import SolverInputError
+from solvers.registry import Solver, register
+from solvers.solution import Solution
 
 __all__ = ["ActivationMatching", "default_sites", "Moments"]
 

@@ -28,10 +28,10 @@ from symmetries.classes import HeadStructured, Orthogonal, Permutation
 from symmetries.elements import DenseElement, Element, HeadElement
 from symmetries.transforms import TransformSet
 
-from .errors import SolverInputError
-from .registry import Solver, get, register
-from .solution import Solution
-from .subproblems import head_blocks
+from solvers.errors import SolverInputError
+from solvers.registry import Solver, get, register
+from solvers.solution import Solution
+from solvers.subproblems import head_blocks
 
 __all__ = ["LearnedMatching", "project_latents", "midpoint_loss"]
 

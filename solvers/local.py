@@ -139,25 +139,3 @@ def inner_product(el: Element, score: torch.Tensor, squared: bool = False) -> fl
     else:
         t = el.as_matrix().to(score.device, score.dtype)
     return float(((t * t if squared else t) * score).sum())
-
-
-def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
-    """``symmetries.action``'s per-axis rule, with a fast path for one full-axis index map: a single
-    ``index_select`` along the axis (and a broadcast scale), no moved copies."""
-    from symmetries import action
-
-    if len(edges) == 1 or all(e.span(t.shape[axis]) == edges[0].span(t.shape[axis]) for e in edges):
-        e = next((e for e in edges if e.role is Role.OUT), edges[0])
-        el = transforms[e.space]
-        if isinstance(el, HeadElement):
-            el = el.gather_form() or el
-        if isinstance(el, GatherElement) and e.span(t.shape[axis]) == (0, t.shape[axis]):
-            y = t.index_select(axis, el.index.to(t.device))
-            scale = {Role.OUT: el.out_scale, Role.IN: el.in_scale,
-                     Role.VAR: None if el.out_scale is None else el.out_scale ** 2}[e.role]
-            if scale is not None:
-                shape = [1] * t.dim()
-                shape[axis] = -1
-                y = y * scale.to(device=t.device, dtype=t.dtype).reshape(shape)
-            return y
-    return action.apply_axis(t, axis, edges, transforms)

@@ -18,14 +18,16 @@ import torch
 
 from symmetries.action import apply
 from symmetries.classes import SymmetryClass, Trivial
+from symmetries.graph import WeightGraph
 from symmetries.elements import HeadElement
-from symmetries.errors import ElementShapeError, NotAdmittedError, UnknownSpaceError
+from symmetries.errors import ElementShapeError, UnknownSpaceError
+from symmetries.policy import resolve_classes
 from symmetries.transforms import TransformSet
 
-from .errors import SolverInputError
-from .local import apply_axis
+from solvers.errors import SolverInputError
+from symmetries.action import apply_axis
 
-__all__ = ["Problem", "make_problem", "PROBLEM_OPTIONS"]
+__all__ = ["Problem", "make_problem", "PROBLEM_OPTIONS", "as_batches"]
 
 #: Keyword options of :func:`solvers.solve` that build the problem (the rest go to the solver).
 PROBLEM_OPTIONS = ("classes", "init", "seed", "device", "dtype", "data", "models", "sites", "graph_b")
@@ -36,11 +38,11 @@ class Problem:
     """Align B to A. ``classes[s]`` is the class searched at space ``s``; ``sizes[s] = (m, n)``
     are A's and B's widths there (``m > n`` for width-changing problems, whose B is described by
     ``graph_b``). ``data``/``models``/``sites`` serve data-driven solvers (activation matching)."""
-    graph: Any
+    graph: WeightGraph
     params_a: dict[str, torch.Tensor]
     params_b: dict[str, torch.Tensor]
     classes: dict[str, SymmetryClass]
-    graph_b: Any
+    graph_b: WeightGraph
     sizes: dict[str, tuple[int, int]]
     init: TransformSet | None = None
     seed: int = 0
@@ -125,44 +127,17 @@ def _common_dtype(*param_sets) -> torch.dtype:
     return out if out in (torch.float32, torch.float64) else torch.float32
 
 
-def _classes(graph, classes, graph_b) -> dict[str, SymmetryClass]:
-    """The class searched at each space: given, or the space's default class — for a space whose
-    width changes, its first admitted rectangular class (``SemiPermutation`` for ReLU units)."""
-    if isinstance(classes, Mapping):
-        for name in classes:
-            graph.space(name)  # UnknownSpaceError naming it
-    chosen = {}
-    for space in graph.spaces():
-        if isinstance(classes, SymmetryClass):
-            cls = classes
-        elif isinstance(classes, Mapping) and space.name in classes:
-            cls = classes[space.name]
-        elif classes is None or isinstance(classes, Mapping):
-            cls = space.cls
-            if graph_b.space(space.name).size != space.size and not cls.rectangular:
-                cls = next((c for c in space.classes if c.rectangular), cls)
-        else:
-            raise TypeError(f"classes must be a SymmetryClass or a mapping space → class, got {classes!r}")
-        if not isinstance(cls, SymmetryClass):
-            raise TypeError(f"class for space {space.name!r} must be a SymmetryClass, got {cls!r}")
-        if not graph.admits(space.name, cls):
-            raise NotAdmittedError(
-                f"space {space.name!r} admits {', '.join(map(repr, space.classes))}; {cls!r} is not among them "
-                f"or their subclasses" + (f" (activation: {space.activation})" if space.activation else ""),
-                space=space.name, cls=cls)
-        chosen[space.name] = cls
-    return chosen
-
-
 def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, init=None, seed: int = 0,
-                 device=None, dtype=None, data=None, models=None, sites=None, graph_b=None) -> Problem:
+                 device=None, dtype=None, data=None, models=None, sites=None, graph_b=None, solver=None) -> Problem:
     """Validate and standardise a problem.
 
     ``graph`` — A's weight graph (or an ``Architecture``, whose ``.graph`` is used and which lets
     data-driven solvers build the modules); ``graph_b`` — B's graph when widths differ (same
-    parameter and space names, narrower spaces); ``classes`` — one class for every space or a
-    mapping ``space → class`` (others: the space's default class); each must be admitted by its
-    space (lattice), else :class:`~symmetries.errors.NotAdmittedError`. ``init`` — a starting
+    parameter and space names, narrower spaces); ``classes`` — one class spec for every space or a
+    mapping ``space → spec`` read by :func:`symmetries.resolve_classes` (an instance, a class type
+    or a name); unnamed spaces take the standard class ``solver`` searches (the declared default
+    group without a solver); each must be admitted by its space (lattice), else
+    :class:`~symmetries.errors.NotAdmittedError`. ``init`` — a starting
     transform set; ``dtype`` — floating dtype of the computation (default: the inputs', at least
     float32); ``models`` — ``(module_a, module_b)`` for activation matching.
     """
@@ -191,7 +166,8 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
                 raise SolverInputError(f"parameter {name!r} of model {side} is a {params[name].dtype} tensor but space "
                                        f"{g.edges_of(name)[0].space!r} acts on it; convert it to a floating dtype "
                                        f"(non-floating tensors are allowed only where no space acts)", parameter=name)
-    chosen = _classes(graph, classes, gb)
+    widening = {s.name: gb.space(s.name).size != s.size for s in graph.spaces()}
+    chosen = resolve_classes(graph, classes, solver=solver, widening=widening)
     sizes = {s.name: (s.size, gb.space(s.name).size) for s in graph.spaces()}
     for name, (m, n) in sizes.items():
         cls = chosen[name]
@@ -235,3 +211,14 @@ def _modules(architecture, pa, pb, graph_b, dtype, device):
         m.load_state_dict(params)
         mods.append(m.eval())
     return tuple(mods)
+
+
+def as_batches(data, *, batch_size: int = 256, seed: int = 0):
+    """An ``(x, y)`` pair as a list of shuffled ``(x, y)`` minibatches (seeded) — the form every data-driven
+    solver reads (activation matching takes each batch's inputs, learned matching inputs and targets);
+    other data (a tensor, a DataLoader, a list of batches) is passed through."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(t, "shape") for t in data):
+        x, y = (torch.as_tensor(t) for t in data)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
+        return [(x[order[i:i + batch_size]], y[order[i:i + batch_size]]) for i in range(0, len(x), batch_size)]
+    return data

@@ -19,13 +19,15 @@ from importlib import metadata
 from typing import Any, Callable, Iterable
 
 from symmetries.classes import HeadStructured, SymmetryClass, Trivial
+from symmetries.errors import NotAdmittedError
+from symmetries.policy import resolve_classes
 
-from .errors import SolverInputError, UnknownSolverError, UnsupportedClassError
-from .problem import PROBLEM_OPTIONS, Problem, make_problem
-from .solution import Solution
+from solvers.errors import SolverInputError, UnknownSolverError, UnsupportedClassError
+from solvers.problem import PROBLEM_OPTIONS, Problem, make_problem
+from solvers.solution import Solution
 
 __all__ = ["Solver", "FunctionSolver", "SolverInfo", "register", "unregister", "get", "available", "solve",
-           "ENTRY_POINT_GROUP"]
+           "applicable", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "symmetries.solvers"
 
@@ -224,11 +226,12 @@ def solve(method, graph, params_a, params_b, **options: Any) -> Solution:
 
     Problem options (validated at the door): ``classes``, ``init``, ``seed``, ``device``,
     ``dtype``, ``data``, ``models``, ``sites``, ``graph_b`` (see :func:`make_problem`); every
-    other keyword goes to the solver. Returns a :class:`Solution` whose transforms map B to A.
+    other keyword goes to the solver. Without ``classes`` each space is searched in the standard
+    class this solver supports there (:func:`symmetries.resolve_classes`). Returns a :class:`Solution` whose transforms map B to A.
     """
     solver = resolve(method)
     problem_options = {k: options.pop(k) for k in PROBLEM_OPTIONS if k in options}
-    problem = make_problem(graph, params_a, params_b, **problem_options)
+    problem = make_problem(graph, params_a, params_b, solver=solver, **problem_options)
     solver.check(problem)
     start = time.perf_counter()
     solution = solver.solve(problem, **options)
@@ -243,6 +246,20 @@ def solve(method, graph, params_a, params_b, **options: Any) -> Solution:
     return solution
 
 
+def applicable(graph) -> list[str]:
+    """The registered solvers that can run on ``graph`` (a ``WeightGraph`` or an ``Architecture``) with
+    default classes: each finds a supported class admitted at every space."""
+    graph = getattr(graph, "graph", graph)
+    names = []
+    for info in available():
+        try:
+            resolve_classes(graph, None, solver=get(info.name))
+        except NotAdmittedError:
+            continue
+        names.append(info.name)
+    return names
+
+
 def _builtins() -> None:
     """Import the built-in solver modules (they register themselves)."""
-    from . import _builtin  # noqa: F401
+    from solvers import _builtin  # noqa: F401

@@ -40,11 +40,11 @@ import torch
 from symmetries.classes import Orthogonal, Permutation
 from symmetries.transforms import TransformSet
 
-from .errors import SolverInputError, UnknownSolverError
-from .registry import Solver, get, register
-from .relaxation_apg import QuadraticMisfit, project_birkhoff, project_spectral_ball, relax_apg
-from .relaxation_misfit import Misfit, RelaxedOptimum, build_misfit
-from .solution import Solution
+from solvers.errors import SolverInputError, UnknownSolverError
+from solvers.registry import Solver, get, register
+from solvers.relaxation_apg import QuadraticMisfit, project_birkhoff, project_spectral_ball, relax_apg
+from solvers.relaxation_misfit import Misfit, RelaxedOptimum, build_misfit
+from solvers.solution import Solution
 
 __all__ = ["RelaxedOptimum", "QuadraticMisfit", "formulate", "relax", "relax_apg", "project_birkhoff",
            "project_spectral_ball", "round_relaxed", "sample_rounding", "RelaxationSolver"]
@@ -238,4 +238,4 @@ class RelaxationSolver(Solver):
 
 register("relaxation", RelaxationSolver)
 
-from . import relaxation_qp  # noqa: E402,F401  (registers "semi_permutation_qp")
+from solvers import relaxation_qp  # noqa: E402,F401  (registers "semi_permutation_qp")

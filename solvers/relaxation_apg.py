@@ -16,7 +16,7 @@ import scipy.sparse.linalg as spla
 
 from symmetries.classes import Permutation
 
-from .relaxation_misfit import Misfit, RelaxedOptimum
+from solvers.relaxation_misfit import Misfit, RelaxedOptimum
 
 __all__ = ["QuadraticMisfit", "project_birkhoff", "project_spectral_ball", "relax_apg"]
 

@@ -30,7 +30,7 @@ from symmetries.assignment import solve_assignment
 from symmetries.classes import Orthogonal, Permutation, Trivial
 from symmetries.roles import Role
 
-from .errors import SolverInputError, UnsupportedClassError
+from solvers.errors import SolverInputError, UnsupportedClassError
 
 __all__ = ["Term", "Misfit", "RelaxedOptimum", "build_misfit", "RELAXABLE"]
 

@@ -27,9 +27,9 @@ from symmetries.elements import GatherElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
-from .errors import SolverInputError
-from .registry import Solver, get, register
-from .solution import Solution
+from solvers.errors import SolverInputError
+from solvers.registry import Solver, get, register
+from solvers.solution import Solution
 
 __all__ = ["fit_fractions", "fraction_bound", "SemiPermutationQP"]
 

@@ -40,7 +40,7 @@ from symmetries.assignment import assignment_permutation, solve_assignment
 from symmetries.elements import GatherElement
 from symmetries.roles import Role
 
-from .local import Local
+from solvers.local import Local
 
 __all__ = ["split_update", "project_simplex", "MAX_ENUMERATED"]
 
@@ -143,8 +143,8 @@ def split_update(local: Local, *, backend: str = "auto") -> GatherElement:
 
 
 def _register() -> None:
-    from .registry import register
-    from .weight_matching import WeightMatching
+    from solvers.registry import register
+    from solvers.weight_matching import WeightMatching
 
     class SemiPermutationSolver(WeightMatching):
         """Weight matching that widens a narrow model (pass ``graph_b``); width-changing spaces

@@ -27,8 +27,8 @@ from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutat
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
 
-from .local import Local, inner_product
-from .scaling import best_scale
+from solvers.local import Local, inner_product
+from solvers.scaling import best_scale
 
 __all__ = ["solve_local", "solve_heads", "linear_classes", "gain", "score_matrices", "sylvester_psd", "head_blocks",
            "SUPPORTED"]
@@ -71,7 +71,7 @@ def solve_local(cls: SymmetryClass, local: Local, *, backend: str = "auto", curr
     if isinstance(cls, HeadStructured):
         return solve_heads([cls], [local], backend=backend)[0]
     if isinstance(cls, SemiPermutation):
-        from .semi_permutation import split_update
+        from solvers.semi_permutation import split_update
         return split_update(local, backend=backend)
     if isinstance(cls, (Permutation, SignFlip, Orthogonal, SignedPermutation)):
         m, v = score_matrices(local)

@@ -30,9 +30,9 @@ from symmetries.elements import DenseElement, GatherElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
-from .registry import Solver, register
-from .solution import Solution
-from .weight_matching import Matcher, _units
+from solvers.registry import Solver, register
+from solvers.solution import Solution
+from solvers.weight_matching import Matcher, _units
 
 __all__ = ["OptimalTransport", "fuse"]
 

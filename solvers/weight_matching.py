@@ -27,11 +27,12 @@ from symmetries.elements import DenseElement, Element, GatherElement, HeadElemen
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
-from .errors import SolverInputError
-from .local import Local, apply_axis, inner_product
-from .registry import Solver, register
-from .solution import Solution
-from .subproblems import SUPPORTED, gain, linear_classes, score_matrices, solve_block, solve_heads, solve_local
+from solvers.errors import SolverInputError
+from solvers.local import Local, inner_product
+from symmetries.action import apply_axis
+from solvers.registry import Solver, register
+from solvers.solution import Solution
+from solvers.subproblems import SUPPORTED, gain, linear_classes, score_matrices, solve_block, solve_heads, solve_local
 
 __all__ = ["WeightMatching", "Matcher"]
 

@@ -8,13 +8,15 @@ an architecture's weight graph, and ``apply`` acts with it on a whole parameter 
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from . import errors, lattice
-from .action import apply
-from .classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
+from symmetries import errors, lattice
+from symmetries.action import apply
+from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
                       PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass, Trivial)
-from .elements import DenseElement, Element, GatherElement, HeadElement, ScatterElement
-from .roles import Role
-from .transforms import TransformSet, identity_transforms, random_transforms
+from symmetries.elements import DenseElement, Element, GatherElement, HeadElement, ScatterElement
+from symmetries.graph import Edge, Parameter, Space, WeightGraph
+from symmetries.policy import CLASS_NAMES, parse_class, resolve_classes, standard_class
+from symmetries.roles import Role
+from symmetries.transforms import TransformSet, identity_transforms, random_transforms, tie_heads
 
 try:
     __version__ = version("symmetries")
@@ -26,5 +28,6 @@ __all__ = [
     "SymmetryClass", "Trivial", "Permutation", "SignFlip", "SignedPermutation", "PositiveScaling",
     "PermutationScaling", "Orthogonal", "Invertible", "SemiPermutation", "HeadStructured",
     "Element", "GatherElement", "ScatterElement", "DenseElement", "HeadElement",
+    "tie_heads", "WeightGraph", "Parameter", "Space", "Edge", "resolve_classes", "parse_class", "standard_class", "CLASS_NAMES",
     "errors", "lattice", "__version__",
 ]

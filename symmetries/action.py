@@ -11,16 +11,17 @@ from typing import Mapping
 
 import torch
 
-from ._arrays import restore, to_tensor
-from .elements import Element, HeadElement
-from .errors import ElementShapeError, TieError
-from .roles import Role
-from .transforms import TransformSet
+from symmetries._arrays import restore, to_tensor
+from symmetries.elements import Element, GatherElement, HeadElement
+from symmetries.errors import ElementShapeError, TieError
+from symmetries.graph import WeightGraph
+from symmetries.roles import Role
+from symmetries.transforms import TransformSet
 
 __all__ = ["apply", "apply_axis"]
 
 
-def apply(graph, params: Mapping, transforms: Mapping[str, Element], *, check: bool = True) -> dict:
+def apply(graph: WeightGraph, params: Mapping, transforms: Mapping[str, Element], *, check: bool = True) -> dict:
     """Return a new parameter dict ``T · θ`` (the input is never modified).
 
     ``params`` maps the graph's parameter names to torch tensors or numpy arrays (a
@@ -56,6 +57,9 @@ def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
     is transformed once, in role ``out``. This is the per-axis step of :func:`apply`.
     """
     size = t.shape[axis]
+    fast = _gather_fast_path(t, axis, edges, transforms)
+    if fast is not None:
+        return fast
     spans = {}
     for e in edges:  # a tied axis appears twice with one span: keep one edge, role out
         span = e.span(size)
@@ -73,6 +77,28 @@ def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
     if pos < size:
         pieces.append(t.narrow(axis, pos, size - pos))
     return torch.cat(pieces, dim=axis)
+
+
+def _gather_fast_path(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor | None:
+    """One full-axis index map (a permutation, monomial or head permutation in gather form): a single
+    ``index_select`` along the axis and a broadcast scale — no moved copies. ``None`` if not applicable."""
+    size = t.shape[axis]
+    if not all(e.span(size) == (0, size) for e in edges):
+        return None
+    e = next((e for e in edges if e.role is Role.OUT), edges[0])
+    el = transforms[e.space]
+    if isinstance(el, HeadElement):
+        el = el.gather_form() or el
+    if not isinstance(el, GatherElement):
+        return None
+    y = t.index_select(axis, el.index.to(t.device))
+    scale = {Role.OUT: el.out_scale, Role.IN: el.in_scale,
+             Role.VAR: None if el.out_scale is None else el.out_scale ** 2}[e.role]
+    if scale is not None:
+        shape = [1] * t.dim()
+        shape[axis] = -1
+        y = y * scale.to(device=t.device, dtype=t.dtype).reshape(shape)
+    return y
 
 
 def _check_transforms(graph, transforms: TransformSet) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "UncoveredParameterError",
     "RoleClassError",
     "NotAdmittedError",
+    "ClassSpecError",
     "ElementShapeError",
     "NoOracleError",
     "TieError",
@@ -89,6 +90,15 @@ class NotAdmittedError(SymmetryError, ValueError):
         super().__init__(message)
         self.space = space
         self.cls = cls
+
+
+class ClassSpecError(SymmetryError, TypeError, ValueError):
+    """A ``classes`` argument names no class: not an instance, a class type or a known name."""
+
+    def __init__(self, message: str, *, space: str | None = None, spec: object = None):
+        super().__init__(message)
+        self.space = space
+        self.spec = spec
 
 
 class ElementShapeError(SymmetryError, ValueError):

@@ -25,7 +25,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from .errors import SymmetryError
+from symmetries.errors import SymmetryError
 
 __all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "is_safetensors", "atomic_path", "check_output",
            "dumps_json", "json_safe"]

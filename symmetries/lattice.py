@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .classes import (ALL, HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
+from symmetries.classes import (ALL, HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
                       PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass,
                       Trivial)
 

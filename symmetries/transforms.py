@@ -10,12 +10,13 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from ._arrays import rng
-from .classes import SymmetryClass
-from .elements import Element, HeadElement
-from .errors import NotAdmittedError
+from symmetries._arrays import rng
+from symmetries.classes import HeadStructured
+from symmetries.elements import Element, HeadElement
+from symmetries.graph import WeightGraph
+from symmetries.policy import resolve_classes
 
-__all__ = ["TransformSet", "random_transforms", "identity_transforms"]
+__all__ = ["TransformSet", "random_transforms", "identity_transforms", "tie_heads"]
 
 
 class TransformSet(Mapping[str, Element]):
@@ -58,49 +59,47 @@ class TransformSet(Mapping[str, Element]):
         return f"TransformSet({{{inner}}})"
 
 
-def identity_transforms(graph) -> TransformSet:
+def identity_transforms(graph: WeightGraph) -> TransformSet:
     """The identity at every space of ``graph``."""
     return TransformSet({s.name: s.cls.identity(s.size) for s in graph.spaces()})
 
 
-def random_transforms(graph, seed: int | np.random.Generator | None = None, *,
-                      classes: SymmetryClass | Mapping[str, SymmetryClass] | None = None,
-                      sizes: Mapping[str, int] | None = None, strict: bool = True) -> TransformSet:
+def tie_heads(graph: WeightGraph, elements: Mapping[str, Element]) -> dict[str, Element]:
+    """Make each head group share one head permutation: that of its first space holding a
+    head-structured element. Spaces of such a group that have no element get that permutation
+    with identity per-head maps (so one space's draw extends to its whole attention)."""
+    out = dict(elements)
+    for names in graph.head_groups().values():
+        first = next((out[n] for n in names if isinstance(out.get(n), HeadElement)), None)
+        if first is None:
+            continue
+        for n in names:
+            el = out.get(n)
+            if isinstance(el, HeadElement):
+                out[n] = el if el is first else el.with_head_perm(first.head_perm)
+            elif el is None:
+                cls = next(c for c in graph.space(n).classes if isinstance(c, HeadStructured))
+                d = graph.space(n).size // cls.num_heads
+                out[n] = HeadElement(first.head_perm, [cls.inner.identity(d)] * cls.num_heads)
+    return out
+
+
+def random_transforms(graph: WeightGraph, seed: int | np.random.Generator | None = None, *,
+                      classes: Any = None, sizes: Mapping[str, int] | None = None,
+                      strict: bool = True) -> TransformSet:
     """Draw one element per space, reproducibly from ``seed``.
 
-    ``classes`` — a class for every space, or a mapping ``space → class`` (others use their
-    default class); each must be admitted by its space unless ``strict=False`` (useful to show
-    that a non-admitted class breaks the function). ``sizes`` — target sizes for rectangular
-    classes (``SemiPermutation``, ``Orthogonal``) to widen spaces. Spaces sharing a
-    ``head_group`` get one shared head permutation.
+    ``classes`` — ``None`` (each space's declared default group), one class for every space, or a
+    mapping ``space → class``; a class is an instance, a type or a name (``"permutation"``), read by
+    :func:`symmetries.resolve_classes`. Each must be admitted by its space unless ``strict=False``
+    (useful to show that a non-admitted class breaks the function). ``sizes`` — target sizes for
+    rectangular classes (``SemiPermutation``, ``Orthogonal``) to widen spaces. Spaces sharing a
+    ``head_group`` get one shared head permutation (:func:`tie_heads`).
     """
     g = rng(seed)
-    chosen: dict[str, SymmetryClass] = {}
-    for space in graph.spaces():
-        if isinstance(classes, SymmetryClass):
-            cls = classes
-        elif classes is not None and space.name in classes:
-            cls = classes[space.name]
-        else:
-            cls = space.cls
-        if strict and not graph.admits(space.name, cls):
-            raise NotAdmittedError(
-                f"space {space.name!r} admits {', '.join(map(repr, space.classes))}; {cls!r} is not among them "
-                f"or their subclasses" + (f" (activation: {space.activation})" if space.activation else ""),
-                space=space.name, cls=cls)
-        chosen[space.name] = cls
-    if isinstance(classes, Mapping):
-        graph_spaces = {s.name for s in graph.spaces()}
-        for name in classes:
-            if name not in graph_spaces:
-                graph.space(name)  # raises UnknownSpaceError naming it
+    chosen = resolve_classes(graph, classes, strict=strict)
     sizes = dict(sizes or {})
     for name in sizes:
         graph.space(name)
-
     elements = {s.name: chosen[s.name].random(s.size, m=sizes.get(s.name), seed=g) for s in graph.spaces()}
-    for names in graph.head_groups().values():
-        heads = [n for n in names if isinstance(elements[n], HeadElement)]
-        for n in heads[1:]:
-            elements[n] = elements[n].with_head_perm(elements[heads[0]].head_perm)
-    return TransformSet(elements)
+    return TransformSet(tie_heads(graph, elements))

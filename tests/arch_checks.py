@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from architectures import WeightGraph
 from conftest import RTOL
-from symmetries.strategies import GROUPS
+from symmetries.testing.strategies import GROUPS
 
 
 def randomize(arch, seed: int, dtype=torch.float64, var_range=(1e-3, 1e-1)) -> dict:

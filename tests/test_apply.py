@@ -12,7 +12,7 @@ import architectures
 import symmetries as sy
 from architectures import WeightGraph
 from symmetries.errors import ElementShapeError, NotAdmittedError, TieError, UnknownSpaceError
-from symmetries.strategies import mlp_architectures, seeds, transform_sets
+from symmetries.testing.strategies import mlp_architectures, seeds, transform_sets
 
 
 def attention_graph(d=4, heads=2, dh=3, packed=True):

@@ -16,7 +16,7 @@ import architectures
 import symmetries as sy
 from arch_checks import (admitted_classes, assert_params_close, assert_same, cond, max_cond, outputs, param_conds,
                          randomize, relative_change)
-from symmetries.strategies import seeds
+from symmetries.testing.strategies import seeds
 
 ACTS = ["relu", "leaky_relu", "tanh", "gelu", "identity", "abs"]
 

@@ -14,7 +14,7 @@ import symmetries as sy
 from arch_checks import (admitted_classes, assert_params_close, assert_same, max_cond, outputs, param_conds, randomize,
                          relative_change)
 from architectures import normalized_adjacency
-from symmetries.strategies import seeds
+from symmetries.testing.strategies import seeds
 
 
 @st.composite

@@ -12,7 +12,7 @@ import architectures
 import symmetries as sy
 from arch_checks import (admitted_classes, assert_params_close, assert_same, max_cond, outputs, randomize,
                          relative_change, split_space)
-from symmetries.strategies import seeds
+from symmetries.testing.strategies import seeds
 
 
 def _image(seed, batch=2, side=8, channels=3):

@@ -16,7 +16,7 @@ from arch_checks import max_cond, param_conds
 from conftest import RTOL
 from symmetries.errors import NotAdmittedError, RoleClassError, TieError
 from symmetries.roles import Role
-from symmetries.strategies import GROUPS, seeds
+from symmetries.testing.strategies import GROUPS, seeds
 
 
 @st.composite

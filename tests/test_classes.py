@@ -14,7 +14,7 @@ import symmetries as sy
 from symmetries import lattice
 from symmetries.assignment import backends, solve_assignment
 from symmetries.errors import ElementShapeError, NoOracleError
-from symmetries.strategies import GROUPS, elements, seeds
+from symmetries.testing.strategies import GROUPS, elements, seeds
 
 
 def _score(seed, m, n):

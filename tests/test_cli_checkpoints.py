@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import architectures
 import symmetries as sy
 from symmetries import io
-from symmetries.archspec import ArchSpecError, parse_arch, parse_value
+from architectures.spec import ArchSpecError, parse_arch, parse_value
 from symmetries.cli import app
 
 ARCH = "mlp:4,6,5,3:relu"
@@ -373,7 +373,7 @@ def test_factory_module_in_the_current_folder_is_found(tmp_path, monkeypatch):
 
 
 def test_unknown_module_error_lists_only_builders():
-    from symmetries.archspec import builders
+    from architectures.spec import builders
     assert {"mlp", "vgg", "resnet", "gcn", "gpt2", "vit"} <= set(builders())
     for spec in ("nosuchmodule:f", "nosuchbuilder"):
         with pytest.raises(ArchSpecError) as info:

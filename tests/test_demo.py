@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from symmetries.cli import app
-from symmetries.data import digits
+from symmetries.demo.data import digits
 
 runner = CliRunner()
 
@@ -92,18 +92,18 @@ def test_demo_json_is_strict_and_skipped_or_failed_rows_carry_no_curve(tmp_path,
     """A skipped solver (over its width limit) and a failing one are recorded with their reason and
     no curve, distance or time (they carried the naive curve, so the JSON showed barriers they never
     had); demo.json is strict JSON (no NaN)."""
-    import symmetries.demo as D
-    import symmetries.solving as S
+    import solvers
+    import symmetries.demo.run as D
 
-    real_align = S.align
+    real_solve = solvers.solve
 
-    def align(name, *args, **kwargs):
+    def solve(name, *args, **kwargs):
         if name == "optimal_transport":
             raise RuntimeError("planted failure")
-        return real_align(name, *args, **kwargs)
+        return real_solve(name, *args, **kwargs)
 
-    monkeypatch.setattr(S, "applicable", lambda arch: ["weight_matching", "optimal_transport", "relaxation"])
-    monkeypatch.setattr(S, "align", align)
+    monkeypatch.setattr(solvers, "applicable", lambda arch: ["weight_matching", "optimal_transport", "relaxation"])
+    monkeypatch.setattr(solvers, "solve", solve)
     monkeypatch.setattr(D, "SIZE_LIMITS", {"relaxation": 8})
     r = runner.invoke(app, ["demo", "--width", "16", "--depth", "1", "--epochs", "2", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
@@ -134,7 +134,7 @@ def test_demo_time_column_is_solver_time_plus_repair_time(tmp_path):
     assert naive_repair.solver_seconds == 0.0 and naive_repair.seconds == naive_repair.repair_seconds > 0
     d = wm_repair.as_dict()
     assert d["seconds"] == pytest.approx(d["solver_seconds"] + d["repair_seconds"])
-    from symmetries.commands_demo import TIME_NOTE, render_table
+    from symmetries.cli.demo import TIME_NOTE, render_table
     table = render_table(result)
     assert table.caption.startswith(TIME_NOTE) and "REPAIR" in TIME_NOTE and "solver" in TIME_NOTE
 
@@ -145,7 +145,7 @@ def test_tutorial_and_demo_fit_posteriors_with_one_function(monkeypatch):
     import re
     from pathlib import Path
 
-    import symmetries.demo as D
+    import symmetries.demo.run as D
     from symmetries import posteriors as P
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "tutorial.md").read_text()

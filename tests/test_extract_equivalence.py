@@ -10,7 +10,7 @@ import architectures
 import symmetries as sy
 from architectures import assert_graphs_equivalent, from_module, graphs_equivalent
 from extract_models import GRAPHS
-from symmetries.strategies import mlp_architectures
+from symmetries.testing.strategies import mlp_architectures
 
 
 # -- the builders' graphs are reproduced ------------------------------------------------------------

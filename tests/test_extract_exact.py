@@ -11,7 +11,7 @@ import symmetries as sy
 from arch_checks import max_cond
 from conftest import RTOL
 from extract_models import GRAPHS, MODELS, RULE_CLASSES, build_model, model_inputs, run_model
-from symmetries.strategies import seeds, transform_sets
+from symmetries.testing.strategies import seeds, transform_sets
 
 
 # -- exactness of the extracted graphs ------------------------------------------------------------------

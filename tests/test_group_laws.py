@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from conftest import RTOL
 from symmetries import Role
 from symmetries.classes import HeadStructured
-from symmetries.strategies import GROUPS, elements, seeds, symmetry_classes
+from symmetries.testing.strategies import GROUPS, elements, seeds, symmetry_classes
 
 DTYPES = st.sampled_from([torch.float64, torch.float32])
 ROLES = st.sampled_from([Role.OUT, Role.IN])

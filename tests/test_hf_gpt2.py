@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 import architectures  # noqa: E402
 import symmetries as sy  # noqa: E402
 from symmetries.errors import TieError  # noqa: E402
-from symmetries.strategies import seeds  # noqa: E402
+from symmetries.testing.strategies import seeds  # noqa: E402
 from test_arch_transformer import admitted_choices, assert_changed, assert_same, max_cond  # noqa: E402
 
 transformers.logging.set_verbosity_error()

@@ -12,7 +12,7 @@ import symmetries as sy
 from conftest import RTOL
 from symmetries import landscape as L
 from symmetries.errors import MissingParameterError, ShapeMismatchError, UnknownParameterError
-from symmetries.strategies import mlp_architectures, seeds
+from symmetries.testing.strategies import mlp_architectures, seeds
 
 
 def _params(arch, seed, dtype=torch.float64):

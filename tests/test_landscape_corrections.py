@@ -13,10 +13,10 @@ import architectures
 import symmetries as sy
 from symmetries import landscape as L
 from symmetries import posteriors as P
-from symmetries.data import digits
+from symmetries.demo.data import digits
 from symmetries.demo import train_classifier
 from symmetries.errors import GraphError
-from symmetries.strategies import mlp_architectures, seeds
+from symmetries.testing.strategies import mlp_architectures, seeds
 
 
 def _train(model, data, epochs, seed):

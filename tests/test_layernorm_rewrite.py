@@ -12,7 +12,7 @@ import symmetries as sy
 from architectures.transformer import example_inputs
 from conftest import RTOL
 from symmetries.errors import MissingParameterError
-from symmetries.strategies import seeds
+from symmetries.testing.strategies import seeds
 from test_arch_transformer import (admitted_choices, assert_changed, assert_same, max_cond, outputs, random_params,
                                    transformers)
 

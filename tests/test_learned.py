@@ -11,7 +11,7 @@ from solvers.errors import SolverInputError, UnsupportedClassError
 from solvers.learned import midpoint_loss
 from symmetries.action import apply
 from symmetries.classes import HeadStructured, Invertible, Orthogonal, Permutation
-from symmetries.data import digits
+from symmetries.demo.data import digits
 
 CE = torch.nn.functional.cross_entropy
 

@@ -11,7 +11,7 @@ import architectures
 import symmetries as sy
 from arch_checks import admitted_classes, max_cond
 from conftest import RTOL
-from symmetries.strategies import mlp_architectures, seeds
+from symmetries.testing.strategies import mlp_architectures, seeds
 
 
 def _outputs(arch, params, x, dtype):

@@ -13,7 +13,7 @@ import symmetries as sy
 from symmetries import landscape as L
 from symmetries import posteriors as P
 from symmetries.errors import NotAdmittedError, UnknownSpaceError
-from symmetries.strategies import seeds
+from symmetries.testing.strategies import seeds
 
 
 def _posterior(arch, seed, std_scale=0.05):

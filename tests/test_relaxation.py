@@ -206,7 +206,7 @@ def test_unsupported_class_and_slices_are_refused():
     arch, pa, pb, _ = _pair([3, 4, 4, 2], 5)
     with pytest.raises(UnsupportedClassError, match="hidden.0"):
         solvers.solve("relaxation", arch, pa, pb, classes=PermutationScaling())
-    from architectures.graph import WeightGraph
+    from symmetries.graph import WeightGraph
     g = WeightGraph("sliced")
     g.add_parameter("w", (4, 3)).add_parameter("v", (2, 4))
     g.add_space("h", 2, Permutation())

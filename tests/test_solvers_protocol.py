@@ -67,8 +67,10 @@ def test_problem_rejects_bad_input(pair):
     bad = TransformSet({"hidden.0": Permutation().identity(6)})
     with pytest.raises(ElementShapeError):
         solvers.make_problem(g, a, b, init=bad)
-    with pytest.raises(TypeError):
-        solvers.make_problem(g, a, b, classes="permutation")
+    with pytest.raises(TypeError, match="valid names: trivial, permutation"):  # ClassSpecError is a TypeError
+        solvers.make_problem(g, a, b, classes="permutaton")
+    assert solvers.make_problem(g, a, b, classes="permutation").classes == {"hidden.0": Permutation(),
+                                                                            "hidden.1": Permutation()}
 
 
 def test_width_changing_problem_needs_rectangular_classes():

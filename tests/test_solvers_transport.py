@@ -58,7 +58,11 @@ def test_sinkhorn_coupling_is_soft_and_errors():
     with pytest.raises(ValueError, match="transport"):
         solvers.solve("optimal_transport", arch.graph, a, b, classes=Permutation(), transport="gw")
     with pytest.raises(solvers.UnsupportedClassError):
-        solvers.solve("optimal_transport", arch.graph, a, b)  # default class: PermutationScaling
+        solvers.solve("optimal_transport", arch.graph, a, b, classes="permutation_scaling")
+    default = solvers.solve("optimal_transport", arch.graph, a, b)  # the standard class it searches: Permutation
+    explicit = solvers.solve("optimal_transport", arch.graph, a, b, classes=Permutation())
+    assert default.objective_after == explicit.objective_after
+    assert all(default.transforms[s].allclose(explicit.transforms[s]) for s in explicit.transforms)
 
 
 def test_sinkhorn_breakdown_and_non_convergence_are_reported_not_converged():

@@ -104,16 +104,25 @@ def test_planted_heads_group_and_orthogonal_residual(inner, seed):
         assert torch.allclose(sol.transforms[space].as_matrix(), truth[space].as_matrix(), atol=1e-3)
 
 
+@pytest.mark.parametrize("classes", ["standard", "declared"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_planted_gpt2_default_classes_recovered_and_function_kept(packed):
+def test_planted_gpt2_default_classes_recovered_and_function_kept(packed, classes):
     """The GPT-2 builder (RMS rewrite): Orthogonal residual, HeadStructured(H, Invertible) heads tied
-    per attention, Permutation MLP units, tied embeddings, packed QKV slices."""
+    per attention, Permutation MLP units, tied embeddings, packed QKV slices. ``standard``: the
+    classes solve searches by default (head permutations × per-head permutations, orthogonal
+    residual, permuted MLP units); ``declared``: the spaces' declared groups, named explicitly."""
     from architectures import gpt2
+    from symmetries import resolve_classes
     arch = gpt2(50, 16, 16, 4, 2, 32, packed_qkv=packed, norm="rms", tie_embeddings=True)
     a = _double(arch.module(seed=0).state_dict())
-    t = random_transforms(arch.graph, 1)
+    standard = resolve_classes(arch.graph, solver=solvers.get("weight_matching"))
+    assert standard["residual"] == Orthogonal() and standard["blocks.0.mlp"] == Permutation()
+    assert standard["blocks.0.attn.qk"] == HeadStructured(4, Permutation())
+    declared = {s.name: s.cls for s in arch.graph.spaces()}
+    chosen = standard if classes == "standard" else declared
+    t = random_transforms(arch.graph, 1, classes=chosen)
     b = apply(arch.graph, a, t)
-    sol = solvers.solve("weight_matching", arch, a, b, seed=0)
+    sol = solvers.solve("weight_matching", arch, a, b, seed=0, **({} if classes == "standard" else {"classes": declared}))
     assert sol.objective_after <= 1e-20 * sol.objective_before
     truth = t.inverse()
     for space in t:
@@ -383,7 +392,7 @@ def test_input_errors_are_typed():
     arch = architectures.mlp([6, 5, 3])
     a, b = (_double(arch.module(seed=s).state_dict()) for s in (0, 1))
     with pytest.raises(solvers.SolverInputError, match="hidden.0"):
-        solvers.solve("weight_matching", arch.graph, a, b, mode="rebasin")  # default class: D·P
+        solvers.solve("weight_matching", arch.graph, a, b, mode="rebasin", classes="permutation_scaling")
     with pytest.raises(ValueError, match="mode"):
         solvers.solve("weight_matching", arch.graph, a, b, mode="fast")
     with pytest.raises(TypeError):

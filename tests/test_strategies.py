@@ -1,4 +1,4 @@
-"""symmetries.strategies: drawn elements belong to their class, respect the conditioning bound, the
+"""symmetries.testing.strategies: drawn elements belong to their class, respect the conditioning bound, the
 requested dtype and widening; transform sets use admitted classes and share head permutations;
 drawn architectures are valid graphs whose modules run on their example inputs; the module
 imports without pytest."""
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import symmetries as sy
 from symmetries.elements import HeadElement
-from symmetries.strategies import (GROUPS, architectures_, dtypes, elements, random_element, symmetry_classes,
+from symmetries.testing.strategies import (GROUPS, architectures_, dtypes, elements, random_element, symmetry_classes,
                                    transform_sets, transformer_architectures)
 from symmetries.testing import example_inputs
 
@@ -75,7 +75,7 @@ def test_drawn_architectures_are_valid_and_run(arch, seed):
 
 
 def test_strategies_import_without_pytest():
-    code = "import sys, symmetries.strategies, symmetries.testing; assert 'pytest' not in sys.modules"
+    code = "import sys, symmetries.testing.strategies, symmetries.testing; assert 'pytest' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -15,9 +15,9 @@ import architectures
 import symmetries as sy
 from arch_checks import split_space
 from symmetries.errors import UnknownParameterError, UnknownSpaceError
-from symmetries.strategies import (cnn_architectures, dtypes, gcn_architectures, mlp_architectures,
+from symmetries.testing.strategies import (cnn_architectures, dtypes, gcn_architectures, mlp_architectures,
                                    resnet_architectures, seeds, transformer_architectures)
-from symmetries.testing import (ALL_SPACES, DEFAULT_RTOL, InvarianceError, assert_invariant, check_invariance,
+from symmetries.testing.invariance import (ALL_SPACES, DEFAULT_RTOL, InvarianceError, assert_invariant, check_invariance,
                                 example_inputs)
 
 
@@ -294,7 +294,7 @@ def test_nan_where_the_reference_is_finite_fails_with_a_note():
 
 
 def test_non_finite_pattern_compared_positionally():
-    from symmetries.outputs import output_difference as _difference
+    from symmetries.testing.outputs import output_difference as _difference
     inf, nan = float("inf"), float("nan")
     ref = [torch.tensor([1.0, -inf, nan, inf])]
     assert _difference(ref, [torch.tensor([1.5, -inf, nan, inf])])[0] == pytest.approx(0.5)  # same pattern
@@ -379,7 +379,7 @@ def test_hf_gpt2_with_its_tied_lm_head_passes():
 
 # -- messages ------------------------------------------------------------------------------------------------------------
 def test_a_shrunk_failure_names_the_seed_of_the_failing_subclass_draw():
-    from symmetries.strategies import random_element
+    from symmetries.testing.strategies import random_element
     arch = architectures.gpt2(13, 6, 8, n_heads=2, n_layers=1, d_mlp=6)
     wrong = arch.graph.with_classes({"residual": sy.Orthogonal()})
     x = example_inputs(arch)
@@ -391,7 +391,7 @@ def test_a_shrunk_failure_names_the_seed_of_the_failing_subclass_draw():
     # the named seed replays a failing sign flip
     model = arch.module(seed=0).double()
     el = random_element(sy.SignFlip(), 8, seed=row.failing_seed, cond=4.0)
-    from symmetries.testing import _perturb, _seed
+    from symmetries.testing.invariance import _perturb, _seed
     theta = _perturb(wrong, dict(model.state_dict()), _seed(0, 1))
     with torch.no_grad():
         y = torch.func.functional_call(model, theta, (x,))

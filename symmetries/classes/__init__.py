@@ -1,10 +1,10 @@
 """Symmetry classes as first-class objects (size-free descriptions; sizes come with each call)."""
-from .base import SymmetryClass
-from .continuous import Invertible, Orthogonal
-from .discrete import Permutation, SignedPermutation, SignFlip, Trivial
-from .heads import HeadStructured
-from .scaling import PermutationScaling, PositiveScaling
-from .semi_permutation import SemiPermutation
+from symmetries.classes.base import SymmetryClass
+from symmetries.classes.continuous import Invertible, Orthogonal
+from symmetries.classes.discrete import Permutation, SignedPermutation, SignFlip, Trivial
+from symmetries.classes.heads import HeadStructured
+from symmetries.classes.scaling import PermutationScaling, PositiveScaling
+from symmetries.classes.semi_permutation import SemiPermutation
 
 __all__ = [
     "SymmetryClass", "Trivial", "Permutation", "SignFlip", "SignedPermutation", "PositiveScaling",

@@ -13,9 +13,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .._arrays import as_float64
-from ..elements import Element, GatherElement
-from ..errors import ElementShapeError, NoOracleError
+from symmetries._arrays import as_float64
+from symmetries.elements import Element, GatherElement
+from symmetries.errors import ElementShapeError, NoOracleError
 
 __all__ = ["SymmetryClass"]
 
@@ -54,7 +54,7 @@ class SymmetryClass(abc.ABC):
 
     def __le__(self, other: "SymmetryClass") -> bool:
         """``a <= b``: every element of ``a`` is an element of ``b`` (the class lattice)."""
-        from ..lattice import is_subclass
+        from symmetries.lattice import is_subclass
         return is_subclass(self, other)
 
     def __lt__(self, other: "SymmetryClass") -> bool:
@@ -62,7 +62,7 @@ class SymmetryClass(abc.ABC):
 
     def __mul__(self, other: "SymmetryClass") -> "SymmetryClass":
         """Monomial products: ``Permutation() * PositiveScaling()`` is ``PermutationScaling()``."""
-        from ..lattice import product
+        from symmetries.lattice import product
         return product(self, other)
 
     __rmul__ = __mul__

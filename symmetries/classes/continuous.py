@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._arrays import rng
-from ..elements import DenseElement
-from ..errors import ElementShapeError
-from .base import SymmetryClass
+from symmetries._arrays import rng
+from symmetries.elements import DenseElement
+from symmetries.errors import ElementShapeError
+from symmetries.classes.base import SymmetryClass
 
 __all__ = ["Orthogonal", "Invertible", "haar_stiefel"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._arrays import rng
-from ..assignment import assignment_permutation
-from ..elements import HeadElement
-from ..errors import ElementShapeError
-from .base import SymmetryClass
+from symmetries._arrays import rng
+from symmetries.assignment import assignment_permutation
+from symmetries.elements import HeadElement
+from symmetries.errors import ElementShapeError
+from symmetries.classes.base import SymmetryClass
 
 __all__ = ["HeadStructured"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._arrays import rng
-from ..elements import GatherElement
-from .base import SymmetryClass
-from .discrete import monomial_parts
+from symmetries._arrays import rng
+from symmetries.elements import GatherElement
+from symmetries.classes.base import SymmetryClass
+from symmetries.classes.discrete import monomial_parts
 
 __all__ = ["PositiveScaling", "PermutationScaling"]
 

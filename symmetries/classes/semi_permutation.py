@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._arrays import rng
-from ..assignment import solve_assignment
-from ..elements import GatherElement
-from ..errors import ElementShapeError
-from .base import SymmetryClass
+from symmetries._arrays import rng
+from symmetries.assignment import solve_assignment
+from symmetries.elements import GatherElement
+from symmetries.errors import ElementShapeError
+from symmetries.classes.base import SymmetryClass
 
 __all__ = ["SemiPermutation"]
 

@@ -1,7 +1,7 @@
 """Elements: concrete maps of a space (``apply``, ``inverse``, ``@``, ``as_matrix``)."""
-from .base import Element
-from .dense import DenseElement
-from .gather import GatherElement, ScatterElement
-from .heads import HeadElement
+from symmetries.elements.base import Element
+from symmetries.elements.dense import DenseElement
+from symmetries.elements.gather import GatherElement, ScatterElement
+from symmetries.elements.heads import HeadElement
 
 __all__ = ["Element", "GatherElement", "ScatterElement", "DenseElement", "HeadElement"]

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from .._arrays import Array, restore, to_tensor
-from ..errors import ElementShapeError
-from ..roles import Role
+from symmetries._arrays import Array, restore, to_tensor
+from symmetries.errors import ElementShapeError
+from symmetries.roles import Role
 
 __all__ = ["Element", "moved_apply"]
 
@@ -97,7 +97,7 @@ class Element(abc.ABC):
         return self._compose(other)
 
     def _compose(self, other: "Element") -> "Element":
-        from .dense import DenseElement
+        from symmetries.elements.dense import DenseElement
         return DenseElement(self.as_matrix() @ other.as_matrix(), other.in_matrix() @ self.in_matrix())
 
     def allclose(self, other: "Element", atol: float = 1e-10) -> bool:

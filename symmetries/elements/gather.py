@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .._arrays import like
-from ..errors import ElementShapeError
-from .base import Element
+from symmetries._arrays import like
+from symmetries.errors import ElementShapeError
+from symmetries.elements.base import Element
 
 __all__ = ["GatherElement", "ScatterElement"]
 

@@ -10,10 +10,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .._arrays import like
-from ..errors import ElementShapeError
-from .base import Element
-from .gather import GatherElement
+from symmetries._arrays import like
+from symmetries.errors import ElementShapeError
+from symmetries.elements.base import Element
+from symmetries.elements.gather import GatherElement
 
 __all__ = ["HeadElement"]
 

@@ -4,16 +4,16 @@ Interpolation ``θ(α) = (1−α)θ_A + αθ_B``; loss/accuracy curves and barri
 definitions (mean of endpoints; linear interpolation of endpoints); BatchNorm reset and
 REPAIR of interpolated models; MergeMany; L2 distance; linear CKA per space.
 """
-from .activations import channel_stats, producers, space_activations
-from .barrier import Curve, alpha_grid, barrier_linear, barrier_mean, interpolation_curve
-from .batchnorm import batchnorm_adjust, has_batchnorm, reset_batchnorm
-from .cka import cka_per_space, linear_cka
-from .distance import l2_distance
-from .evaluation import Evaluation, batches, evaluate
-from .interpolation import DEFAULT_ALPHAS, alphas, check_compatible, interpolate
-from .merge import Merge, mean_params, merge_many
-from .plot import plot_curves
-from .repair import repair, repair_adjust
+from symmetries.landscape.activations import channel_stats, producers, space_activations
+from symmetries.landscape.barrier import Curve, alpha_grid, barrier_linear, barrier_mean, interpolation_curve
+from symmetries.landscape.batchnorm import batchnorm_adjust, has_batchnorm, reset_batchnorm
+from symmetries.landscape.cka import cka_per_space, linear_cka
+from symmetries.landscape.distance import l2_distance
+from symmetries.landscape.evaluation import Evaluation, batches, evaluate
+from symmetries.landscape.interpolation import DEFAULT_ALPHAS, alphas, check_compatible, interpolate
+from symmetries.landscape.merge import Merge, mean_params, merge_many
+from symmetries.landscape.plot import plot_curves
+from symmetries.landscape.repair import repair, repair_adjust
 
 __all__ = [
     "interpolate", "alphas", "DEFAULT_ALPHAS", "check_compatible", "evaluate", "Evaluation", "batches",

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..errors import GraphError
-from .evaluation import _input_batches, _param_device, float_dtype
+from symmetries.errors import GraphError
+from symmetries.landscape.evaluation import _input_batches, _param_device, float_dtype
 
 __all__ = ["Producer", "producers", "space_activations", "channel_stats"]
 

@@ -14,9 +14,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from .evaluation import LossFn, evaluate
-from .interpolation import alphas as even_alphas
-from .interpolation import check_compatible, interpolate
+from symmetries.landscape.evaluation import LossFn, evaluate
+from symmetries.landscape.interpolation import alphas as even_alphas
+from symmetries.landscape.interpolation import check_compatible, interpolate
 
 __all__ = ["barrier_mean", "barrier_linear", "Curve", "interpolation_curve", "alpha_grid"]
 

@@ -19,8 +19,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..errors import UnknownParameterError
-from .evaluation import _input_batches, _param_device, float_dtype
+from symmetries.errors import UnknownParameterError
+from symmetries.landscape.evaluation import _input_batches, _param_device, float_dtype
 
 __all__ = ["reset_batchnorm", "batchnorm_adjust", "has_batchnorm"]
 

@@ -11,8 +11,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .._arrays import as_float64
-from .activations import space_activations
+from symmetries._arrays import as_float64
+from symmetries.landscape.activations import space_activations
 
 __all__ = ["linear_cka", "cka_per_space"]
 

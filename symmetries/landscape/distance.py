@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from .._arrays import to_tensor
-from .interpolation import check_compatible
+from symmetries._arrays import to_tensor
+from symmetries.landscape.interpolation import check_compatible
 
 __all__ = ["l2_distance"]
 

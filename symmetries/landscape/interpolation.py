@@ -5,8 +5,8 @@ from typing import Mapping
 
 import torch
 
-from .._arrays import restore, to_tensor
-from ..errors import MissingParameterError, ShapeMismatchError, UnknownParameterError
+from symmetries._arrays import restore, to_tensor
+from symmetries.errors import MissingParameterError, ShapeMismatchError, UnknownParameterError
 
 __all__ = ["interpolate", "check_compatible", "DEFAULT_ALPHAS", "alphas"]
 

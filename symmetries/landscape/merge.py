@@ -13,10 +13,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..action import apply
-from ..transforms import TransformSet, identity_transforms
-from .distance import l2_distance
-from .interpolation import check_compatible
+from symmetries.action import apply
+from symmetries.transforms import TransformSet, identity_transforms
+from symmetries.landscape.distance import l2_distance
+from symmetries.landscape.interpolation import check_compatible
 
 __all__ = ["merge_many", "Merge", "mean_params"]
 
@@ -45,10 +45,13 @@ class Merge:
 
 
 def _solver(method: str, arch, data, seed: int, options: dict) -> Solve:
-    """``symmetries.solving.align(method, arch, target, params, data=…, seed=…)`` as a :data:`Solve`."""
+    """``solvers.solve(method, arch, target, params, data=…, seed=…)`` as a :data:`Solve`."""
+    import solvers
+
+    batches = None if data is None else solvers.as_batches(data, seed=seed)
+
     def solve(graph, a, b):
-        from ..solving import align
-        return align(method, arch, a, b, data=data, seed=seed, **options).transforms
+        return solvers.solve(method, arch, a, b, data=batches, seed=seed, **options).transforms
     return solve
 
 
@@ -61,9 +64,9 @@ def merge_many(arch, models: Sequence[Mapping], *, method: str = "weight_matchin
     """Align ``models`` into one basin and average them (MergeMany).
 
     ``arch`` is an ``architectures.Architecture`` or its ``WeightGraph``. By default each step runs
-    solver ``method`` as :func:`symmetries.solving.align` does (``solvers.solve`` with ``seed``,
-    ``data`` for data-driven solvers such as activation matching — these need the Architecture —
-    and, unless ``classes=`` is given, the class :func:`symmetries.solving.classes_for` picks);
+    solver ``method`` through ``solvers.solve`` (with ``seed``, ``data`` for data-driven solvers such
+    as activation matching — these need the Architecture — and, unless ``classes=`` is given, the
+    standard class the solver searches at each space, :func:`symmetries.resolve_classes`);
     other ``options`` go to the solver. ``solve(graph, target, params) → TransformSet`` replaces it.
     """
     graph = getattr(arch, "graph", arch)

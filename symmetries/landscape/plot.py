@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_path
-from .barrier import Curve
+from symmetries.io import atomic_path
+from symmetries.landscape.barrier import Curve
 
 __all__ = ["plot_curves"]
 

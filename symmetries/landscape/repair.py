@@ -12,9 +12,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import GraphError
-from .activations import channel_stats, producers
-from .interpolation import check_compatible, interpolate
+from symmetries.errors import GraphError
+from symmetries.landscape.activations import channel_stats, producers
+from symmetries.landscape.interpolation import check_compatible, interpolate
 
 __all__ = ["repair", "repair_adjust"]
 

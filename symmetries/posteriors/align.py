@@ -18,12 +18,12 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..assignment import assignment_permutation
-from ..classes import HeadStructured, Permutation, SignedPermutation, SignFlip, SymmetryClass, Trivial
-from ..elements import GatherElement
-from ..errors import NotAdmittedError
-from ..transforms import TransformSet
-from .gaussian import MeanField
+from symmetries.assignment import assignment_permutation
+from symmetries.classes import HeadStructured, Permutation, SignedPermutation, SignFlip, SymmetryClass, Trivial
+from symmetries.elements import GatherElement
+from symmetries.errors import NotAdmittedError
+from symmetries.transforms import TransformSet
+from symmetries.posteriors.gaussian import MeanField
 
 __all__ = ["align_posteriors", "PosteriorAlignment", "MeanFieldClassError", "wasserstein2", "MEAN_FIELD_CLASSES"]
 
@@ -155,7 +155,7 @@ def align_posteriors(graph, post_a: MeanField, post_b: MeanField, *,
     chosen = _classes(graph, classes)
     graph.validate(post_a.mean)
     graph.validate(post_b.mean)
-    from ..landscape.interpolation import check_compatible
+    from symmetries.landscape.interpolation import check_compatible
     check_compatible(post_a.mean, post_b.mean)
     rng = np.random.default_rng(seed)
     names = [s for s in chosen if not isinstance(chosen[s], Trivial)]

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..landscape.barrier import Curve, alpha_grid
-from ..landscape.evaluation import LossFn, evaluate
-from .gaussian import MeanField, interpolate_posteriors
+from symmetries.landscape.barrier import Curve, alpha_grid
+from symmetries.landscape.evaluation import LossFn, evaluate
+from symmetries.posteriors.gaussian import MeanField, interpolate_posteriors
 
 __all__ = ["expected_loss", "marginalized_curve"]
 

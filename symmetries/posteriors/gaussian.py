@@ -11,11 +11,11 @@ from typing import Mapping
 
 import torch
 
-from ..action import apply
-from ..elements import GatherElement
-from ..errors import ShapeMismatchError
-from ..landscape.interpolation import check_compatible, interpolate
-from ..transforms import TransformSet
+from symmetries.action import apply
+from symmetries.elements import GatherElement
+from symmetries.errors import ShapeMismatchError
+from symmetries.landscape.interpolation import check_compatible, interpolate
+from symmetries.transforms import TransformSet
 
 __all__ = ["MeanField", "interpolate_posteriors", "abs_transforms"]
 

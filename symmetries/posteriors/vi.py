@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..landscape.evaluation import default_loss
-from .gaussian import MeanField
+from symmetries.landscape.evaluation import default_loss
+from symmetries.posteriors.gaussian import MeanField
 
 __all__ = ["train_mean_field", "kl_to_prior"]
 

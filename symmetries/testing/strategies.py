@@ -7,17 +7,18 @@ small size and a small seed that a person can replay with ``cls.random(n, seed=�
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from hypothesis import strategies as st
 
-from .classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
+from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
                       PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass, Trivial)
-from .elements import Element, HeadElement
-from .transforms import TransformSet
+from symmetries.elements import Element
+from symmetries.policy import resolve_classes
+from symmetries.transforms import TransformSet, tie_heads
 
-__all__ = ["GROUPS", "symmetry_classes", "elements", "random_element", "transform_sets", "tie_heads", "seeds", "dtypes",
+__all__ = ["GROUPS", "symmetry_classes", "elements", "random_element", "transform_sets", "seeds", "dtypes",
            "mlp_architectures", "cnn_architectures", "resnet_architectures", "gcn_architectures",
            "transformer_architectures", "architectures_", "example_inputs"]
 
@@ -84,63 +85,38 @@ def random_element(cls: SymmetryClass, n: int, m: int | None = None, *, seed=Non
     return cls.random(n, m=m if m != n else None, seed=seed, **opts)
 
 
-def _class_at(draw, graph, space, classes, strict: bool) -> SymmetryClass:
-    """The class drawn at ``space``: the one given (for all spaces or by name), else one of the
-    space's group classes; ``NotAdmittedError`` if ``strict`` and the space does not admit it."""
-    if isinstance(classes, SymmetryClass):
-        cls = classes
-    elif classes is not None and space.name in classes:
-        cls = classes[space.name]
-    else:
-        cls = draw(st.sampled_from([c for c in space.classes if c.is_group] or [space.cls]))
-    if strict and not graph.admits(space.name, cls):
-        from .errors import NotAdmittedError
-        raise NotAdmittedError(f"space {space.name!r} does not admit {cls!r}", space=space.name, cls=cls)
-    return cls
+def _class_at(draw, space, named: Mapping[str, SymmetryClass]) -> SymmetryClass:
+    """The class drawn at ``space``: the one named for it, else one of the space's group classes."""
+    if space.name in named:
+        return named[space.name]
+    return draw(st.sampled_from([c for c in space.classes if c.is_group] or [space.cls]))
 
 
 @st.composite
-def transform_sets(draw, graph, classes: dict[str, SymmetryClass] | SymmetryClass | None = None, *,
-                   strict: bool = True, one_space: bool = False, cond: float = 10.0) -> TransformSet:
+def transform_sets(draw, graph, classes=None, *, strict: bool = True, one_space: bool = False,
+                   cond: float = 10.0) -> TransformSet:
     """A transform set for ``graph``: per space, a class it admits (or the one given), drawn
     from a seed; head groups share their head permutation.
 
+    ``classes`` — one class for every space or a mapping ``space → class`` (instances, types or
+    names, read by :func:`symmetries.resolve_classes`; ``NotAdmittedError`` if ``strict`` and a
+    space does not admit its class); unnamed spaces draw one of their declared group classes.
     ``one_space=True`` draws one space and one element there (the rest of its head group gets the
     same head permutation with identity per-head maps): the unit in which a failure is attributed.
     ``cond`` bounds the conditioning of every drawn map, as in :func:`random_element`.
     """
-    if isinstance(classes, dict):
-        for name in classes:
-            graph.space(name)  # UnknownSpaceError names it
+    resolved = resolve_classes(graph, classes, strict=strict) if classes is not None else {}
+    named = {k: resolved[k] for k in (classes if isinstance(classes, Mapping) else resolved)}
     if one_space:
         space = graph.space(draw(st.sampled_from([s.name for s in graph.spaces()])))
-        cls = _class_at(draw, graph, space, classes, strict)
-        return TransformSet(tie_heads(graph, space.name, random_element(cls, space.size, seed=draw(seeds), cond=cond)))
+        cls = _class_at(draw, space, named)
+        el = random_element(cls, space.size, seed=draw(seeds), cond=cond)
+        return TransformSet(tie_heads(graph, {space.name: el}))
     els = {}
     for space in graph.spaces():
-        cls = _class_at(draw, graph, space, classes, strict)
+        cls = _class_at(draw, space, named)
         els[space.name] = random_element(cls, space.size, seed=draw(seeds), cond=cond)
-    for names in graph.head_groups().values():  # one head permutation per head group
-        heads = [n for n in names if isinstance(els.get(n), HeadElement)]
-        for n in heads[1:]:
-            els[n] = els[n].with_head_perm(els[heads[0]].head_perm)
-    return TransformSet(els)
-
-
-def tie_heads(graph, space: str, el: Element) -> dict[str, Element]:
-    """``{space: el}`` and, for the rest of its head group, ``el``'s head permutation with identity
-    per-head maps (spaces of a head group share one head permutation)."""
-    out = {space: el}
-    group = graph.space(space).head_group
-    if group is None or not isinstance(el, HeadElement):
-        return out
-    for other in graph.head_groups()[group]:
-        if other != space:
-            s = graph.space(other)
-            cls = next(c for c in s.classes if isinstance(c, HeadStructured))
-            d = s.size // cls.num_heads
-            out[other] = HeadElement(el.head_perm, [cls.inner.identity(d)] * cls.num_heads)
-    return out
+    return TransformSet(tie_heads(graph, els))
 
 
 @st.composite

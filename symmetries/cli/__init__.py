@@ -12,7 +12,7 @@ console = Console()
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from symmetries import __version__
         console.print(f"symmetries {__version__}")
         raise typer.Exit()
 
@@ -26,8 +26,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 @app.command()
 def classes() -> None:
     """List the symmetry classes, where each is exact, and what contains it."""
-    from . import lattice
-    from .classes import ALL
+    from symmetries import lattice
+    from symmetries.classes import ALL
 
     table = Table(title="Symmetry classes (symmetries.lattice has the whole order)")
     for col, ratio in (("class", 3), ("exact where", 6), ("oracle", 2), ("next larger", 3)):
@@ -46,18 +46,18 @@ def classes() -> None:
     console.print(table)
 
 
-from .commands_checkpoints import align as _align, barrier as _barrier  # noqa: E402
-from .commands_demo import demo as _demo  # noqa: E402
+from symmetries.cli.checkpoints import align as _align, barrier as _barrier  # noqa: E402
+from symmetries.cli.demo import demo as _demo  # noqa: E402
 
 app.command("demo")(_demo)
 app.command("align")(_align)
 app.command("barrier")(_barrier)
 
-from .verify import verify as _verify  # noqa: E402
+from symmetries.testing.verify import verify as _verify  # noqa: E402
 
 app.command("verify")(_verify)
 
-from solvers.cli import register_cli as _register_solvers_cli  # noqa: E402
+from symmetries.cli.solvers import register_cli as _register_solvers_cli  # noqa: E402
 
 _register_solvers_cli(app)
 

@@ -21,10 +21,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import landscape as L
-from . import posteriors as P
-from .action import apply
-from .data import Split, digits
+from symmetries import landscape as L
+from symmetries import posteriors as P
+from symmetries.action import apply
+from symmetries.demo.data import Split, digits
 
 __all__ = ["DemoConfig", "DemoResult", "Row", "run_demo", "train_classifier", "train_posterior"]
 
@@ -168,11 +168,11 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
     """Run the whole story; ``progress(task, done, total)`` reports training, aligning and curves."""
     import architectures
 
-    from .solving import align, applicable, check_names
+    import solvers
 
     progress = progress or _noop
-    if config.solvers is not None:
-        check_names(config.solvers)
+    for name in config.solvers or ():
+        solvers.get(name)  # UnknownSolverError naming it, before any training
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     split = split or digits(seed=config.seed)
@@ -201,7 +201,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
         adjust = _Timed(lambda: L.repair_adjust(model, arch.graph, pa, pb, split.train))
         fixed = curve("naive + REPAIR", pb, adjust)
         result.rows.append(Row("naive + REPAIR", fixed, naive.l2, repair_seconds=adjust.seconds))
-    names = list(config.solvers) if config.solvers is not None else applicable(arch)
+    names = list(config.solvers) if config.solvers is not None else solvers.applicable(arch)
+    batches = solvers.as_batches(split.train, seed=config.seed)
     for name in names:
         limit = SIZE_LIMITS.get(name)
         if config.solvers is None and limit is not None and config.width > limit:
@@ -210,7 +211,7 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
             continue
         progress(f"align {name}", 0, 1)
         try:
-            sol = align(name, arch, pa, pb, data=split.train, seed=config.seed)
+            sol = solvers.solve(name, arch, pa, pb, data=batches, seed=config.seed)
         except Exception as exc:  # a solver failing must not end the demo: report it in the table
             result.rows.append(Row(name, None, None, error=f"{type(exc).__name__}: {exc}"))
             continue

@@ -1,7 +1,7 @@
 """``symmetries align`` and ``symmetries barrier`` on real checkpoints.
 
 Checkpoints are safetensors files or torch state dicts (``torch.load(weights_only=True)``);
-the architecture is a specification (:mod:`symmetries.archspec`). Every failure ends with a
+the architecture is a specification (:mod:`architectures.spec`). Every failure ends with a
 one-line message and a non-zero exit (2 for bad input), never a traceback, and outputs are
 written atomically (no partial files).
 """
@@ -26,7 +26,7 @@ def _clean_exit(fn):
     """Turn library errors into ``error: …`` and exit code 2 (1 for unexpected ones)."""
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import SymmetryError
+        from symmetries.errors import SymmetryError
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -42,10 +42,10 @@ def _clean_exit(fn):
 
 
 def _load_pair(a: Path, b: Path, arch_spec: str):
-    from .archspec import parse_arch
-    from .errors import SymmetryError
-    from .io import load_state_dict
-    from .landscape import check_compatible
+    from architectures.spec import parse_arch
+    from symmetries.errors import SymmetryError
+    from symmetries.io import load_state_dict
+    from symmetries.landscape import check_compatible
 
     arch = parse_arch(arch_spec)
     pa, pb = load_state_dict(a), load_state_dict(b)
@@ -71,10 +71,10 @@ def _load_pair(a: Path, b: Path, arch_spec: str):
 
 def load_data(spec: str, *, x_key: str = "x", y_key: str = "y"):
     """``digits`` / ``digits:train`` / ``digits:test`` (bundled) or a checkpoint file holding ``x`` and ``y``."""
-    from .io import CheckpointError, load_state_dict
+    from symmetries.io import CheckpointError, load_state_dict
 
     if spec.split(":")[0] == "digits":
-        from .data import digits
+        from symmetries.demo.data import digits
         part = spec.split(":", 1)[1] if ":" in spec else "test"
         if part not in ("train", "test"):
             raise ValueError(f"digits has splits 'train' and 'test', not {part!r}")
@@ -137,7 +137,7 @@ def check_data(model: torch.nn.Module, params, data, *, flag: str, spec: str) ->
     output's size). Checked on a few examples, labels on all of them."""
     from torch.func import functional_call
 
-    from .landscape.evaluation import default_loss
+    from symmetries.landscape.evaluation import default_loss
 
     x, y = data
     where = f"{flag} {spec!r}"
@@ -186,15 +186,13 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
           as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
           ) -> None:
     """Align checkpoint B to checkpoint A and write the aligned B (same function as B)."""
-    from .action import apply
-    from .io import check_output, dumps_json, save_state_dict
-    from .landscape import l2_distance
-    from .solving import align as run
-    from .solving import check_names, needs_data
+    from symmetries.action import apply
+    from symmetries.io import check_output, dumps_json, save_state_dict
+    from symmetries.landscape import l2_distance
+    import solvers
 
     check_output(output)     # before the (possibly long) solve
-    check_names([solver])
-    if not data and needs_data(solver):
+    if not data and solvers.get(solver).needs_data:
         raise ValueError(f"solver {solver!r} needs data: pass --data ('digits:train' or a file with tensors x "
                          f"and y)")
     architecture, pa, pb, dtype = _load_pair(a, b, arch)
@@ -203,7 +201,9 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
         options["data"] = _load_data_as(data, dtype)
         check_data(architecture.module(dtype=dtype), pa, options["data"], flag="--data", spec=data)
     t0 = time.perf_counter()
-    sol = run(solver, architecture, pa, pb, seed=seed, **options)
+    if "data" in options:
+        options["data"] = solvers.as_batches(options["data"], seed=seed)
+    sol = solvers.solve(solver, architecture, pa, pb, seed=seed, **options)
     aligned = apply(architecture.graph, pb, sol.transforms)
     seconds = time.perf_counter() - t0
     save_state_dict(aligned, output, metadata={"aligned_to": str(a), "source": str(b), "solver": solver})
@@ -240,9 +240,9 @@ def barrier(a: Path = typer.Argument(..., help="Model A (safetensors or torch st
             as_json: bool = typer.Option(False, "--json", help="Print the curve and barriers as JSON."),
             ) -> None:
     """Loss and accuracy barriers on the straight line from A to B (both definitions)."""
-    from . import landscape as L
-    from .action import apply
-    from .io import check_output, dumps_json
+    from symmetries import landscape as L
+    from symmetries.action import apply
+    from symmetries.io import check_output, dumps_json
 
     if repair and reset_bn:
         raise ValueError("choose one of --repair and --reset-bn")
@@ -250,8 +250,8 @@ def barrier(a: Path = typer.Argument(..., help="Model A (safetensors or torch st
     if plot is not None:
         check_output(plot)
     if solver:
-        from .solving import check_names
-        check_names([solver])
+        import solvers
+        solvers.get(solver)  # UnknownSolverError before any work
     architecture, pa, pb, dtype = _load_pair(a, b, arch)
     probe = architecture.module(dtype=dtype)
     x, y = _load_data_as(data, dtype)
@@ -265,8 +265,8 @@ def barrier(a: Path = typer.Argument(..., help="Model A (safetensors or torch st
         if fitted:
             _fit_note(err, " and ".join(fitted))
     if solver:
-        from .solving import align as run
-        pb = apply(architecture.graph, pb, run(solver, architecture, pa, pb, data=fit, seed=seed).transforms)
+        sol = solvers.solve(solver, architecture, pa, pb, data=solvers.as_batches(fit, seed=seed), seed=seed)
+        pb = apply(architecture.graph, pb, sol.transforms)
     model = architecture.module(dtype=dtype, device=dev)
     adjust = None
     if repair:

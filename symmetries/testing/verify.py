@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import SymmetryError
+from symmetries.errors import SymmetryError
 
 __all__ = ["VerifyError", "load_target", "resolve", "verify", "DTYPES"]
 
@@ -50,7 +50,7 @@ def _import(module_part: str):
         except Exception as exc:
             raise VerifyError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
         return module
-    from .archspec import import_user_module
+    from architectures.spec import import_user_module
     try:
         return import_user_module(module_part)
     except Exception as exc:
@@ -84,7 +84,7 @@ def resolve(obj: Any, arch: str = "auto", seed: int = 0):
     if isinstance(obj, Architecture):
         module, graph, source = obj.module(seed=seed), obj.graph, f"architecture {obj.name}"
         if inputs is None:
-            from .testing import example_inputs
+            from symmetries.testing import example_inputs
             try:
                 inputs = example_inputs(obj)
             except TypeError as exc:
@@ -98,7 +98,7 @@ def resolve(obj: Any, arch: str = "auto", seed: int = 0):
         raise VerifyError(f"the factory must return a torch.nn.Module, (module, example_inputs), an "
                           f"Architecture or (architecture, example_inputs); got {type(obj).__name__}")
     if arch != "auto":
-        from .archspec import parse_arch
+        from architectures.spec import parse_arch
         built = parse_arch(arch)
         graph, source = built.graph, f"builder {arch}"
     elif graph is None:
@@ -107,7 +107,7 @@ def resolve(obj: Any, arch: str = "auto", seed: int = 0):
         except ImportError:  # pragma: no cover - from_module ships with architectures
             raise VerifyError("--arch auto needs architectures.from_module, which is not available; "
                               "pass --arch BUILDER:ARGS") from None
-        from .outputs import cast_inputs, float_dtype
+        from symmetries.testing.outputs import cast_inputs, float_dtype
         # trace with floating inputs in the module's own dtype (the check casts both to --dtype later)
         graph, source = from_module(module, cast_inputs(inputs, float_dtype(module))), "from_module (torch.fx)"
     return module, graph, inputs, source
@@ -146,7 +146,7 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable results instead of a table."),
 ) -> None:
     """Check that every declared symmetry of a model leaves its output unchanged (exit 1 if one does not)."""
-    from .testing import check_invariance
+    from symmetries.testing import check_invariance
     console = Console()
     err = Console(stderr=True)
     if dtype not in DTYPES:

@@ -8,7 +8,7 @@ all spaces at once. The error is ``max |f(T·θ) − f(θ)|`` over every output 
 drawn maps (:func:`roundoff_factor`: the worst tensor's product of condition numbers). Non-finite
 output entries (masked logits) are compared positionally: the same ``±inf`` or NaN at the same
 place is equal, any other change of the non-finite pattern is a failure, and error and scale are
-taken over the finite entries only (:mod:`symmetries.outputs`). Parameters tied in the module (one
+taken over the finite entries only (:mod:`symmetries.testing.outputs`). Parameters tied in the module (one
 tensor under several state-dict keys) are checked as one tensor: a transform that gives the tied
 keys different values fails. :func:`assert_invariant` raises :class:`InvarianceError` (an
 ``AssertionError``) naming the space, the declared class, the smallest failing subclass, the error
@@ -25,14 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .action import apply
-from .classes import HeadStructured, SymmetryClass, Trivial
-from .elements import Element, HeadElement
-from .roles import Role
-from .errors import SymmetryError
-from .outputs import ModelRunner, cast_inputs, output_difference, output_scale, tied_groups
-from .strategies import GROUPS, example_inputs, random_element, tie_heads as _tie_heads
-from .transforms import TransformSet
+from symmetries.action import apply
+from symmetries.classes import HeadStructured, SymmetryClass, Trivial
+from symmetries.elements import Element
+from symmetries.roles import Role
+from symmetries.errors import SymmetryError
+from symmetries.testing.outputs import ModelRunner, cast_inputs, output_difference, output_scale, tied_groups
+from symmetries.policy import parse_class
+from symmetries.testing.strategies import GROUPS, example_inputs, random_element
+from symmetries.transforms import TransformSet, tie_heads
 
 __all__ = ["DEFAULT_RTOL", "InvarianceError", "SpaceCheck", "InvarianceReport", "check_invariance",
            "assert_invariant", "example_inputs", "cast_inputs", "tied_groups", "roundoff_factor"]  # example_inputs re-exported from strategies
@@ -185,7 +186,7 @@ def roundoff_factor(graph, transforms: Mapping[str, Element]) -> float:
 
 def _subclasses(cls: SymmetryClass) -> list[SymmetryClass]:
     """Proper, non-trivial group subclasses of ``cls``, smallest first (for shrinking a failure)."""
-    from .lattice import is_subclass
+    from symmetries.lattice import is_subclass
     def rank(c):
         return sum(is_subclass(d, c) for d in GROUPS)
     if isinstance(cls, HeadStructured):  # a head permutation alone (inner Trivial) comes first
@@ -204,7 +205,8 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
 
     ``model`` — an ``nn.Module`` (or an ``Architecture``: its seeded module and graph); ``graph`` —
     its ``WeightGraph`` (state-dict keys = parameter names); ``classes`` — ``None`` (every class each
-    space declares), a class for all spaces, or ``{space: class or classes}``; ``cond`` — bound on
+    space declares), a class for all spaces, or ``{space: class or classes}`` (instances, types or
+    names such as ``"permutation"``: :func:`symmetries.parse_class`); ``cond`` — bound on
     the condition number of drawn maps; ``widen`` — extra units for rectangular classes
     (semi-permutations, orthogonal embeddings), dropped with a note when the module rejects wider
     weights; ``perturb`` — check at a generic point near ``θ`` (20% noise on every tensor a space
@@ -265,13 +267,13 @@ def check_invariance(model, graph=None, example_inputs=None, classes=None, *, ex
         for k in range(count):
             sd = _seed(seed, k0, k)
             el = random_element(cls, s.size, m, seed=sd, cond=cond)
-            tied = _tie_heads(graph, space, el)
+            tied = tie_heads(graph, {space: el})
             err, tol, note = trial(tied, roundoff_factor(graph, tied), m != s.size)
             if err is None:  # the module rejects wider weights: check square maps instead
                 row.note = f"checked without widening (the module rejects {m} > {s.size} units: {note[:120]})"
                 m = s.size
                 el = random_element(cls, s.size, m, seed=sd, cond=cond)
-                tied = _tie_heads(graph, space, el)
+                tied = tie_heads(graph, {space: el})
                 err, tol, note = trial(tied, roundoff_factor(graph, tied), False)
             row.examples += 1
             if row.seed is None or err - tol > row.max_error - row.tolerance:
@@ -306,13 +308,13 @@ def _plan(graph, classes, spaces) -> list[tuple[str, list[SymmetryClass]]]:
         s = graph.space(name)  # UnknownSpaceError names it
         if classes is None:
             declared = list(s.classes)
-        elif isinstance(classes, SymmetryClass):
-            declared = [classes]
         else:
-            for key in classes:
-                graph.space(key)
-            c = classes.get(name, s.classes)
-            declared = [c] if isinstance(c, SymmetryClass) else list(c)
+            if isinstance(classes, Mapping):
+                for key in classes:
+                    graph.space(key)  # UnknownSpaceError names it
+            spec = classes.get(name, s.classes) if isinstance(classes, Mapping) else classes
+            specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+            declared = [parse_class(c, space=name) for c in specs]
         plan.append((name, [c for c in declared if not isinstance(c, Trivial)]))
     return plan
 
@@ -337,10 +339,7 @@ def _joint(graph, plan, seed, examples, cond, trial) -> SpaceCheck:
         sd = _seed(seed, 4, k)
         els = {space: random_element(cls, graph.space(space).size, seed=_seed(sd, n), cond=cond)
                for n, (space, cls) in enumerate(first.items())}
-        for names in graph.head_groups().values():
-            heads = [n for n in names if isinstance(els.get(n), HeadElement)]
-            for n in heads[1:]:
-                els[n] = els[n].with_head_perm(els[heads[0]].head_perm)
+        els = tie_heads(graph, els)
         err, tol, note = trial(els, roundoff_factor(graph, els), False)
         row.examples += 1
         if row.seed is None or err - tol > row.max_error - row.tolerance:

@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 
-from .errors import SymmetryError
+from symmetries.errors import SymmetryError
 
 __all__ = ["ArchSpecError", "parse_arch", "parse_value", "builders", "import_user_module", "cwd_importable"]
 

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .commands_checkpoints import _clean_exit
-from .io import atomic_path, dumps_json
+from symmetries.cli.checkpoints import _clean_exit
+from symmetries.io import atomic_path, dumps_json
 
 __all__ = ["demo", "render_table", "TIME_NOTE"]
 
@@ -82,8 +82,8 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
     import numpy as np
     import torch
 
-    from .demo import DemoConfig, run_demo
-    from .landscape import Curve, plot_curves
+    from symmetries.demo import DemoConfig, run_demo
+    from symmetries.landscape import Curve, plot_curves
 
     torch.set_num_threads(threads)
     console = Console(stderr=as_json)

@@ -18,7 +18,7 @@ from symmetries.classes import SymmetryClass
 from symmetries.errors import GraphError, UnknownParameterError, UnknownSpaceError
 from symmetries.roles import Role
 
-from ._args import integer, items
+from symmetries._args import integer, items
 
 __all__ = ["WeightGraph", "Parameter", "Space", "Edge"]
 
@@ -208,7 +208,7 @@ class WeightGraph:
     def validate(self, params=None) -> "WeightGraph":
         """Check the graph (and, if given, a parameter dict against it); raise a typed error naming
         the parameter, axis and space at fault. Returns the graph."""
-        from .validation import validate
+        from symmetries.validation import validate
         validate(self, params)
         return self
 

@@ -10,7 +10,7 @@ __all__ = ["solvers_command", "register_cli"]
 
 def solvers_command() -> None:
     """List the solvers (built-in and from the 'symmetries.solvers' entry points)."""
-    from .registry import available
+    from solvers.registry import available
 
     table = Table(title="Solvers (solvers.solve(name, graph, params_a, params_b, ...))")
     for col, ratio in (("name", 2), ("classes", 4), ("what it does", 6)):
