@@ -22,7 +22,7 @@ import architectures
 import solvers
 from solvers.problem import make_problem
 from solvers.relaxation import formulate, relax
-from solvers.relaxation_misfit import build_misfit
+from solvers.relaxation.misfit import build_misfit
 from symmetries.classes import Permutation
 from symmetries.demo.data import digits
 

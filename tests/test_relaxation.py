@@ -14,7 +14,7 @@ import solvers
 from solvers.errors import SolverInputError, UnsupportedClassError
 from solvers.problem import make_problem
 from solvers.relaxation import formulate, relax, round_relaxed
-from solvers.relaxation_misfit import build_misfit
+from solvers.relaxation.misfit import build_misfit
 from symmetries.action import apply
 from symmetries.classes import Orthogonal, Permutation, PermutationScaling
 from symmetries.elements import GatherElement

@@ -4,7 +4,7 @@
 
 jointly over every searched space, with ``C_s`` the Birkhoff polytope (``X ≥ 0``, ``X1 = 1``,
 ``Xᵀ1 = 1``) for ``Permutation`` spaces and the spectral-norm ball (``σ_max(X) ≤ 1``) for
-``Orthogonal`` ones. Since ``f = J`` on the classes (:mod:`solvers.relaxation_misfit`), the
+``Orthogonal`` ones. Since ``f = J`` on the classes (:mod:`solvers.relaxation.misfit`), the
 relaxed optimum is a lower bound on ``min_T J(T)``, the best weight-matching distance
 ``Σ_p ‖θ_A[p] − (T·θ_B)[p]‖²`` over the searched classes; the bound reported is the
 convexity certificate ``L(X̂)``, valid for whatever ``X̂`` the convex solver returns (so an
@@ -14,7 +14,7 @@ class's oracle (``argmax_{T} ⟨T, X̂⟩``) and polished by weight matching; th
 
 Two routes to ``X̂``:
 
-- ``"apg"`` (default, :mod:`solvers.relaxation_apg`): accelerated projected gradient (FISTA with
+- ``"apg"`` (default, :mod:`solvers.relaxation.apg`): accelerated projected gradient (FISTA with
   adaptive restart) on ``f`` itself, exploiting its structure: the gradient is a few ``n × n``
   matrix products (:class:`QuadraticMisfit`), the projection onto the Birkhoff polytope is exact (semismooth
   Newton on its ``2n`` dual variables, warm-started), onto the spectral-norm ball a clipped SVD.
@@ -42,8 +42,8 @@ from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError, UnknownSolverError
 from solvers.registry import Solver, get, register
-from solvers.relaxation_apg import QuadraticMisfit, project_birkhoff, project_spectral_ball, relax_apg
-from solvers.relaxation_misfit import Misfit, RelaxedOptimum, build_misfit
+from solvers.relaxation.apg import QuadraticMisfit, project_birkhoff, project_spectral_ball, relax_apg
+from solvers.relaxation.misfit import Misfit, RelaxedOptimum, build_misfit
 from solvers.solution import Solution
 
 __all__ = ["RelaxedOptimum", "QuadraticMisfit", "formulate", "relax", "relax_apg", "project_birkhoff",
@@ -237,5 +237,3 @@ class RelaxationSolver(Solver):
 
 
 register("relaxation", RelaxationSolver)
-
-from solvers import relaxation_qp  # noqa: E402,F401  (registers "semi_permutation_qp")
