@@ -1,21 +1,33 @@
-"""The tensors that meet at one space, as matrices: the data of a weight-matching subproblem.
+"""Per-space views of a problem: the tensors that meet at one space, as matrices — the data of a
+weight-matching subproblem, and the building block of solvers that work space by space.
 
 For a space ``s`` with every other space's transform fixed, each edge ``e`` contributes
 A's rows ``A_e`` (``m × k``, the axis moved first, other axes flattened) and B's rows
 ``B_e`` (``n × k``, with the other spaces' current transforms applied). The local objective
 of an element ``T`` is ``L(T) = Σ_e ‖A_e − T·B_e‖²`` with ``T·`` acting in the edge's role
-(``out``: ``T B``; ``in``: ``Qᵀ B`` with ``Q`` the left inverse; ``var``: ``(T∘T) B``).
+(``out``: ``T B``; ``in``: ``Qᵀ B`` with ``Q`` the left inverse; ``var``: ``(T∘T) B``;
+:meth:`symmetries.elements.Element.act`).
+
+* :class:`Local` — one space's pairs ``(A_e, B_e)`` by role, their cross products and Grams;
+* :class:`Matcher` — builds the :class:`Local` of any space of a :class:`~solvers.Problem` for a
+  given set of the other spaces' transforms;
+* :func:`search_units` — the spaces to visit, a head group counted as one unit.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 
+from symmetries.action import apply_axis
+from symmetries.classes import HeadStructured
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
 
-__all__ = ["Local", "inner_product"]
+from solvers.errors import SolverInputError
+
+__all__ = ["Local", "Matcher", "search_units", "inner_product"]
 
 
 @dataclass
@@ -97,9 +109,8 @@ class Local:
             raise ValueError("a streamed Local keeps only cross products; it has no loss")
         total = 0.0
         for role, pairs in self.pairs.items():
-            fn = {Role.OUT: el._out, Role.IN: el._in, Role.VAR: el._var}[role]
             for a, b in pairs:
-                total += float(((a - fn(b)) ** 2).sum())
+                total += float(((a - el.act(b, role)) ** 2).sum())
         return total
 
     def head(self, heads: int, i: int, j: int) -> "Local":
@@ -110,6 +121,98 @@ class Local:
             for a, b in pairs:
                 sub.add(role, a[i * dm:(i + 1) * dm], b[j * dn:(j + 1) * dn])
         return sub
+
+
+class Matcher:
+    """The per-space views of a :class:`~solvers.Problem`: for each searched space, A's rows of every
+    tensor meeting it (precomputed) and B's rows with the other spaces' current transforms applied
+    (:meth:`local` builds the :class:`Local` of one space for a given set of transforms)."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.searched = set(problem.spaces)
+        ga, gb = problem.graph, problem.graph_b
+        self.by_param_b = {p.name: gb.edges_of(p.name) for p in gb.parameters()}
+        self.edges: dict[str, list] = {}
+        self.a_rows: dict[tuple[str, int], torch.Tensor] = {}
+        for space in problem.spaces:
+            m, n = problem.sizes[space]
+            pairs, seen = [], {}
+            b_edges = defaultdict(list)
+            for e in gb.edges_at(space):
+                b_edges[(e.parameter, e.axis, e.role)].append(e)
+            for ea in ga.edges_at(space):
+                if not b_edges[(ea.parameter, ea.axis, ea.role)]:
+                    raise SolverInputError(f"graph_b lacks the edge {ea.parameter!r} axis {ea.axis} ({ea.role}) → "
+                                           f"{space!r} that graph has", space=space, parameter=ea.parameter)
+                eb = b_edges[(ea.parameter, ea.axis, ea.role)].pop(0)
+                a = problem.params_a[ea.parameter]
+                span = ea.span(a.shape[ea.axis])
+                key = (ea.parameter, ea.axis % a.dim(), span)
+                if key in seen:  # a tied axis (out and in of one space): counted once, as out
+                    if ea.role is Role.OUT:
+                        pairs[seen[key]] = (ea, eb)
+                    continue
+                seen[key] = len(pairs)
+                pairs.append((ea, eb))
+            self.edges[space] = pairs
+            for i, (ea, _) in enumerate(pairs):
+                a = self.problem.params_a[ea.parameter]
+                start, stop = ea.span(a.shape[ea.axis])
+                self.a_rows[(space, i)] = a.narrow(ea.axis, start, stop - start).movedim(ea.axis, 0).reshape(m, -1)
+
+    def b_rows(self, space: str, eb, transforms: dict, n: int) -> torch.Tensor:
+        """B's rows along ``eb``'s axis with the other axes' current transforms applied."""
+        t = self.problem.params_b[eb.parameter]
+        axis = eb.axis % t.dim()
+        others = defaultdict(list)
+        for f in self.by_param_b[eb.parameter]:
+            if f.axis % t.dim() != axis and f.space in transforms:
+                others[f.axis % t.dim()].append(f)
+        for ax, group in others.items():
+            t = apply_axis(t, ax, group, transforms)
+        start, stop = eb.span(t.shape[axis])
+        return t.narrow(axis, start, stop - start).movedim(axis, 0).reshape(n, -1)
+
+    def usable(self, eb, transforms: dict) -> bool:
+        """Whether every other axis of the tensor indexes a settled space (or one not searched)."""
+        t = self.problem.params_b[eb.parameter]
+        for f in self.by_param_b[eb.parameter]:
+            if f.axis % t.dim() != eb.axis % t.dim() and f.space in self.searched and f.space not in transforms:
+                return False
+        return True
+
+    def local(self, space: str, transforms: dict, settled_only: bool = False, stream: bool = False) -> Local:
+        """The space's subproblem data; ``stream`` keeps only cross products (norm-keeping classes)."""
+        m, n = self.problem.sizes[space]
+        loc = Local(m, n)
+        for i, (ea, eb) in enumerate(self.edges[space]):
+            if settled_only and not self.usable(eb, transforms):
+                continue
+            loc.add(ea.role, self.a_rows[(space, i)], self.b_rows(space, eb, transforms, n), stream=stream)
+        return loc
+
+
+def search_units(problem) -> list[list[str]]:
+    """The spaces a solver visits, in graph order, as units: a head group (its spaces searched in
+    head-structured classes) is one unit, every other space its own."""
+    units, groups = [], {}
+    for space in problem.spaces:
+        hg = problem.graph.space(space).head_group
+        cls = problem.classes[space]
+        if hg is None or not isinstance(cls, HeadStructured):
+            if hg is not None and any(isinstance(problem.classes[s], HeadStructured)
+                                      for s in problem.graph.head_groups()[hg]):
+                raise SolverInputError(f"space {space!r} shares head group {hg!r} with head-structured spaces but "
+                                       f"is searched in {cls!r}; give every space of the group a HeadStructured "
+                                       f"class (or Trivial to all)", space=space)
+            units.append([space])
+        elif hg in groups:
+            groups[hg].append(space)
+        else:
+            groups[hg] = [space]
+            units.append(groups[hg])
+    return units
 
 
 def _gram(mats, size) -> torch.Tensor:

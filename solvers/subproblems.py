@@ -13,9 +13,14 @@
   L-BFGS (a local method; the caller keeps the update only if the true loss decreases).
 * ``HeadStructured(H, inner)`` — the best inner map for every (A head, B head) pair, heads
   assigned by LAP on the pair losses summed over the spaces of a head group.
-* ``SemiPermutation`` — :func:`solvers.semi_permutation.split_update`.
+* ``SemiPermutation`` — :func:`solvers.splits.split_update`.
+
+Each is registered with the generic function :func:`subproblem` by class type
+(``functools.singledispatch``); a third-party class registers its own the same way.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -27,18 +32,15 @@ from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutat
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
 
+from solvers.errors import UnsupportedClassError
 from solvers.local import Local, inner_product
 from solvers.scaling import best_scale
+from solvers.splits import split_update
 
-__all__ = ["solve_local", "solve_heads", "linear_classes", "gain", "score_matrices", "sylvester_psd", "head_blocks",
-           "SUPPORTED"]
+__all__ = ["solve_local", "subproblem", "has_subproblem", "subproblem_classes", "solve_heads", "solve_block",
+           "linear_classes", "gain", "score_matrices", "sylvester_psd", "head_blocks"]
 
 OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
-
-#: Classes weight matching can search in (``HeadStructured`` over any of the others but SemiPermutation).
-SUPPORTED = (Trivial, Permutation, SignFlip, SignedPermutation, Orthogonal, Invertible, PositiveScaling,
-             PermutationScaling, SemiPermutation, HeadStructured)
-
 
 def linear_classes(cls: SymmetryClass) -> bool:
     """Classes whose elements keep norms (the local loss is ``const − 2⟨T, M⟩``)."""
@@ -65,24 +67,77 @@ def gain(cls, local: Local, old: Element, new: Element) -> float:
 
 
 def solve_local(cls: SymmetryClass, local: Local, *, backend: str = "auto", current: Element | None = None) -> Element:
-    """The element of ``cls`` minimising the local loss (see the module docstring for each class)."""
-    if local.empty or isinstance(cls, Trivial):
+    """The element of ``cls`` minimising the local loss: the identity where no tensor meets the
+    space, else the subproblem solver registered for ``cls``'s type (:func:`subproblem`)."""
+    if local.empty:
         return cls.identity(local.n) if local.m == local.n else GatherElement.identity(local.n)
+    return subproblem(cls, local, backend=backend, current=current)
+
+
+@functools.singledispatch
+def subproblem(cls: SymmetryClass, local: Local, *, backend: str = "auto", current: Element | None = None) -> Element:
+    """``argmin_{T ∈ cls} Σ_e ‖A_e − T·B_e‖²`` for a non-empty ``local`` — a generic function
+    dispatched on the class's type. A new :class:`~symmetries.SymmetryClass` brings its own::
+
+        @solvers.subproblem.register(MyClass)
+        def _(cls, local, *, backend="auto", current=None):
+            return ...  # an element of cls, shape (local.m, local.n)
+
+    ``current`` is the space's current element (a warm start, or ``None``); ``backend`` the LAP
+    backend. Weight matching (and the solvers built on it) then search ``MyClass`` — no edit of
+    ``solvers`` needed. The base case raises :class:`~solvers.errors.UnsupportedClassError`."""
+    raise UnsupportedClassError(f"weight matching has no subproblem solver for {cls!r}; register one with "
+                                f"@solvers.subproblem.register({type(cls).__name__})", cls=cls)
+
+
+def has_subproblem(cls: SymmetryClass) -> bool:
+    """Whether :func:`subproblem` has a solver for ``cls`` (head-structured: for its inner class,
+    which may not be a semi-permutation)."""
     if isinstance(cls, HeadStructured):
-        return solve_heads([cls], [local], backend=backend)[0]
-    if isinstance(cls, SemiPermutation):
-        from solvers.semi_permutation import split_update
-        return split_update(local, backend=backend)
-    if isinstance(cls, (Permutation, SignFlip, Orthogonal, SignedPermutation)):
-        m, v = score_matrices(local)
-        if v is not None and isinstance(cls, Permutation):
-            m, v = m + v, None
-        return solve_block(cls, m, v, backend)
-    if isinstance(cls, (PositiveScaling, PermutationScaling)):
-        return _scaling(cls, local, backend)
-    if isinstance(cls, Invertible):
-        return DenseElement(_invertible(local, current))
-    raise TypeError(f"weight matching has no subproblem solver for {cls!r}")
+        return not isinstance(cls.inner, (SemiPermutation, HeadStructured)) and has_subproblem(cls.inner)
+    return subproblem.dispatch(type(cls)) is not subproblem.dispatch(object)
+
+
+def subproblem_classes() -> tuple[type, ...]:
+    """The class types with a registered subproblem solver (registration order)."""
+    return tuple(t for t in subproblem.registry if t is not object)
+
+
+@subproblem.register(Trivial)
+def _trivial(cls, local, *, backend="auto", current=None):
+    return cls.identity(local.n) if local.m == local.n else GatherElement.identity(local.n)
+
+
+@subproblem.register(HeadStructured)
+def _head_structured(cls, local, *, backend="auto", current=None):
+    return solve_heads([cls], [local], backend=backend)[0]
+
+
+@subproblem.register(SemiPermutation)
+def _semi_permutation(cls, local, *, backend="auto", current=None):
+    return split_update(local, backend=backend)
+
+
+@subproblem.register(Permutation)
+@subproblem.register(SignFlip)
+@subproblem.register(SignedPermutation)
+@subproblem.register(Orthogonal)
+def _norm_keeping(cls, local, *, backend="auto", current=None):
+    m, v = score_matrices(local)
+    if v is not None and isinstance(cls, Permutation):  # T∘T = T
+        m, v = m + v, None
+    return solve_block(cls, m, v, backend)
+
+
+@subproblem.register(PositiveScaling)
+@subproblem.register(PermutationScaling)
+def _scalings(cls, local, *, backend="auto", current=None):
+    return _scaling(cls, local, backend)
+
+
+@subproblem.register(Invertible)
+def _invertible_map(cls, local, *, backend="auto", current=None):
+    return DenseElement(_invertible(local, current))
 
 
 # -- scalings ------------------------------------------------------------------------------

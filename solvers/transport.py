@@ -32,7 +32,7 @@ from symmetries.transforms import TransformSet
 
 from solvers.registry import Solver, register
 from solvers.solution import Solution
-from solvers.weight_matching import Matcher, _units
+from solvers.local import Matcher, search_units
 
 __all__ = ["OptimalTransport", "fuse"]
 
@@ -70,7 +70,7 @@ class OptimalTransport(Solver):
         matcher = Matcher(problem)
         hard, soft, couplings, costs = {}, {}, {}, {}
         status, notes = "converged", []
-        for unit in _units(problem):
+        for unit in search_units(problem):
             space = unit[0]
             loc = matcher.local(space, soft, settled_only=True)
             m, n = problem.sizes[space]

@@ -28,102 +28,13 @@ from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError
-from solvers.local import Local, inner_product
-from symmetries.action import apply_axis
+from solvers.local import Matcher, inner_product, search_units
 from solvers.registry import Solver, register
 from solvers.solution import Solution
-from solvers.subproblems import SUPPORTED, gain, linear_classes, score_matrices, solve_block, solve_heads, solve_local
+from solvers.subproblems import (gain, has_subproblem, linear_classes, score_matrices, solve_block, solve_heads,
+                                 solve_local, subproblem_classes)
 
-__all__ = ["WeightMatching", "Matcher"]
-
-
-class Matcher:
-    """Pre-computed views of both parameter sets, edge by edge, for repeated local problems."""
-
-    def __init__(self, problem):
-        self.problem = problem
-        self.searched = set(problem.spaces)
-        ga, gb = problem.graph, problem.graph_b
-        self.by_param_b = {p.name: gb.edges_of(p.name) for p in gb.parameters()}
-        self.edges: dict[str, list] = {}
-        self.a_rows: dict[tuple[str, int], torch.Tensor] = {}
-        for space in problem.spaces:
-            m, n = problem.sizes[space]
-            pairs, seen = [], {}
-            b_edges = defaultdict(list)
-            for e in gb.edges_at(space):
-                b_edges[(e.parameter, e.axis, e.role)].append(e)
-            for ea in ga.edges_at(space):
-                if not b_edges[(ea.parameter, ea.axis, ea.role)]:
-                    raise SolverInputError(f"graph_b lacks the edge {ea.parameter!r} axis {ea.axis} ({ea.role}) → "
-                                           f"{space!r} that graph has", space=space, parameter=ea.parameter)
-                eb = b_edges[(ea.parameter, ea.axis, ea.role)].pop(0)
-                a = problem.params_a[ea.parameter]
-                span = ea.span(a.shape[ea.axis])
-                key = (ea.parameter, ea.axis % a.dim(), span)
-                if key in seen:  # a tied axis (out and in of one space): counted once, as out
-                    if ea.role is Role.OUT:
-                        pairs[seen[key]] = (ea, eb)
-                    continue
-                seen[key] = len(pairs)
-                pairs.append((ea, eb))
-            self.edges[space] = pairs
-            for i, (ea, _) in enumerate(pairs):
-                a = self.problem.params_a[ea.parameter]
-                start, stop = ea.span(a.shape[ea.axis])
-                self.a_rows[(space, i)] = a.narrow(ea.axis, start, stop - start).movedim(ea.axis, 0).reshape(m, -1)
-
-    def b_rows(self, space: str, eb, transforms: dict, n: int) -> torch.Tensor:
-        """B's rows along ``eb``'s axis with the other axes' current transforms applied."""
-        t = self.problem.params_b[eb.parameter]
-        axis = eb.axis % t.dim()
-        others = defaultdict(list)
-        for f in self.by_param_b[eb.parameter]:
-            if f.axis % t.dim() != axis and f.space in transforms:
-                others[f.axis % t.dim()].append(f)
-        for ax, group in others.items():
-            t = apply_axis(t, ax, group, transforms)
-        start, stop = eb.span(t.shape[axis])
-        return t.narrow(axis, start, stop - start).movedim(axis, 0).reshape(n, -1)
-
-    def usable(self, eb, transforms: dict) -> bool:
-        """Whether every other axis of the tensor indexes a settled space (or one not searched)."""
-        t = self.problem.params_b[eb.parameter]
-        for f in self.by_param_b[eb.parameter]:
-            if f.axis % t.dim() != eb.axis % t.dim() and f.space in self.searched and f.space not in transforms:
-                return False
-        return True
-
-    def local(self, space: str, transforms: dict, settled_only: bool = False, stream: bool = False) -> Local:
-        """The space's subproblem data; ``stream`` keeps only cross products (norm-keeping classes)."""
-        m, n = self.problem.sizes[space]
-        loc = Local(m, n)
-        for i, (ea, eb) in enumerate(self.edges[space]):
-            if settled_only and not self.usable(eb, transforms):
-                continue
-            loc.add(ea.role, self.a_rows[(space, i)], self.b_rows(space, eb, transforms, n), stream=stream)
-        return loc
-
-
-def _units(problem) -> list[list[str]]:
-    """Spaces to visit, in graph order; the spaces of a head group form one unit."""
-    units, groups = [], {}
-    for space in problem.spaces:
-        hg = problem.graph.space(space).head_group
-        cls = problem.classes[space]
-        if hg is None or not isinstance(cls, HeadStructured):
-            if hg is not None and any(isinstance(problem.classes[s], HeadStructured)
-                                      for s in problem.graph.head_groups()[hg]):
-                raise SolverInputError(f"space {space!r} shares head group {hg!r} with head-structured spaces but "
-                                       f"is searched in {cls!r}; give every space of the group a HeadStructured "
-                                       f"class (or Trivial to all)", space=space)
-            units.append([space])
-        elif hg in groups:
-            groups[hg].append(space)
-        else:
-            groups[hg] = [space]
-            units.append(groups[hg])
-    return units
+__all__ = ["WeightMatching"]
 
 
 def _coupled(problem, spaces: list[str]) -> tuple[str, ...]:
@@ -182,7 +93,19 @@ class WeightMatching(Solver):
     name = "weight_matching"
     description = ("coordinate descent on sum_p ||theta_A - T.theta_B||^2: LAP, signed LAP, Procrustes, "
                    "least squares, exact scalings, head assignment; mode='rebasin' = Git Re-Basin")
-    classes = SUPPORTED
+
+    @property
+    def classes(self) -> tuple:
+        """The class types with a registered subproblem (:func:`solvers.subproblem`) — read at call
+        time, so a third-party class registered later is searched too."""
+        return subproblem_classes()
+
+    @classes.setter
+    def classes(self, value) -> None:  # the registry may assign; the subproblem registry decides
+        pass
+
+    def supports(self, cls) -> bool:
+        return isinstance(cls, Trivial) or has_subproblem(cls)
 
     def solve(self, problem, *, mode: str = "default", max_iter: int = 100, tol: float | None = None,
               backend: str = "auto", start: str | None = None) -> Solution:
@@ -201,7 +124,7 @@ class WeightMatching(Solver):
         if rebasin:
             _check_rebasin(problem)
         matcher = Matcher(problem)
-        units = _units(problem)
+        units = search_units(problem)
         coupled = [_coupled(problem, spaces) for spaces in units]
         transforms: dict[str, Element] = {}
         for space in problem.spaces:

@@ -11,7 +11,7 @@ import torch
 import architectures
 import solvers
 from solvers.local import Local
-from solvers.semi_permutation import _Terms, project_simplex, split_update
+from solvers.splits import _Terms, project_simplex, split_update
 from symmetries import Permutation, SemiPermutation
 from symmetries.assignment import solve_assignment
 from symmetries.elements import GatherElement

@@ -146,6 +146,9 @@ class SemiPermutationQP(Solver):
     def classes(self, value):  # the registry may assign; the delegation stays
         pass
 
+    def supports(self, cls) -> bool:
+        return get("semi_permutation").supports(cls)
+
     def solve(self, problem, *, cvxpy_solver: str = "CLARABEL", **options) -> Solution:
         if problem.init is not None:
             start, iterations = problem.init, 0

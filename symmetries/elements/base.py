@@ -84,8 +84,17 @@ class Element(abc.ABC):
             raise ElementShapeError(
                 f"element maps a space of size {n} but the tensor has size {t.shape[axis]} "
                 f"along axis {axis} (shape {tuple(t.shape)})")
-        fn = {Role.OUT: self._out, Role.IN: self._in, Role.VAR: self._var}[role]
-        return restore(moved_apply(t, axis, fn), was_numpy)
+        return restore(moved_apply(t, axis, lambda rows: self.act(rows, role)), was_numpy)
+
+    def act(self, x: torch.Tensor, role: Role | str = Role.OUT) -> torch.Tensor:
+        """The map on the rows of a matrix: ``x`` is ``(n, k)`` (row ``i`` = unit ``i`` of the space);
+        returns ``(m, k)`` — ``out``: ``T x``, ``in``: ``Qᵀ x``, ``var``: ``(T∘T) x``. The building block
+        of :meth:`apply` for solvers that hold tensors with the space's axis already moved first."""
+        role = Role.parse(role)
+        if x.dim() != 2 or x.shape[0] != self.shape[1]:
+            raise ElementShapeError(f"act needs an ({self.shape[1]}, k) matrix (the space's units as rows), "
+                                    f"got shape {tuple(x.shape)}")
+        return {Role.OUT: self._out, Role.IN: self._in, Role.VAR: self._var}[role](x)
 
     def __matmul__(self, other: "Element") -> "Element":
         if not isinstance(other, Element):
