@@ -25,6 +25,7 @@ from symmetries.policy import resolve_classes
 from solvers.errors import SolverInputError, UnknownSolverError, UnsupportedClassError
 from solvers.problem import PROBLEM_OPTIONS, Problem, make_problem
 from solvers.solution import Solution
+from solvers.threads import thread_budget, threads_for
 
 __all__ = ["Solver", "FunctionSolver", "SolverInfo", "register", "unregister", "get", "available", "solve",
            "applicable", "ENTRY_POINT_GROUP"]
@@ -234,7 +235,8 @@ def solve(method, graph, params_a, params_b, **options: Any) -> Solution:
     problem = make_problem(graph, params_a, params_b, solver=solver, **problem_options)
     solver.check(problem)
     start = time.perf_counter()
-    solution = solver.solve(problem, **options)
+    with thread_budget(threads_for(problem)):  # one thread for small work: robust beside a busy neighbour
+        solution = solver.solve(problem, **options)
     elapsed = time.perf_counter() - start
     if not isinstance(solution, Solution):
         raise TypeError(f"solver {solver.name!r} returned {type(solution).__name__}, expected a Solution")
