@@ -29,6 +29,7 @@ from symmetries.elements import DenseElement, Element, HeadElement
 from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError
+from solvers.losses import mean_loss
 from solvers.registry import Solver, get, register
 from solvers.solution import Solution
 from solvers.subproblems import head_blocks
@@ -147,7 +148,8 @@ class LearnedMatching(Solver):
     """Solver ``"learned_matching"`` (STE). Needs ``data`` (``(x, y)`` tensors or a DataLoader of
     ``(x, y)``) and a module: ``models=(module_a, module_b)`` or an ``Architecture`` as the graph.
 
-    Options: ``loss_fn`` (``(outputs, targets) → scalar``, default cross-entropy), ``steps``
+    Options: ``loss_fn`` (``(outputs, targets) → scalar`` mean, default :func:`solvers.losses.mean_loss`:
+    per-token cross-entropy, so ``(batch, time, vocab)`` logits work), ``steps``
     (``300``), ``lr`` (Adam, ``0.05``), ``batch_size`` (``256``), ``alpha`` (``(0.4, 0.6)``),
     ``selection_data`` (held-out ``(x, y)`` or DataLoader on which the learned and weight matching's
     transforms are compared; default: the training ``data``), ``eval_batches`` (DataLoader batches
@@ -185,7 +187,7 @@ class LearnedMatching(Solver):
         lo, hi = float(alpha[0]), float(alpha[1])
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"alpha must be a range inside [0, 1], got {alpha!r}")
-        loss_fn = loss_fn or torch.nn.functional.cross_entropy
+        loss_fn = loss_fn or mean_loss
         module = problem.models[0]
         spaces = problem.spaces
         init = problem.init

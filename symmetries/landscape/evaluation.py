@@ -3,28 +3,35 @@
 ``data`` is a pair ``(x, y)`` of tensors/arrays (evaluated in batches) or any iterable of
 ``(x, y)`` batches such as a ``torch.utils.data.DataLoader``. The model is never modified:
 parameters are substituted with ``torch.func.functional_call``.
+
+The loss is ``Σ_batches sum / Σ_batches count`` where each batch's ``loss_fn(outputs, targets)``
+returns ``(sum, count)`` or a scalar sum (counted as the batch's examples). The default,
+:func:`solvers.losses.summed_loss`, counts class targets per token (``(batch, time, vocab)``
+outputs with ``(batch, time)`` targets: the mean per-token cross-entropy) and regression per example.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["Evaluation", "evaluate", "batches", "default_loss"]
+from solvers.losses import IGNORE_INDEX, LossFn, TargetShapeError, default_loss, summed_loss, token_accuracy
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+__all__ = ["Evaluation", "evaluate", "batches", "default_loss", "LossFn"]
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Mean loss, accuracy (``nan`` for non-class targets) and the number of examples."""
+    """Mean loss (per counted unit), accuracy (per target token; ``nan`` for non-class targets),
+    the number of examples ``n`` and the number of units ``count`` the loss is averaged over."""
     loss: float
     accuracy: float
     n: int
+    count: int | float
 
 
 def _tensor(x) -> torch.Tensor:
@@ -48,11 +55,16 @@ def batches(data, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.
         yield _tensor(item[0]), _tensor(item[1])
 
 
-def default_loss(y: torch.Tensor) -> LossFn:
-    """Summed cross-entropy for integer class targets, summed squared error otherwise."""
-    if y.is_floating_point():
-        return lambda out, t: ((out - t.reshape(out.shape)) ** 2).sum()
-    return lambda out, t: nn.functional.cross_entropy(out, t, reduction="sum")
+def _sum_count(result, examples: int) -> tuple[float, float]:
+    """A loss function's ``(sum, count)``, or its scalar sum counted as ``examples``."""
+    if isinstance(result, (tuple, list)):
+        if len(result) != 2:
+            raise TypeError(f"loss_fn must return a scalar sum or a pair (sum, count), got {len(result)} values")
+        total, count = float(result[0]), float(result[1])
+        if not count >= 0:
+            raise ValueError(f"loss_fn returned a count of {count}; counts must be non-negative")
+        return total, count
+    return float(result), float(examples)
 
 
 def float_dtype(model: nn.Module, params: Mapping | None) -> torch.dtype | None:
@@ -85,9 +97,17 @@ def _input_batches(data, batch_size: int, device: torch.device, dtype: torch.dty
 @torch.no_grad()
 def evaluate(model: nn.Module, data, params: Mapping[str, torch.Tensor] | None = None, *,
              loss_fn: LossFn | None = None, batch_size: int = 1024, device=None) -> Evaluation:
-    """Mean of ``loss_fn`` (a *summed* loss over a batch) and accuracy over ``data``, in eval mode.
+    """Mean loss ``Σ sum / Σ count`` and token accuracy over ``data``, in eval mode.
 
-    ``params`` (a state dict, possibly partial) replaces the model's own tensors for the call.
+    ``loss_fn(outputs, targets)`` returns, per batch, a pair ``(sum, count)`` — a loss summed over
+    ``count`` units (tokens, examples; a mean ``m`` over ``k`` units is ``(m * k, k)``) — or a scalar
+    sum counted as the batch's examples. The default (:func:`solvers.losses.summed_loss`) is the
+    per-token cross-entropy for class targets (outputs ``targets.shape + (classes,)``; any other
+    shape is a :class:`~solvers.losses.TargetShapeError`) and the per-example squared error for
+    floating targets. Accuracy is the fraction of target tokens (padding ``-100`` excluded) whose
+    arg-max over the last axis is right; ``nan`` for floating targets, or when a custom
+    ``loss_fn`` reads class targets in another layout. ``params`` (a state dict, possibly partial)
+    replaces the model's own tensors for the call.
     """
     device = _param_device(model, params, device)
     if params is not None:
@@ -95,21 +115,27 @@ def evaluate(model: nn.Module, data, params: Mapping[str, torch.Tensor] | None =
     dtype = float_dtype(model, params)
     was_training = model.training
     model.eval()
-    total, correct, n = 0.0, 0, 0
+    total, count, correct, tokens, n = 0.0, 0.0, 0, 0, 0
     classify = True
     try:
         for x, y in _input_batches(data, batch_size, device, dtype):
             y = y.to(device)
             out = functional_call(model, params, (x,)) if params is not None else model(x)
-            fn = loss_fn or default_loss(y)
-            total += float(fn(out, y))
-            n += y.shape[0]
-            if y.is_floating_point() or out.dim() != 2:
-                classify = False
+            s, c = _sum_count((loss_fn or summed_loss)(out, y), y.shape[0])
+            total, count, n = total + s, count + c, n + y.shape[0]
+            if classify and not y.is_floating_point():
+                try:
+                    right, k = token_accuracy(out, y)
+                    correct, tokens = correct + right, tokens + k
+                except TargetShapeError:   # a custom loss_fn's own layout: no accuracy
+                    classify = False
             else:
-                correct += int((out.argmax(dim=1) == y).sum())
+                classify = False
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("data yielded no examples")
-    return Evaluation(total / n, correct / n if classify else float("nan"), n)
+    if count == 0:
+        raise ValueError(f"the loss counted no units on {n} examples (every target is padding {IGNORE_INDEX}?)")
+    count = int(count) if float(count).is_integer() else count
+    return Evaluation(total / count, correct / tokens if classify and tokens else float("nan"), n, count)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from symmetries.landscape.evaluation import default_loss
+from solvers.losses import default_loss
 from symmetries.posteriors.gaussian import MeanField
 
 __all__ = ["train_mean_field", "kl_to_prior"]
