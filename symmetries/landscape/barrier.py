@@ -114,6 +114,9 @@ def interpolation_curve(model: nn.Module, params_a: Mapping, params_b: Mapping, 
                         label: str = "", progress: Callable[[int, int], None] | None = None) -> Curve:
     """Evaluate ``model`` at ``θ(α) = (1−α)θ_A + αθ_B`` for 25 evenly spaced α (default).
 
+    Each point is :func:`~symmetries.landscape.evaluate` (its ``loss_fn`` contract: ``(sum, count)``
+    or a summed scalar; default the per-token cross-entropy of :mod:`solvers.losses`, so
+    ``(batch, time, vocab)`` logits with ``(batch, time)`` targets give per-token loss and accuracy).
     ``adjust(params, α) → params`` corrects each interpolated set before evaluation (e.g.
     :func:`~symmetries.landscape.batchnorm_adjust` or :func:`~symmetries.landscape.repair_adjust`).
     ``progress(i, total)`` is called after each point.
