@@ -35,7 +35,7 @@ def graphs(draw, min_nodes=1, max_nodes=7):
 @st.composite
 def gcns(draw, activations=None):
     widths = draw(st.lists(st.integers(1, 6), min_size=2, max_size=5))
-    act = draw(st.sampled_from(activations or list(architectures.ACTIVATIONS)))
+    act = draw(st.sampled_from(activations or list(architectures.builder_activations())))
     return architectures.gcn(widths, activation=act, bias=draw(st.booleans()))
 
 

@@ -123,19 +123,21 @@ def transform_sets(draw, graph, classes=None, *, strict: bool = True, one_space:
 def mlp_architectures(draw, *, activations: Sequence[str] | None = None, max_depth: int = 3,
                       max_width: int = 12):
     """A small ``architectures.mlp`` of drawn depth, widths and activation."""
-    from architectures import ACTIVATIONS, mlp
-    act = draw(st.sampled_from(list(activations or ACTIVATIONS)))
+    from architectures import builder_activations, mlp
+    act = draw(st.sampled_from(list(activations or builder_activations())))
     depth = draw(st.integers(1, max_depth))
     widths = draw(st.lists(st.integers(1, max_width), min_size=depth + 2, max_size=depth + 2))
     return mlp(widths, activation=act, bias=draw(st.booleans()))
 
 
 @st.composite
-def cnn_architectures(draw, *, activations: Sequence[str] = ("relu", "tanh", "gelu"), max_convs: int = 3,
+def cnn_architectures(draw, *, activations: Sequence[str] | None = None, max_convs: int = 3,
                       max_channels: int = 8):
     """A small ``architectures.vgg``: 1–``max_convs`` 3×3 convs (optional max pools, BatchNorm and a
-    hidden linear layer) on 8×8 inputs with 2 channels."""
-    from architectures import vgg
+    hidden linear layer) on 8×8 inputs with 2 channels; by default one activation per class family
+    (``architectures.representative_activations()``: relu, tanh, gelu)."""
+    from architectures import representative_activations, vgg
+    activations = activations or representative_activations()
     n = draw(st.integers(1, max_convs))
     cfg: list = []
     for i in range(n):
@@ -158,8 +160,8 @@ def resnet_architectures(draw):
 @st.composite
 def gcn_architectures(draw, *, activations: Sequence[str] | None = None, max_depth: int = 3, max_width: int = 8):
     """A small ``architectures.gcn`` of drawn depth, widths and activation."""
-    from architectures import ACTIVATIONS, gcn
-    act = draw(st.sampled_from(list(activations or ACTIVATIONS)))
+    from architectures import builder_activations, gcn
+    act = draw(st.sampled_from(list(activations or builder_activations())))
     depth = draw(st.integers(1, max_depth))
     widths = draw(st.lists(st.integers(1, max_width), min_size=depth + 2, max_size=depth + 2))
     return gcn(widths, activation=act, bias=draw(st.booleans()))

@@ -15,12 +15,12 @@ from torch import nn
 from symmetries.classes import (HeadStructured, Invertible, Permutation, PermutationScaling, SemiPermutation,
                                 SignedPermutation)
 
-from architectures.activations import ACTIVATIONS
-from architectures.extract_heads import softmax_heads
-from architectures.extract_shapes import move_feature
-from architectures.extract_state import Feat, HeadOnly, ParamRef
+from architectures.extract.heads import softmax_heads
+from architectures.extract.rules import register_rule
+from architectures.extract.shapes import move_feature
+from architectures.extract.state import Feat, HeadOnly, ParamRef
 
-__all__ = ["call_module", "elementwise", "PERM", "RELU_LIKE"]
+__all__ = ["PERM", "RELU_LIKE", "last_dim_norm"]
 
 PERM = (Permutation(),)
 RELU_LIKE = (PermutationScaling(), SemiPermutation())
@@ -29,7 +29,7 @@ RELU_LIKE = (PermutationScaling(), SemiPermutation())
 # -- parameterised ops -----------------------------------------------------------------------------
 def _consume(ctx, x: Feat, param: str, axis: int) -> None:
     """``param``'s ``axis`` reads the features of ``x``: role ``in`` on each segment."""
-    _per_segment(ctx, x, [(param, "in")], axis)
+    ctx.follow(x, [(param, "in")], axis)
 
 
 def _produce(ctx, node, size: int, hint: str, tensors) -> int:
@@ -54,7 +54,7 @@ def _linear(ctx, node, x, weight: str, bias: str | None, hint: str):
 
 
 def _module_linear(ctx, node, mod, x):
-    return _linear(ctx, node, x, ctx.pname(node.target, "weight"), ctx.pname(node.target, "bias", mod.bias),
+    return _linear(ctx, node, x, ctx.param(node.target, "weight"), ctx.param(node.target, "bias", mod.bias),
                    node.target)
 
 
@@ -68,12 +68,12 @@ def _module_conv(ctx, node, mod, x):
     if why:
         return ctx.opaque(node, why)
     if mod.groups != 1 and mod.groups == mod.in_channels == mod.out_channels:
-        return _normalise(ctx, node, x, True, "a depthwise convolution",
-                          [(ctx.pname(node.target, "weight"), "out"),
-                           (ctx.pname(node.target, "bias", mod.bias), "out")], PERM)
+        return ctx.per_feature(node, x, [(ctx.param(node.target, "weight"), "out"),
+                                         (ctx.param(node.target, "bias", mod.bias), "out")], PERM,
+                               what="a depthwise convolution")
     if mod.groups != 1:
         return ctx.opaque(node, f"a grouped convolution (groups={mod.groups})")
-    return _channel_map(ctx, node, x, ctx.pname(node.target, "weight"), ctx.pname(node.target, "bias", mod.bias),
+    return _channel_map(ctx, node, x, ctx.param(node.target, "weight"), ctx.param(node.target, "bias", mod.bias),
                         node.target, consumed=1, produced=0)
 
 
@@ -86,7 +86,7 @@ def _module_conv_transpose(ctx, node, mod, x):
     why = _unbatched(x, len(mod.kernel_size), "a transposed convolution")
     if why:
         return ctx.opaque(node, why)
-    return _channel_map(ctx, node, x, ctx.pname(node.target, "weight"), ctx.pname(node.target, "bias", mod.bias),
+    return _channel_map(ctx, node, x, ctx.param(node.target, "weight"), ctx.param(node.target, "bias", mod.bias),
                         node.target, consumed=0, produced=1)
 
 
@@ -103,7 +103,7 @@ def _module_embedding(ctx, node, mod, idx):
     """Embedding weight (num, dim): axis 1 produces the embedding space."""
     if mod.max_norm is not None:
         return ctx.opaque(node, "an embedding with max_norm (renormalises rows)")
-    return _embedding(ctx, node, idx, ctx.pname(node.target, "weight"), node.target)
+    return _embedding(ctx, node, idx, ctx.param(node.target, "weight"), node.target)
 
 
 def _embedding(ctx, node, idx, weight: str, hint: str):
@@ -115,52 +115,33 @@ def _embedding(ctx, node, idx, weight: str, hint: str):
     return Feat(out, len(out) - 1, ((v, out[-1]),))
 
 
-def _per_segment(ctx, x: Feat, tensors, axis: int = 0) -> None:
-    """Tensors ``[(name, role)]`` follow ``x``'s features on ``axis``, segment by segment (per-channel
-    tensors on axis 0 by default)."""
-    pos = 0
-    for var, n in x.segs:
-        span = None if len(x.segs) == 1 else (pos, pos + n)
-        for name, role in tensors:
-            if name is not None:
-                ctx.state.connect(var, name, axis, role, span)
-        pos += n
-
-
-def _normalise(ctx, node, x, dim_ok: bool, what: str, tensors, classes):
-    if not isinstance(x, Feat):
-        return ctx.opaque(node, f"{what} of something that is not a tensor")
-    if not x.spaced():
-        ctx.poison([t for t, _ in tensors if t is not None], node)
-        return Feat(ctx.shape(node))
-    if not dim_ok:
+def last_dim_norm(ctx, node, x, normalized_shape, what: str, tensors, classes):
+    """A norm over the last dimension (LayerNorm, RMSNorm): exact for ``classes`` when it normalises
+    exactly the features, with ``tensors`` following them."""
+    if isinstance(x, Feat) and x.spaced() and tuple(normalized_shape) != (x.shape[-1],):
         return ctx.opaque(node, f"{what} over dimensions other than the features (dimension {x.dim})")
-    _per_segment(ctx, x, tensors)
-    for var, _ in x.segs:
-        ctx.state.restrict(var, classes)
-    return x.moved(ctx.shape(node), x.dim)
+    return ctx.per_feature(node, x, tensors, classes, what=what, dim=-1)
 
 
 def _module_batchnorm(ctx, node, mod, x):
     """Eval-mode BatchNorm: weight, bias, running_mean follow the channel (out), running_var by
     squares (var); exact for permutations only (ε breaks scalings, the affine gain breaks signs)."""
-    p = lambda n, present=True: ctx.pname(node.target, n, present)  # noqa: E731
+    p = lambda n, present=True: ctx.param(node.target, n, present)  # noqa: E731
     stats = mod.track_running_stats and mod.running_mean is not None
     why = isinstance(x, Feat) and _unbatched(x, _INSTANCE_NORM_SPATIAL.get(type(mod)), "instance normalisation")
     if why:
         return ctx.opaque(node, why)
     tensors = [(p("weight", mod.affine), "out"), (p("bias", mod.affine), "out"),
                (p("running_mean", stats), "out"), (p("running_var", stats), "var")]
-    return _normalise(ctx, node, x, isinstance(x, Feat) and x.dim == 1, "batch normalisation", tensors, PERM)
+    return ctx.per_feature(node, x, tensors, PERM, what="batch normalisation", dim=1)
 
 
 def _module_layernorm(ctx, node, mod, x):
     """LayerNorm over the last dimension commutes with permutations whose gain and bias follow."""
-    ok = isinstance(x, Feat) and x.dim == x.ndim - 1 and tuple(mod.normalized_shape) == (x.shape[-1],)
     affine = mod.elementwise_affine
-    tensors = [(ctx.pname(node.target, "weight", affine), "out"),
-               (ctx.pname(node.target, "bias", affine and getattr(mod, "bias", None) is not None), "out")]
-    return _normalise(ctx, node, x, ok, "layer normalisation", tensors, PERM)
+    tensors = [(ctx.param(node.target, "weight", affine), "out"),
+               (ctx.param(node.target, "bias", affine and getattr(mod, "bias", None) is not None), "out")]
+    return last_dim_norm(ctx, node, x, mod.normalized_shape, "layer normalisation", tensors, PERM)
 
 
 def _module_rmsnorm(ctx, node, mod, x):
@@ -168,10 +149,9 @@ def _module_rmsnorm(ctx, node, mod, x):
     commutes with square orthogonal maps but not widening ones, so signed permutations are claimed
     (a sum-based norm with a constant, ``y / √(‖y‖²/D₀ + ε)``, admits ``Orthogonal``); with a gain,
     permutations."""
-    ok = isinstance(x, Feat) and x.dim == x.ndim - 1 and tuple(mod.normalized_shape) == (x.shape[-1],)
     gain = mod.weight is not None
-    return _normalise(ctx, node, x, ok, "RMS normalisation", [(ctx.pname(node.target, "weight", gain), "out")],
-                      PERM if gain else (SignedPermutation(),))
+    return last_dim_norm(ctx, node, x, mod.normalized_shape, "RMS normalisation",
+                         [(ctx.param(node.target, "weight", gain), "out")], PERM if gain else (SignedPermutation(),))
 
 
 def _module_mha(ctx, node, mod, query, key, value, *rest, **kwargs):
@@ -189,15 +169,15 @@ def _module_mha(ctx, node, mod, query, key, value, *rest, **kwargs):
     heads = (HeadStructured(H, Invertible()),)
     qk = ctx.state.new(E, f"{name}.qk", heads, head_group=name)
     vo = ctx.state.new(E, f"{name}.vo", heads, head_group=name)
-    bias = ctx.pname(name, "in_proj_bias", mod.in_proj_bias)
+    bias = ctx.param(name, "in_proj_bias", mod.in_proj_bias)
     if mod._qkv_same_embed_dim:
-        w = ctx.pname(name, "in_proj_weight")
+        w = ctx.param(name, "in_proj_weight")
         ctx.join(node, query, key)  # the packed weight's input axis is shared by Q, K and V
         ctx.join(node, query, value)
         _consume(ctx, query, w, 1)
         specs = [(qk, w, "out", (0, E)), (qk, w, "in", (E, 2 * E)), (vo, w, "out", (2 * E, 3 * E))]
     else:
-        ws = [ctx.pname(name, f"{k}_proj_weight") for k in "qkv"]
+        ws = [ctx.param(name, f"{k}_proj_weight") for k in "qkv"]
         for t, w in zip((query, key, value), ws):
             _consume(ctx, t, w, 1)
         specs = [(qk, ws[0], "out", None), (qk, ws[1], "in", None), (vo, ws[2], "out", None)]
@@ -205,10 +185,10 @@ def _module_mha(ctx, node, mod, query, key, value, *rest, **kwargs):
         ctx.state.connect(var, w, 0, role, span)
         if bias is not None:
             ctx.state.connect(var, bias, 0, role, (i * E, (i + 1) * E))
-    ow = ctx.pname(name, "out_proj.weight")
+    ow = ctx.param(name, "out_proj.weight")
     ctx.state.connect(vo, ow, 1, "in")
     out_shape = tuple(ctx.value(node)[0].shape)
-    v = _produce(ctx, node, E, name, [(ow, 0), (ctx.pname(name, "out_proj.bias", mod.out_proj.bias), 0)])
+    v = _produce(ctx, node, E, name, [(ow, 0), (ctx.param(name, "out_proj.bias", mod.out_proj.bias), 0)])
     weights = ctx.value(node)[1]
     if weights is not None and weights.dim() == query.ndim + 1:  # per-head weights: indexed by the heads
         weights = HeadOnly(tuple(weights.shape), weights.dim() - 3, qk)
@@ -218,40 +198,14 @@ def _module_mha(ctx, node, mod, query, key, value, *rest, **kwargs):
 
 
 # -- elementwise ops ----------------------------------------------------------------------------------
-#: torch activations outside the registry: odd ones keep signed permutations, the rest permutations.
-_EXTRA = {nn.ReLU6: PERM, nn.Hardswish: PERM, nn.Hardsigmoid: PERM, nn.Mish: PERM, nn.SELU: PERM, nn.CELU: PERM,
-          nn.LogSigmoid: PERM, nn.Softsign: (SignedPermutation(),), nn.Tanhshrink: (SignedPermutation(),)}
-
-
-def _activation_of_module(mod) -> tuple[str, tuple] | None:
-    for name, act in ACTIVATIONS.items():
-        if isinstance(act.module, type) and type(mod) is act.module:
-            return name, act.classes
-    if type(mod) in _EXTRA:
-        return type(mod).__name__.lower(), _EXTRA[type(mod)]
-    if type(mod) is nn.Hardtanh:  # clamp(x, a, b): odd when a = −b
-        return "hardtanh", (SignedPermutation(),) if mod.min_val == -mod.max_val else PERM
-    return None
-
-
 def _module_prelu(ctx, node, mod, x):
     """PReLU: one shared slope is positively homogeneous and linearly decomposable (the slope is
     fixed); per-channel slopes follow the channel (``out``), which only permutations leave exact."""
-    w = ctx.pname(node.target, "weight")
+    w = ctx.param(node.target, "weight")
     if mod.num_parameters == 1 or not (isinstance(x, Feat) and x.spaced()):
         ctx.poison([w], node)
-        return elementwise(ctx, node, x, "prelu", RELU_LIKE)
-    return _normalise(ctx, node, x, x.dim == 1 or (x.ndim == 1 and x.dim == 0), "a per-channel PReLU",
-                      [(w, "out")], PERM)
-
-
-def elementwise(ctx, node, x, name: str, classes):
-    """``f`` applied unit by unit: the classes exact across ``f`` (the activation registry)."""
-    if not isinstance(x, Feat):
-        return ctx.opaque(node, f"{name} of something that is not a tensor")
-    for var, _ in x.segs:
-        ctx.state.restrict(var, classes, name)
-    return x.moved(ctx.shape(node), x.dim)
+        return ctx.elementwise(node, x, "prelu", RELU_LIKE)
+    return ctx.per_feature(node, x, [(w, "out")], PERM, what="a per-channel PReLU", dim=0 if x.ndim == 1 else 1)
 
 
 def _passthrough(ctx, node, x, *args, **kwargs):
@@ -291,17 +245,7 @@ def _softmax(ctx, node, x, *args, **kwargs):
     if isinstance(x, HeadOnly):  # attention weights: per head, over the keys
         res = softmax_heads(ctx, node, x, *args, **kwargs)
         return res if res is not NotImplemented else ctx.opaque(node, "a softmax over the heads")
-    return elementwise(ctx, node, x, "softmax", PERM)
-
-
-def call_module(ctx, node, mod, args, kwargs):
-    act = _activation_of_module(mod)
-    if act is not None:
-        return elementwise(ctx, node, args[0], *act)
-    for types, handler in _MODULES:
-        if isinstance(mod, types):
-            return handler(ctx, node, mod, *args, **kwargs)
-    return NotImplemented  # no rule
+    return ctx.elementwise(node, x, "softmax", PERM)
 
 
 def _pool_module(classes, spatial: int):
@@ -310,7 +254,7 @@ def _pool_module(classes, spatial: int):
 
 #: Instance norms accept an unbatched input (BatchNorm does not): how many spatial dimensions each has.
 _INSTANCE_NORM_SPATIAL = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2}
-_MODULES = [
+for _types, _rule in [
     (nn.Linear, _module_linear),
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _module_conv),
     (nn.PReLU, _module_prelu),
@@ -321,12 +265,13 @@ _MODULES = [
     (nn.LayerNorm, _module_layernorm),
     (getattr(nn, "RMSNorm", ()), _module_rmsnorm),
     (nn.MultiheadAttention, _module_mha),
-    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity),
-     lambda ctx, node, mod, x, *a, **k: _passthrough(ctx, node, x)),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d), lambda ctx, node, mod, x, *a, **k: _passthrough(ctx, node, x)),
     ((nn.AvgPool1d, nn.AdaptiveAvgPool1d), _pool_module((), 1)),  # average pooling is linear
     ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), _pool_module((), 2)),
     ((nn.MaxPool1d, nn.AdaptiveMaxPool1d), _pool_module(RELU_LIKE, 1)),
     ((nn.MaxPool2d, nn.AdaptiveMaxPool2d), _pool_module(RELU_LIKE, 2)),
     ((nn.Softmax, nn.LogSoftmax), lambda ctx, node, mod, x: _softmax(ctx, node, x)),
     ((nn.Flatten, nn.Unflatten), lambda ctx, node, mod, x: move_feature(ctx, node, x)),
-]
+]:
+    for _t in _types if isinstance(_types, tuple) else (_types,):
+        register_rule(_t, _rule)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from symmetries.classes import HeadStructured, Invertible
 from symmetries.roles import Role
 
-from architectures.extract_state import Feat, HeadOnly
+from architectures.extract.state import Feat, HeadOnly
 
 __all__ = ["cut", "split_features", "head_reshape", "bilinear", "scores_times_values", "head_only_op", "sdpa",
            "HEAD_FUNCTIONS", "HEAD_METHODS"]

@@ -17,7 +17,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from architectures.extract_state import ExtractionError
+from architectures.extract.rules import keeps_whole, plain_functions
+from architectures.extract.state import ExtractionError
 
 __all__ = ["trace"]
 
@@ -97,11 +98,15 @@ def _traced_constructor(fn):
 
 class _Tracer(fx.Tracer):
     def __init__(self, inputs: tuple):
-        super().__init__(autowrap_functions=())
+        super().__init__(autowrap_functions=plain_functions())
         self.inputs = list(inputs)
         self.values: dict[fx.Node, Any] = {}
         self._placeholders = 0
         self.materialized: set[fx.Node] = set()
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """fx's leaves (``torch.nn`` modules), and every module whose own class has an extraction rule."""
+        return keeps_whole(m) or super().is_leaf_module(m, module_qualified_name)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)

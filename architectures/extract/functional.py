@@ -1,5 +1,5 @@
 """Functions and tensor methods for :func:`architectures.from_module` (modules are in
-:mod:`architectures.extract_ops`).
+:mod:`architectures.extract.ops`).
 
 Activations by function or method use the activation registry; other elementwise functions
 commute with permutations (odd ones with signed permutations); ``F.linear``, ``F.conv*``,
@@ -17,36 +17,16 @@ import torch.nn.functional as F
 
 from symmetries.classes import Orthogonal, SemiPermutation, SignedPermutation
 
-from architectures.activations import ACTIVATIONS
-from architectures.extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
-from architectures.extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
-from architectures.extract_ops import (PERM, RELU_LIKE, _channel_map, _embedding, _linear, _normalise, _passthrough, _pool,
-                          _softmax, _unbatched, elementwise)
-from architectures.extract_shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem
-from architectures.extract_state import Feat, ParamRef, hint_of
+from architectures.extract.binary import BINARY_FUNCTIONS, BINARY_METHODS
+from architectures.extract.heads import HEAD_FUNCTIONS, HEAD_METHODS
+from architectures.extract import activation_rules as _activation_rules  # noqa: F401  (registers them)
+from architectures.extract.ops import (PERM, RELU_LIKE, _channel_map, _embedding, _linear, _passthrough, _pool, _softmax,
+                                       _unbatched, last_dim_norm)
+from architectures.extract.rules import register_rule
+from architectures.extract.shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem
+from architectures.extract.state import Feat, ParamRef, hint_of
 
-__all__ = ["FUNCTIONS", "METHODS", "call_function", "call_method"]
-
-_ACT_FUNCS = {
-    "relu": [torch.relu, F.relu, torch.relu_], "leaky_relu": [F.leaky_relu], "abs": [torch.abs, operator.abs],
-    "tanh": [torch.tanh, F.tanh], "sin": [torch.sin], "gelu": [F.gelu], "silu": [F.silu],
-    "sigmoid": [torch.sigmoid, F.sigmoid], "softplus": [F.softplus], "elu": [F.elu],
-}
-_ACT_METHODS = {"relu": ["relu", "relu_"], "abs": ["abs"], "tanh": ["tanh"], "sin": ["sin"], "sigmoid": ["sigmoid"]}
-
-
-#: Elementwise functions outside the registry (recorded by name): odd ones keep signed permutations.
-_UNARY_PERM = ["exp", "log", "sqrt", "rsqrt", "reciprocal", "cos", "cosh", "square", "log1p", "expm1"]
-_UNARY_ODD = ["erf", "atan", "asinh", "sinh", "tan", "sign"]
-
-
-def _unary(name, classes):
-    return lambda ctx, node, x, *a, **k: elementwise(ctx, node, x, name, classes)
-
-
-def _act(name):
-    return lambda ctx, node, x, *a, **k: elementwise(ctx, node, x, name, ACTIVATIONS[name].classes)
-
+__all__: list[str] = []
 
 def _f_linear(ctx, node, x, weight, bias=None):
     if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not (bias is None or isinstance(bias, ParamRef)):
@@ -57,9 +37,8 @@ def _f_linear(ctx, node, x, weight, bias=None):
 def _f_layer_norm(ctx, node, x, shape, weight=None, bias=None, eps=1e-5):
     if not all(t is None or (isinstance(t, ParamRef) and t.axes == (0,)) for t in (weight, bias)):
         return ctx.opaque(node, "F.layer_norm with gains that are not parameters of the module")
-    ok = isinstance(x, Feat) and x.dim == x.ndim - 1 and tuple(shape) == (x.shape[-1],)
     tensors = [(None if t is None else t.name, "out") for t in (weight, bias)]
-    return _normalise(ctx, node, x, ok, "layer normalisation", tensors, PERM)
+    return last_dim_norm(ctx, node, x, shape, "layer normalisation", tensors, PERM)
 
 
 def _f_embedding(ctx, node, idx, weight, *args, **kwargs):
@@ -171,38 +150,16 @@ def _name(node) -> str:
     return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
 
 
-FUNCTIONS = {f: _act(name) for name, fs in _ACT_FUNCS.items() for f in fs}
-FUNCTIONS.update({F.linear: _f_linear, torch.pow: _pow, operator.pow: _pow, F.dropout: _passthrough,
-                  torch.sum: _reduce, torch.mean: _reduce,
-                  F.softmax: _softmax, torch.softmax: _softmax, F.log_softmax: _softmax,
-                  F.adaptive_avg_pool2d: _pool_function((), 2), F.avg_pool2d: _pool_function((), 2),
-                  F.adaptive_avg_pool1d: _pool_function((), 1), F.avg_pool1d: _pool_function((), 1),
-                  F.max_pool2d: _pool_function(RELU_LIKE, 2), F.max_pool1d: _pool_function(RELU_LIKE, 1),
-                  operator.getitem: getitem})
-FUNCTIONS.update({F.layer_norm: _f_layer_norm, F.embedding: _f_embedding, F.conv1d: _f_conv, F.conv2d: _f_conv,
-                  F.pad: _pad, F.interpolate: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, (), None),
-                  torch.norm: _norm2, torch.linalg.vector_norm: _norm2, torch.linalg.norm: _norm2})
-FUNCTIONS.update({getattr(torch, f): _unary(f, PERM) for f in _UNARY_PERM})
-FUNCTIONS.update({getattr(torch, f): _unary(f, (SignedPermutation(),)) for f in _UNARY_ODD})
-FUNCTIONS.update(SHAPE_FUNCTIONS)
-FUNCTIONS.update(BINARY_FUNCTIONS)
-FUNCTIONS.update(HEAD_FUNCTIONS)
-METHODS = {m: _act(name) for name, ms in _ACT_METHODS.items() for m in ms}
-METHODS.update({"sum": _reduce, "mean": _reduce, "softmax": _softmax, "pow": _pow})
-METHODS.update({"norm": _norm2})
-METHODS.update({f: _unary(f, PERM) for f in _UNARY_PERM})
-METHODS.update({f: _unary(f, (SignedPermutation(),)) for f in _UNARY_ODD})
-METHODS.update(SHAPE_METHODS)
-METHODS.update(BINARY_METHODS)
-METHODS.update(HEAD_METHODS)
-
-
-def call_function(ctx, node, args, kwargs):
-    handler = FUNCTIONS.get(node.target)
-    return NotImplemented if handler is None else handler(ctx, node, *args, **kwargs)
-
-
-def call_method(ctx, node, args, kwargs):
-    handler = METHODS.get(node.target)
-    return NotImplemented if handler is None else handler(ctx, node, *args, **kwargs)
-
+for _target, _rule in {
+        F.linear: _f_linear, torch.pow: _pow, operator.pow: _pow, F.dropout: _passthrough,
+        torch.sum: _reduce, torch.mean: _reduce, F.softmax: _softmax, torch.softmax: _softmax, F.log_softmax: _softmax,
+        F.adaptive_avg_pool2d: _pool_function((), 2), F.avg_pool2d: _pool_function((), 2),
+        F.adaptive_avg_pool1d: _pool_function((), 1), F.avg_pool1d: _pool_function((), 1),
+        F.max_pool2d: _pool_function(RELU_LIKE, 2), F.max_pool1d: _pool_function(RELU_LIKE, 1),
+        operator.getitem: getitem, F.layer_norm: _f_layer_norm, F.embedding: _f_embedding, F.conv1d: _f_conv,
+        F.conv2d: _f_conv, F.pad: _pad, F.interpolate: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, (), None),
+        torch.norm: _norm2, torch.linalg.vector_norm: _norm2, torch.linalg.norm: _norm2,
+        "sum": _reduce, "mean": _reduce, "softmax": _softmax, "pow": _pow, "norm": _norm2,
+        **SHAPE_FUNCTIONS, **BINARY_FUNCTIONS, **HEAD_FUNCTIONS, **SHAPE_METHODS, **BINARY_METHODS,
+        **HEAD_METHODS}.items():
+    register_rule(_target, _rule)

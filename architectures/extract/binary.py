@@ -18,8 +18,8 @@ import torch
 
 from symmetries.classes import Permutation
 
-from architectures.extract_heads import bilinear, head_only_op, scores_times_values
-from architectures.extract_state import Feat, HeadOnly, ParamRef, hint_of
+from architectures.extract.heads import bilinear, head_only_op, scores_times_values
+from architectures.extract.state import Feat, HeadOnly, ParamRef, hint_of
 
 __all__ = ["BINARY_FUNCTIONS", "BINARY_METHODS"]
 

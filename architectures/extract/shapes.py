@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from architectures.extract_heads import head_reshape
-from architectures.extract_state import Feat, ParamRef
+from architectures.extract.heads import head_reshape
+from architectures.extract.state import Feat, ParamRef
 
 __all__ = ["SHAPE_FUNCTIONS", "SHAPE_METHODS", "getitem", "move_feature", "map_dim"]
 

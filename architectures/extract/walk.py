@@ -30,12 +30,13 @@ from torch import nn
 from symmetries.classes import Orthogonal, Trivial
 from symmetries.roles import Role
 
-from architectures.extract_functional import call_function, call_method
-from architectures.extract_ops import call_module
-from architectures.extract_heads import HEAD_FUNCTIONS, HEAD_METHODS
-from architectures.extract_binary import BINARY_FUNCTIONS, BINARY_METHODS
-from architectures.extract_state import ExtractionError, Feat, HeadOnly, ParamRef, Sealed, State, meet_sets
-from architectures.extract_trace import trace
+from architectures.extract import functional as _functional  # noqa: F401  (registers the built-in rules)
+from architectures.extract.binary import BINARY_FUNCTIONS, BINARY_METHODS
+from architectures.extract.context import Context
+from architectures.extract.heads import HEAD_FUNCTIONS, HEAD_METHODS
+from architectures.extract.rules import rule_for
+from architectures.extract.state import ExtractionError, Feat, HeadOnly, ParamRef, Sealed, meet_sets
+from architectures.extract.trace import trace
 from symmetries.graph import WeightGraph
 
 __all__ = ["from_module", "ExtractionError"]
@@ -62,106 +63,8 @@ def from_module(module: nn.Module, example_inputs: Any, *, unknown: str = "error
     return ctx.build(name or type(module).__name__)
 
 
-class _Walk:
+class _Walk(Context):
     """The walk over the fx graph: what each node carries, and the candidate spaces."""
-
-    def __init__(self, root: nn.Module, values: dict, unknown: str):
-        self.root, self.values, self.unknown = root, values, unknown
-        self.state = State()
-        self.info: dict[fx.Node, Any] = {}
-        self.tensors = dict(root.state_dict(keep_vars=True))
-        by_id = defaultdict(list)
-        for k, t in self.tensors.items():
-            by_id[id(t)].append(k)
-        self.aliases = {k: ks for ks in by_id.values() for k in ks}
-
-    # -- helpers used by the op handlers --------------------------------------------------------------
-    def value(self, node):
-        return self.values[node]
-
-    def shape(self, node) -> tuple[int, ...]:
-        return tuple(self.values[node].shape)
-
-    def pname(self, module: str, attr: str, present: Any = True) -> str | None:
-        if present is None or present is False:
-            return None
-        name = f"{module}.{attr}" if module else attr
-        return name if name in self.tensors else None
-
-    def poison(self, names, node) -> None:
-        for n in names:
-            if n is not None:
-                self.state.poisoned.setdefault(n, node.name)
-
-    def join(self, node, a, b) -> None:
-        """``a`` and ``b`` must index one space: union their segments, or kill them if one is fixed."""
-        a_sp, b_sp = isinstance(a, Feat) and a.spaced(), isinstance(b, Feat) and b.spaced()
-        if not a_sp and not b_sp:
-            return
-        if a_sp and b_sp and [n for _, n in a.segs] == [n for _, n in b.segs]:
-            for (va, _), (vb, _) in zip(a.segs, b.segs):
-                if va is None or vb is None:
-                    self.state.kill(va if vb is None else vb, f"joined with fixed features at fx node {node.name!r}")
-                else:
-                    self.state.union(va, vb, node.name)
-            return
-        if a_sp and b_sp:
-            self.opaque(node, "joins feature dimensions split into different pieces")
-            return
-        for t in (a, b):
-            if isinstance(t, Feat):
-                for v, _ in t.segs:
-                    self.state.kill(v, f"joined with fixed features at fx node {node.name!r}")
-
-    def attach(self, node, x: Feat, p: ParamRef, D: int, N: int) -> None:
-        """Parameter ``p`` follows the features of ``x`` (a bias, a gain, a class token): role ``out``."""
-        axis = p.axes[D - (N - len(p.shape))]
-        pos = 0
-        for var, n in x.segs:
-            if var is None:
-                self.poison([p.name], node)
-            self.state.connect(var, p.name, axis, "out", None if len(x.segs) == 1 else (pos, pos + n))
-            pos += n
-
-    def opaque(self, node, why: str, own: bool = False):
-        """An op without a rule: harmless if nothing spaced flows in; else an error, or a fixed region.
-        ``own``: look at what the node itself carries instead of its inputs."""
-        vars_, params = [], []
-
-        def collect(a):
-            if isinstance(a, Feat):
-                vars_.extend(v for v, _ in self.state.resolve(a.segs) if v is not None and not self.state.var(v).dead)
-            elif isinstance(a, HeadOnly):
-                vars_.append(a.var)
-            elif isinstance(a, ParamRef):
-                params.append(a.name)
-            elif isinstance(a, (tuple, list)):
-                for b in a:
-                    collect(b)
-            elif isinstance(a, dict):
-                for b in a.values():
-                    collect(b)
-        collect(self.info.get(node) if own else fx.node.map_arg((node.args, node.kwargs), lambda n: self.info.get(n)))
-        if node.op == "call_module" and not own:
-            prefix = f"{node.target}."
-            params += [k for k in self.tensors if k.startswith(prefix)]
-        if vars_ and self.unknown == "error":
-            spaces = ", ".join(sorted({repr(self.state.var(v).hint) for v in vars_}))
-            raise ExtractionError(
-                f"from_module cannot reason about fx node {node.name!r} ({node.op} {_target(node, self.root)}): "
-                f"{why}; it receives features of space(s) {spaces}. Pass unknown='fixed' to leave that region "
-                f"without symmetry.", node=node.name)
-        for v in vars_:
-            self.state.kill(v, f"fixed region at fx node {node.name!r}")
-        self.poison(params, node)
-        return self.info.get(node) if own else self._plain(self.values.get(node))
-
-    def _plain(self, value):
-        if isinstance(value, torch.Tensor):
-            return Feat(tuple(value.shape))
-        if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
-            return tuple(self._plain(v) for v in value)
-        return value
 
     # -- the walk ---------------------------------------------------------------------------------------
     def visit(self, node: fx.Node) -> None:
@@ -185,13 +88,15 @@ class _Walk:
         if _has_heads((args, kwargs)) and not (element or _head_aware(node, self.root)):
             self.info[node] = self.opaque(node, "an op on features split into attention heads")
             return
+        module = self.root.get_submodule(node.target) if node.op == "call_module" else None
+        rule = rule_for(node.target if module is None else module)
         try:
-            if node.op == "call_module":
-                result = call_module(self, node, self.root.get_submodule(node.target), args, kwargs)
-            elif node.op == "call_function":
-                result = call_function(self, node, args, kwargs)
+            if rule is None:
+                result = NotImplemented
+            elif module is not None:
+                result = rule(self, node, module, *args, **kwargs)
             else:
-                result = call_method(self, node, args, kwargs)
+                result = rule(self, node, *args, **kwargs)
         except Sealed:
             result = self.opaque(node, "it uses query/key features after their pairing in attention scores")
         if result is NotImplemented:
@@ -334,10 +239,3 @@ def _head_aware(node, root) -> bool:
 def _tied(classes):
     """Tied axes (``out`` and ``in`` of one space) need ``T⁻ᵀ = T``."""
     return meet_sets(tuple(classes), (Orthogonal(),))
-
-
-def _target(node, root) -> str:
-    if node.op == "call_module":
-        return f"{node.target} ({type(root.get_submodule(node.target)).__name__})"
-    t = node.target
-    return t if isinstance(t, str) else getattr(t, "__qualname__", getattr(t, "__name__", repr(t)))
