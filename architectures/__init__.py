@@ -5,7 +5,7 @@ plus the torch module it describes) and builders such as :func:`mlp`.
 """
 from architectures.activations import (ACTIVATIONS, Activation, UnknownActivationError, activation,
                                        builder_activations, representative_activations)
-from architectures.architecture import Architecture
+from architectures.architecture import Architecture, ExampleInputsError
 from symmetries.graph import Edge, Parameter, Space, WeightGraph
 from architectures.mlp import MLP, mlp
 from architectures.equivalence import assert_graphs_equivalent, graph_difference, graphs_equivalent
@@ -14,7 +14,7 @@ from architectures.cnn import VGG, VGG_CONFIGS, vgg
 from architectures.gcn import GCN, gcn, normalized_adjacency
 from architectures.resnet import ResNet, resnet
 
-__all__ = ["WeightGraph", "Parameter", "Space", "Edge", "Architecture", "mlp", "MLP", "ACTIVATIONS",
+__all__ = ["WeightGraph", "Parameter", "Space", "Edge", "Architecture", "ExampleInputsError", "mlp", "MLP", "ACTIVATIONS",
            "Activation", "activation", "builder_activations", "representative_activations", "UnknownActivationError"]
 __all__ += ["vgg", "VGG", "VGG_CONFIGS", "resnet", "ResNet", "gcn", "GCN", "normalized_adjacency"]
 __all__ += ["from_module", "ExtractionError", "register_rule", "unregister_rule", "RuleError", "Context", "graphs_equivalent", "assert_graphs_equivalent", "graph_difference"]

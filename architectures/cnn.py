@@ -16,6 +16,7 @@ Spaces and what they admit (the largest exact classes):
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence, Union
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 from symmetries._args import integer, items, real, scaled, sizes
 from architectures._layers import BATCHNORM_CLASSES, MAXPOOL_CLASSES, add_batchnorm, connect_conv, restrict
 from architectures.activations import activation as lookup
-from architectures.architecture import Architecture
+from architectures.architecture import Architecture, images
 from symmetries.graph import WeightGraph
 
 __all__ = ["vgg", "VGG", "VGG_CONFIGS"]
@@ -142,4 +143,4 @@ def vgg(cfg: Cfg | str = (16, "M", 32, "M", 64), *, in_channels: int = 3, num_cl
     config = dict(cfg=cfg, in_channels=in_channels, num_classes=num_classes, hidden=hidden,
                   batchnorm=batchnorm, activation=act.name, bias=bias)
     return Architecture(g.name, g, lambda: VGG(cfg, in_channels, num_classes, hidden, batchnorm, act.name, bias),
-                        config)
+                        config, inputs=partial(images, in_channels))

@@ -13,6 +13,7 @@ admits exactly what the activation admits, as in an MLP — ``layers.i.weight`` 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from symmetries._args import sizes
 from architectures.activations import activation as lookup
-from architectures.architecture import Architecture
+from architectures.architecture import Architecture, randn
 from architectures.mlp import mlp
 
 __all__ = ["gcn", "GCN", "GCNLayer", "normalized_adjacency", "propagate"]
@@ -99,4 +100,11 @@ def gcn(widths: Sequence[int], activation: str = "relu", bias: bool = True) -> A
     graph.nx.graph["name"] = f"gcn{widths}"
     graph.validate()
     return Architecture(graph.name, graph, lambda: GCN(widths, act.name, bias),
-                        dict(widths=widths, activation=act.name, bias=bias))
+                        dict(widths=widths, activation=act.name, bias=bias), inputs=partial(_inputs, widths[0]))
+
+
+def _inputs(d_in: int, batch: int, generator: torch.Generator, dtype: torch.dtype, nodes: int = 6):
+    """One graph (``batch`` does not apply): node features ``(nodes, d_in)`` and a symmetric 0/1
+    adjacency with edges drawn with probability 0.4."""
+    a = (torch.rand(nodes, nodes, generator=generator) < 0.4).to(torch.float64)
+    return randn(generator, dtype, nodes, d_in), ((a + a.T) > 0).to(dtype)

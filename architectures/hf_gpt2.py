@@ -122,7 +122,10 @@ def hf_gpt2(config: Any = None, **overrides) -> Architecture:
     if missing:
         raise ValueError(f"GPT2LMHeadModel has state-dict entries this graph does not know: {sorted(missing)}")
     g.validate()
-    return Architecture(g.name, g, lambda: _make(config), dict(kind="hf_gpt2", config=config.to_dict()))
+    n_tokens, vocab = min(int(config.n_positions), 16), int(config.vocab_size)  # a real GPT-2 has 1024 positions
+    return Architecture(g.name, g, lambda: _make(config), dict(kind="hf_gpt2", config=config.to_dict()),
+                        inputs=lambda batch, generator, dtype: torch.randint(0, vocab, (batch, n_tokens),
+                                                                             generator=generator))
 
 
 #: HF activation names → the GELU variant of :func:`architectures.gpt2` computing the same function.

@@ -14,7 +14,7 @@ from torch import nn
 
 from symmetries._args import sizes
 from architectures.activations import activation as lookup
-from architectures.architecture import Architecture
+from architectures.architecture import Architecture, randn
 from symmetries.graph import WeightGraph
 
 __all__ = ["mlp", "MLP"]
@@ -61,4 +61,5 @@ def mlp(widths: Sequence[int], activation: str = "relu", bias: bool = True) -> A
             g.connect(f"layers.{i}.weight", f"hidden.{i - 1}", axis=1, role="in")
     g.validate()
     return Architecture(g.name, g, lambda: MLP(widths, act.name, bias),
-                        dict(widths=widths, activation=act.name, bias=bias))
+                        dict(widths=widths, activation=act.name, bias=bias),
+                        inputs=lambda batch, generator, dtype: randn(generator, dtype, batch, widths[0]))

@@ -16,6 +16,7 @@ Spaces (all behind BatchNorm, so permutations only — :mod:`architectures._laye
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -24,7 +25,7 @@ from torch.nn import functional as F
 
 from symmetries._args import integer, real, scaled, sizes
 from architectures._layers import BATCHNORM_CLASSES, add_batchnorm, connect_conv
-from architectures.architecture import Architecture
+from architectures.architecture import Architecture, images
 from symmetries.graph import WeightGraph
 
 __all__ = ["resnet", "ResNet", "BasicBlock"]
@@ -120,4 +121,5 @@ def resnet(depth: int = 20, width: float = 1, num_classes: int = 10, *, in_chann
     g.connect("linear.weight", src, axis=1, role="in")
     g.validate()
     config = dict(depth=depth, width=width, num_classes=num_classes, in_channels=in_channels, widths=widths)
-    return Architecture(g.name, g, lambda: ResNet(blocks, widths, num_classes, in_channels), config)
+    return Architecture(g.name, g, lambda: ResNet(blocks, widths, num_classes, in_channels), config,
+                        inputs=partial(images, in_channels))

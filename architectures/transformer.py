@@ -24,7 +24,7 @@ import torch
 from symmetries.classes import HeadStructured, Invertible, Orthogonal, Permutation
 
 from symmetries._args import integer, real
-from architectures.architecture import Architecture
+from architectures.architecture import Architecture, randn
 from symmetries.graph import WeightGraph
 from architectures.transformer_modules import GELUS, GPT, ViT
 
@@ -146,7 +146,8 @@ def gpt2(vocab_size: int, n_positions: int, d_model: int, n_heads: int, n_layers
     if not tie_embeddings:
         _linear(g, "head", cfg["vocab_size"], d, None, RESIDUAL, bias=cfg["head_bias"])
     g.validate()
-    return Architecture(g.name, g, lambda: GPT(cfg), cfg)
+    return Architecture(g.name, g, lambda: GPT(cfg), cfg, inputs=lambda batch, generator, dtype: torch.randint(
+        0, cfg["vocab_size"], (batch, cfg["n_positions"]), generator=generator))
 
 
 def vit(image_size: int, patch_size: int, channels: int, d_model: int, n_heads: int, n_layers: int,
@@ -177,7 +178,8 @@ def vit(image_size: int, patch_size: int, channels: int, d_model: int, n_heads: 
     _norm(g, "norm", cfg)
     _linear(g, "head", cfg["num_classes"], d, None, RESIDUAL)
     g.validate()
-    return Architecture(g.name, g, lambda: ViT(cfg), cfg)
+    return Architecture(g.name, g, lambda: ViT(cfg), cfg, inputs=lambda batch, generator, dtype: randn(
+        generator, dtype, batch, cfg["channels"], cfg["image_size"], cfg["image_size"]))
 
 
 _BUILDERS = {"gpt2": gpt2, "vit": vit}
@@ -201,10 +203,6 @@ def rebuild(arch: Architecture, **changes) -> Architecture:
 def example_inputs(arch: Architecture, batch: int = 2, *, seed: int = 0, dtype: torch.dtype = torch.float32):
     """Seeded inputs for a :func:`gpt2` (token ids ``(batch, n_positions)``) or :func:`vit`
     (images ``(batch, channels, size, size)`` of ``dtype``) model."""
-    cfg, gen = arch.config, torch.Generator().manual_seed(seed)
-    if cfg.get("kind") == "gpt2":
-        return torch.randint(0, cfg["vocab_size"], (batch, cfg["n_positions"]), generator=gen)
-    if cfg.get("kind") == "vit":
-        s = cfg["image_size"]
-        return torch.randn(batch, cfg["channels"], s, s, generator=gen, dtype=torch.float64).to(dtype)
-    raise TypeError(f"{arch.name!r} was not built by architectures.gpt2 or architectures.vit")
+    if arch.config.get("kind") not in ("gpt2", "vit"):
+        raise TypeError(f"{arch.name!r} was not built by architectures.gpt2 or architectures.vit")
+    return arch.example_inputs(batch, seed=seed, dtype=dtype)

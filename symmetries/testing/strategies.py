@@ -188,28 +188,10 @@ def architectures_() -> st.SearchStrategy:
                      transformer_architectures())
 
 
-def example_inputs(arch, batch: int = 4, *, seed: int = 0, dtype: torch.dtype = torch.float64,
-                   image_size: int = 8, nodes: int = 6):
-    """Seeded inputs for a module of the builders: MLP ``(batch, d_in)``, VGG/ResNet images
-    ``(batch, C, image_size, image_size)``, GCN ``(features (nodes, d_in), adjacency)``, GPT-2 token
-    ids (``hf_gpt2``: ``(batch, min(n_positions, 16))``), ViT images."""
-    cfg, gen = arch.config, torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-    if cfg.get("kind") in ("gpt2", "vit"):
-        from architectures.transformer import example_inputs as transformer_inputs
-        return transformer_inputs(arch, batch, seed=seed, dtype=dtype)
-    if cfg.get("kind") == "hf_gpt2":  # token ids, at most 16 positions (a real GPT-2 has 1024)
-        hf = cfg["config"]
-        return torch.randint(0, int(hf["vocab_size"]), (batch, min(int(hf["n_positions"]), 16)), generator=gen)
-    name = arch.name
-    if name.startswith("gcn"):
-        a = (torch.rand(nodes, nodes, generator=gen) < 0.4).to(torch.float64)
-        return randn(nodes, cfg["widths"][0]), ((a + a.T) > 0).to(dtype)
-    if name.startswith("mlp"):
-        return randn(batch, cfg["widths"][0])
-    if "in_channels" in cfg:
-        return randn(batch, cfg["in_channels"], image_size, image_size)
-    raise TypeError(f"no example inputs known for {name!r}; pass them explicitly")
+def example_inputs(arch, batch: int = 4, *, seed: int = 0, dtype: torch.dtype = torch.float64, device=None,
+                   **sizes):
+    """Seeded inputs for an architecture: its own :meth:`architectures.Architecture.example_inputs`
+    (MLP ``(batch, d_in)``, VGG/ResNet images ``(batch, C, image_size, image_size)``, GCN
+    ``(features (nodes, d_in), adjacency)``, GPT-2 token ids, ViT images). An architecture without
+    them raises :class:`architectures.ExampleInputsError`."""
+    return arch.example_inputs(batch, seed=seed, dtype=dtype, device=device, **sizes)

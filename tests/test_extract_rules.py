@@ -1,0 +1,150 @@
+"""Extraction rules added through the public registry (architectures.register_rule): a GroupNorm rule
+and a custom function, using only public names. Without a rule extraction refuses (naming the fx
+node) or fixes the region; with it, random transforms of every admitted class keep the output."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import architectures
+import symmetries as sy
+from symmetries.testing import check_invariance
+
+
+def group_norm_rule(ctx, node, mod, x):
+    """GroupNorm: statistics per group of C/G channels; a permutation of whole groups composed with
+    permutations inside each group keeps them, with the gain and bias following the channels."""
+    tensors = [(ctx.param(node.target, "weight", mod.affine), "out"),
+               (ctx.param(node.target, "bias", mod.affine), "out")]
+    return ctx.per_feature(node, x, tensors, (sy.HeadStructured(mod.num_groups, sy.Permutation()),),
+                           what="group normalisation", dim=1)
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self, groups: int, channels: int = 6):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, channels, 3, padding=1)
+        self.norm = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.norm(self.conv1(x)))).mean(dim=(2, 3))
+
+
+def soft_clip(x):
+    """A user's elementwise odd function: x / (1 + |x|)."""
+    return x / (1 + x.abs())
+
+
+class SoftClipNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(soft_clip(self.a(x)))
+
+
+@contextlib.contextmanager
+def group_norm():
+    architectures.register_rule(nn.GroupNorm, group_norm_rule)
+    try:
+        yield
+    finally:
+        architectures.unregister_rule(nn.GroupNorm)
+
+
+def _inputs(seed=0):
+    return torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_without_a_rule_groupnorm_is_refused_or_fixed():
+    model = GroupNormNet(2).double()
+    with pytest.raises(architectures.ExtractionError) as err:
+        architectures.from_module(model, _inputs())
+    assert err.value.node == "norm"
+    g = architectures.from_module(model, _inputs(), unknown="fixed")
+    assert g.spaces() == [] or all(s.name != "conv1" for s in g.spaces())
+
+
+@settings(max_examples=10, deadline=None)
+@given(groups=st.sampled_from([1, 2, 3, 6]), seed=st.integers(0, 2**16))
+def test_registered_groupnorm_rule_gives_exact_symmetries(groups, seed):
+    model = GroupNormNet(groups).double()
+    with group_norm():
+        g = architectures.from_module(model, _inputs())
+    space = g.space("conv1")
+    assert space.classes == (sy.HeadStructured(groups, sy.Permutation()),)
+    assert {e.parameter for e in g.edges_at("conv1")} >= {"norm.weight", "norm.bias"}
+    report = check_invariance(model, g, _inputs(seed), examples=3, seed=seed, dtype=torch.float64)
+    assert report.passed, report
+
+
+def test_a_plain_permutation_across_groups_changes_the_output():
+    """The rule's class is the right one: permuting channels across groups is not exact."""
+    model = GroupNormNet(2).double()
+    with group_norm():
+        g = architectures.from_module(model, _inputs())
+    wrong = g.with_classes({"conv1": sy.Permutation()})
+    assert not check_invariance(model, wrong, _inputs(), examples=5, widen=0, dtype=torch.float64).passed
+
+
+def test_a_rule_for_a_custom_function_is_kept_whole_while_tracing():
+    traced = architectures.from_module(SoftClipNet(), torch.randn(3, 4))  # traced through: abs, a quotient
+    assert traced.space("a").classes == (sy.Permutation(),)
+    architectures.register_rule(soft_clip, lambda ctx, node, x: ctx.elementwise(node, x, "soft_clip",
+                                                                                 (sy.SignedPermutation(),)))
+    try:
+        model = SoftClipNet().double()
+        g = architectures.from_module(model, torch.randn(3, 4, dtype=torch.float64))
+        assert g.space("a").classes == (sy.SignedPermutation(),) and g.space("a").activation == "soft_clip"
+        assert check_invariance(model, g, torch.randn(5, 4, dtype=torch.float64), examples=3).passed
+    finally:
+        architectures.unregister_rule(soft_clip)
+
+
+def test_decorator_form_registers_and_returns_the_rule():
+    @architectures.register_rule(nn.GroupNorm)
+    def rule(ctx, node, mod, x):
+        return group_norm_rule(ctx, node, mod, x)
+    try:
+        assert architectures.unregister_rule(nn.GroupNorm) is rule
+    finally:
+        with pytest.raises(architectures.RuleError):
+            architectures.unregister_rule(nn.GroupNorm)
+
+
+@pytest.mark.parametrize("target, rule, says", [
+    (int, group_norm_rule, "nn.Module subclass"),
+    (3, group_norm_rule, "got int"),
+    ("not a name", group_norm_rule, "method name"),
+    (nn.GroupNorm, "not callable", "must be callable"),
+    (nn.Linear, group_norm_rule, "already has an extraction rule"),
+    ("relu", group_norm_rule, "already has an extraction rule"),
+    (torch.tanh, group_norm_rule, "already has an extraction rule"),
+])
+def test_bad_registrations_are_typed_errors_naming_the_target(target, rule, says):
+    with pytest.raises(architectures.RuleError, match=says) as err:
+        architectures.register_rule(target, rule)
+    assert isinstance(err.value, sy.errors.SymmetryError) and err.value.target == target
+
+
+def test_replacing_a_builtin_rule_and_putting_it_back():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    before = architectures.from_module(model, torch.randn(2, 3))
+    builtin = architectures.unregister_rule(nn.Tanh)
+    try:
+        with pytest.raises(architectures.ExtractionError) as err:  # no rule: refused, naming the node
+            architectures.from_module(model, torch.randn(2, 3))
+        assert err.value.node == "_1"
+        architectures.register_rule(nn.Tanh, lambda ctx, node, mod, x: ctx.opaque(node, "refused by test"))
+        with pytest.raises(architectures.ExtractionError, match="refused by test"):
+            architectures.from_module(model, torch.randn(2, 3))
+    finally:
+        architectures.register_rule(nn.Tanh, builtin, replace=True)
+    assert architectures.graphs_equivalent(before, architectures.from_module(model, torch.randn(2, 3)))
