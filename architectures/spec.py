@@ -9,6 +9,9 @@ Two forms:
 * ``MODULE:ATTR[:ARG…]`` — ``ATTR`` of the importable ``MODULE`` (the user's code): an
   ``Architecture``, or a callable returning one (called with the arguments). ``MODULE`` is
   looked up in the current folder first, as ``python -m`` does (:func:`import_user_module`).
+  Importing it and calling the factory run the user's code, as ``pytest`` does; anything else
+  it names or returns, and any way that code fails (``sys.exit`` included), is an
+  :class:`ArchSpecError` naming the specification.
 """
 from __future__ import annotations
 
@@ -104,7 +107,9 @@ def parse_arch(spec: str):
         attr, rest = rest[0], rest[1:]
         try:
             module = import_user_module(head)
-        except Exception as exc:  # the user's module may fail in any way on import
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the user's module may fail in any way on import, exit included
             hint = "" if "." in head else f" (nor is it a builder: {', '.join(sorted(known))})"
             where = f" (searched the current folder {os.getcwd()!r} and sys.path)" \
                 if isinstance(exc, ModuleNotFoundError) and exc.name == head.split(".")[0] else ""
@@ -120,13 +125,18 @@ def parse_arch(spec: str):
         return target
     if not callable(target):
         raise ArchSpecError(f"{label} is a {type(target).__name__}, neither an Architecture nor a factory")
+    call = f"{label}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])})"
     try:
         arch = target(*args, **kwargs)
     except SymmetryError:
         raise
-    except Exception as exc:
-        raise ArchSpecError(f"{label}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])}) "
-                            f"failed: {type(exc).__name__}: {exc}") from None
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:
+        raise ArchSpecError(f"{call} called sys.exit({exc.code!r}) instead of returning an Architecture") from None
+    except BaseException as exc:  # noqa: BLE001 - the user's factory may fail in any way
+        raise ArchSpecError(f"{call} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(arch, Architecture):
-        raise ArchSpecError(f"{label} returned a {type(arch).__name__}, not an architectures.Architecture")
+        raise ArchSpecError(f"{label} returned a {type(arch).__name__}, not an architectures.Architecture (for an "
+                            f"nn.Module, return architectures.from_module(module, example_inputs))")
     return arch

@@ -306,3 +306,142 @@ def test_from_module_traces_with_inputs_cast_to_the_model_dtype(tmp_path, dtype)
     res = _invoke(f"{tmp_path / 'mixed.py'}:model", "--dtype", dtype, "--examples", "2")
     assert res.exit_code == 0, res.output
     assert "from_module" in res.output and ("float32" if dtype != "float64" else "float64") in res.output
+
+
+# -- hardening (issue 12): never exit 0 having checked nothing; seeded factories --------------------------------
+EXITING = textwrap.dedent('''
+    import sys, torch
+    from torch import nn
+    from user_models import Net
+
+    def exits_zero():
+        sys.exit(0)
+
+    def raises_system_exit():
+        raise SystemExit("bye")
+
+    class Quitter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            sys.exit(0)
+
+    def forward_exits():
+        return Quitter(), torch.zeros(2, 4)
+
+    def returns_int():
+        return 3
+
+    def returns_none():
+        return None
+
+    def returns_triple():
+        return Net(nn.ReLU()), torch.zeros(2, 4), "extra"
+
+    def returns_inputs_first():
+        return torch.zeros(2, 4), Net(nn.ReLU())
+''')
+
+
+@pytest.fixture()
+def exiting_file(tmp_path, user_file, monkeypatch) -> Path:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_models", raising=False)
+    path = tmp_path / "exiting.py"
+    path.write_text(EXITING)
+    return path
+
+
+@pytest.mark.parametrize("factory", ["exits_zero", "raises_system_exit", "forward_exits", "returns_int",
+                                     "returns_none", "returns_triple", "returns_inputs_first"])
+def test_user_code_that_exits_or_returns_no_model_is_exit_2_naming_the_target(exiting_file, factory):
+    target = f"{exiting_file}:{factory}"
+    res = _invoke(target)
+    assert res.exit_code == 2, res.output
+    assert target in "".join(res.output.split()) and "error:" in res.output, res.output
+    if factory in ("exits_zero", "raises_system_exit", "forward_exits"):
+        assert "sys.exit" in res.output and "nothing was checked" in " ".join(res.output.split()), res.output
+    js = _invoke(target, "--json")
+    assert js.exit_code == 2
+    data = json.loads(js.stdout)
+    assert data["target"] == target and data["error"], js.output
+
+
+def test_a_module_that_exits_on_import_is_exit_2(tmp_path):
+    (tmp_path / "exit_on_import.py").write_text("import sys\nsys.exit(0)\ndef build():\n    pass\n")
+    res = _invoke(f"{tmp_path / 'exit_on_import.py'}:build", "--json")
+    assert res.exit_code == 2 and "sys.exit(0)" in json.loads(res.stdout)["error"], res.output
+
+
+def test_subprocess_sys_exit_in_the_factory_is_exit_2(tmp_path):
+    (tmp_path / "quits.py").write_text("import sys\ndef build():\n    sys.exit(0)\n")
+    res = _run(["quits:build", "--json"], cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert json.loads(res.stdout)["target"] == "quits:build"
+
+
+def test_arch_spec_factories_that_exit_or_return_a_module_are_refused(tmp_path, user_file, monkeypatch):
+    from architectures.spec import ArchSpecError, parse_arch
+    (tmp_path / "spec_factories_h12.py").write_text(textwrap.dedent('''
+        import sys, torch
+        def exits():
+            sys.exit(0)
+        def module():
+            return torch.nn.Linear(2, 2)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ArchSpecError, match=r"spec_factories_h12:exits\(\) called sys.exit\(0\)"):
+        parse_arch("spec_factories_h12:exits")
+    with pytest.raises(ArchSpecError, match="returned a Linear.*from_module"):
+        parse_arch("spec_factories_h12:module")
+    (tmp_path / "spec_import_exits_h12.py").write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(ArchSpecError, match="SystemExit"):
+        parse_arch("spec_import_exits_h12:build")
+    res = _invoke(f"{user_file}:relu_net", "--arch", "spec_factories_h12:exits")
+    assert res.exit_code == 2 and "sys.exit(0)" in res.output, res.output
+
+
+UNSEEDED = textwrap.dedent('''
+    import torch
+    from user_models import Net
+
+    def unseeded():   # draws its weights and inputs from torch's global generator
+        return Net(torch.nn.ReLU()), torch.randn(5, 4)
+
+    def seeded():
+        torch.manual_seed(0)
+        return Net(torch.nn.ReLU()), torch.randn(5, 4)
+''')
+
+
+def test_verify_repeats_with_an_unseeded_factory_and_says_so(tmp_path, user_file, monkeypatch):
+    import torch
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_models", raising=False)
+    (tmp_path / "seeding.py").write_text(UNSEEDED)
+    runs = []
+    for _ in range(2):
+        torch.randn(3)   # the caller's generator state differs between the runs
+        res = _invoke(f"{tmp_path / 'seeding.py'}:unseeded", "--json", "--examples", "2")
+        assert res.exit_code == 0, res.output
+        runs.append(json.loads(res.stdout))
+    for r in runs:
+        r.pop("seconds")
+    assert runs[0] == runs[1]                           # the same report, error for error
+    assert any("without seeding it" in n for n in runs[0]["notes"]), runs[0]["notes"]
+    state = torch.get_rng_state()
+    table = _invoke(f"{tmp_path / 'seeding.py'}:unseeded", "--examples", "2")
+    assert "note:" in table.output and "without seeding it" in " ".join(table.output.split())
+    assert torch.equal(state, torch.get_rng_state())    # the caller's generator is restored
+    seeded = _invoke(f"{tmp_path / 'seeding.py'}:seeded", "--json", "--examples", "2")
+    assert seeded.exit_code == 0 and json.loads(seeded.stdout)["notes"] == [], seeded.output
+
+
+def test_docs_page_examples_seed_their_inputs():
+    import re
+    page = (Path(__file__).resolve().parents[1] / "docs" / "verify.md").read_text()
+    code = "".join(re.findall(r"```python\n(.*?)```", page, flags=re.S))
+    draws = re.findall(r"torch\.rand\w*\((.*?)\)\s*[,)\n]", code)
+    assert all("generator=" in d for d in draws), draws
