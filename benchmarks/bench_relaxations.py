@@ -21,8 +21,8 @@ import torch
 import architectures
 import solvers
 from solvers.problem import make_problem
-from solvers.relaxation import formulate, relax
-from solvers.relaxation.misfit import build_misfit
+from solvers.algorithms.relaxation import formulate, relax
+from solvers.algorithms.relaxation.misfit import build_misfit
 from symmetries.classes import Permutation
 from symmetries.demo.data import digits
 

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import architectures  # noqa: E402
 import solvers  # noqa: E402
-from solvers.weight_matching import Matcher, _units  # noqa: E402
+from solvers.local import Matcher, search_units  # noqa: E402
 from symmetries import HeadStructured, Permutation, apply, random_transforms  # noqa: E402
 from symmetries.assignment import backends, default_backend, solve_assignment  # noqa: E402
 from symmetries.roles import Role  # noqa: E402
@@ -68,7 +68,7 @@ def sweep_floor(arch, a, b):
     print(f"\n== 2. one sweep against its floor (same MLPs, permutations, {default_backend()}) ==")
     problem = solvers.make_problem(arch.graph, a, b, classes=Permutation())
     matcher = Matcher(problem)
-    units = _units(problem)
+    units = search_units(problem)
     sol = solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), mode="rebasin", seed=0)
     transforms = dict(sol.transforms)
     per_sweep = sol.wall_time / max(sol.iterations, 1)

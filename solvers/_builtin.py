@@ -1,4 +1,5 @@
 """Imports the built-in solver modules; each registers its solvers on import."""
 from __future__ import annotations
 
-from solvers import weight_matching, activation_matching, transport, semi_permutation, relaxation, learned  # noqa: F401,I001
+from solvers.algorithms import activation_matching, relaxation, semi_permutation, transport, weight_matching  # noqa: F401
+from solvers import learned  # noqa: F401

@@ -12,11 +12,13 @@ the entry-point group ``symmetries.solvers`` (loaded lazily, on first lookup)::
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import time
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from symmetries.classes import HeadStructured, SymmetryClass, Trivial
 from symmetries.errors import NotAdmittedError
@@ -28,7 +30,7 @@ from solvers.solution import Solution
 from solvers.threads import thread_budget, threads_for
 
 __all__ = ["Solver", "FunctionSolver", "SolverInfo", "register", "unregister", "get", "available", "solve",
-           "applicable", "ENTRY_POINT_GROUP"]
+           "applicable", "registered", "check_options", "keyword_parameters", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "symmetries.solvers"
 
@@ -80,6 +82,16 @@ class Solver:
     def solve(self, problem: Problem, **options) -> Solution:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def option_parameters(self) -> list[inspect.Parameter] | None:
+        """The solver's options: the keyword parameters of :meth:`solve` after the problem, or ``None``
+        when it takes ``**options`` (undeclared: any keyword is passed through unchecked)."""
+        return keyword_parameters(self.solve)
+
+    def option_names(self) -> tuple[str, ...] | None:
+        """The names :func:`solve` accepts for this solver besides the problem options (``None``: any)."""
+        params = self.option_parameters()
+        return None if params is None else tuple(p.name for p in params)
+
     def __call__(self, problem: Problem, **options) -> Solution:
         return self.solve(problem, **options)
 
@@ -100,6 +112,39 @@ class FunctionSolver(Solver):
 
     def solve(self, problem, **options):
         return self.fn(problem, **options)
+
+    def option_parameters(self) -> list[inspect.Parameter] | None:
+        return keyword_parameters(self.fn)
+
+
+def keyword_parameters(fn: Callable) -> list[inspect.Parameter] | None:
+    """The parameters of ``fn(problem, …)`` after the problem, as keyword-only parameters; ``None`` if
+    ``fn`` takes ``**kwargs`` or has no signature (its options are then not declared)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    if params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        params = params[1:]  # the problem
+    return [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
+def check_options(solver: Solver, options: Mapping[str, Any]) -> None:
+    """Refuse, before any work, a keyword that is neither a problem option nor one of the solver's
+    declared options (:meth:`Solver.option_names`), naming it and listing the valid ones."""
+    valid = solver.option_names()
+    if valid is None:
+        return
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, [*valid, *PROBLEM_OPTIONS], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SolverInputError(f"solver {solver.name!r} has no option {key!r}{hint}; its options: "
+                               f"{', '.join(valid) or 'none'}; problem options: {', '.join(PROBLEM_OPTIONS)}")
 
 
 def as_solver(obj, name: str | None = None, classes=None, description: str | None = None) -> Solver:
@@ -158,6 +203,12 @@ def register(name: str, solver=None, *, classes: Iterable | None = None, descrip
         return obj
 
     return do if solver is None else do(solver)
+
+
+def registered() -> list[str]:
+    """The names registered so far (built-ins included; entry points not yet loaded are not)."""
+    _builtins()
+    return sorted(_REGISTRY)
 
 
 def unregister(name: str) -> None:
@@ -227,11 +278,13 @@ def solve(method, graph, params_a, params_b, **options: Any) -> Solution:
 
     Problem options (validated at the door): ``classes``, ``init``, ``seed``, ``device``,
     ``dtype``, ``data``, ``models``, ``sites``, ``graph_b`` (see :func:`make_problem`); every
-    other keyword goes to the solver. Without ``classes`` each space is searched in the standard
+    other keyword goes to the solver, and one the solver does not declare
+    (:meth:`Solver.option_names`) is refused with :class:`SolverInputError` before any work. Without ``classes`` each space is searched in the standard
     class this solver supports there (:func:`symmetries.resolve_classes`). Returns a :class:`Solution` whose transforms map B to A.
     """
     solver = resolve(method)
     problem_options = {k: options.pop(k) for k in PROBLEM_OPTIONS if k in options}
+    check_options(solver, options)
     problem = make_problem(graph, params_a, params_b, solver=solver, **problem_options)
     solver.check(problem)
     start = time.perf_counter()

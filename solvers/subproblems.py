@@ -30,6 +30,7 @@ from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutat
                                 PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass,
                                 Trivial)
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
+from symmetries.errors import SymmetryError
 from symmetries.roles import Role
 
 from solvers.errors import UnsupportedClassError
@@ -137,7 +138,20 @@ def _scalings(cls, local, *, backend="auto", current=None):
 
 @subproblem.register(Invertible)
 def _invertible_map(cls, local, *, backend="auto", current=None):
-    return DenseElement(_invertible(local, current))
+    return dense_or(_invertible(local, current), current)
+
+
+def dense_or(x: torch.Tensor, fallback: Element | None) -> Element:
+    """``DenseElement(x)``, or — when ``x`` is singular (no element of an invertible class) — ``fallback``
+    (the identity if ``None`` and square; else the singular map is refused as it is)."""
+    try:
+        return DenseElement(x)
+    except SymmetryError:  # InvalidElementError: a singular matrix
+        if fallback is not None:
+            return fallback
+        if x.shape[0] == x.shape[1]:
+            return GatherElement.identity(x.shape[1])
+        raise
 
 
 # -- scalings ------------------------------------------------------------------------------
@@ -287,7 +301,7 @@ def _heads_invertible(local: Local, h: int):
     def finish(perm: np.ndarray) -> list[Element]:
         rows, cols = torch.arange(h), torch.as_tensor(perm)
         polished = polish_invertible(xs[rows, cols], cout[rows, cols], c[0, cols], cin[rows, cols], gin[0, cols])
-        return [DenseElement(polished[i]) for i in range(h)]
+        return [dense_or(polished[i], None) for i in range(h)]
     return loss, finish
 
 

@@ -13,8 +13,8 @@ import architectures
 import solvers
 from solvers.errors import SolverInputError, UnsupportedClassError
 from solvers.problem import make_problem
-from solvers.relaxation import formulate, relax, round_relaxed
-from solvers.relaxation.misfit import build_misfit
+from solvers.algorithms.relaxation import formulate, relax, round_relaxed
+from solvers.algorithms.relaxation.misfit import build_misfit
 from symmetries.action import apply
 from symmetries.classes import Orthogonal, Permutation, PermutationScaling
 from symmetries.elements import GatherElement
@@ -296,7 +296,7 @@ def test_an_early_stopped_apg_still_gives_a_valid_bound():
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 9), seed=SEEDS, log_scale=st.floats(-3, 3), shape=st.sampled_from(["plain", "row", "ties"]))
 def test_birkhoff_projection_is_exact(n, seed, log_scale, shape):
-    from solvers.relaxation import project_birkhoff
+    from solvers.algorithms.relaxation import project_birkhoff
     g = np.random.default_rng(seed)
     scale = 10.0 ** log_scale
     y = scale * g.standard_normal((n, n))
@@ -317,7 +317,7 @@ def test_birkhoff_projection_is_exact(n, seed, log_scale, shape):
 
 def test_birkhoff_projection_against_cvxpy():
     import cvxpy as cp
-    from solvers.relaxation import project_birkhoff
+    from solvers.algorithms.relaxation import project_birkhoff
     g = np.random.default_rng(0)
     for n, scale in ((4, 0.3), (6, 1.0), (7, 5.0)):
         y = scale * g.standard_normal((n, n))
@@ -330,7 +330,7 @@ def test_birkhoff_projection_against_cvxpy():
 
 
 def test_spectral_ball_projection_clips_singular_values():
-    from solvers.relaxation import project_spectral_ball
+    from solvers.algorithms.relaxation import project_spectral_ball
     g = np.random.default_rng(0)
     y = 2 * g.standard_normal((5, 5))
     x = project_spectral_ball(y)

@@ -11,7 +11,7 @@ import architectures
 import solvers
 from solvers.errors import SolverInputError
 from solvers.problem import make_problem
-from solvers.relaxation.qp import fit_fractions
+from solvers.algorithms.relaxation.qp import fit_fractions
 from symmetries.action import apply
 from symmetries.classes import Permutation, SemiPermutation
 from symmetries.elements import GatherElement
@@ -81,7 +81,7 @@ def test_requires_split_elements():
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**16))
 def test_fraction_bound_certifies_the_fractions_for_the_assignment(seed):
-    from solvers.relaxation.qp import fraction_bound
+    from solvers.algorithms.relaxation.qp import fraction_bound
     wide, narrow, a, b, problem = _setup(seed)
     sp_sol = solvers.solve("semi_permutation", wide.graph, a, b, graph_b=narrow.graph)
     g = np.random.default_rng(seed)

@@ -102,7 +102,7 @@ def test_residual_streams_are_read_where_the_stream_is_returned():
     """A ResNet stage's stream is the stage's output (shortcut + branch, after the ReLU), not the
     last branch's BatchNorm with a ReLU applied; a transformer's residual stream (RMS rewrite) is
     the last block's output, not the last MLP's projection."""
-    from solvers.activation_matching import default_sites
+    from solvers.algorithms.activation_matching import default_sites
     from symmetries import Trivial
     resnet = architectures.resnet(depth=14, channels=(4, 8, 16))
     sites = default_sites(resnet.graph, resnet.module())

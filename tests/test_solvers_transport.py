@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import architectures
 import solvers
-from solvers.transport import fuse
+from solvers.algorithms.transport import fuse
 from symmetries import Permutation, apply, random_transforms
 
 

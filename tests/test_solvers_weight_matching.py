@@ -395,8 +395,8 @@ def test_input_errors_are_typed():
         solvers.solve("weight_matching", arch.graph, a, b, mode="rebasin", classes="permutation_scaling")
     with pytest.raises(ValueError, match="mode"):
         solvers.solve("weight_matching", arch.graph, a, b, mode="fast")
-    with pytest.raises(TypeError):
-        solvers.solve("weight_matching", arch.graph, a, b, max_iters=3)
+    with pytest.raises(solvers.SolverInputError, match=r"no option 'max_iters' \(did you mean 'max_iter'\?\).*max_iter"):
+        solvers.solve("weight_matching", arch.graph, a, b, max_iters=3)  # refused at the door, not deep inside
     sol = solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), max_iter=0, start="identity")
     assert sol.objective_after == sol.objective_before and sol.iterations == 0
     with pytest.raises(ValueError, match="start"):

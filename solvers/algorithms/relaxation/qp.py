@@ -16,6 +16,8 @@ this QP); it is no lower bound over other assignments, so the solver reports ``l
 """
 from __future__ import annotations
 
+import inspect
+
 import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
@@ -148,6 +150,10 @@ class SemiPermutationQP(Solver):
 
     def supports(self, cls) -> bool:
         return get("semi_permutation").supports(cls)
+
+    def option_parameters(self):  # its own, then those it passes on to semi_permutation
+        own = [p for p in inspect.signature(self.solve).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        return own + (get("semi_permutation").option_parameters() or [])
 
     def solve(self, problem, *, cvxpy_solver: str = "CLARABEL", **options) -> Solution:
         if problem.init is not None:

@@ -1,6 +1,6 @@
 """The relaxation by accelerated projected gradient: ``min_{X ∈ C} f(X)`` without a modelling layer.
 
-FISTA with adaptive restart on the convex misfit ``f`` of :mod:`solvers.relaxation.misfit`, using its
+FISTA with adaptive restart on the convex misfit ``f`` of :mod:`solvers.algorithms.relaxation.misfit`, using its
 structure: ``∇f`` is a few ``n × n`` matrix products (:class:`QuadraticMisfit`); the projection onto
 the Birkhoff polytope is exact (semismooth Newton on its ``2n`` dual variables,
 :func:`project_birkhoff`), onto the spectral-norm ball a clipped SVD. Every ``check_every``
@@ -16,7 +16,7 @@ import scipy.sparse.linalg as spla
 
 from symmetries.classes import Permutation
 
-from solvers.relaxation.misfit import Misfit, RelaxedOptimum
+from solvers.algorithms.relaxation.misfit import Misfit, RelaxedOptimum
 
 __all__ = ["QuadraticMisfit", "project_birkhoff", "project_spectral_ball", "relax_apg"]
 

@@ -1,6 +1,6 @@
 """The ``semi_permutation`` solver: align a narrow model B into a wide model A.
 
-It is weight matching (:class:`~solvers.weight_matching.WeightMatching`) run on a width-changing
+It is weight matching (:class:`~solvers.algorithms.weight_matching.WeightMatching`) run on a width-changing
 problem (pass ``graph_b``, B's narrower graph): the class policy gives every width-changing space
 its rectangular class (``SemiPermutation`` for ReLU units, ``Orthogonal`` with orthonormal columns
 for an RMS residual stream), whose subproblem is the split update of :mod:`solvers.splits`;
@@ -9,7 +9,7 @@ spaces of equal width are matched as usual. The result applies to B with ``graph
 from __future__ import annotations
 
 from solvers.registry import register
-from solvers.weight_matching import WeightMatching
+from solvers.algorithms.weight_matching import WeightMatching
 
 __all__ = ["SemiPermutationSolver"]
 

@@ -31,8 +31,8 @@ from solvers.errors import SolverInputError
 from solvers.local import Matcher, inner_product, search_units
 from solvers.registry import Solver, register
 from solvers.solution import Solution
-from solvers.subproblems import (gain, has_subproblem, linear_classes, score_matrices, solve_block, solve_heads,
-                                 solve_local, subproblem_classes)
+from solvers.subproblems import (dense_or, gain, has_subproblem, linear_classes, score_matrices, solve_block,
+                                 solve_heads, solve_local, subproblem_classes)
 
 __all__ = ["WeightMatching"]
 
@@ -74,7 +74,7 @@ def _coupled_step(problem, spaces, classes, locals_, new, transforms, names, bac
         trials = (solve_block(cls, m + lam * 4.0 ** k * t0, v, backend) for k in range(-1, 8))
     elif isinstance(cls, Invertible):
         t0, t1 = cur.as_matrix(), cand.as_matrix().to(cur.as_matrix())
-        trials = (DenseElement(t0 + 0.5 ** k * (t1 - t0)) for k in range(1, 9))
+        trials = (dense_or(t0 + 0.5 ** k * (t1 - t0), cur) for k in range(1, 9))
     elif isinstance(cls, PositiveScaling):
         c0, c1 = (torch.ones(loc.n, dtype=torch.float64) if e.out_scale is None else e.out_scale.double()
                   for e in (cur, cand))

@@ -4,7 +4,7 @@
 
 jointly over every searched space, with ``C_s`` the Birkhoff polytope (``X ≥ 0``, ``X1 = 1``,
 ``Xᵀ1 = 1``) for ``Permutation`` spaces and the spectral-norm ball (``σ_max(X) ≤ 1``) for
-``Orthogonal`` ones. Since ``f = J`` on the classes (:mod:`solvers.relaxation.misfit`), the
+``Orthogonal`` ones. Since ``f = J`` on the classes (:mod:`solvers.algorithms.relaxation.misfit`), the
 relaxed optimum is a lower bound on ``min_T J(T)``, the best weight-matching distance
 ``Σ_p ‖θ_A[p] − (T·θ_B)[p]‖²`` over the searched classes; the bound reported is the
 convexity certificate ``L(X̂)``, valid for whatever ``X̂`` the convex solver returns (so an
@@ -14,7 +14,7 @@ class's oracle (``argmax_{T} ⟨T, X̂⟩``) and polished by weight matching; th
 
 Two routes to ``X̂``:
 
-- ``"apg"`` (default, :mod:`solvers.relaxation.apg`): accelerated projected gradient (FISTA with
+- ``"apg"`` (default, :mod:`solvers.algorithms.relaxation.apg`): accelerated projected gradient (FISTA with
   adaptive restart) on ``f`` itself, exploiting its structure: the gradient is a few ``n × n``
   matrix products (:class:`QuadraticMisfit`), the projection onto the Birkhoff polytope is exact (semismooth
   Newton on its ``2n`` dual variables, warm-started), onto the spectral-norm ball a clipped SVD.
@@ -41,9 +41,9 @@ from symmetries.classes import Orthogonal, Permutation
 from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError, UnknownSolverError
-from solvers.registry import Solver, get, register
-from solvers.relaxation.apg import QuadraticMisfit, project_birkhoff, project_spectral_ball, relax_apg
-from solvers.relaxation.misfit import Misfit, RelaxedOptimum, build_misfit
+from solvers.registry import Solver, check_options, get, register, registered
+from solvers.algorithms.relaxation.apg import QuadraticMisfit, project_birkhoff, project_spectral_ball, relax_apg
+from solvers.algorithms.relaxation.misfit import Misfit, RelaxedOptimum, build_misfit
 from solvers.solution import Solution
 
 __all__ = ["RelaxedOptimum", "QuadraticMisfit", "formulate", "relax", "relax_apg", "project_birkhoff",
@@ -185,6 +185,8 @@ class RelaxationSolver(Solver):
               polish: bool = True, polish_options: dict | None = None, backend: str = "auto",
               solver_options: dict | None = None, tol: float = 1e-6, rounding_samples: int = 8) -> Solution:
         start = time.perf_counter()
+        if polish and polish_options and "weight_matching" in registered():
+            check_options(get("weight_matching"), polish_options)  # a misspelt polish option: refused now
         if engine not in ("auto", "apg", "cvxpy"):
             raise ValueError(f"engine must be 'auto', 'apg' or 'cvxpy', got {engine!r}")
         if engine == "auto":
