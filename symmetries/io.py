@@ -6,8 +6,11 @@ checkpoint is a flat mapping ``name → tensor``; a torch file may also wrap it 
 folder and are renamed into place, so a failure never leaves a partial output file; the
 file gets the mode a plain write would give it (the existing file's, else ``0o666 & ~umask``),
 a symbolic link is followed to the file it names, and an existing destination that is not a
-regular file (a folder, a device, a FIFO) is refused. :func:`dumps_json` writes strict JSON
-(non-finite numbers as ``null``).
+regular file (a folder, a device, a FIFO) is refused. Writes are deterministic: the same tensors
+and metadata give the same bytes (safetensors' header keys sorted; torch files without the
+temporary name inside). :func:`check_tensors` refuses tensors the library cannot compute with
+(sparse, meta, float8, complex, non-finite) and :func:`check_not_input` an output that would
+replace an input. :func:`dumps_json` writes strict JSON (non-finite numbers as ``null``).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 from symmetries.errors import SymmetryError
 
 __all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "is_safetensors", "atomic_path", "check_output",
-           "dumps_json", "json_safe"]
+           "check_not_input", "check_tensors", "dumps_json", "json_safe"]
 
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "params")
 
@@ -149,11 +152,13 @@ def save_state_dict(params: Mapping[str, torch.Tensor], path: str | os.PathLike,
     try:
         with atomic_path(p) as tmp:
             if p.suffix in (".pt", ".pth"):
-                torch.save(tensors, tmp)
+                with open(tmp, "wb") as f:  # a file object: the archive is named 'archive', not after tmp
+                    torch.save(tensors, f)
             else:
                 from safetensors.torch import save_file
                 meta = {str(k): str(v) for k, v in (metadata or {}).items()}
                 save_file(_unshare(tensors), tmp, metadata=meta or None)
+                _sort_header(tmp)
     except CheckpointError:
         raise
     except Exception as exc:
@@ -258,3 +263,79 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             seen.add(key)
     return out
 
+
+
+def _sort_header(path: str) -> None:
+    """Rewrite the JSON header of the safetensors file ``path`` with its keys sorted (safetensors
+    writes ``__metadata__`` in hash order, which differs run to run), so equal content gives equal
+    bytes. The header keeps its length (padded with spaces, as the format allows), the data is
+    untouched."""
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # pragma: no cover - the same content in the same compact syntax is never longer
+            raise CheckpointError(f"cannot write {path!r}: its sorted safetensors header is longer than written",
+                                  path=path)
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def check_not_input(output: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], *,
+                    flag: str = "output") -> None:
+    """A :class:`CheckpointError` naming both unless ``output`` is a different file from every input
+    (symbolic links followed, hard links compared by inode); ``inputs`` maps a label (``"A"``,
+    ``"--data"``) to a path, ``None`` for none. Call it before any work."""
+    for label, given in inputs.items():
+        if given is None or not _same_file(output, given):
+            continue
+        real = os.path.realpath(output)
+        via = "" if real == os.path.abspath(output) and real == os.path.abspath(given) else f" (both are {real!r})"
+        raise CheckpointError(f"{flag} {str(output)!r} is the input {label} {str(given)!r}{via}: writing it would "
+                              f"replace that input; choose another file name", path=output)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _tensor_problem(v: torch.Tensor) -> str | None:
+    if v.layout != torch.strided:
+        return f"is a sparse tensor ({str(v.layout).replace('torch.', '')}); save it dense (tensor.to_dense())"
+    if v.is_meta:
+        return ("is a meta tensor: it holds no values (saved from a model built on the meta device); save the "
+                "materialized weights")
+    if v.is_quantized or v.is_complex() or "float8" in str(v.dtype) or v.dtype not in _DTYPES:
+        return (f"is {_dtype_name(v.dtype)}, which symmetries does not compute with; save it as float32, float64, "
+                f"float16 or bfloat16 (or an integer type for counters)")
+    if v.is_floating_point():
+        bad = ~torch.isfinite(v)
+        if bool(bad.any()):
+            n, first = int(bad.sum()), tuple(int(i) for i in bad.nonzero()[0])
+            return (f"has {n} non-finite entr{'y' if n == 1 else 'ies'} (NaN or ±inf; the first, {v[first].item()}, "
+                    f"at index {first}); nothing computed from it would mean anything")
+    return None
+
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32,
+           torch.int64, torch.uint8, torch.bool)
+
+
+def check_tensors(tensors: Mapping[str, torch.Tensor], *, label: str, path: str | os.PathLike | None = None) -> None:
+    """A :class:`CheckpointError` naming ``label`` (``"A"``, ``"--data"``), ``path`` and the first
+    tensor that is sparse, on the meta device, of a dtype the library does not compute with
+    (float8, complex, quantized) or floating with a NaN or infinite entry."""
+    where = f"{label} {str(path)!r}" if path is not None else label
+    for k, v in tensors.items():
+        problem = _tensor_problem(v)
+        if problem:
+            raise CheckpointError(f"{where}: tensor {k!r} {problem}", path=path)

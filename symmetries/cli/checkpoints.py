@@ -2,8 +2,10 @@
 
 Checkpoints are safetensors files or torch state dicts (``torch.load(weights_only=True)``);
 the architecture is a specification (:mod:`architectures.spec`). Every failure ends with a
-one-line message and a non-zero exit (2 for bad input), never a traceback, and outputs are
-written atomically (no partial files).
+one-line message and a non-zero exit (2 for bad input), never a traceback. Before any work,
+an output that would replace an input is refused, and so are weights and data the library cannot
+compute with (non-finite, sparse, meta, float8 …), naming the file and the tensor. Outputs are
+written atomically (no partial files) and deterministically (same input, same bytes).
 """
 from __future__ import annotations
 
@@ -15,9 +17,13 @@ from typing import Optional
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["align", "barrier", "load_data", "check_data", "check_device"]
+__all__ = ["align", "barrier", "load_data", "check_data", "check_device", "PLOT_SUFFIXES"]
+
+#: The ``--plot`` formats (``symmetries.landscape.plot_curves`` writes PNG).
+PLOT_SUFFIXES = (".png",)
 
 err = Console(stderr=True)
 
@@ -31,12 +37,16 @@ def _clean_exit(fn):
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except SystemExit as exc:  # user code (an --arch factory, its module) exited: not a success
+            err.print(f"[red]error:[/red] user code called sys.exit({exc.code!r}) during {fn.__name__}; nothing was "
+                      f"done", markup=True, highlight=False)
+            raise typer.Exit(2)
         except (SymmetryError, ValueError, KeyError, TypeError, OSError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            err.print(f"[red]error:[/red] {msg}", markup=True, highlight=False)
+            err.print(f"[red]error:[/red] {escape(msg)}", markup=True, highlight=False)
             raise typer.Exit(2)
         except Exception as exc:  # noqa: BLE001 - the CLI must end with a message, not a traceback
-            err.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {exc}", highlight=False)
+            err.print(f"[red]error:[/red] unexpected {escape(f'{type(exc).__name__}: {exc}')}", highlight=False)
             raise typer.Exit(1)
     return wrapper
 
@@ -44,11 +54,13 @@ def _clean_exit(fn):
 def _load_pair(a: Path, b: Path, arch_spec: str):
     from architectures.spec import parse_arch
     from symmetries.errors import SymmetryError
-    from symmetries.io import load_state_dict
+    from symmetries.io import check_tensors, load_state_dict
     from symmetries.landscape import check_compatible
 
     arch = parse_arch(arch_spec)
     pa, pb = load_state_dict(a), load_state_dict(b)
+    check_tensors(pa, label="A", path=a)
+    check_tensors(pb, label="B", path=b)
     for name, p in ((str(a), pa), (str(b), pb)):
         try:
             arch.graph.validate(p)
@@ -69,11 +81,18 @@ def _load_pair(a: Path, b: Path, arch_spec: str):
     return arch, pa, pb, dtype
 
 
-def load_data(spec: str, *, x_key: str = "x", y_key: str = "y"):
-    """``digits`` / ``digits:train`` / ``digits:test`` (bundled) or a checkpoint file holding ``x`` and ``y``."""
-    from symmetries.io import CheckpointError, load_state_dict
+def _data_file(spec: Optional[str]) -> Optional[str]:
+    """The file a data spec names; ``None`` for none and for the bundled ``digits``."""
+    return None if spec is None or spec.split(":")[0] == "digits" else spec
 
-    if spec.split(":")[0] == "digits":
+
+def load_data(spec: str, *, x_key: str = "x", y_key: str = "y", flag: str = "--data"):
+    """``digits`` / ``digits:train`` / ``digits:test`` (bundled) or a checkpoint file holding ``x`` and
+    ``y``: at least one dimension each (examples first), finite, dense, of a dtype the library computes
+    with; else a :class:`~symmetries.io.CheckpointError` naming ``flag``, the file and the tensor."""
+    from symmetries.io import CheckpointError, check_tensors, load_state_dict
+
+    if _data_file(spec) is None:
         from symmetries.demo.data import digits
         part = spec.split(":", 1)[1] if ":" in spec else "test"
         if part not in ("train", "test"):
@@ -86,14 +105,19 @@ def load_data(spec: str, *, x_key: str = "x", y_key: str = "y"):
                               f"(it holds {', '.join(sorted(tensors))})",
                               path=spec)
     x, y = tensors[x_key], tensors[y_key]
+    check_tensors({x_key: x, y_key: y}, label=flag, path=spec)
+    for key, t in ((x_key, x), (y_key, y)):
+        if t.dim() == 0:
+            raise CheckpointError(f"{flag} {spec!r}: tensor {key!r} is 0-d (one number); it must hold one example "
+                                  f"per entry along its first dimension", path=spec)
     if x.shape[0] != y.shape[0]:
         raise CheckpointError(f"data file {spec!r}: {x.shape[0]} inputs but {y.shape[0]} targets", path=spec)
     return x, y
 
 
-def _load_data_as(spec: str, dtype: torch.dtype):
+def _load_data_as(spec: str, dtype: torch.dtype, flag: str = "--data"):
     """:func:`load_data` with floating inputs cast to the checkpoints' dtype (the module's)."""
-    x, y = load_data(spec)
+    x, y = load_data(spec, flag=flag)
     return (x.to(dtype) if x.is_floating_point() else x), y
 
 
@@ -187,11 +211,12 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
           ) -> None:
     """Align checkpoint B to checkpoint A and write the aligned B (same function as B)."""
     from symmetries.action import apply
-    from symmetries.io import check_output, dumps_json, save_state_dict
+    from symmetries.io import check_not_input, check_output, dumps_json, save_state_dict
     from symmetries.landscape import l2_distance
     import solvers
 
     check_output(output)     # before the (possibly long) solve
+    check_not_input(output, {"A": a, "B": b, "--data": _data_file(data)}, flag="-o/--output")
     if not data and solvers.get(solver).needs_data:
         raise ValueError(f"solver {solver!r} needs data: pass --data ('digits:train' or a file with tensors x "
                          f"and y)")
@@ -236,19 +261,26 @@ def barrier(a: Path = typer.Argument(..., help="Model A (safetensors or torch st
             batch_size: int = typer.Option(1024, min=1, help="Evaluation batch size."),
             device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
             seed: int = typer.Option(0, help="Solver seed (and of its minibatch order)."),
-            plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the curves here."),
+            plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the curves here (a .png file)."),
             as_json: bool = typer.Option(False, "--json", help="Print the curve and barriers as JSON."),
             ) -> None:
     """Loss and accuracy barriers on the straight line from A to B (both definitions)."""
     from symmetries import landscape as L
     from symmetries.action import apply
-    from symmetries.io import check_output, dumps_json
+    from symmetries.errors import ArgumentError
+    from symmetries.io import check_not_input, check_output, dumps_json
 
     if repair and reset_bn:
         raise ValueError("choose one of --repair and --reset-bn")
     dev = check_device(device)
     if plot is not None:
+        if plot.suffix.lower() not in PLOT_SUFFIXES:
+            raise ArgumentError(f"--plot {str(plot)!r}: the plot is written as PNG; name the file "
+                                f"{' or '.join(PLOT_SUFFIXES)} (not {plot.suffix or 'without a suffix'})",
+                                argument="--plot")
         check_output(plot)
+        check_not_input(plot, {"A": a, "B": b, "--data": _data_file(data), "--fit-data": _data_file(fit_data)},
+                        flag="--plot")
     if solver:
         import solvers
         solvers.get(solver)  # UnknownSolverError before any work
@@ -258,7 +290,7 @@ def barrier(a: Path = typer.Argument(..., help="Model A (safetensors or torch st
     check_data(probe, pa, (x, y), flag="--data", spec=data)
     fitted = [w for w, on in ((f"--solver {solver}", solver), ("REPAIR", repair), ("--reset-bn", reset_bn)) if on]
     if fit_data is not None:
-        fit = _load_data_as(fit_data, dtype)
+        fit = _load_data_as(fit_data, dtype, flag="--fit-data")
         check_data(probe, pa, fit, flag="--fit-data", spec=fit_data)
     else:
         fit = (x, y)
