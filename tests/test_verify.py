@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from symmetries.cli import app
 
 USER_MODEL = textwrap.dedent('''
+    import dataclasses
+
     import torch
     from torch import nn
 
@@ -49,7 +51,7 @@ USER_MODEL = textwrap.dedent('''
     def wrong_transformer():  # orthogonal residual declared without the LayerNorm rewrite
         arch = architectures.gpt2(13, 6, 8, n_heads=2, n_layers=1, d_mlp=6)
         graph = arch.graph.with_classes({"residual": sy.Orthogonal()})
-        return architectures.Architecture(arch.name, graph, arch.factory, arch.config)
+        return dataclasses.replace(arch, graph=graph)  # keeps the builder's example inputs
 
 
     def rms_transformer():
@@ -203,7 +205,7 @@ BUILDERS = {
 
 @pytest.fixture()
 def builders_file(tmp_path) -> Path:
-    lines = ["import architectures", "from architectures.transformer import RESIDUAL",
+    lines = ["import dataclasses", "import architectures", "from architectures.transformer import RESIDUAL",
              "from arch_checks import split_space"]
     for name, expr in BUILDERS.items():
         lines.append(f"def {name}():\n    return {expr}")
@@ -213,7 +215,7 @@ def builders_file(tmp_path) -> Path:
             moved = ["layer1.0.conv2.weight", "layer1.0.bn2.weight", "layer1.0.bn2.bias",
                      "layer1.0.bn2.running_mean", "layer1.0.bn2.running_var"]
             graph = split_space(arch.graph, "stream.0", moved)
-            return architectures.Architecture(arch.name, graph, arch.factory, arch.config)
+            return dataclasses.replace(arch, graph=graph)
     '''))
     path = tmp_path / "builders_models.py"
     path.write_text("\n\n".join(lines))
