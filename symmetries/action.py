@@ -13,12 +13,12 @@ import torch
 
 from symmetries._arrays import restore, to_tensor
 from symmetries.elements import Element, GatherElement, HeadElement
-from symmetries.errors import ElementShapeError, TieError
+from symmetries.errors import ElementNotAdmittedError, ElementShapeError, TieError
 from symmetries.graph import WeightGraph
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
-__all__ = ["apply", "apply_axis"]
+__all__ = ["apply", "apply_axis", "admitted"]
 
 
 def apply(graph: WeightGraph, params: Mapping, transforms: Mapping[str, Element], *, check: bool = True) -> dict:
@@ -26,7 +26,10 @@ def apply(graph: WeightGraph, params: Mapping, transforms: Mapping[str, Element]
 
     ``params`` maps the graph's parameter names to torch tensors or numpy arrays (a
     ``state_dict()`` works); tensors no space touches are returned as they are (shared,
-    not copied). ``check=False`` skips validation of the graph and parameter shapes.
+    not copied). With ``check=True`` the graph, the parameter shapes and the transforms are checked:
+    each element must belong to a class its space admits (:func:`admitted`), else
+    :class:`~symmetries.errors.ElementNotAdmittedError` names the space. ``check=False`` skips every
+    check (the fast path solvers use on their own, already checked, elements).
     """
     if not isinstance(transforms, TransformSet):
         transforms = TransformSet(transforms)
@@ -79,6 +82,16 @@ def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
     return torch.cat(pieces, dim=axis)
 
 
+def admitted(space, el: Element) -> bool:
+    """Whether ``el`` is an element of a class ``space`` admits (:meth:`SymmetryClass.contains_element`,
+    tolerance scaled to the element's dtype). A map that shrinks the space (``m < n``) is admitted as
+    the merge map of an embedding the space admits: its inverse must be one."""
+    if el.shape[0] < el.shape[1]:
+        inverse = el.inverse()
+        return any(c.rectangular and c.contains_element(inverse) for c in space.classes)
+    return any(c.contains_element(el) for c in space.classes)
+
+
 def _gather_fast_path(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor | None:
     """One full-axis index map (a permutation, monomial or head permutation in gather form): a single
     ``index_select`` along the axis and a broadcast scale — no moved copies. ``None`` if not applicable."""
@@ -107,6 +120,11 @@ def _check_transforms(graph, transforms: TransformSet) -> None:
         if el.shape[1] != s.size:
             raise ElementShapeError(f"transform for space {space!r} maps size {el.shape[1]} but the space has "
                                     f"size {s.size}")
+        if not admitted(s, el):
+            raise ElementNotAdmittedError(
+                f"transform for space {space!r} ({el!r}) is not an element of any class the space admits "
+                f"({', '.join(map(repr, s.classes))}): applying it would change the network's function "
+                f"(check=False skips this check)", space=space, cls=s.classes, element=el)
     for group, names in graph.head_groups().items():
         perms = {}
         for n in names:

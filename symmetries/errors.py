@@ -20,6 +20,9 @@ __all__ = [
     "ElementShapeError",
     "NoOracleError",
     "TieError",
+    "ArgumentError",
+    "InvalidElementError",
+    "ElementNotAdmittedError",
 ]
 
 
@@ -99,6 +102,29 @@ class ClassSpecError(SymmetryError, TypeError, ValueError):
         super().__init__(message)
         self.space = space
         self.spec = spec
+
+
+class ElementNotAdmittedError(NotAdmittedError):
+    """An element given for a space (``apply`` with ``check=True``) is in none of the classes the
+    space admits: it would change the network's function. ``space`` and ``element`` name it."""
+
+    def __init__(self, message: str, *, space: str | None = None, cls: object = None, element: object = None):
+        super().__init__(message, space=space, cls=cls)
+        self.element = element
+
+
+class ArgumentError(SymmetryError, ValueError):
+    """An argument of a builder, a graph method or a front door has a bad value or type;
+    ``argument`` names it."""
+
+    def __init__(self, message: str, *, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument
+
+
+class InvalidElementError(SymmetryError, ValueError):
+    """An element's numbers do not define a map of a space: a singular or non-finite matrix, or a
+    left inverse that does not undo it."""
 
 
 class ElementShapeError(SymmetryError, ValueError):

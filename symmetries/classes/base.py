@@ -8,16 +8,39 @@ maximisation oracle ``project(M) = argmax_{T ∈ class} ⟨T, M⟩`` that solver
 from __future__ import annotations
 
 import abc
+import math
 from typing import ClassVar
 
 import numpy as np
 import torch
 
 from symmetries._arrays import as_float64
-from symmetries.elements import Element, GatherElement
+from symmetries.elements import Element, GatherElement, HeadElement
 from symmetries.errors import ElementShapeError, NoOracleError
 
-__all__ = ["SymmetryClass"]
+__all__ = ["SymmetryClass", "element_tolerance"]
+
+
+def _element_dtype(el: Element) -> torch.dtype:
+    """The floating dtype an element stores its numbers in (the least precise of a head map's)."""
+    if isinstance(el, HeadElement):
+        return max((_element_dtype(e) for e in el.inner), key=lambda d: torch.finfo(d).eps)
+    for attr in ("matrix", "out_scale", "out_weight"):
+        v = getattr(el, attr, None)
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v.dtype
+    return torch.float64
+
+
+def _kappa(t: torch.Tensor, q: torch.Tensor) -> float:
+    """``max(1, ‖T‖_F ‖Q‖_F / n)``: a cheap condition estimate of ``T`` given its left inverse ``Q``."""
+    return max(1.0, float(torch.linalg.matrix_norm(t) * torch.linalg.matrix_norm(q)) / max(t.shape[1], 1))
+
+
+def element_tolerance(el: Element) -> float:
+    """Membership tolerance for ``el``: ``√eps`` of the dtype it stores its numbers in
+    (float64 1.5e-8, float32 3.5e-4, bfloat16/float16 ≈ 0.03–0.09)."""
+    return math.sqrt(torch.finfo(_element_dtype(el)).eps)
 
 
 class SymmetryClass(abc.ABC):
@@ -79,6 +102,37 @@ class SymmetryClass(abc.ABC):
     @abc.abstractmethod
     def contains(self, matrix, *, atol: float = 1e-8) -> bool:
         """Whether ``matrix`` (array, tensor or element) is an element of the class."""
+
+    def contains_element(self, element: Element, *, atol: float | None = None) -> bool:
+        """Whether ``element`` is an element of the class — both maps it acts with: ``T`` (role
+        ``out``) passes :meth:`contains`, and its left inverse ``Q`` (role ``in``) is the class's
+        own (``Q T = I``; ``Tᵀ`` for orthogonal maps, ``Bᵀ`` for semi-permutations). Non-finite
+        numbers are never members. Index-form elements of the built-in classes are checked from
+        their index vector and scales in O(n) (no dense matrix); others densely.
+        ``atol`` defaults to :func:`element_tolerance` (scaled to the element's dtype)."""
+        atol = element_tolerance(element) if atol is None else atol
+        if isinstance(element, GatherElement):
+            verdict = self._contains_gather(element, atol)
+            if verdict is not None:
+                return verdict
+        t, q = element.as_matrix(), element.in_matrix()
+        if not (bool(torch.isfinite(t).all()) and bool(torch.isfinite(q).all())):
+            return False
+        return self._contains_dense(t, q, atol)
+
+    def _contains_dense(self, t: torch.Tensor, q: torch.Tensor, atol: float) -> bool:
+        """Membership of the finite maps ``T`` and ``Q`` (float64): :meth:`contains` and the inverse rule."""
+        return self.contains(t, atol=atol) and self._inverse_ok(t, q, atol)
+
+    def _contains_gather(self, g: GatherElement, atol: float) -> bool | None:
+        """Structural membership of an index-form element, or ``None`` to check it densely."""
+        return None
+
+    def _inverse_ok(self, t: torch.Tensor, q: torch.Tensor, atol: float) -> bool:
+        """``Q T = I`` to ``atol · κ`` with ``κ = max(1, ‖T‖_F ‖Q‖_F / n)`` (1 for orthogonal maps,
+        at most about cond(T) otherwise: the round-off of a computed inverse grows with it)."""
+        n = t.shape[1]
+        return bool(((q @ t - torch.eye(n, dtype=t.dtype)).abs() <= atol * _kappa(t, q)).all())
 
     def project(self, score, *, backend: str = "auto") -> Element:
         """``argmax_{T ∈ class} ⟨T, M⟩`` for a score matrix ``M`` of shape ``(m, n)``."""

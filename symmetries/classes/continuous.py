@@ -7,7 +7,7 @@ import torch
 from symmetries._arrays import rng
 from symmetries.elements import DenseElement
 from symmetries.errors import ElementShapeError
-from symmetries.classes.base import SymmetryClass
+from symmetries.classes.base import SymmetryClass, _kappa
 
 __all__ = ["Orthogonal", "Invertible", "haar_stiefel"]
 
@@ -38,6 +38,18 @@ class Orthogonal(SymmetryClass):
         t = self._matrix(matrix)
         m, n = t.shape
         return m >= n and bool(torch.allclose(t.T @ t, torch.eye(n, dtype=t.dtype), atol=atol))
+
+    def _contains_gather(self, g, atol):
+        """Orthonormal columns in index form: ``Σ_{index[j]=i} a[j]² = 1``, and ``b = a`` (``Q = Tᵀ``)."""
+        a, b = g.scales()
+        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            return False
+        sums = torch.zeros(g.n, dtype=torch.float64).index_add_(0, g.index.cpu(), a * a)
+        return bool(((sums - 1).abs() <= atol).all()) and bool(((a - b).abs() <= atol).all())
+
+    def _inverse_ok(self, t, q, atol):
+        """An orthogonal map's inverse is its transpose: ``Q = Tᵀ``."""
+        return bool(torch.allclose(q, t.T, atol=atol, rtol=0))
 
     def project(self, score, *, backend="auto"):
         """Polar factor ``U Vᵀ`` of ``M = U Σ Vᵀ``: the orthogonal Procrustes solution."""
@@ -71,10 +83,21 @@ class Invertible(SymmetryClass):
         s = torch.from_numpy(np.exp(g.uniform(-0.5, 0.5, size=n) * np.log(cond)))
         return DenseElement(u * s @ v.T, (v / s) @ u.T)
 
+    def _contains_gather(self, g, atol):
+        """Full column rank in index form: the ``in`` map undoes the ``out`` map (``Q T = I``)."""
+        return g.undoes(atol)
+
+    def _contains_dense(self, t, q, atol):
+        """``Q T = I`` (which makes ``T`` full column rank) with a condition estimate below ``1/atol``
+        — one product, no SVD: the same cutoff as :meth:`contains`, up to a factor n."""
+        return t.shape[0] >= t.shape[1] and _kappa(t, q) * atol < 1 and self._inverse_ok(t, q, atol)
+
     def contains(self, matrix, *, atol=1e-8):
         t = self._matrix(matrix)
         m, n = t.shape
         if m < n or n == 0:
             return m >= n
+        if not bool(torch.isfinite(t).all()):
+            return False
         s = torch.linalg.svdvals(t)
         return bool(s[-1] > atol * max(1.0, float(s[0])))

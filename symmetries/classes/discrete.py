@@ -13,6 +13,16 @@ from symmetries.classes.base import SymmetryClass
 __all__ = ["Trivial", "Permutation", "SignFlip", "SignedPermutation", "monomial_parts"]
 
 
+def unit_scales(g: GatherElement, atol: float) -> bool:
+    """Whether every ``out`` scale of ``g`` is 1 (to ``atol``)."""
+    return g.out_scale is None or bool(((g.scales()[0] - 1).abs() <= atol).all())
+
+
+def sign_scales(g: GatherElement, atol: float) -> bool:
+    """Whether every ``out`` scale of ``g`` is ±1 (to ``atol``)."""
+    return g.out_scale is None or bool(((g.scales()[0].abs() - 1).abs() <= atol).all())
+
+
 def monomial_parts(t: torch.Tensor, atol: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(perm, values)`` with ``t[j, perm[j]] = values[j]`` if ``t`` is square monomial, else ``None``."""
     if t.shape[0] != t.shape[1]:
@@ -40,6 +50,9 @@ class Trivial(SymmetryClass):
         t = self._matrix(matrix)
         return t.shape[0] == t.shape[1] and torch.allclose(t, torch.eye(t.shape[0], dtype=t.dtype), atol=atol)
 
+    def _contains_gather(self, g, atol):
+        return g.is_diagonal() and unit_scales(g, atol) and g.undoes(atol)
+
     def project(self, score, *, backend="auto"):
         t = self._matrix(score)
         if t.shape[0] != t.shape[1]:
@@ -64,6 +77,9 @@ class Permutation(SymmetryClass):
         t = self._matrix(matrix)
         parts = monomial_parts(t, atol)
         return parts is not None and bool(torch.allclose(parts[1], torch.ones_like(parts[1]), atol=atol))
+
+    def _contains_gather(self, g, atol):
+        return g.bijective and unit_scales(g, atol) and g.undoes(atol)
 
     def project(self, score, *, backend="auto"):
         t = self._matrix(score)
@@ -94,6 +110,9 @@ class SignFlip(SymmetryClass):
         return (bool(torch.allclose(t, torch.diag(d), atol=atol))
                 and bool(torch.allclose(d.abs(), torch.ones_like(d), atol=atol)))
 
+    def _contains_gather(self, g, atol):
+        return g.is_diagonal() and sign_scales(g, atol) and g.undoes(atol)
+
     def project(self, score, *, backend="auto"):
         t = self._matrix(score)
         if t.shape[0] != t.shape[1]:
@@ -118,6 +137,9 @@ class SignedPermutation(SymmetryClass):
     def contains(self, matrix, *, atol=1e-8):
         parts = monomial_parts(self._matrix(matrix), atol)
         return parts is not None and bool(torch.allclose(parts[1].abs(), torch.ones_like(parts[1]), atol=atol))
+
+    def _contains_gather(self, g, atol):
+        return g.bijective and sign_scales(g, atol) and g.undoes(atol)
 
     def project(self, score, *, backend="auto"):
         t = self._matrix(score)

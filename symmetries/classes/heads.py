@@ -6,9 +6,9 @@ import torch
 
 from symmetries._arrays import rng
 from symmetries.assignment import assignment_permutation
-from symmetries.elements import HeadElement
+from symmetries.elements import GatherElement, HeadElement
 from symmetries.errors import ElementShapeError
-from symmetries.classes.base import SymmetryClass
+from symmetries.classes.base import SymmetryClass, element_tolerance
 
 __all__ = ["HeadStructured"]
 
@@ -92,6 +92,35 @@ class HeadStructured(SymmetryClass):
             return False
         cols = nonzero.to(torch.int8).argmax(1)
         return all(self.inner.contains(blocks[h, int(c)], atol=atol) for h, c in enumerate(cols))
+
+    def contains_element(self, element, *, atol=None):
+        """A head map: ``num_heads`` heads and every per-head map in ``inner``. An index-form map
+        is read head by head (it must move whole heads); other elements are checked densely."""
+        atol = element_tolerance(element) if atol is None else atol
+        if isinstance(element, HeadElement):
+            return (element.num_heads == self.num_heads
+                    and all(self.inner.contains_element(e, atol=atol) for e in element.inner))
+        if isinstance(element, GatherElement):
+            heads = self._gather_heads(element)
+            if heads is None:
+                return False
+            return all(self.inner.contains_element(e, atol=atol) for e in heads)
+        return super().contains_element(element, atol=atol)
+
+    def _gather_heads(self, g: GatherElement) -> list[GatherElement] | None:
+        """The per-head maps of an index-form map that moves whole heads, else ``None``."""
+        (m, n), h = g.shape, self.num_heads
+        if m % h or n % h:
+            return None
+        dm, dn = m // h, n // h
+        index = g.index.cpu().reshape(h, dm)
+        source = index // dn
+        if dm and not bool((source == source[:, :1]).all()):
+            return None
+        if dm and not bool((torch.bincount(source[:, 0], minlength=h) == 1).all()):
+            return None
+        a, b = g.scales()
+        return [GatherElement(index[k] % dn, dn, a.reshape(h, dm)[k], b.reshape(h, dm)[k]) for k in range(h)]
 
     def project(self, score, *, backend="auto"):
         """Assign heads by the value of their best per-head map, then take that map per head."""

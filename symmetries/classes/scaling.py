@@ -40,6 +40,9 @@ class PositiveScaling(SymmetryClass):
         d = torch.diagonal(t)
         return bool(torch.allclose(t, torch.diag(d), atol=atol)) and bool((d > atol).all())
 
+    def _contains_gather(self, g, atol):
+        return g.is_diagonal() and bool((g.scales()[0] > atol).all()) and g.undoes(atol)
+
 
 class PermutationScaling(SymmetryClass):
     """``D P`` (positive monomial maps): the full symmetry group of a ReLU layer."""
@@ -56,3 +59,6 @@ class PermutationScaling(SymmetryClass):
     def contains(self, matrix, *, atol=1e-8):
         parts = monomial_parts(self._matrix(matrix), atol)
         return parts is not None and bool((parts[1] > atol).all())
+
+    def _contains_gather(self, g, atol):
+        return g.bijective and bool((g.scales()[0] > atol).all()) and g.undoes(atol)

@@ -50,6 +50,19 @@ class SemiPermutation(SymmetryClass):
         return (bool(torch.allclose(t.sum(0), ones, atol=atol))
                 and bool(((t > atol).sum(1) <= 1).all()))
 
+    def _contains_gather(self, g, atol):
+        """Fractions ``a ≥ 0`` summing to 1 over each narrow unit's copies, and ``b = 1[a > 0]``."""
+        a, b = g.scales()
+        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())) or bool((a < -atol).any()):
+            return False
+        sums = torch.zeros(g.n, dtype=torch.float64).index_add_(0, g.index.cpu(), a)
+        return (bool(((sums - 1).abs() <= atol).all())
+                and bool(((b - (a > atol).to(torch.float64)).abs() <= atol).all()))
+
+    def _inverse_ok(self, t, q, atol):
+        """The merge map reads copies: ``Q = Bᵀ`` with ``B = 1[P̃ > 0]``."""
+        return bool(torch.allclose(q, (t > atol).to(t.dtype).T, atol=atol, rtol=0))
+
     def project(self, score, *, backend="auto"):
         """Rectangular assignment: each narrow unit goes whole to its best wide unit; the other
         wide units carry zero (their row of ``P̃`` is empty)."""

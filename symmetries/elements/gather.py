@@ -87,6 +87,27 @@ class GatherElement(Element):
             self._bijective = m == n and bool((torch.bincount(self.index.cpu(), minlength=n) == 1).all())
         return self._bijective
 
+    # -- structure (membership checks in O(m), no dense matrix) ------------------------------
+    def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)``: ``out_scale`` and ``in_scale`` as CPU float64 vectors (ones where ``None``)."""
+        ones = torch.ones(self.index.numel(), dtype=torch.float64)
+        f = lambda v: ones if v is None else v.detach().cpu().to(torch.float64)  # noqa: E731
+        return f(self.out_scale), f(self.in_scale)
+
+    def is_diagonal(self) -> bool:
+        """Whether ``index`` is ``0, 1, …, n−1`` (a diagonal map: scalings, signs, the identity)."""
+        m, n = self.shape
+        return m == n and bool(torch.equal(self.index.cpu(), torch.arange(n)))
+
+    def undoes(self, atol: float) -> bool:
+        """Whether the scales are finite and the ``in`` map undoes the ``out`` map, ``Q T = I``:
+        ``Σ_{j: index[j] = i} a[j] b[j] = 1`` for every unit ``i`` (to ``atol``)."""
+        a, b = self.scales()
+        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            return False
+        sums = torch.zeros(self.n, dtype=torch.float64).index_add_(0, self.index.cpu(), a * b)
+        return bool(((sums - 1).abs() <= atol).all())
+
     # -- roles ---------------------------------------------------------------------------
     @staticmethod
     def _gather(x: torch.Tensor, index: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
