@@ -58,12 +58,79 @@ class Edge:
         return self.slice if self.slice is not None else (0, axis_size)
 
 
+#: Bumped by every change to a tracked graph's nodes, edges or their attributes (any graph: a
+#: change anywhere only costs the other graphs one rebuild of their index).
+_EDITS = [0]
+
+
+class _TrackedDict(dict):
+    """A dict that counts its changes in ``_EDITS`` (networkx never notifies, and users edit
+    ``graph.nx.nodes[n][key]`` and ``graph.nx.edges[e][key]`` in place)."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key, value):
+        _EDITS[0] += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        _EDITS[0] += 1
+        super().__delitem__(key)
+
+    def clear(self):
+        _EDITS[0] += 1
+        super().clear()
+
+    def pop(self, *args):
+        _EDITS[0] += 1
+        return super().pop(*args)
+
+    def popitem(self):
+        _EDITS[0] += 1
+        return super().popitem()
+
+    def setdefault(self, key, default=None):
+        _EDITS[0] += 1
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        _EDITS[0] += 1
+        super().update(*args, **kwargs)
+
+    def __ior__(self, other):
+        _EDITS[0] += 1
+        return super().__ior__(other)
+
+
+class TrackedMultiDiGraph(nx.MultiDiGraph):
+    """The ``networkx.MultiDiGraph`` behind ``WeightGraph.nx``: every dict holding its nodes,
+    edges and their attributes counts changes, so the graph's index is rebuilt after any edit."""
+
+    node_dict_factory = node_attr_dict_factory = _TrackedDict
+    adjlist_outer_dict_factory = adjlist_inner_dict_factory = _TrackedDict
+    edge_key_dict_factory = edge_attr_dict_factory = _TrackedDict
+
+
 class WeightGraph:
     """An architecture as a graph of weight groups. Build it with ``add_parameter``,
-    ``add_space`` and ``connect``; check it with ``validate``; query it with networkx via ``.nx``."""
+    ``add_space`` and ``connect``; check it with ``validate``; query it with networkx via ``.nx``.
+
+    Edits made directly on ``.nx`` (removing an edge, ``g.nx.nodes[s]["classes"] = …``) are seen
+    by every query and by ``validate``: the index the queries answer from is rebuilt after any change."""
 
     def __init__(self, name: str | None = None):
-        self.nx = nx.MultiDiGraph(name=name or "")
+        self.nx = TrackedMultiDiGraph(name=name or "")
+
+    @property
+    def nx(self) -> nx.MultiDiGraph:
+        """The networkx graph (query, draw or edit it with networkx)."""
+        return self._nx
+
+    @nx.setter
+    def nx(self, graph: nx.MultiDiGraph) -> None:
+        if not isinstance(graph, nx.MultiDiGraph):
+            raise GraphError(f"WeightGraph.nx must be a networkx.MultiDiGraph, got {type(graph).__name__}")
+        self._nx = graph
         self._cache: dict | None = None
 
     # -- building ------------------------------------------------------------------------
@@ -143,6 +210,11 @@ class WeightGraph:
         return self.nx.graph.get("name", "")
 
     def _index(self) -> dict:
+        """Parameters, spaces and edges by name, rebuilt whenever the networkx graph changed (a
+        graph assigned to ``.nx`` that does not track its changes is re-read on every query)."""
+        cache = self._cache
+        if cache is None or cache["edits"] != _EDITS[0] or not isinstance(self._nx, TrackedMultiDiGraph):
+            self._cache = None
         if self._cache is None:
             params, spaces, by_param, by_space = {}, {}, {}, {}
             for node, data in self.nx.nodes(data=True):
@@ -157,7 +229,7 @@ class WeightGraph:
                 e = Edge(p, s, data["axis"], data["role"], data["slice"])
                 by_param[p].append(e)
                 by_space[s].append(e)
-            self._cache = dict(params=params, spaces=spaces, by_param=by_param, by_space=by_space)
+            self._cache = dict(params=params, spaces=spaces, by_param=by_param, by_space=by_space, edits=_EDITS[0])
         return self._cache
 
     def parameters(self) -> list[Parameter]:

@@ -207,3 +207,45 @@ def test_with_classes_returns_a_redeclared_copy():
     wrong = net.graph.with_classes({"hidden.0": sy.PermutationScaling()})
     assert wrong.space("hidden.0").cls == sy.PermutationScaling()
     assert net.graph.space("hidden.0").cls == sy.Permutation()
+
+
+def test_edits_through_networkx_are_seen_by_every_query():
+    """``graph.nx`` is documented for users; networkx does not notify, so the index must not go stale."""
+    g = two_layer().validate(params())
+    assert len(g.edges_of("fc2.weight")) == 1 and len(g.edges_at("h")) == 3
+    g.nx.remove_edge("fc2.weight", "h")
+    assert g.edges_of("fc2.weight") == [] and len(g.edges_at("h")) == 2 and "2 edges" in repr(g)
+    with pytest.raises(UncoveredParameterError, match="'fc2.weight' is not covered"):
+        g.validate()
+
+    g = two_layer().validate(params())
+    g.nx.nodes["h"]["classes"] = (sy.Orthogonal(),)
+    assert g.space("h").classes == (sy.Orthogonal(),) and g.admits("h", sy.Orthogonal())
+    with pytest.raises(TieError):  # the structure check ran again: a head group needs head classes
+        g.nx.nodes["h"]["head_group"] = "attn"
+        g.validate()
+
+    g = two_layer().validate(params())
+    key = next(iter(g.nx.get_edge_data("fc2.weight", "h")))
+    g.nx.edges["fc2.weight", "h", key]["axis"] = 0  # fc2.weight axis 0 has size 2, h has 4
+    assert [e.axis for e in g.edges_of("fc2.weight")] == [0]
+    with pytest.raises(ShapeMismatchError, match="'fc2.weight' axis 0"):
+        g.validate(params())
+
+    g = two_layer().validate(params())
+    g.nx.add_node("extra.weight", kind="parameter", shape=(4,), fixed=False)
+    with pytest.raises(UncoveredParameterError, match="extra.weight"):
+        g.validate()
+    g.nx.remove_node("extra.weight")
+    g.validate()
+
+
+def test_a_replaced_networkx_graph_is_read_afresh():
+    g = two_layer().validate(params())
+    plain = nx.MultiDiGraph(g.nx)  # a graph that does not track its edits
+    g.nx = plain
+    assert len(g.edges_of("fc1.weight")) == 1
+    plain.remove_edge("fc1.weight", "h")
+    assert g.edges_of("fc1.weight") == []
+    with pytest.raises(GraphError, match="MultiDiGraph"):
+        g.nx = {"not": "a graph"}
