@@ -17,10 +17,11 @@ from solvers.registry import (ENTRY_POINT_GROUP, FunctionSolver, Solver, SolverI
                               solve, unregister)
 from solvers.solution import Solution
 from solvers.subproblems import subproblem
-from solvers.functions import (activation_matching, learned_matching, optimal_transport, relaxation, semi_permutation,
-                               semi_permutation_qp, weight_matching)
+from solvers.functions import (activation_matching, learned_matching, optimal_transport, posterior_matching, relaxation,
+                               semi_permutation, semi_permutation_qp, weight_matching)
 
 __all__ = ["solve", "applicable", "as_batches", "register", "unregister", "get", "available", "Solver", "FunctionSolver", "SolverInfo",
            "Problem", "make_problem", "Solution", "ENTRY_POINT_GROUP", "SolverError", "SolverInputError",
            "UnknownSolverError", "UnsupportedClassError", "subproblem", "weight_matching", "semi_permutation",
-           "activation_matching", "optimal_transport", "relaxation", "semi_permutation_qp", "learned_matching"]
+           "activation_matching", "optimal_transport", "relaxation", "semi_permutation_qp", "learned_matching",
+           "posterior_matching"]

@@ -1,5 +1,5 @@
 """Imports the built-in solver modules; each registers its solvers on import."""
 from __future__ import annotations
 
-from solvers.algorithms import activation_matching, relaxation, semi_permutation, transport, weight_matching  # noqa: F401
-from solvers import learned  # noqa: F401
+from solvers.algorithms import (activation_matching, learned, posterior, relaxation, semi_permutation,  # noqa: F401
+                                transport, weight_matching)

@@ -15,13 +15,14 @@ from solvers.algorithms.relaxation import RelaxationSolver, SemiPermutationQP
 from solvers.algorithms.semi_permutation import SemiPermutationSolver
 from solvers.algorithms.transport import OptimalTransport
 from solvers.algorithms.weight_matching import WeightMatching
-from solvers.learned import LearnedMatching
+from solvers.algorithms.learned import LearnedMatching
+from solvers.algorithms.posterior import PosteriorMatching
 from solvers.problem import make_problem
 from solvers.registry import Solver, solve
 from solvers.solution import Solution
 
 __all__ = ["weight_matching", "semi_permutation", "activation_matching", "optimal_transport", "relaxation",
-           "semi_permutation_qp", "learned_matching", "plain_function"]
+           "semi_permutation_qp", "learned_matching", "posterior_matching", "plain_function"]
 
 _POSITIONAL = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("graph", "params_a", "params_b")]
 _PROBLEM = [p for p in inspect.signature(make_problem).parameters.values()
@@ -55,3 +56,4 @@ optimal_transport = plain_function(OptimalTransport())
 relaxation = plain_function(RelaxationSolver())
 semi_permutation_qp = plain_function(SemiPermutationQP())
 learned_matching = plain_function(LearnedMatching())
+posterior_matching = plain_function(PosteriorMatching())

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import architectures
 import solvers
 from solvers.errors import SolverInputError, UnsupportedClassError
-from solvers.learned import midpoint_loss
+from solvers.algorithms.learned import midpoint_loss
 from symmetries.action import apply
 from symmetries.classes import HeadStructured, Invertible, Orthogonal, Permutation
 from symmetries.demo.data import digits
@@ -180,13 +180,13 @@ def test_train_mode_batchnorm_modules_leave_the_inputs_untouched():
 
 
 def test_batchnorm_gradient_reaches_the_latents_of_every_space():
-    from solvers.learned import project_latents
+    from solvers.algorithms.learned import project_latents
     from solvers.problem import make_problem
     arch = architectures.vgg((4, "M", 5), in_channels=2, num_classes=3, batchnorm=True)
     pa, pb = arch.module(seed=0).state_dict(), arch.module(seed=1).state_dict()
     problem = make_problem(arch.graph, pa, pb, classes=Permutation())
     latents = {s: torch.eye(problem.sizes[s][0]).requires_grad_(True) for s in problem.spaces}
-    from solvers.learned import _align, _hard_keys
+    from solvers.algorithms.learned import _align, _hard_keys
     keys = _hard_keys(problem.graph, pb, arch.module())
     assert {k for k in pb if "running" in k or "num_batches" in k} == keys
     aligned = _align(problem.graph, pb, project_latents(problem.graph, latents, problem.classes), latents, keys)

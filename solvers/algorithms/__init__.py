@@ -5,9 +5,11 @@
 * :mod:`~solvers.algorithms.activation_matching` — statistics of activations on data (``activation_matching``);
 * :mod:`~solvers.algorithms.transport` — POT transport between neuron clouds (``optimal_transport``);
 * :mod:`~solvers.algorithms.relaxation` — convex relaxations with certificates (``relaxation``,
-  ``semi_permutation_qp``).
+  ``semi_permutation_qp``);
+* :mod:`~solvers.algorithms.learned` — the straight-through estimator (``learned_matching``);
+* :mod:`~solvers.algorithms.posterior` — mean-field Gaussian posteriors by W₂ (``posterior_matching``).
 
-(:mod:`solvers.learned` — ``learned_matching`` — is the same kind of module.) The plain functions
+The plain functions
 of the same names — ``solvers.weight_matching(graph, params_a, params_b, …)`` — live in
 :mod:`solvers.functions`; the modules live here so that a function and a module never share a name.
 """

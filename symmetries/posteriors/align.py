@@ -1,27 +1,21 @@
 """Aligning two mean-field Gaussian posteriors with one transform acting on means and stds.
 
 Cost: the squared 2-Wasserstein distance between diagonal Gaussians,
-``W₂²(q_A, T q_B) = ‖μ_A − Tμ_B‖² + ‖σ_A − |T|σ_B‖²``, minimised by coordinate descent over
-spaces: a first pass in declaration order scores each space only on tensors whose other axes
-are settled (input side first), then sweeps in random order from a seed until a sweep changes
-nothing (Git Re-Basin's weight matching, with this cost). At one
-space, with the others fixed, it is a linear assignment: permutations maximise
-``Σ_j C_μ[j,π(j)] + C_σ[j,π(j)]``; signed permutations ``|C_μ| + C_σ`` with ``s_j = sign C_μ``.
-Only maps keeping the mean-field family are allowed: permutations and sign flips (an
-orthogonal or invertible map makes the covariance dense).
+``W₂²(q_A, T q_B) = ‖μ_A − Tμ_B‖² + ‖σ_A − |T|σ_B‖²``, minimised by the registered solver
+``posterior_matching`` (:mod:`solvers.algorithms.posterior`: weight matching on a graph holding
+the means with their edges and the stds in role ``var``, so that each space is solved exactly by
+its class — LAP on ``C_μ + C_σ``, signed LAP on ``|C_μ| + C_σ``). Only maps keeping the
+mean-field family are allowed: permutations and sign flips (an orthogonal or invertible map makes
+the covariance dense).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
 
-import numpy as np
-import torch
-
-from symmetries.assignment import assignment_permutation
 from symmetries.classes import HeadStructured, Permutation, SignedPermutation, SignFlip, SymmetryClass, Trivial
-from symmetries.elements import GatherElement
 from symmetries.errors import NotAdmittedError
+from symmetries.policy import parse_class
 from symmetries.transforms import TransformSet
 from symmetries.posteriors.gaussian import MeanField
 
@@ -57,10 +51,10 @@ def wasserstein2(a: MeanField, b: MeanField) -> float:
 def _classes(graph, classes) -> dict[str, SymmetryClass]:
     out = {}
     for space in graph.spaces():
-        if isinstance(classes, SymmetryClass):
-            cls = classes
+        if classes is not None and not isinstance(classes, Mapping):
+            cls = parse_class(classes, space=space.name)
         elif isinstance(classes, Mapping) and space.name in classes:
-            cls = classes[space.name]
+            cls = parse_class(classes[space.name], space=space.name)
         else:
             cls = next((c() for c in (SignedPermutation, Permutation, SignFlip)
                         if graph.admits(space.name, c())), Trivial())
@@ -92,58 +86,6 @@ def _admitted_choices(graph, space: str) -> str:
     return f"choose {', '.join(names[:-1])} or {names[-1]} (the mean-field classes the space admits)"
 
 
-def _settled(graph, e, solved: set) -> bool:
-    """Whether every other axis of ``e.parameter`` indexes no space or an already solved one."""
-    return all(o.space in solved for o in graph.edges_of(e.parameter) if o.axis != e.axis)
-
-
-def _scores(graph, space: str, a: MeanField, b: MeanField, solved: set | None = None):
-    """``C_μ[j, i] = Σ_edges ⟨μ_A[..j..], μ_B[..i..]⟩`` and the same for σ (float64); with ``solved``,
-    only over edges whose tensors are otherwise settled (all of them if none is)."""
-    n = graph.space(space).size
-    cm = torch.zeros(n, n, dtype=torch.float64)
-    cs = torch.zeros(n, n, dtype=torch.float64)
-    seen = set()
-    edges = graph.edges_at(space)
-    if solved is not None:
-        edges = [e for e in edges if _settled(graph, e, solved)] or edges
-    for e in edges:
-        x = a.mean[e.parameter]
-        key = (e.parameter, e.axis % x.dim(), e.span(x.shape[e.axis]))
-        if key in seen:  # a tied axis counts once
-            continue
-        seen.add(key)
-        start, stop = key[2]
-
-        def rows(t):
-            return t.narrow(key[1], start, stop - start).movedim(key[1], 0).reshape(n, -1).double().cpu()
-        cm += rows(a.mean[e.parameter]) @ rows(b.mean[e.parameter]).T
-        cs += rows(a.std[e.parameter]) @ rows(b.std[e.parameter]).T
-    return cm, cs
-
-
-def _solve_space(cls: SymmetryClass, cm: torch.Tensor, cs: torch.Tensor, backend: str) -> GatherElement:
-    n = cm.shape[0]
-    if isinstance(cls, Trivial):
-        return GatherElement.identity(n)
-    if isinstance(cls, SignFlip):
-        return GatherElement.monomial(torch.arange(n), torch.where(torch.diagonal(cm) < 0, -1.0, 1.0).double())
-    signed = isinstance(cls, SignedPermutation)
-    score = (cm.abs() if signed else cm) + cs
-    perm_t = torch.from_numpy(assignment_permutation(score.numpy(), maximize=True, backend=backend))
-    if not signed:
-        return GatherElement(perm_t, n)
-    vals = cm[torch.arange(n), perm_t]
-    return GatherElement.monomial(perm_t, torch.where(vals < 0, -1.0, 1.0).double())
-
-
-def _gain(el: GatherElement, cm: torch.Tensor, cs: torch.Tensor) -> float:
-    """``⟨T, C_μ⟩ + ⟨|T|, C_σ⟩`` (the part of ``−W₂²/2`` that depends on this space's map)."""
-    j = torch.arange(cm.shape[0])
-    sign = torch.ones(cm.shape[0], dtype=torch.float64) if el.out_scale is None else el.out_scale.double()
-    return float((sign * cm[j, el.index]).sum() + (sign.abs() * cs[j, el.index]).sum())
-
-
 def align_posteriors(graph, post_a: MeanField, post_b: MeanField, *,
                      classes: SymmetryClass | Mapping[str, SymmetryClass] | None = None, max_sweeps: int = 100,
                      seed: int = 0, backend: str = "auto") -> PosteriorAlignment:
@@ -152,34 +94,15 @@ def align_posteriors(graph, post_a: MeanField, post_b: MeanField, *,
     ``classes``: one class, ``{space: class}``, or ``None`` (signed permutations where the space
     admits them, else permutations). Others raise :class:`MeanFieldClassError`.
     """
+    import solvers  # the application layer runs the registered solver
+
     chosen = _classes(graph, classes)
     graph.validate(post_a.mean)
     graph.validate(post_b.mean)
     from symmetries.landscape.interpolation import check_compatible
     check_compatible(post_a.mean, post_b.mean)
-    rng = np.random.default_rng(seed)
-    names = [s for s in chosen if not isinstance(chosen[s], Trivial)]
-    current = {s: GatherElement.identity(graph.space(s).size) for s in chosen}
-    before = wasserstein2(post_a, post_b)
-    # first pass in declaration (forward) order, each space scored only on tensors already settled
-    solved = {s for s in chosen if isinstance(chosen[s], Trivial)}
-    for s in names:
-        b_other = post_b.transform(graph, TransformSet({k: v for k, v in current.items() if k != s}))
-        current[s] = _solve_space(chosen[s], *_scores(graph, s, post_a, b_other, solved), backend)
-        solved.add(s)
-    sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):
-        changed = False
-        for i in rng.permutation(len(names)):
-            s = names[i]
-            others = TransformSet({k: v for k, v in current.items() if k != s})
-            b_other = post_b.transform(graph, others)
-            cm, cs = _scores(graph, s, post_a, b_other)
-            el = _solve_space(chosen[s], cm, cs, backend)
-            if _gain(el, cm, cs) > _gain(current[s], cm, cs) + 1e-12 * (1.0 + float(cs.abs().max())):
-                changed, current[s] = True, el
-        if not changed:
-            break
-    transforms = TransformSet(current)
-    aligned = post_b.transform(graph, transforms)
-    return PosteriorAlignment(transforms, aligned, before, wasserstein2(post_a, aligned), sweeps)
+    sol = solvers.solve("posterior_matching", graph, post_a.mean, post_b.mean, classes=chosen,
+                        stds=(post_a.std, post_b.std), seed=seed, max_iter=max_sweeps, backend=backend)
+    aligned = post_b.transform(graph, sol.transforms)
+    return PosteriorAlignment(sol.transforms, aligned, wasserstein2(post_a, post_b), wasserstein2(post_a, aligned),
+                              sol.iterations)
