@@ -14,7 +14,7 @@ from symmetries.classes import (ALL, HeadStructured, Invertible, Orthogonal, Per
                       PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass,
                       Trivial)
 
-__all__ = ["graph", "is_subclass", "superclasses", "subclasses", "product", "meet"]
+__all__ = ["graph", "is_subclass", "register", "superclasses", "subclasses", "product", "meet"]
 
 _COVERS = [
     (Trivial, Permutation), (Trivial, SignFlip), (Trivial, PositiveScaling),
@@ -53,7 +53,27 @@ def is_subclass(a: SymmetryClass, b: SymmetryClass) -> bool:
         return isinstance(b, _BLOCK_CLOSED) and is_subclass(a.inner, b)
     if hb:
         return isinstance(a, _DIAGONAL) and is_subclass(a, b.inner)
+    if type(a) not in _GRAPH or type(b) not in _GRAPH:  # a class nobody placed: only itself and {identity}
+        return isinstance(a, Trivial)
     return nx.has_path(_GRAPH, type(a), type(b))
+
+
+def register(cls: type[SymmetryClass], *, inside: tuple[type[SymmetryClass], ...] = ()) -> None:
+    """Place a third-party class type in the lattice: ``Trivial ⊂ cls ⊂ c`` for each ``c`` in ``inside``
+    (e.g. cyclic shifts ``inside=(Permutation,)``). Without it a new class is related only to itself
+    and to ``Trivial``. Refuses a placement that would make the order cyclic."""
+    if not (isinstance(cls, type) and issubclass(cls, SymmetryClass)) or cls is HeadStructured:
+        raise TypeError(f"register takes a SymmetryClass type other than HeadStructured, got {cls!r}")
+    for c in inside:
+        if not (isinstance(c, type) and issubclass(c, SymmetryClass)) or c is HeadStructured:
+            raise TypeError(f"inside lists SymmetryClass types, got {c!r}")
+    trial = _GRAPH.copy()
+    trial.add_edge(Trivial, cls)
+    trial.add_edges_from((cls, c) for c in inside)
+    if not nx.is_directed_acyclic_graph(trial):
+        raise ValueError(f"placing {cls.__name__} inside {', '.join(c.__name__ for c in inside)} makes the order cyclic")
+    _GRAPH.add_edge(Trivial, cls)
+    _GRAPH.add_edges_from((cls, c) for c in inside)
 
 
 def superclasses(cls: SymmetryClass) -> list[SymmetryClass]:

@@ -142,3 +142,26 @@ def test_weight_matching_supports_exactly_the_registered_classes():
     a, b = draw_params(0), draw_params(1)
     with pytest.raises(solvers.UnsupportedClassError, match="no_subproblem|NoSubproblem"):
         solvers.solve("weight_matching", g, a, b, classes=NoSubproblem())
+
+
+def test_default_classes_and_the_lattice_for_a_new_class():
+    """With no ``classes``, solve searches the space's own class (the class policy asks the lattice,
+    which relates an unplaced class only to itself and Trivial); ``lattice.register`` places it."""
+    from symmetries import Orthogonal, Permutation, Trivial, lattice
+
+    g, a = ring_mlp(), draw_params(2)
+    b = apply(g, a, {"h": CyclicShift.element(8, 3)})
+    sol = solvers.solve("weight_matching", g, a, b)  # the default: the space's CyclicShift
+    assert sol.objective_after < 1e-20 * sol.objective_before
+    assert not lattice.is_subclass(CyclicShift(), Permutation())
+    assert lattice.is_subclass(Trivial(), CyclicShift()) and not lattice.is_subclass(Permutation(), CyclicShift())
+
+    class Placed(CyclicShift):
+        pass
+
+    lattice.register(Placed, inside=(Permutation,))
+    assert lattice.is_subclass(Placed(), Permutation()) and lattice.is_subclass(Placed(), Orthogonal())
+    with pytest.raises(ValueError, match="cyclic"):
+        lattice.register(Permutation, inside=(Placed,))
+    with pytest.raises(TypeError):
+        lattice.register(Placed, inside=(int,))
