@@ -218,3 +218,23 @@ def test_saved_files_are_byte_identical_whatever_the_metadata_order(tmp_path):
     from safetensors import safe_open
     with safe_open(str(tmp_path / "m0.safetensors"), "pt") as f:
         assert f.metadata() == meta
+
+
+def test_the_guarantees_page_names_tests_that_exist():
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "guarantees.md").read_text()
+    refs = re.findall(r"`(tests/[\w*]+\.py)((?:::\w+)?)`|`::(\w+)`", page)
+    assert len(refs) > 20
+    current = None
+    for path, name, bare in refs:
+        if path:
+            current = path
+            files = sorted(root.glob(path))
+            assert files, path
+            name = name[2:]
+        else:
+            files, name = sorted(root.glob(current)), bare
+        if name:
+            assert any(re.search(rf"^def {name}\(", f.read_text(), flags=re.M) for f in files), (current, name)
