@@ -22,6 +22,7 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
+from symmetries.errors import ArgumentError
 from symmetries._args import integer, items, real, scaled, sizes
 from architectures._layers import BATCHNORM_CLASSES, MAXPOOL_CLASSES, add_batchnorm, connect_conv, restrict
 from architectures.activations import activation as lookup
@@ -95,14 +96,16 @@ def vgg(cfg: Cfg | str = (16, "M", 32, "M", 64), *, in_channels: int = 3, num_cl
     defaults to ``not batchnorm``. Invalid arguments raise ``ValueError`` naming them."""
     if isinstance(cfg, str):
         if cfg not in VGG_CONFIGS:
-            raise ValueError(f"unknown VGG configuration {cfg!r}; choose one of {', '.join(VGG_CONFIGS)}")
+            raise ArgumentError(f"unknown VGG configuration {cfg!r}; choose one of {', '.join(VGG_CONFIGS)}",
+                                argument="cfg")
         cfg = VGG_CONFIGS[cfg]
     width = real("width", width, strict=True)
-    entry = lambda msg: ValueError(f"{msg}; cfg lists conv widths and 'M' (max pool)")  # noqa: E731
-    cfg = [v if isinstance(v, str) and v == "M" else integer(f"cfg[{i}]", v, error=entry)
+    entry = lambda i: lambda msg: ArgumentError(f"{msg}; cfg lists conv widths and 'M' (max pool)",  # noqa: E731
+                                                argument=f"cfg[{i}]")
+    cfg = [v if isinstance(v, str) and v == "M" else integer(f"cfg[{i}]", v, error=entry(i))
            for i, v in enumerate(items("cfg", cfg))]
     if not any(v != "M" for v in cfg):
-        raise ValueError(f"cfg needs at least one conv width, got {cfg}")
+        raise ArgumentError(f"cfg needs at least one conv width, got {cfg}", argument="cfg")
     cfg = [v if v == "M" else scaled(v, width) for v in cfg]
     hidden = sizes("hidden", hidden)
     in_channels, num_classes = integer("in_channels", in_channels), integer("num_classes", num_classes)

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from symmetries.errors import ArgumentError
 from symmetries._args import sizes
 from architectures.activations import activation as lookup
 from architectures.architecture import Architecture, randn
@@ -34,24 +35,28 @@ def normalized_adjacency(adjacency: torch.Tensor, num_nodes: int | None = None) 
     a = torch.as_tensor(adjacency)
     if not a.is_floating_point() and a.dtype != torch.bool:
         if a.dim() != 2 or a.shape[0] != 2:
-            raise ValueError(f"an integer adjacency is an edge index of shape (2, E); got {tuple(a.shape)}")
+            raise ArgumentError(f"an integer adjacency is an edge index of shape (2, E); got {tuple(a.shape)}",
+                                argument="adjacency")
         if num_nodes is None and not a.numel():
-            raise ValueError("an empty edge index needs num_nodes")
+            raise ArgumentError("an empty edge index needs num_nodes", argument="num_nodes")
         n = int(num_nodes) if num_nodes is not None else int(a.max()) + 1
         if a.numel() and (int(a.min()) < 0 or int(a.max()) >= n):
-            raise ValueError(f"edge index entries must lie in [0, {n}), got [{int(a.min())}, {int(a.max())}]")
+            raise ArgumentError(f"edge index entries must lie in [0, {n}), got [{int(a.min())}, {int(a.max())}]",
+                                argument="adjacency")
         dense = torch.zeros(n, n, dtype=torch.float64, device=a.device)
         dense.index_put_((a[1], a[0]), torch.ones(a.shape[1], dtype=torch.float64, device=a.device), accumulate=True)
         a = dense
     elif a.dim() != 2 or a.shape[0] != a.shape[1]:
-        raise ValueError(f"a dense adjacency must be a square (N, N) matrix; got shape {tuple(a.shape)}")
+        raise ArgumentError(f"a dense adjacency must be a square (N, N) matrix; got shape {tuple(a.shape)}",
+                            argument="adjacency")
     elif num_nodes is not None and a.shape[0] != num_nodes:
-        raise ValueError(f"adjacency has {a.shape[0]} nodes, expected {num_nodes}")
+        raise ArgumentError(f"adjacency has {a.shape[0]} nodes, expected {num_nodes}", argument="adjacency")
     a = a.to(torch.float64) if not a.is_floating_point() else a
     a = a + torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
     deg = a.sum(1)
     if bool((deg <= 0).any()):
-        raise ValueError("A + I has a node with non-positive degree; Â = D^-1/2 (A + I) D^-1/2 is undefined")
+        raise ArgumentError("A + I has a node with non-positive degree; Â = D^-1/2 (A + I) D^-1/2 is undefined",
+                            argument="adjacency")
     s = deg.rsqrt()
     return s[:, None] * a * s[None, :]
 

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from symmetries.errors import ArgumentError
 from symmetries._args import sizes
 from architectures.activations import activation as lookup
 from architectures.architecture import Architecture, randn
@@ -43,7 +44,8 @@ def mlp(widths: Sequence[int], activation: str = "relu", bias: bool = True) -> A
     """An MLP with the given layer ``widths`` (positive integers, input first, output last)."""
     widths = sizes("widths", widths)
     if len(widths) < 2:
-        raise ValueError(f"widths needs at least two positive sizes (input and output), got {widths}")
+        raise ArgumentError(f"widths needs at least two positive sizes (input and output), got {widths}",
+                            argument="widths")
     act = lookup(activation)
     g = WeightGraph(f"mlp{widths}")
     n = len(widths) - 1

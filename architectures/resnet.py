@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from symmetries.errors import ArgumentError
 from symmetries._args import integer, real, scaled, sizes
 from architectures._layers import BATCHNORM_CLASSES, add_batchnorm, connect_conv
 from architectures.architecture import Architecture, images
@@ -80,9 +81,9 @@ def resnet(depth: int = 20, width: float = 1, num_classes: int = 10, *, in_chann
     nearest integer and at least 1 (``width=0.5``: 8, 16, 32). Invalid arguments raise
     ``ValueError`` naming them."""
     rule = "a CIFAR ResNet has depth 6n + 2 with n ≥ 1 (8, 14, 20, 32, …)"
-    depth = integer("depth", depth, error=lambda msg: ValueError(f"{msg}; {rule}"))
+    depth = integer("depth", depth, error=lambda msg: ArgumentError(f"{msg}; {rule}", argument="depth"))
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"{rule}, got depth={depth}")
+        raise ArgumentError(f"{rule}, got depth={depth}", argument="depth")
     width = real("width", width, strict=True)
     widths = [scaled(c, width) for c in sizes("channels", channels, 1)]
     in_channels, num_classes = integer("in_channels", in_channels), integer("num_classes", num_classes)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from symmetries.errors import ArgumentError
 from symmetries.classes import HeadStructured, Invertible, Orthogonal, Permutation
 
 from symmetries._args import integer, real
@@ -41,15 +42,16 @@ def _config(d_model, n_heads, n_layers, d_mlp, packed_qkv, norm, norm_dim, d_hea
     d_mlp = 4 * d_model if d_mlp is None else integer("d_mlp", d_mlp)
     if d_head is None:
         if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not a multiple of n_heads={n_heads}; pass d_head")
+            raise ArgumentError(f"d_model={d_model} is not a multiple of n_heads={n_heads}; pass d_head",
+                                argument="d_model")
         d_head = d_model // n_heads
     d_head = integer("d_head", d_head)
     if norm_dim is not None:
         norm_dim = integer("norm_dim", norm_dim)
     if activation not in GELUS:
-        raise ValueError(f"activation must be one of {sorted(GELUS)}, got {activation!r}")
+        raise ArgumentError(f"activation must be one of {sorted(GELUS)}, got {activation!r}", argument="activation")
     if norm not in ("layernorm", "rms"):
-        raise ValueError(f"norm must be 'layernorm' or 'rms', got {norm!r}")
+        raise ArgumentError(f"norm must be 'layernorm' or 'rms', got {norm!r}", argument="norm")
     return dict(d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_mlp=d_mlp, packed_qkv=bool(packed_qkv),
                 norm=norm, norm_dim=norm_dim if norm_dim is not None and norm == "rms" else d_model,
                 d_head=d_head, eps=real("eps", eps), activation=activation)
@@ -130,7 +132,7 @@ def gpt2(vocab_size: int, n_positions: int, d_model: int, n_heads: int, n_layers
                n_positions=integer("n_positions", n_positions), tie_embeddings=bool(tie_embeddings),
                head_bias=bool(head_bias))
     if tie_embeddings and head_bias:
-        raise ValueError("tie_embeddings=True has no separate head to carry head_bias")
+        raise ArgumentError("tie_embeddings=True has no separate head to carry head_bias", argument="head_bias")
     d = cfg["d_model"]
     g = WeightGraph(f"gpt2(d={d}, heads={cfg['n_heads']}, layers={cfg['n_layers']}, norm={norm}"
                     + (", packed" if packed_qkv else "") + (", tied" if tie_embeddings else "") + ")")
@@ -160,7 +162,8 @@ def vit(image_size: int, patch_size: int, channels: int, d_model: int, n_heads: 
     raise ``ValueError`` naming them."""
     image_size, patch_size = integer("image_size", image_size), integer("patch_size", patch_size)
     if image_size % patch_size:
-        raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
+        raise ArgumentError(f"image_size={image_size} is not a multiple of patch_size={patch_size}",
+                            argument="image_size")
     cfg = _config(d_model, n_heads, n_layers, d_mlp, packed_qkv, norm, norm_dim, d_head, eps, activation)
     cfg.update(kind="vit", image_size=image_size, patch_size=patch_size, channels=integer("channels", channels),
                num_classes=integer("num_classes", num_classes))

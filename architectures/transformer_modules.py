@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from symmetries.errors import ArgumentError
 from torch import nn
 
 __all__ = ["RMSNormNoGain", "Attention", "Block", "GPT", "ViT"]
@@ -38,7 +40,7 @@ def make_norm(norm: str, d_model: int, norm_dim: int, eps: float) -> nn.Module:
         return nn.LayerNorm(d_model, eps=eps)
     if norm == "rms":
         return RMSNormNoGain(norm_dim, eps)
-    raise ValueError(f"norm must be 'layernorm' or 'rms', got {norm!r}")
+    raise ArgumentError(f"norm must be 'layernorm' or 'rms', got {norm!r}", argument="norm")
 
 
 class Attention(nn.Module):

@@ -13,7 +13,7 @@ import torch
 
 from symmetries._arrays import restore, to_tensor
 from symmetries.elements import Element, GatherElement, HeadElement
-from symmetries.errors import ElementNotAdmittedError, ElementShapeError, TieError
+from symmetries.errors import ArgumentTypeError, ElementNotAdmittedError, ElementShapeError, TieError
 from symmetries.graph import WeightGraph
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
@@ -32,7 +32,7 @@ def apply(graph: WeightGraph, params: Mapping, transforms: Mapping[str, Element]
     check (the fast path solvers use on their own, already checked, elements).
     """
     if not isinstance(transforms, TransformSet):
-        transforms = TransformSet(transforms)
+        transforms = TransformSet(_elements(transforms))
     if check:
         graph.validate(params)
         _check_transforms(graph, transforms)
@@ -50,6 +50,18 @@ def apply(graph: WeightGraph, params: Mapping, transforms: Mapping[str, Element]
             t = apply_axis(t, axis, group, transforms)
         out[name] = restore(t, was_numpy)
     return out
+
+
+def _elements(transforms) -> Mapping:
+    """``transforms`` if it maps space names to elements, else :class:`ArgumentTypeError` naming the entry."""
+    if not isinstance(transforms, Mapping):
+        raise ArgumentTypeError(f"transforms must be a mapping space → Element (a TransformSet), got "
+                                f"{type(transforms).__name__}", argument="transforms")
+    for space, el in transforms.items():
+        if not isinstance(el, Element):
+            raise ArgumentTypeError(f"transform for space {space!r} must be an Element, got {type(el).__name__}",
+                                    argument=f"transforms[{space!r}]")
+    return transforms
 
 
 def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:

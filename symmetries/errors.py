@@ -21,6 +21,8 @@ __all__ = [
     "NoOracleError",
     "TieError",
     "ArgumentError",
+    "ParameterTypeError",
+    "ArgumentTypeError",
     "InvalidElementError",
     "ElementNotAdmittedError",
 ]
@@ -78,6 +80,10 @@ class UncoveredParameterError(GraphError):
     """A parameter is neither touched by any space nor declared fixed (or is both)."""
 
 
+class ParameterTypeError(GraphError, TypeError):
+    """A parameter set is not a mapping, or holds a value that is not a tensor or array (``None``)."""
+
+
 class RoleClassError(GraphError):
     """A role cannot be exact for a class admitted at the space (e.g. a tied axis with T⁻ᵀ ≠ T)."""
 
@@ -120,6 +126,11 @@ class ArgumentError(SymmetryError, ValueError):
     def __init__(self, message: str, *, argument: str | None = None):
         super().__init__(message)
         self.argument = argument
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument has the wrong type (a transform that is not an ``Element``, a seed that is not an
+    integer); ``argument`` names it."""
 
 
 class InvalidElementError(SymmetryError, ValueError):

@@ -153,25 +153,41 @@ class WeightGraph:
         self._new_node(name)
         size = integer("size", size, error=lambda msg: GraphError(f"space {name!r}: {msg}", space=name))
         classes = _as_classes(classes, name)
+        for key, value in (("activation", activation), ("head_group", head_group)):
+            if value is not None and not isinstance(value, str):
+                raise GraphError(f"space {name!r}: {key} must be a string or None, got {value!r}", space=name)
         self.nx.add_node(name, kind="space", size=size, classes=classes, activation=activation,
                          head_group=head_group)
         return self
 
     def connect(self, parameter: str, space: str, *, axis: int, role: Role | str,
                 slice: tuple[int, int] | None = None) -> "WeightGraph":
-        """Say that ``parameter``'s ``axis`` (or ``slice`` of it) indexes ``space`` in ``role``."""
-        if self.nx.nodes.get(parameter, {}).get("kind") != "parameter":
-            raise UnknownParameterError(f"cannot connect unknown parameter {parameter!r}", parameter=parameter)
-        if self.nx.nodes.get(space, {}).get("kind") != "space":
+        """Say that ``parameter``'s ``axis`` (or ``slice`` of it) indexes ``space`` in ``role``.
+
+        ``axis`` is an integer (negative counts from the end); ``slice`` a pair of integers
+        ``0 ≤ start < stop``; ``role`` ``"out"``, ``"in"`` or ``"var"``. Anything else is a
+        ``GraphError`` naming the parameter and the space (a float axis is never truncated)."""
+        if not isinstance(parameter, str) or self.nx.nodes.get(parameter, {}).get("kind") != "parameter":
+            raise UnknownParameterError(f"cannot connect unknown parameter {parameter!r}",
+                                        parameter=parameter if isinstance(parameter, str) else None)
+        if not isinstance(space, str) or self.nx.nodes.get(space, {}).get("kind") != "space":
             raise UnknownSpaceError(f"cannot connect {parameter!r} to unknown space {space!r}",
-                                    parameter=parameter, space=space)
+                                    parameter=parameter, space=space if isinstance(space, str) else None)
+        bad = lambda msg: GraphError(f"connect {parameter!r} → {space!r}: {msg}",  # noqa: E731
+                                     parameter=parameter, space=space)
+        axis = integer("axis", axis, None, error=bad)
         if slice is not None:
-            start, stop = (int(v) for v in slice)
-            if not 0 <= start < stop:
+            start, stop = (integer(f"slice[{i}]", v, 0, error=bad)
+                           for i, v in enumerate(_pair("slice", slice, bad)))
+            if not start < stop:
                 raise GraphError(f"slice {slice!r} of {parameter!r} axis {axis} must satisfy 0 ≤ start < stop",
                                  parameter=parameter, axis=axis, space=space)
             slice = (start, stop)
-        self.nx.add_edge(parameter, space, axis=int(axis), role=Role.parse(role), slice=slice)
+        try:
+            role = Role.parse(role)
+        except (ValueError, TypeError) as exc:
+            raise bad(str(exc)) from None
+        self.nx.add_edge(parameter, space, axis=axis, role=role, slice=slice)
         self._cache = None
         return self
 
@@ -244,26 +260,24 @@ class WeightGraph:
     def parameter(self, name: str) -> Parameter:
         try:
             return self._index()["params"][name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name
             raise UnknownParameterError(f"graph {self.name!r} has no parameter {name!r}", parameter=name) from None
 
     def space(self, name: str) -> Space:
         try:
             return self._index()["spaces"][name]
-        except KeyError:
+        except (KeyError, TypeError):
             known = ", ".join(sorted(self._index()["spaces"])) or "none"
             raise UnknownSpaceError(f"graph {self.name!r} has no space {name!r} (spaces: {known})",
                                     space=name) from None
 
     def edges_of(self, parameter: str) -> list[Edge]:
         """Edges leaving ``parameter`` (the axes symmetries act on)."""
-        self.parameter(parameter)
-        return list(self._index()["by_param"][parameter])
+        return list(self._index()["by_param"][self.parameter(parameter).name])
 
     def edges_at(self, space: str) -> list[Edge]:
         """Edges entering ``space`` (every tensor axis it indexes)."""
-        self.space(space)
-        return list(self._index()["by_space"][space])
+        return list(self._index()["by_space"][self.space(space).name])
 
     def head_groups(self) -> dict[str, list[str]]:
         """Spaces that share one head permutation, by group name."""
@@ -285,7 +299,7 @@ class WeightGraph:
         return self
 
     def __contains__(self, name: str) -> bool:
-        return name in self.nx
+        return isinstance(name, str) and name in self.nx
 
     def __repr__(self) -> str:
         idx = self._index()
@@ -293,10 +307,18 @@ class WeightGraph:
                 f"{self.nx.number_of_edges()} edges)")
 
 
+def _pair(name: str, value, error) -> list:
+    out = items(name, value, error=error)
+    if len(out) != 2:
+        raise error(f"{name} must be a pair (start, stop), got {value!r}")
+    return out
+
+
 def _as_classes(classes, space: str) -> tuple[SymmetryClass, ...]:
     if isinstance(classes, SymmetryClass):
         classes = (classes,)
-    classes = tuple(classes)
+    given = classes
+    classes = tuple(classes) if isinstance(classes, Iterable) and not isinstance(classes, (str, bytes)) else ()
     if not classes or not all(isinstance(c, SymmetryClass) for c in classes):
-        raise GraphError(f"space {space!r} needs one or more SymmetryClass instances, got {classes!r}", space=space)
+        raise GraphError(f"space {space!r} needs one or more SymmetryClass instances, got {given!r}", space=space)
     return classes

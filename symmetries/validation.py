@@ -8,8 +8,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Mapping
 
+import numpy as np
+import torch
+
 from symmetries.classes import HeadStructured
-from symmetries.errors import (MissingParameterError, OverlappingAxisError, RoleClassError,
+from symmetries.errors import (MissingParameterError, OverlappingAxisError, ParameterTypeError, RoleClassError,
                                ShapeMismatchError, TieError, UncoveredParameterError, UnknownParameterError)
 from symmetries.roles import Role
 
@@ -115,7 +118,15 @@ def _check_claims(graph, edges, shape) -> None:
 
 
 def check_params(graph, params: Mapping) -> None:
-    """Keys and sizes of ``params`` against the graph."""
+    """Keys, kinds and sizes of ``params`` against the graph: a mapping name → torch tensor or numpy
+    array (anything else, ``None`` included, is a :class:`ParameterTypeError` naming the entry)."""
+    if not isinstance(params, Mapping):
+        raise ParameterTypeError(f"parameters must be a mapping name → tensor (a state_dict works), got "
+                                 f"{type(params).__name__}")
+    for k, v in params.items():
+        if not isinstance(v, (torch.Tensor, np.ndarray)):
+            raise ParameterTypeError(f"parameter {k!r} is a {type(v).__name__}, not a torch tensor or numpy array",
+                                     parameter=k if isinstance(k, str) else None)
     names = {p.name for p in graph.parameters()}
     unknown = [k for k in params if k not in names]
     if unknown:

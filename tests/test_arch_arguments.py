@@ -1,6 +1,6 @@
-"""Builders refuse invalid arguments with a ValueError naming the argument and the bad value
-(they used to clamp, truncate or build graphs with negative sizes); width multipliers round
-to the nearest integer, at least 1."""
+"""Builders refuse invalid arguments with the library's ArgumentError (a ValueError) naming the
+argument and the bad value (they used to clamp, truncate or build graphs with negative sizes);
+width multipliers round to the nearest integer, at least 1."""
 from __future__ import annotations
 
 import re
@@ -8,6 +8,7 @@ import re
 import pytest
 
 import architectures
+from symmetries.errors import ArgumentError
 
 A = architectures
 
@@ -58,7 +59,28 @@ def test_invalid_arguments_are_refused_by_name(case):
     call, name, value = BAD[case]
     with pytest.raises(ValueError, match=rf"^{re.escape(name)} .*got {re.escape(value)}(?![\w.])") as info:
         call()
-    assert type(info.value) is ValueError
+    assert isinstance(info.value, ArgumentError) and info.value.argument == name
+
+
+#: the builders' own checks (not the shared size checks): (call, the argument the error names)
+OWN = {
+    "vgg unknown config": (lambda: A.vgg("vgg99"), "cfg"),
+    "vgg only pooling": (lambda: A.vgg(["M"]), "cfg"),
+    "mlp one width": (lambda: A.mlp([3]), "widths"),
+    "resnet depth rule": (lambda: A.resnet(21), "depth"),
+    "gpt2 heads do not divide": (lambda: A.gpt2(13, 6, 9, 2, 1), "d_model"),
+    "gpt2 activation": (lambda: A.gpt2(13, 6, 8, 2, 1, activation="swish"), "activation"),
+    "gpt2 norm": (lambda: A.gpt2(13, 6, 8, 2, 1, norm="batch"), "norm"),
+    "vit patch does not divide": (lambda: A.vit(9, 4, 3, 8, 2, 1), "image_size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OWN))
+def test_builders_own_checks_raise_the_library_type(case):
+    call, name = OWN[case]
+    with pytest.raises(ArgumentError) as info:
+        call()
+    assert isinstance(info.value, ValueError) and info.value.argument == name
 
 
 def test_width_multipliers_round_to_the_nearest_integer_and_at_least_one():
