@@ -11,8 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 from symmetries import errors, lattice
 from symmetries.action import apply
 from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
-                      PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass, Trivial)
-from symmetries.elements import DenseElement, Element, GatherElement, HeadElement, ScatterElement
+                      PositiveScaling, Rotary, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass, Trivial)
+from symmetries.elements import DenseElement, Element, GatherElement, HeadElement, RotaryElement, ScatterElement
 from symmetries.graph import Edge, Parameter, Space, WeightGraph
 from symmetries.policy import CLASS_NAMES, parse_class, resolve_classes, standard_class
 from symmetries.roles import Role
@@ -26,8 +26,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "apply", "random_transforms", "identity_transforms", "TransformSet", "Role",
     "SymmetryClass", "Trivial", "Permutation", "SignFlip", "SignedPermutation", "PositiveScaling",
-    "PermutationScaling", "Orthogonal", "Invertible", "SemiPermutation", "HeadStructured",
-    "Element", "GatherElement", "ScatterElement", "DenseElement", "HeadElement",
+    "PermutationScaling", "Orthogonal", "Invertible", "SemiPermutation", "HeadStructured", "Rotary",
+    "Element", "GatherElement", "ScatterElement", "DenseElement", "HeadElement", "RotaryElement",
     "tie_heads", "WeightGraph", "Parameter", "Space", "Edge", "resolve_classes", "parse_class", "standard_class", "CLASS_NAMES",
     "errors", "lattice", "__version__",
 ]

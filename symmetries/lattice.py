@@ -2,7 +2,8 @@
 
 ``Permutation ⊂ SignedPermutation ⊂ Orthogonal ⊂ Invertible``,
 ``PositiveScaling ⊂ PermutationScaling ⊂ Invertible``, ``SignFlip ⊂ SignedPermutation``,
-``Permutation ⊂ SemiPermutation ⊂ Invertible`` (as embeddings), ``Trivial`` below all.
+``Permutation ⊂ SemiPermutation ⊂ Invertible`` (as embeddings), ``Rotary ⊂ Invertible`` (scaled
+rotations of rotary pairs), ``Trivial`` below all.
 ``HeadStructured(H, A) ⊂ HeadStructured(H, B)`` iff ``A ⊂ B``; a head-structured class
 sits inside every block-closed class that contains its inner class.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import networkx as nx
 
 from symmetries.classes import (ALL, HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
-                      PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass,
+                      PositiveScaling, Rotary, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass,
                       Trivial)
 
 __all__ = ["graph", "is_subclass", "register", "superclasses", "subclasses", "product", "meet"]
@@ -23,6 +24,7 @@ _COVERS = [
     (Permutation, PermutationScaling), (PositiveScaling, PermutationScaling),
     (PermutationScaling, Invertible),
     (Permutation, SemiPermutation), (SemiPermutation, Invertible),
+    (Trivial, Rotary), (Rotary, Invertible),
 ]
 
 # Classes closed under block-diagonal assembly and block permutation: a head-structured class

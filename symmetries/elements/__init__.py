@@ -3,5 +3,6 @@ from symmetries.elements.base import Element
 from symmetries.elements.dense import DenseElement
 from symmetries.elements.gather import GatherElement, ScatterElement
 from symmetries.elements.heads import HeadElement
+from symmetries.elements.rotary import RotaryElement
 
-__all__ = ["Element", "GatherElement", "ScatterElement", "DenseElement", "HeadElement"]
+__all__ = ["Element", "GatherElement", "ScatterElement", "DenseElement", "HeadElement", "RotaryElement"]
