@@ -101,7 +101,7 @@ def _stream_distance(modules, site, x):
 def test_residual_streams_are_read_where_the_stream_is_returned():
     """A ResNet stage's stream is the stage's output (shortcut + branch, after the ReLU), not the
     last branch's BatchNorm with a ReLU applied; a transformer's residual stream (RMS rewrite) is
-    the last block's output, not the last MLP's projection."""
+    every block's output, not the last MLP's projection."""
     from solvers.algorithms.activation_matching import default_sites
     from symmetries import Trivial
     resnet = architectures.resnet(depth=14, channels=(4, 8, 16))
@@ -110,7 +110,7 @@ def test_residual_streams_are_read_where_the_stream_is_returned():
     assert sites["layer2.1.inner"] == "layer2.1.bn1" and sites["layer1.0.inner"] == "layer1.0.bn1"  # plain spaces
     gpt = architectures.gpt2(50, 16, 16, 4, 2, 32, norm="rms", tie_embeddings=True)
     gsites = default_sites(gpt.graph, gpt.module())
-    assert gsites["residual"] == "blocks.1" and gsites["blocks.1.mlp"] == "blocks.1.mlp.fc"
+    assert gsites["residual"] == ("blocks.0", "blocks.1") and gsites["blocks.1.mlp"] == "blocks.1.mlp.fc"
     assert default_sites(architectures.mlp([4, 5, 6, 2]).graph, architectures.mlp([4, 5, 6, 2]).module()) == \
         {"hidden.0": "layers.0", "hidden.1": "layers.1"}
 

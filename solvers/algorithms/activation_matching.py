@@ -18,27 +18,42 @@ on B's transforms elsewhere) on the activation objective ``Σ_s ‖Z_A,s − T_s
   ``invertible="cca"`` the CCA map ``T = Σ_AA^{1/2} polar(Σ_AA^{-1/2} Σ_AB Σ_BB^{-1/2}) Σ_BB^{-1/2}`` on
   centred covariances (whiten both, rotate B's canonical directions onto A's, re-colour).
 
+* ``HeadStructured(k, Permutation() | Orthogonal())`` — the heads of one attention (its head group:
+  the ``qk`` and ``vo`` spaces) are matched jointly and exactly: for every (A head ``i``, B head ``j``)
+  the inner oracle's best map ``E_ij`` on the block ``M_ij`` of ``Z_A Z_Bᵀ`` of each space, then
+  one head permutation by LAP on ``Σ_spaces ⟨E_ij, M_ij⟩`` (for a fixed head permutation the
+  per-head problems separate, so this is the exact minimiser of the activation objective over the
+  head-structured class). ``HeadStructured(k, Invertible())`` is refused: queries move by ``A`` and
+  keys by ``A⁻ᵀ``, so the objective is not a least-squares problem in ``A``.
+
 Sites default to the module named by the space's producing weight (``layers.0.weight`` →
 ``layers.0``; the last such module in the model when several produce the space), except for a
-residual stream, read at the block or stage that returns it (:func:`default_sites`); pass
-``sites={space: module name}`` otherwise.
+residual stream, read at the block or stage that returns it — at **every** block of a
+``ModuleList`` of blocks (a transformer's ``blocks.0`` … ``blocks.L-1``), its rows pooled — and
+for attention heads: the outputs of the modules whose weight meets the space on its output axis
+(``qk``: the queries ``q`` and keys ``k``, ``vo``: the values ``v``; with packed Q/K/V the slices
+``qkv[0:Hd]``, ``qkv[Hd:2Hd]``, ``qkv[2Hd:3Hd]`` of its output) (:func:`default_sites`). A site
+is a module name, optionally with a slice of its output features (``"blocks.0.attn.qkv[0:16]"``);
+pass ``sites={space: name or [names]}`` otherwise.
 """
 from __future__ import annotations
 
 from typing import Iterable
+
+import re
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from symmetries.classes import (Invertible, Orthogonal, Permutation, PermutationScaling, PositiveScaling,
-                                SignedPermutation, SignFlip, Trivial)
+from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
+                                PositiveScaling, SignedPermutation, SignFlip, Trivial)
 from symmetries.elements import DenseElement, GatherElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
-from solvers.errors import SolverInputError
+from solvers.errors import SolverInputError, UnsupportedClassError
 from solvers.registry import Solver, register
 from solvers.solution import Solution
 
@@ -58,27 +73,42 @@ def _producer(graph, space: str, order: dict[str, int]) -> str | None:
     return max(cands, key=order.__getitem__) if cands else None
 
 
-def default_sites(graph, model: nn.Module) -> dict[str, str]:
-    """``space → module name`` whose output is the space's value. A plain space: its last producing
+def default_sites(graph, model: nn.Module) -> dict[str, str | tuple[str, ...]]:
+    """``space → site`` (a module name, or a tuple of them when the space is read at several
+    modules, its rows pooled) whose output is the space's value. A plain space: its last producing
     module ``p`` (``X.weight`` with role ``out`` → ``X``; its activation is applied to the output). A
     residual stream — a space written again after it has been read (a consuming module between its
     first and its last producing module), its writes summed: the outermost module containing ``p``
     that contains no later module touching the space and is called (a ResNet stage ``layer2``, a
     transformer block ``blocks.11``), whose output is the stream itself, not the last branch added
-    to it (no activation is applied: the module's output is the value the network computes)."""
-    return {s: site for s, (site, _) in _site_plan(graph, model).items()}
+    to it (no activation is applied: the module's output is the value the network computes); when
+    that module is one of a ``ModuleList`` of blocks, every block of the list that writes the stream
+    (``blocks.0`` … ``blocks.11``). An attention space (one with a head group): the outputs of the
+    modules whose ``.weight`` meets the space on axis 0 — queries and keys for ``qk``, values for
+    ``vo`` — as ``"module"`` or ``"module[start:stop]"`` (a slice of packed Q/K/V)."""
+    return {s: (v[0] if len(v) == 1 else tuple(v)) for s, (v, _) in _site_plan(graph, model).items()}
 
 
-def _site_plan(graph, model: nn.Module) -> dict[str, tuple[str, str]]:
-    """``space → (default site, last producing module)`` (see :func:`default_sites`)."""
+def _site_plan(graph, model: nn.Module) -> dict[str, tuple[list[str], str]]:
+    """``space → (default sites, last producing module)`` (see :func:`default_sites`)."""
     modules = dict(model.named_modules())
     order = {n: i for i, n in enumerate(modules)}
     sites = {}
     for space in graph.spaces():
+        if space.head_group is not None:
+            heads = []
+            for e in graph.edges_at(space.name):
+                m = _module_of(e.parameter)
+                if e.parameter.endswith(".weight") and e.axis == 0 and m in order:
+                    name = m if e.slice is None else f"{m}[{e.slice[0]}:{e.slice[1]}]"
+                    heads.append(name) if name not in heads else None
+            if heads:
+                sites[space.name] = (heads, heads[0])
+                continue
         p = _producer(graph, space.name, order)
         if p is None:
             continue
-        sites[space.name] = (p, p)
+        sites[space.name] = ([p], p)
         edges = [(e, _module_of(e.parameter)) for e in graph.edges_at(space.name)]
         first = min(order[m] for e, m in edges if e.role is Role.OUT and m in order)
         if not any(e.role is Role.IN and m in order and first < order[m] < order[p] for e, m in edges):
@@ -90,8 +120,38 @@ def _site_plan(graph, model: nn.Module) -> dict[str, tuple[str, str]]:
             if any(_inside(m, outer) for m in later):
                 break
             if not isinstance(modules[outer], (nn.ModuleList, nn.ModuleDict)):
-                sites[space.name] = (outer, p)
+                sites[space.name] = ([outer], p)
+        final = sites[space.name][0][0]
+        blocks = _blocks(modules, edges)
+        sites[space.name] = (blocks + ([] if any(_inside(final, b) for b in blocks) else [final]), p)
     return sites
+
+
+def _blocks(modules: dict, edges: list) -> list[str]:
+    """The blocks of a residual stream, in model order: children of a ``ModuleList``/``ModuleDict``
+    that both read (role ``in``) and write (role ``out``) the stream — each returns the stream."""
+    order = {n: i for i, n in enumerate(modules)}
+    readers = [m for e, m in edges if e.role is Role.IN and m in modules]
+    found = set()
+    for e, w in edges:
+        if e.role is not Role.OUT or w not in modules:
+            continue
+        parts = w.split(".")
+        for k in range(1, len(parts)):
+            block, parent = ".".join(parts[:k]), ".".join(parts[:k - 1])
+            if isinstance(modules[parent], (nn.ModuleList, nn.ModuleDict)) and any(_inside(r, block) for r in readers):
+                found.add(block)
+                break
+    return sorted(found, key=order.__getitem__)
+
+
+_SLICE = re.compile(r"^(.*)\[(\d+):(\d+)\]$")
+
+
+def _parse_site(site: str) -> tuple[str, tuple[int, int] | None]:
+    """``"module"`` or ``"module[start:stop]"`` (a slice of the output features)."""
+    found = _SLICE.match(site)
+    return (site, None) if found is None else (found.group(1), (int(found.group(2)), int(found.group(3))))
 
 
 def _inside(module: str, outer: str) -> bool:
@@ -160,11 +220,12 @@ def _features(out: torch.Tensor, channel_first: bool, activation) -> torch.Tenso
     return out.movedim(axis, -1).reshape(-1, out.shape[axis])
 
 
-def collect(problem, sites: dict[str, str], apply_activation: bool,
+def collect(problem, sites: dict[str, list[str]], apply_activation: bool,
             streams: dict[str, str] | None = None) -> dict[str, Moments]:
-    """Run both models on the data with hooks at the sites; return the moments per space.
-    ``streams``: ``space → producing module`` for sites whose output is the space's value as
-    computed (no activation applied; the producing module's type gives the channel axis)."""
+    """Run both models on the data with hooks at the sites (``space → [site, …]``, each a module name
+    or ``"module[start:stop]"``; the rows of all sites of a space are pooled); return the moments
+    per space. ``streams``: ``space → producing module`` for sites whose output is the space's value
+    as computed (no activation applied; the producing module's type gives the channel axis)."""
     from architectures.activations import activation as lookup
 
     streams = streams or {}
@@ -174,34 +235,40 @@ def collect(problem, sites: dict[str, str], apply_activation: bool,
     for s in sites:
         name = problem.graph.space(s).activation
         acts[s] = lookup(name).module() if (apply_activation and name and s not in streams) else None
-    store: dict[tuple[int, str], torch.Tensor] = {}
+    store: dict[tuple[int, str, int], torch.Tensor] = {}
     handles = []
     for k, model in enumerate((model_a, model_b)):
-        for s, site in sites.items():
-            try:
-                module = model.get_submodule(site)
-            except AttributeError:
-                raise SolverInputError(f"space {s!r}: model {'AB'[k]} has no module {site!r} (sites=)", space=s) \
-                    from None
+        for s, names in sites.items():
+            for i, site in enumerate(names):
+                module_name, cut = _parse_site(site)
+                try:
+                    module = model.get_submodule(module_name)
+                except AttributeError:
+                    raise SolverInputError(f"space {s!r}: model {'AB'[k]} has no module {module_name!r} (sites=)",
+                                           space=s) from None
+                channel_first = isinstance(model.get_submodule(streams[s]) if s in streams else module,
+                                           _CHANNEL_FIRST)
 
-            channel_first = isinstance(model.get_submodule(streams[s]) if s in streams else module, _CHANNEL_FIRST)
-
-            def hook(mod, inputs, out, k=k, s=s, channel_first=channel_first):
-                store[(k, s)] = _features(out, channel_first, acts[s])
-            handles.append(module.register_forward_hook(hook))
+                def hook(mod, inputs, out, k=k, s=s, i=i, channel_first=channel_first, cut=cut):
+                    z = _features(out, channel_first, acts[s])
+                    store[(k, s, i)] = z if cut is None else z[:, cut[0]:cut[1]]
+                handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
             for x in _batches(problem.data):
                 x = x.to(problem.device, problem.dtype) if x.is_floating_point() else x.to(problem.device)
                 functional_call(model_a, problem.params_a, (x,))
                 functional_call(model_b, problem.params_b, (x,))
-                for s in sites:
-                    za, zb = store[(0, s)], store[(1, s)]
+                for s, names in sites.items():
                     m, n = problem.sizes[s]
-                    if za.shape[1] != m or zb.shape[1] != n:
-                        raise SolverInputError(f"space {s!r}: site {sites[s]!r} yields {za.shape[1]} / {zb.shape[1]} "
-                                               f"features, the space has {m} / {n}", space=s)
-                    moments[s].update(za, zb)
+                    for i, site in enumerate(names):
+                        if (0, s, i) not in store or (1, s, i) not in store:
+                            raise SolverInputError(f"space {s!r}: site {site!r} was not called", space=s)
+                        za, zb = store[(0, s, i)], store[(1, s, i)]
+                        if za.shape[1] != m or zb.shape[1] != n:
+                            raise SolverInputError(f"space {s!r}: site {site!r} yields {za.shape[1]} / "
+                                                   f"{zb.shape[1]} features, the space has {m} / {n}", space=s)
+                        moments[s].update(za, zb)
                 store.clear()
     finally:
         for h in handles:
@@ -247,22 +314,49 @@ def _solve_space(cls, mom: Moments, statistic: str, ridge: float, backend: str, 
     raise TypeError(f"activation matching has no rule for {cls!r}")
 
 
+HEAD_INNER = (Permutation, Orthogonal)
+
+
+def refuse_heads(solver: str, problem, reason: str, inner=HEAD_INNER) -> None:
+    """:class:`UnsupportedClassError` naming the solver, space and class at the first head-structured
+    space whose inner class is not one of ``inner``, with ``reason`` (why the maths does not allow it)."""
+    for space, cls in problem.classes.items():
+        if isinstance(cls, HeadStructured) and not isinstance(cls.inner, inner):
+            names = " or ".join(f"HeadStructured({cls.num_heads}, {c.__name__}())" for c in inner)
+            raise UnsupportedClassError(f"solver {solver!r} cannot search space {space!r} in {cls!r}: {reason}; it "
+                                        f"searches heads as {names}", solver=solver, space=space, cls=cls)
+
+
 class ActivationMatching(Solver):
     """Per space, the class's best map between the two models' activations on data."""
 
     name = "activation_matching"
     needs_data = True
     description = ("activations on data via forward hooks: LAP on correlations, signed LAP, Procrustes, "
-                   "least squares (minimises sum_s ||Z_A - T Z_B||^2)")
+                   "least squares, heads by LAP over per-head maps (minimises sum_s ||Z_A - T Z_B||^2); "
+                   "heads: HeadStructured(k, Permutation | Orthogonal) only")
     classes = (Trivial, Permutation, SignFlip, SignedPermutation, PermutationScaling, PositiveScaling, Orthogonal,
-               Invertible)
+               Invertible, HeadStructured)
+
+    def supports(self, cls) -> bool:
+        if isinstance(cls, HeadStructured):
+            return isinstance(cls.inner, HEAD_INNER)
+        return super().supports(cls)
+
+    def check(self, problem) -> None:
+        refuse_heads(self.name, problem, "with an invertible per-head map queries move by A and keys by A^-T, so "
+                     "the activation objective is not a least-squares problem in A (weight_matching searches it)")
+        super().check(problem)
 
     def solve(self, problem, *, statistic: str = "correlation", ridge: float = 1e-10, backend: str = "auto",
               apply_activation: bool = True, invertible: str = "lstsq") -> Solution:
-        """``statistic``: ``"correlation"`` or ``"cross"`` (for the permutation LAP); ``ridge``: relative
-        Tikhonov term of the invertible least squares (eigenvalue floor for CCA); ``apply_activation``:
-        apply the space's declared activation to the site's output; ``invertible``: ``"lstsq"`` or
-        ``"cca"``."""
+        """``statistic``: ``"correlation"`` or ``"cross"`` (for the permutation LAP; head-structured
+        spaces always use the cross moments ``Z_A Z_Bᵀ``, which makes their joint solution exact);
+        ``ridge``: relative Tikhonov term of the invertible least squares (eigenvalue floor for CCA);
+        ``apply_activation``: apply the space's declared activation to the site's output;
+        ``invertible``: ``"lstsq"`` or ``"cca"``."""
+        from solvers.algorithms.learned import project_heads
+
         if statistic not in ("correlation", "cross"):
             raise ValueError(f"statistic must be 'correlation' or 'cross', got {statistic!r}")
         if invertible not in ("lstsq", "cca"):
@@ -271,30 +365,40 @@ class ActivationMatching(Solver):
             raise SolverInputError("activation matching needs data= and models=(module_a, module_b) (or pass "
                                    "an Architecture as the graph)")
         plan = _site_plan(problem.graph, problem.models[0])
-        sites = {s: site for s, (site, _) in plan.items()}
-        sites.update(problem.sites or {})
-        sites = {s: site for s, site in sites.items() if s in problem.spaces}
-        streams = {s: plan[s][1] for s, site in sites.items() if s in plan and site == plan[s][0] != plan[s][1]}
+        sites = {s: list(names) for s, (names, _) in plan.items()}
+        sites.update({s: [v] if isinstance(v, str) else list(v) for s, v in (problem.sites or {}).items()})
+        sites = {s: names for s, names in sites.items() if s in problem.spaces}
+        streams = {s: plan[s][1] for s, names in sites.items()
+                   if s in plan and names == plan[s][0] and plan[s][1] not in names}
         missing = [s for s in problem.spaces if s not in sites]
         if missing:
             raise SolverInputError(f"no activation site for space(s) {', '.join(map(repr, missing))}: pass "
                                    f"sites={{space: module name}} or classes={{space: Trivial()}}", space=missing[0])
         moments = collect(problem, sites, apply_activation, streams)
-        transforms, before, after = {}, 0.0, 0.0
+        transforms, before, after, groups = {}, 0.0, 0.0, {}
         for s, mom in moments.items():
-            el = _solve_space(problem.classes[s], mom, statistic, ridge, backend, invertible)
-            transforms[s] = el
+            cls = problem.classes[s]
+            group = problem.graph.space(s).head_group
+            if isinstance(cls, HeadStructured) and group is not None:
+                groups.setdefault(group, []).append(s)
+            elif isinstance(cls, HeadStructured):
+                transforms[s] = project_heads({s: mom.ab}, problem.classes, [s], backend)[s]
+            else:
+                transforms[s] = _solve_space(cls, mom, statistic, ridge, backend, invertible)
+        for names in groups.values():  # one head permutation per attention: the exact joint minimiser
+            transforms.update(project_heads({s: moments[s].ab for s in names}, problem.classes, names, backend))
+        for s, mom in moments.items():
             m, n = problem.sizes[s]
             before += mom.objective(GatherElement.identity(n)) if m == n else float("nan")
-            after += mom.objective(el)
-        t = TransformSet(transforms)
+            after += mom.objective(transforms[s])
+        t = TransformSet({s: transforms[s] for s in moments})
         j_before, j_after = problem.objective(None), problem.objective(t)
         return Solution(t, before, after, iterations=1, status="converged",
                         objective="sum_s ||Z_A,s - T_s Z_B,s||^2 on the data",
                         message=f"{len(moments)} space(s), {next(iter(moments.values())).count} samples per space",
                         history=[before, after],
                         extra={"weight_objective_before": j_before, "weight_objective_after": j_after,
-                               "sites": sites})
+                               "sites": {s: (v[0] if len(v) == 1 else tuple(v)) for s, v in sites.items()}})
 
 
 register("activation_matching", ActivationMatching)

@@ -34,12 +34,14 @@ from solvers.registry import Solver, get, register
 from solvers.solution import Solution
 from solvers.subproblems import head_blocks
 
-__all__ = ["LearnedMatching", "project_latents", "midpoint_loss"]
+__all__ = ["LearnedMatching", "project_latents", "project_heads", "midpoint_loss"]
 
 
-def _project_heads(latents: dict, classes: dict, names: list[str], backend: str) -> dict[str, Element]:
-    """Joint head assignment of tied spaces: ``π = argmax Σ_s Σ_i ⟨E_s,iπ(i), L_s[i, π(i)]⟩`` with each
-    block's best inner map ``E``."""
+def project_heads(latents: dict, classes: dict, names: list[str], backend: str = "auto") -> dict[str, Element]:
+    """The joint oracle of head-tied spaces ``names`` (``classes[s] = HeadStructured(h, inner)``, inner
+    norm-keeping): ``argmax Σ_s ⟨T_s, L_s⟩`` over one head permutation ``π`` shared by the spaces and
+    per-head maps — ``π = argmax Σ_s Σ_i ⟨E_s,iπ(i), L_s[i, π(i)]⟩`` (LAP) with each block's best inner
+    map ``E`` (the inner oracle). Exact: for a fixed ``π`` the blocks separate."""
     h = classes[names[0]].num_heads
     best, value = {}, np.zeros((h, h))
     for s in names:
@@ -62,7 +64,7 @@ def project_latents(graph, latents: dict, classes: dict, backend: str = "auto") 
         else:
             out[s] = classes[s].project(lat.detach().cpu().to(torch.float64), backend=backend)
     for names in groups.values():
-        out.update(_project_heads(latents, classes, names, backend))
+        out.update(project_heads(latents, classes, names, backend))
     return TransformSet({s: out[s] for s in latents})
 
 
@@ -165,13 +167,23 @@ class LearnedMatching(Solver):
 
     name = "learned_matching"
     needs_data = True
-    description = "straight-through estimator (Git Re-Basin / Theus et al.): Adam on the loss of the interpolated model"
+    description = ("straight-through estimator (Git Re-Basin / Theus et al.): Adam on the loss of the interpolated "
+                   "model; heads: HeadStructured(k, Permutation | Orthogonal) only (Invertible has no projection)")
     classes = (Permutation, Orthogonal, HeadStructured)
 
     def supports(self, cls) -> bool:
         if isinstance(cls, HeadStructured):
             return isinstance(cls.inner, (Permutation, Orthogonal))
         return super().supports(cls)
+
+    def check(self, problem) -> None:
+        from solvers.algorithms.activation_matching import refuse_heads
+
+        refuse_heads(self.name, problem, "the straight-through estimator needs the inner class's projection "
+                     "argmax_T <T, L>, and an invertible (GL(d)) per-head map has none (the maximum is "
+                     "unbounded; the builder's default HeadStructured(k, Invertible()) is searched by "
+                     "weight_matching)")
+        super().check(problem)
 
     def solve(self, problem, *, loss_fn: Callable | None = None, steps: int = 300, lr: float = 0.05,
               batch_size: int = 256, alpha: tuple[float, float] = (0.4, 0.6), eval_batches: int = 10,
