@@ -113,7 +113,8 @@ def matmul(ctx, node, a, b):
         return scores_times_values(ctx, node, a, b)
     if isinstance(a, Feat) and isinstance(b, Feat) and a.spaced() and b.spaced():
         return bilinear(ctx, node, a, b)
-    if isinstance(b, ParamRef) and isinstance(a, Feat) and a.hdim is None and len(b.shape) == 2 and None not in b.axes:
+    if isinstance(b, ParamRef) and isinstance(a, Feat) and a.hdim is None and len(b.shape) == 2 and None not in b.axes \
+            and b.whole:
         if a.spaced() and a.dim != a.ndim - 1:
             return ctx.opaque(node, "a matrix product over a dimension that is not the features")
         pos = 0

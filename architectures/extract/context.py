@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from architectures.extract.derived import Derivation, derivation
 from architectures.extract.state import ExtractionError, Feat, HeadOnly, ParamRef, State
 
 __all__ = ["Context"]
@@ -37,6 +38,7 @@ class Context:
         for k, t in self.tensors.items():
             by_id[id(t)].append(k)
         self.aliases = {k: ks for ks in by_id.values() for k in ks}
+        self.derived: dict[str, Derivation] = {}
 
     def value(self, node: fx.Node):
         """The value of fx node ``node`` on the example inputs."""
@@ -49,17 +51,27 @@ class Context:
     def param(self, module: str, attr: str, present: Any = True) -> str | None:
         """The state-dict name of ``module``'s tensor ``attr`` (``module`` a submodule path, ``node.target``
         of a ``call_module`` node); ``None`` when ``present`` is ``None``/``False`` (an absent bias)
-        or the module has no such tensor."""
+        or the module has no such tensor. A tensor computed from state-dict tensors (weight or
+        spectral norm, pruning, any parametrization) keeps its module name: edges on it are carried
+        over to its sources when the graph is built, with the classes that keep that exact (see
+        :mod:`architectures.extract.derived`), and a space it meets otherwise keeps no symmetry."""
         if present is None or present is False:
             return None
         name = f"{module}.{attr}" if module else attr
-        return name if name in self.tensors else None
+        if name in self.tensors:
+            return name
+        d = self.derived.get(name) or derivation(self.root, self.tensors, module, attr)
+        if d is None:
+            return None
+        self.derived[name] = d
+        return name
 
     def poison(self, names, node: fx.Node) -> None:
         """The tensors ``names`` are used where no symmetry is known: every space they index is fixed."""
         for n in names:
             if n is not None:
                 self.state.poisoned.setdefault(n, node.name)
+                self.state.touched.append(n)
 
     def join(self, node, a, b) -> None:
         """``a`` and ``b`` must index one space: union their segments, or kill them if one is fixed."""
@@ -83,18 +95,39 @@ class Context:
 
     def attach(self, node, x: Feat, p: ParamRef, D: int, N: int) -> None:
         """Parameter ``p`` follows the features of ``x`` (a bias, a gain, a class token): role ``out``."""
-        axis = p.axes[D - (N - len(p.shape))]
-        pos = 0
+        d = D - (N - len(p.shape))
+        axis, cut = p.axes[d], p.span(d)
+        pos = 0 if cut is None else cut[0]
         for var, n in x.segs:
             if var is None:
                 self.poison([p.name], node)
-            self.state.connect(var, p.name, axis, "out", None if len(x.segs) == 1 else (pos, pos + n))
+            self.state.connect(var, p.name, axis, "out", None if len(x.segs) == 1 and cut is None else (pos, pos + n))
             pos += n
+        self.state.touched.append(p.name)
 
     def opaque(self, node: fx.Node, why: str, own: bool = False):
         """An op no rule can reason about, for reason ``why``: harmless if nothing spaced flows in; else
         an :class:`ExtractionError` naming the node, or (``unknown="fixed"``) a fixed region. Returns
         what the node then carries. ``own``: look at what the node itself carries instead of its inputs."""
+        vars_, params = self.carried(self.info.get(node) if own else
+                                     fx.node.map_arg((node.args, node.kwargs), lambda n: self.info.get(n)))
+        if node.op == "call_module" and not own:
+            prefix = f"{node.target}."
+            params += [k for k in self.tensors if k.startswith(prefix)]
+        if vars_ and self.unknown == "error":
+            spaces = ", ".join(sorted({repr(self.state.var(v).hint) for v in vars_}))
+            raise ExtractionError(
+                f"from_module cannot reason about fx node {node.name!r} ({node.op} {_target(node, self.root)}): "
+                f"{why}; it receives features of space(s) {spaces}. Pass unknown='fixed' to leave that region "
+                f"without symmetry.", node=node.name)
+        for v in vars_:
+            self.state.kill(v, f"fixed region at fx node {node.name!r}")
+        self.poison(params, node)
+        return self.info.get(node) if own else self._plain(self.values.get(node))
+
+    def carried(self, obj) -> tuple[list[int], list[str]]:
+        """The live candidate spaces and the state-dict tensors that ``obj`` (what values carry, in
+        tuples, lists and dicts) holds."""
         vars_, params = [], []
 
         def collect(a):
@@ -110,20 +143,8 @@ class Context:
             elif isinstance(a, dict):
                 for b in a.values():
                     collect(b)
-        collect(self.info.get(node) if own else fx.node.map_arg((node.args, node.kwargs), lambda n: self.info.get(n)))
-        if node.op == "call_module" and not own:
-            prefix = f"{node.target}."
-            params += [k for k in self.tensors if k.startswith(prefix)]
-        if vars_ and self.unknown == "error":
-            spaces = ", ".join(sorted({repr(self.state.var(v).hint) for v in vars_}))
-            raise ExtractionError(
-                f"from_module cannot reason about fx node {node.name!r} ({node.op} {_target(node, self.root)}): "
-                f"{why}; it receives features of space(s) {spaces}. Pass unknown='fixed' to leave that region "
-                f"without symmetry.", node=node.name)
-        for v in vars_:
-            self.state.kill(v, f"fixed region at fx node {node.name!r}")
-        self.poison(params, node)
-        return self.info.get(node) if own else self._plain(self.values.get(node))
+        collect(obj)
+        return vars_, params
 
     def _plain(self, value):
         if isinstance(value, torch.Tensor):

@@ -28,29 +28,35 @@ from architectures.extract.state import Feat, ParamRef, hint_of
 
 __all__: list[str] = []
 
+def _vector(t) -> bool:
+    """``t`` is absent or a whole one-axis parameter seen as it is (a bias, a gain)."""
+    return t is None or (isinstance(t, ParamRef) and t.axes == (0,) and t.whole)
+
+
 def _f_linear(ctx, node, x, weight, bias=None):
-    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not (bias is None or isinstance(bias, ParamRef)):
+    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not weight.whole or not _vector(bias):
         return ctx.opaque(node, "F.linear with weights that are not parameters of the module")
     return _linear(ctx, node, x, weight.name, None if bias is None else bias.name, hint_of(weight.name))
 
 
 def _f_layer_norm(ctx, node, x, shape, weight=None, bias=None, eps=1e-5):
-    if not all(t is None or (isinstance(t, ParamRef) and t.axes == (0,)) for t in (weight, bias)):
+    if not (_vector(weight) and _vector(bias)):
         return ctx.opaque(node, "F.layer_norm with gains that are not parameters of the module")
     tensors = [(None if t is None else t.name, "out") for t in (weight, bias)]
     return last_dim_norm(ctx, node, x, shape, "layer normalisation", tensors, PERM)
 
 
 def _f_embedding(ctx, node, idx, weight, *args, **kwargs):
-    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or kwargs.get("max_norm") is not None:
+    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not weight.whole \
+            or kwargs.get("max_norm") is not None:
         return ctx.opaque(node, "F.embedding with a table that is not a parameter of the module")
     return _embedding(ctx, node, idx, weight.name, hint_of(weight.name))
 
 
 def _f_conv(ctx, node, x, weight, bias=None, *args, **kwargs):
     groups = kwargs.get("groups", args[3] if len(args) > 3 else 1)
-    if not isinstance(weight, ParamRef) or weight.axes != tuple(range(len(weight.shape))) or groups != 1 \
-            or not (bias is None or isinstance(bias, ParamRef)):
+    if not isinstance(weight, ParamRef) or weight.axes != tuple(range(len(weight.shape))) or not weight.whole \
+            or groups != 1 or not _vector(bias):
         return ctx.opaque(node, "a functional convolution with weights that are not parameters, or groups")
     if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
         return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")

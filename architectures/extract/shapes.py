@@ -53,24 +53,32 @@ def move_feature(ctx, node, x, *args, **kwargs):
     return x.moved(out, d)
 
 
+def _spans(spans) -> tuple | None:
+    """``spans`` for a :class:`ParamRef`: ``None`` when no dimension is cut."""
+    spans = tuple(spans)
+    return None if all(s is None for s in spans) else spans
+
+
 def _move_param(ctx, node, p: ParamRef, out):
     axes: list[int | None] = [None] * len(out)
+    spans: list = [None] * len(out)
     for d, a in enumerate(p.axes):
         if a is None or p.shape[d] == 1:
             continue
         nd = map_dim(p.shape, d, out)
         if nd is None:
             return ctx.opaque(node, f"a reshape of parameter {p.name!r} that splits one of its axes")
-        axes[nd] = a
-    return ParamRef(p.name, tuple(out), tuple(axes))
+        axes[nd], spans[nd] = a, p.span(d)
+    return ParamRef(p.name, tuple(out), tuple(axes), _spans(spans))
 
 
 def _expand(ctx, node, x, *sizes):
     out = ctx.shape(node)
     shift = len(out) - (x.ndim if isinstance(x, Feat) else len(x.shape) if isinstance(x, ParamRef) else 0)
     if isinstance(x, ParamRef):
-        return ParamRef(x.name, tuple(out), (None,) * shift + tuple(
-            a if x.shape[d] == out[d + shift] else None for d, a in enumerate(x.axes)))
+        kept = [x.shape[d] == out[d + shift] for d in range(len(x.axes))]
+        return ParamRef(x.name, tuple(out), (None,) * shift + tuple(a if k else None for a, k in zip(x.axes, kept)),
+                        _spans((None,) * shift + tuple(x.span(d) if k else None for d, k in enumerate(kept))))
     if not isinstance(x, Feat):
         return ctx.opaque(node, "expand of something that is not a tensor")
     if x.dim is None:
@@ -84,7 +92,7 @@ def _perm(ctx, node, x, order):
     out = ctx.shape(node)
     order = [d % len(order) for d in order]
     if isinstance(x, ParamRef):
-        return ParamRef(x.name, tuple(out), tuple(x.axes[d] for d in order))
+        return ParamRef(x.name, tuple(out), tuple(x.axes[d] for d in order), _spans(x.span(d) for d in order))
     if not isinstance(x, Feat):
         return ctx.opaque(node, "a permutation of dimensions of something that is not a tensor")
     if x.dim is None:
@@ -124,22 +132,34 @@ def _items(index, ndim: int) -> list:
 
 
 def _getitem_param(ctx, node, p: ParamRef, index):
-    """Basic indexing of a parameter (``pos_embed[:, :T]``): an axis cut short can no longer follow
-    a space (it becomes a broadcast-like dimension, so a later add makes the tensor fixed)."""
+    """Basic indexing of a parameter (``pos_embed[:, :T]``, ``bias[:8]``): an axis cut to a
+    contiguous slice keeps its axis and records the slice (an add along the features then claims
+    that slice of the tensor); a strided or reversed slice of an axis is refused."""
     axes: list[int | None] = []
+    spans: list = []
     d = 0
     for item in _items(index, len(p.shape)):
         if item is None:
             axes.append(None)
+            spans.append(None)
         elif isinstance(item, int):
             d += 1
         elif isinstance(item, slice):
-            full = range(p.shape[d])[item] == range(p.shape[d])
-            axes.append(p.axes[d] if full else None)
+            r = range(p.shape[d])[item]
+            if r == range(p.shape[d]) or p.axes[d] is None:
+                axes.append(p.axes[d])
+                spans.append(p.span(d))
+            elif r.step != 1 and len(r) > 1:
+                return ctx.opaque(node, f"a strided slice of parameter {p.name!r}")
+            else:
+                base = 0 if p.span(d) is None else p.span(d)[0]
+                start = base + (r.start if len(r) else 0)
+                axes.append(p.axes[d])
+                spans.append((start, start + len(r)))
             d += 1
         else:
             return ctx.opaque(node, f"advanced indexing of parameter {p.name!r}")
-    return ParamRef(p.name, ctx.shape(node), tuple(axes))
+    return ParamRef(p.name, ctx.shape(node), tuple(axes), _spans(spans))
 
 
 def getitem(ctx, node, x, index):

@@ -121,10 +121,22 @@ class HeadOnly:
 @dataclass(frozen=True)
 class ParamRef:
     """A state-dict tensor ``name`` viewed with ``shape``; ``axes[d]`` is the tensor axis behind
-    dimension ``d`` of the view (``None`` for a broadcast dimension)."""
+    dimension ``d`` of the view (``None`` for a broadcast dimension); ``spans[d]`` the slice
+    ``(start, stop)`` of that axis the dimension holds when it is cut (``bias[:8]``), else ``None``
+    (``spans`` itself ``None``: no dimension is cut)."""
     name: str
     shape: tuple[int, ...]
     axes: tuple[int | None, ...]
+    spans: tuple[tuple[int, int] | None, ...] | None = None
+
+    def span(self, d: int) -> tuple[int, int] | None:
+        """The slice of the tensor's axis that dimension ``d`` of the view holds (``None``: all of it)."""
+        return None if self.spans is None else self.spans[d]
+
+    @property
+    def whole(self) -> bool:
+        """No dimension of the view is a cut axis: every indexed axis is seen in full."""
+        return self.spans is None or all(s is None for s in self.spans)
 
 
 def hint_of(param: str) -> str:
@@ -141,6 +153,7 @@ class State:
         self.parent: dict[int, int] = {}
         self.poisoned: dict[str, str] = {}   # tensor name → fx node that used it opaquely
         self.refined: dict[int, list[tuple[int, int]]] = {}  # split candidate → its pieces
+        self.touched: list[str] = []  # every tensor name connected or poisoned, in order (see walk.visit)
 
     def new(self, size: int, hint: str, classes=None, head_group: str | None = None) -> int:
         i = len(self.parent)
@@ -198,6 +211,7 @@ class State:
             if self.var(i).sealed:
                 raise Sealed(i)
             self.var(i).edges.append((param, int(axis), Role.parse(role), span))
+            self.touched.append(param)
 
     def resolve(self, segs) -> tuple:
         """Segments with every split candidate replaced by its pieces."""

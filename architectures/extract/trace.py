@@ -157,7 +157,8 @@ class _Tracer(fx.Tracer):
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         if node.op == "call_module":
-            return self.root.get_submodule(node.target).forward(*args, **kwargs)
+            # called, not .forward: forward pre-hooks recompute derived tensors (pruning, legacy weight norm)
+            return self.root.get_submodule(node.target)(*args, **kwargs)
         raise ExtractionError(f"unexpected fx node kind {node.op!r} ({node.name!r})", node=node.name)
 
 

@@ -90,6 +90,7 @@ class _Walk(Context):
             return
         module = self.root.get_submodule(node.target) if node.op == "call_module" else None
         rule = rule_for(node.target if module is None else module)
+        mark = len(self.state.touched)
         try:
             if rule is None:
                 result = NotImplemented
@@ -101,7 +102,38 @@ class _Walk(Context):
             result = self.opaque(node, "it uses query/key features after their pairing in attention scores")
         if result is NotImplemented:
             result = self.opaque(node, "no rule for this op")
-        self.info[node] = result
+        self.info[node] = self._described(node, module, (args, kwargs), result, mark)
+
+    def _described(self, node: fx.Node, module, args, result, mark: int):
+        """No tensor is skipped: every state-dict tensor the node reads — a parameter among its
+        arguments and, for a module, the module's own tensors — must have been connected, fixed
+        (poisoned) or passed on by the rule. Otherwise the rule did not describe it: an
+        :class:`ExtractionError` naming the node and the tensors, or (``unknown="fixed"``) every
+        space the node meets keeps no symmetry."""
+        if not _holds_tensor(self.values.get(node)):
+            return result
+        required = set(self.carried(args)[1])
+        if module is not None:
+            unread = ("num_batches_tracked",) if isinstance(module, nn.modules.batchnorm._NormBase) else ()
+            required.update(k for k in self.tensors if k.startswith(f"{node.target}.") and k.rsplit(".", 1)[-1]
+                            not in unread)
+        touched = set(self.carried(result)[1])
+        for n in self.state.touched[mark:]:
+            touched.add(n)
+            if n in self.derived:
+                touched.update(self.derived[n].sources)
+        missing = sorted(required - touched)
+        if not missing:
+            return result
+        vars_ = self.carried(args)[0] + self.carried(result)[0]
+        why = f"its rule does not describe the tensor(s) {', '.join(map(repr, missing))} it reads"
+        if vars_ and self.unknown == "error":
+            raise ExtractionError(f"from_module cannot reason about fx node {node.name!r}: {why}. Pass "
+                                  f"unknown='fixed' to leave that region without symmetry.", node=node.name)
+        for v in vars_:
+            self.state.kill(v, f"fixed region at fx node {node.name!r} ({why})")
+        self.poison(missing, node)
+        return self._plain(self.values.get(node))
 
     def _fresh(self, info):
         """``info`` with split candidates replaced by their pieces."""
@@ -128,10 +160,20 @@ class _Walk(Context):
                 self._kill_outputs([self.info.get(item)])
 
     # -- assembling the weight graph ---------------------------------------------------------------------
+    def _sources(self, edges):
+        """``edges`` with every edge on a derived tensor replaced by the edges on its sources."""
+        for p, axis, role, span in edges:
+            d = self.derived.get(p)
+            if d is None:
+                yield p, axis, role, span
+            else:
+                carried = d.expand(axis, role, span)
+                yield from carried[0] if carried is not None else ()
+
     def _edges(self, r: int) -> list:
         """The edges of candidate ``r``, on every state-dict key of a shared tensor, without repeats."""
         seen, es = set(), []
-        for p, axis, role, span in self.state.vars[r].edges:
+        for p, axis, role, span in self._sources(self.state.vars[r].edges):
             for alias in self.aliases.get(p, [p]):
                 key = (alias, axis % self.tensors[alias].dim(), role, span)
                 if key not in seen:
@@ -160,14 +202,48 @@ class _Walk(Context):
                 if changed:
                     break
 
+    def _derived_classes(self, roots) -> None:
+        """A space indexed by a derived tensor keeps the classes its carry-over to the sources is
+        exact for (:meth:`Derivation.expand`), or none where there is no exact carry-over."""
+        st = self.state
+        for r in roots:
+            v = st.vars[r]
+            for p, axis, role, span in v.edges:
+                d = self.derived.get(p)
+                carried = None if d is None else d.expand(axis, role, span)
+                if d is not None and carried is None:
+                    st.kill(r, f"{p!r} is {d.why}, which this space's transforms cannot be carried through")
+                elif carried is not None:
+                    v.classes = meet_sets(v.classes, carried[1])
+
+    def _kill_overlaps(self, edges) -> None:
+        """Two claims of overlapping but different indices of one tensor axis (``bias[:8]`` and
+        ``bias[4:]``; a whole axis and a slice of it) cannot both be transformed: both spaces keep no
+        symmetry (a dead space's claim counts: its indices must stay as they are)."""
+        st = self.state
+        claims = defaultdict(list)
+        for r, es in edges.items():
+            for p, axis, _, span in es:
+                n = self.tensors[p].shape[axis]
+                claims[(p, axis)].append((r, span or (0, n)))
+        for (p, axis), cl in claims.items():
+            for i, (r1, (a1, b1)) in enumerate(cl):
+                for r2, (a2, b2) in cl[i + 1:]:
+                    if (r1, a1, b1) != (r2, a2, b2) and a1 < b2 and a2 < b1:
+                        for r in (r1, r2):
+                            st.kill(r, f"overlapping slices of axis {axis} of {p!r} index different spaces")
+
     def build(self, name: str) -> WeightGraph:
         st = self.state
         self._merge_shared()
         roots = {st.find(i) for i in st.vars}
+        self._derived_classes(roots)
         edges = {r: self._edges(r) for r in roots}
+        self._kill_overlaps(edges)
         poisoned = set()
         for p in st.poisoned:
-            poisoned.update(self.aliases.get(p, [p]))
+            for q in (self.derived[p].sources if p in self.derived else (p,)):
+                poisoned.update(self.aliases.get(q, [q]))
         for r in roots:
             if any(p in poisoned for p, *_ in edges[r]):
                 st.kill(r, "one of its tensors is used where no symmetry is known")
@@ -233,6 +309,16 @@ def _head_aware(node, root) -> bool:
             return node.target in _HEAD_AWARE
         except TypeError:
             return False
+    return False
+
+
+def _holds_tensor(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
     return False
 
 
