@@ -10,6 +10,7 @@ that aligns model B to model A. The reference objective of every weight-space so
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -23,6 +24,8 @@ from symmetries.elements import HeadElement
 from symmetries.errors import ElementShapeError, UnknownSpaceError
 from symmetries.policy import resolve_classes
 from symmetries.transforms import TransformSet
+
+from symmetries._args import integer
 
 from solvers.errors import SolverInputError
 from symmetries.action import apply_axis
@@ -110,6 +113,55 @@ def _tensor(x, name: str, dtype, device) -> torch.Tensor:
     return t
 
 
+def _working_dtype(dtype) -> torch.dtype | None:
+    """``dtype`` if it is float32 or float64; half precision is refused (its range and round-off break the
+    score matrices: 'assignment score matrix contains NaN'); half-precision *models* compute in float32."""
+    if dtype is None or dtype in (torch.float32, torch.float64):
+        return dtype
+    raise SolverInputError(f"dtype={dtype!r}: solvers compute in torch.float32 or torch.float64 (half-precision "
+                           f"overflows and rounds the score matrices); leave dtype unset — float16/bfloat16 models "
+                           f"are computed in float32 — or pass torch.float32")
+
+
+def _device(device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine, else a :class:`SolverInputError`."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        d = torch.device(device)
+        torch.empty(0, device=d)
+    except (RuntimeError, TypeError, AssertionError) as exc:  # torch says 'not compiled with CUDA' by assert
+        raise SolverInputError(f"device={device!r} is not available on this machine: {exc}") from None
+    return d
+
+
+def _check_range(params: dict, side: str, dtype: torch.dtype) -> None:
+    """Refuse a model whose squared norm — the scale of every objective and score — overflows ``dtype``
+    (the objective would be inf) or underflows it to zero (every transform would score 0: 'converged'
+    at the identity)."""
+    total, peak, name_peak = 0.0, 0.0, None
+    for name, t in params.items():
+        if not t.is_floating_point() or not t.numel():
+            continue
+        sq = float(torch.linalg.vector_norm(t) ** 2)
+        top = float(t.abs().max())
+        if top > peak:
+            peak, name_peak = top, name
+        if not math.isfinite(sq):
+            total = math.inf
+            break
+        total += sq
+    info = torch.finfo(dtype)
+    if total > info.max:
+        raise SolverInputError(f"model {side} overflows {dtype}: the sum of its squared entries exceeds {info.max:.3g} "
+                               f"(largest |entry| {peak:.3g}, in parameter {name_peak!r}); the objective would be "
+                               f"infinite — pass dtype=torch.float64 or rescale the model", parameter=name_peak)
+    if peak > 0 and total < info.tiny:
+        raise SolverInputError(f"model {side} underflows {dtype}: its squared entries sum to less than {info.tiny:.3g} "
+                               f"(largest |entry| {peak:.3g}, in parameter {name_peak!r}); every transform would "
+                               f"score the same — pass dtype=torch.float64 or rescale the model", parameter=name_peak)
+
+
 def _float64(el) -> bool:
     """Whether an element's stored numbers are float64 (else membership allows single-precision round-off)."""
     if isinstance(el, HeadElement):
@@ -156,10 +208,13 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
             raise SolverInputError("graph_b must declare the same parameters as graph")
         if {s.name for s in graph_b.spaces()} != {s.name for s in graph.spaces()}:
             raise SolverInputError("graph_b must declare the same spaces as graph")
-    dtype = dtype or _common_dtype(params_a, params_b)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    seed = integer("seed", seed, 0, error=SolverInputError)
+    dtype = _working_dtype(dtype) or _common_dtype(params_a, params_b)
+    device = _device(device)
     pa = {k: _tensor(v, k, dtype, device) for k, v in params_a.items()}
     pb = {k: _tensor(v, k, dtype, device) for k, v in params_b.items()}
+    _check_range(pa, "A", dtype)
+    _check_range(pb, "B", dtype)
     for name in pa:  # a solver computes with every tensor a space touches: those must be floating
         for params, g, side in ((pa, graph, "A"), (pb, gb, "B")):
             if not params[name].is_floating_point() and g.edges_of(name):
@@ -198,7 +253,7 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
         for name in sites:
             graph.space(name)
     return Problem(graph=graph, params_a=pa, params_b=pb, classes=chosen, graph_b=gb, sizes=sizes,
-                   init=init, seed=int(seed), device=device, dtype=dtype, data=data,
+                   init=init, seed=seed, device=device, dtype=dtype, data=data,
                    models=None if models is None else tuple(models), sites=sites)
 
 

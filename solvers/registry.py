@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -296,9 +297,21 @@ def solve(method, graph, params_a, params_b, **options: Any) -> Solution:
     if not solution.wall_time:
         solution.wall_time = elapsed
     solution.solver = solution.solver or solver.name
+    _refuse_non_finite(solution)
     if solution.graph is None:
         solution.graph = problem.graph_b
     return solution
+
+
+def _refuse_non_finite(solution: Solution) -> None:
+    """A solution whose objective is inf or NaN is no success, whatever its solver says: status 'failed',
+    with a message naming the value (the door refuses inputs that overflow; a solver can still diverge)."""
+    for key in ("objective_before", "objective_after", "lower_bound"):
+        value = getattr(solution, key)
+        if value is not None and not math.isfinite(float(value)) and solution.status != "failed":
+            note = f"{key} is {float(value)}: the objective overflowed or became NaN, so the transforms are not trusted"
+            solution.status = "failed"
+            solution.message = f"{note}; {solution.message}" if solution.message else note
 
 
 def applicable(graph) -> list[str]:
