@@ -23,7 +23,11 @@ from architectures.layernorm import rewrite_layernorm
 from architectures.hf_gpt2 import hf_gpt2, hf_gpt2_config, hf_to_gpt2  # imports transformers only when called
 
 __all__ += ["gpt2", "vit", "rebuild", "RESIDUAL", "rewrite_layernorm", "hf_gpt2", "hf_gpt2_config", "hf_to_gpt2"]
+from architectures.llama import fold_rmsnorm, llama
+from architectures.hf_llama import hf_llama, hf_llama_config  # imports transformers only when called
+
+__all__ += ["llama", "fold_rmsnorm", "hf_llama", "hf_llama_config"]
 
 #: The builders: networks from sizes and options (what ``--arch NAME:ARGS`` may name).
-BUILDERS = ("mlp", "vgg", "resnet", "gcn", "gpt2", "vit", "hf_gpt2")
+BUILDERS = ("mlp", "vgg", "resnet", "gcn", "gpt2", "vit", "hf_gpt2", "llama", "hf_llama")
 __all__ += ["BUILDERS"]

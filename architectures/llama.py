@@ -80,6 +80,7 @@ class Attention(nn.Module):
         super().__init__()
         d, h, g, dh = cfg["d_model"], cfg["n_heads"], cfg["n_kv_heads"], cfg["d_head"]
         self.h, self.g, self.dh, self.theta = h, g, dh, cfg["rope_theta"]
+        self.window = cfg.get("sliding_window")
         self.q_proj = nn.Linear(d, h * dh, bias=cfg["qkv_bias"])
         self.k_proj = nn.Linear(d, g * dh, bias=cfg["qkv_bias"])
         self.v_proj = nn.Linear(d, g * dh, bias=cfg["qkv_bias"])
@@ -96,6 +97,8 @@ class Attention(nn.Module):
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # HF repeat_kv
         scores = q @ k.transpose(-1, -2) * self.dh ** -0.5
         mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        if self.window is not None:  # Mistral: query i sees keys j with i − window < j ≤ i
+            mask |= torch.ones(t, t, dtype=torch.bool, device=x.device).tril(-int(self.window))
         y = scores.masked_fill(mask, float("-inf")).softmax(-1) @ v
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.h * self.dh))
 
@@ -154,7 +157,7 @@ class Llama(nn.Module):
 
 
 def _check(vocab, d_model, n_heads, n_kv_heads, n_layers, d_mlp, context, d_head, rope_theta, eps, qkv_bias,
-           o_bias, mlp_bias, tie_embeddings, norm_gain, norm_dim, gqa) -> dict:
+           o_bias, mlp_bias, tie_embeddings, norm_gain, norm_dim, gqa, sliding_window) -> dict:
     d, h = integer("d_model", d_model), integer("n_heads", n_heads)
     g = integer("n_kv_heads", h if n_kv_heads is None else n_kv_heads)
     if h % g:
@@ -175,7 +178,8 @@ def _check(vocab, d_model, n_heads, n_kv_heads, n_layers, d_mlp, context, d_head
                 context=integer("context", context), d_head=d_head, rope_theta=real("rope_theta", rope_theta),
                 eps=real("eps", eps), qkv_bias=bool(qkv_bias), o_bias=bool(o_bias), mlp_bias=bool(mlp_bias),
                 tie_embeddings=bool(tie_embeddings), norm_gain=bool(norm_gain),
-                norm_dim=None if norm_dim is None else integer("norm_dim", norm_dim), gqa=gqa)
+                norm_dim=None if norm_dim is None else integer("norm_dim", norm_dim), gqa=gqa,
+                sliding_window=None if sliding_window is None else integer("sliding_window", sliding_window))
 
 
 def llama_graph(cfg: dict, name: str | None = None, *, buffers: tuple[str, ...] = ()) -> WeightGraph:
@@ -246,17 +250,18 @@ def llama_graph(cfg: dict, name: str | None = None, *, buffers: tuple[str, ...] 
 def llama(vocab: int, d_model: int, n_heads: int, n_kv_heads: int | None, n_layers: int, d_mlp: int, context: int,
           *, d_head: int | None = None, rope_theta: float = 10000.0, eps: float = 1e-6, qkv_bias: bool = False,
           o_bias: bool = False, mlp_bias: bool = False, tie_embeddings: bool = False, norm_gain: bool = True,
-          norm_dim: int | None = None, gqa: str = "heads") -> Architecture:
+          norm_dim: int | None = None, gqa: str = "heads", sliding_window: int | None = None) -> Architecture:
     """A Llama-family causal decoder (module :class:`Llama`, HF's names) and its weight graph.
 
     ``n_kv_heads`` (``None``: ``n_heads``) key/value heads, each serving ``n_heads / n_kv_heads``
     query heads; ``d_head`` (default ``d_model / n_heads``, even); ``qkv_bias`` (Qwen2), ``o_bias``
     (with ``qkv_bias``: Llama's ``attention_bias``), ``mlp_bias``; ``tie_embeddings``;
     ``norm_gain=False`` the folded form (see :func:`fold_rmsnorm`; ``norm_dim`` its constant);
-    ``gqa`` which exact part of the grouped-query symmetry the graph declares (module docstring).
+    ``gqa`` which exact part of the grouped-query symmetry the graph declares (module docstring);
+    ``sliding_window`` (Mistral) limits each query to the last ``sliding_window`` keys.
     ``context`` is the length of the example inputs. Invalid arguments raise ``ValueError``."""
     cfg = _check(vocab, d_model, n_heads, n_kv_heads, n_layers, d_mlp, context, d_head, rope_theta, eps, qkv_bias,
-                 o_bias, mlp_bias, tie_embeddings, norm_gain, norm_dim, gqa)
+                 o_bias, mlp_bias, tie_embeddings, norm_gain, norm_dim, gqa, sliding_window)
     g = llama_graph(cfg)
     return Architecture(g.name, g, lambda: Llama(cfg), cfg, inputs=lambda batch, generator, dtype: torch.randint(
         0, cfg["vocab_size"], (batch, cfg["context"]), generator=generator))
@@ -272,6 +277,8 @@ def fold_rmsnorm(arch: Architecture, params) -> tuple[Architecture, dict[str, to
     :func:`llama` (float64 arithmetic, each tensor returned in its dtype)."""
     cfg = dict(arch.config)
     if cfg.get("kind") == "hf_llama":
+        if cfg["rope_type"] != "default":
+            raise ValueError(f"rope_type={cfg['rope_type']!r} has no counterpart in architectures.llama")
         cfg = dict(cfg["llama"])
     if cfg.get("kind") != "llama":
         raise TypeError(f"{arch.name!r} was not built by architectures.llama or architectures.hf_llama")
