@@ -93,6 +93,12 @@ class Solver:
         params = self.option_parameters()
         return None if params is None else tuple(p.name for p in params)
 
+    def required_options(self) -> tuple[str, ...]:
+        """Declared options without a default (e.g. ``posterior_matching``'s ``stds``): a call without
+        them is refused at the door, and :func:`applicable` does not offer the solver."""
+        params = self.option_parameters() or []
+        return tuple(p.name for p in params if p.default is inspect.Parameter.empty)
+
     def __call__(self, problem: Problem, **options) -> Solution:
         return self.solve(problem, **options)
 
@@ -139,6 +145,10 @@ def check_options(solver: Solver, options: Mapping[str, Any]) -> None:
     valid = solver.option_names()
     if valid is None:
         return
+    missing = [k for k in solver.required_options() if k not in options]
+    if missing:
+        raise SolverInputError(f"solver {solver.name!r} needs the option {missing[0]!r} (required: "
+                               f"{', '.join(solver.required_options())})")
     unknown = [k for k in options if k not in valid]
     if unknown:
         key = unknown[0]
@@ -316,10 +326,13 @@ def _refuse_non_finite(solution: Solution) -> None:
 
 def applicable(graph) -> list[str]:
     """The registered solvers that can run on ``graph`` (a ``WeightGraph`` or an ``Architecture``) with
-    default classes: each finds a supported class admitted at every space."""
+    default classes and no solver option: each finds a supported class admitted at every space and
+    requires no option (``posterior_matching`` needs ``stds``)."""
     graph = getattr(graph, "graph", graph)
     names = []
     for info in available():
+        if get(info.name).required_options():
+            continue
         try:
             resolve_classes(graph, None, solver=get(info.name))
         except NotAdmittedError:

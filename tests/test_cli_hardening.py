@@ -84,15 +84,20 @@ def test_barrier_plot_refuses_an_input_path(files, which):
     assert _digests(files) == before
 
 
-@pytest.mark.parametrize("name", ["curve.pdf", "curve.svg", "curve", "curve.safetensors"])
+@pytest.mark.parametrize("name", ["curve", "curve.safetensors", "curve.jpeg"])
 def test_barrier_plot_refuses_a_suffix_it_would_not_write(files, name):
     r = _run("barrier", files / "a.safetensors", files / "b.pt", "--arch", ARCH, "--data", files / "data.safetensors",
              "--plot", files / name)
     assert r.exit_code == 2 and "--plot" in r.output and ".png" in r.output, r.output
     assert not (files / name).exists()
+
+
+@pytest.mark.parametrize("name, magic", [("curve.PNG", b"\x89PNG"), ("curve.pdf", b"%PDF"), ("curve.svg", b"<?xml")])
+def test_barrier_plot_format_follows_the_suffix(files, name, magic):
+    """The plot is written in the format its suffix names (PNG bytes in a .pdf were written before)."""
     ok = _run("barrier", files / "a.safetensors", files / "b.pt", "--arch", ARCH, "--data", files / "data.safetensors",
-              "--alphas", 3, "--plot", files / "curve.PNG")
-    assert ok.exit_code == 0 and (files / "curve.PNG").read_bytes()[:4] == b"\x89PNG", ok.output
+              "--alphas", 3, "--plot", files / name)
+    assert ok.exit_code == 0 and (files / name).read_bytes()[:len(magic)] == magic, ok.output
 
 
 def test_check_not_input_names_both_and_lets_distinct_files_pass(tmp_path, monkeypatch):

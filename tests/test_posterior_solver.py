@@ -51,8 +51,11 @@ def test_the_objective_is_w2_and_the_wrapper_agrees():
 def test_bad_stds_and_classes_are_refused():
     arch = architectures.mlp([5, 7, 3])
     ma, sa = _posterior(arch, 0)
-    with pytest.raises(solvers.SolverInputError, match="stds"):
+    with pytest.raises(solvers.SolverInputError, match="needs the option 'stds'"):
         solvers.solve("posterior_matching", arch.graph, ma, ma)
+    with pytest.raises(solvers.SolverInputError, match="stds=\\(stds_a, stds_b\\)"):
+        solvers.solve("posterior_matching", arch.graph, ma, ma, stds=sa)
+    assert "posterior_matching" not in solvers.applicable(arch)
     with pytest.raises(solvers.SolverInputError, match="layers.0.bias"):
         solvers.solve("posterior_matching", arch.graph, ma, ma, stds=(sa, {k: v for k, v in sa.items()
                                                                            if k != "layers.0.bias"}))

@@ -88,7 +88,7 @@ class PosteriorMatching(Solver):
     description = "mean-field Gaussian posteriors: W2^2 over means and stds, weight matching on the W2 graph"
     classes = MEAN_FIELD_CLASSES
 
-    def solve(self, problem: Problem, *, stds=None, max_iter: int = 100, backend: str = "auto",
+    def solve(self, problem: Problem, *, stds, max_iter: int = 100, backend: str = "auto",
               start: str | None = None) -> Solution:
         """``stds=(σ_A, σ_B)``: the standard deviations (means are the problem's parameters);
         ``max_iter``, ``backend``, ``start``: weight matching's."""

@@ -23,7 +23,7 @@ from rich.table import Table
 __all__ = ["align", "barrier", "load_data", "check_data", "check_device", "PLOT_SUFFIXES"]
 
 #: The ``--plot`` formats (``symmetries.landscape.plot_curves`` writes PNG).
-PLOT_SUFFIXES = (".png",)
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # the formats symmetries.landscape.plot_curves writes
 
 err = Console(stderr=True)
 
@@ -275,8 +275,8 @@ def barrier(a: Path = typer.Argument(..., help="Model A (safetensors or torch st
     dev = check_device(device)
     if plot is not None:
         if plot.suffix.lower() not in PLOT_SUFFIXES:
-            raise ArgumentError(f"--plot {str(plot)!r}: the plot is written as PNG; name the file "
-                                f"{' or '.join(PLOT_SUFFIXES)} (not {plot.suffix or 'without a suffix'})",
+            raise ArgumentError(f"--plot {str(plot)!r}: the format follows the suffix; name the file "
+                                f"{', '.join(PLOT_SUFFIXES)} (not {plot.suffix or 'without a suffix'})",
                                 argument="--plot")
         check_output(plot)
         check_not_input(plot, {"A": a, "B": b, "--data": _data_file(data), "--fit-data": _data_file(fit_data)},

@@ -1,20 +1,43 @@
-"""Plots of loss and accuracy along interpolation paths (matplotlib, Agg backend, PNG)."""
+"""Plots of loss and accuracy along interpolation paths (matplotlib, Agg backend).
+
+The format follows the path's suffix (:data:`FORMATS`: PNG, PDF, SVG); any other suffix is refused
+before anything is drawn.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Sequence
 
+from symmetries.errors import SymmetryError
 from symmetries.io import atomic_path
 from symmetries.landscape.barrier import Curve
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "FORMATS", "PlotFormatError"]
+
+#: Suffix → matplotlib format of the files :func:`plot_curves` writes.
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+
+
+class PlotFormatError(SymmetryError, ValueError):
+    """A plot path whose suffix names no format :func:`plot_curves` writes."""
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """The format for ``path`` from its suffix (case-insensitive), or :class:`PlotFormatError`."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise PlotFormatError(f"cannot write a plot to {str(path)!r}: the suffix must be one of "
+                              f"{', '.join(FORMATS)} (not {suffix or 'none'})")
+    return FORMATS[suffix]
 
 
 def plot_curves(curves: Sequence[Curve], path: str | os.PathLike, *, title: str = "",
                 extra: Sequence[Curve] = (), extra_title: str = "marginalized (BNN)") -> Path:
     """Loss (left) and accuracy (right) against α for each curve; ``extra`` curves (e.g. posterior
-    paths) get a third panel of expected loss. Written atomically to ``path`` (PNG)."""
+    paths) get a third panel of expected loss. Written atomically to ``path`` in the format its suffix
+    names (``.png``, ``.pdf``, ``.svg``)."""
+    fmt = plot_format(path)
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -40,8 +63,8 @@ def plot_curves(curves: Sequence[Curve], path: str | os.PathLike, *, title: str 
         fig.suptitle(title)
     out = Path(path)
     try:
-        with atomic_path(out, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+        with atomic_path(out, suffix=out.suffix) as tmp:
+            fig.savefig(tmp, dpi=110, format=fmt)
     finally:
         plt.close(fig)
     return out
