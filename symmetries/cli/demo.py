@@ -35,8 +35,9 @@ BNN_TIME_NOTE = " BNN: the W₂ alignment only (not the variational fits)."
 def render_table(result) -> Table:
     """Solver, barriers (loss and accuracy) before → after, L2 before → after, objective, time."""
     n = result.naive
-    table = Table(title=f"MLP {result.widths} on digits (test split, {len(n.curve.alphas)} α; "
-                        f"barrier = max_α L(α) − mean of endpoints)",
+    title = getattr(result, "title", "") or (f"MLP {result.widths} on digits (test split, {len(n.curve.alphas)} α; "
+                                             f"barrier = max_α L(α) − mean of endpoints)")
+    table = Table(title=title,
                   caption=TIME_NOTE + (BNN_TIME_NOTE if result.bnn else ""), caption_justify="left")
     for col in ("solver", "loss barrier", "acc. barrier (pts)", "L2 distance", "objective", "time s"):
         table.add_column(col, justify="left" if col == "solver" else "right", no_wrap=col == "solver")
@@ -77,14 +78,22 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
          as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (no table, no bars)."),
          threads: int = typer.Option(1, min=1, help="torch CPU threads (the demo's networks are too small to "
                                                     "gain from more; extra threads only contend)."),
+         model: str = typer.Option("mlp", "--model", help="mlp (digits), gpt (two GPTs on the Python standard "
+                                                          "library's source) or vit (two ViTs on digits); "
+                                                          "--width/--depth/--epochs/--activation/--bnn are the MLP's."),
+         tiny: bool = typer.Option(False, "--tiny", help="gpt/vit: the reduced size the tests run (seconds)."),
          ) -> None:
-    """Train two MLPs on bundled digits, align them with every built-in solver, measure the barriers."""
+    """Train two networks (MLPs, GPTs or ViTs), align them with every applicable solver, measure the barriers."""
     import numpy as np
     import torch
 
     from symmetries.demo import DemoConfig, run_demo
     from symmetries.landscape import Curve, plot_curves
 
+    if model not in ("mlp", "gpt", "vit"):
+        raise ValueError(f"--model must be mlp, gpt or vit, got {model!r}")
+    if model != "mlp" and bnn:
+        raise ValueError("--bnn fits mean-field posteriors of the MLP only (use --model mlp)")
     torch.set_num_threads(threads)
     console = Console(stderr=as_json)
     if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -105,14 +114,20 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
         bars.update(tasks[task], completed=done, total=total)
 
     with bars:
-        result = run_demo(config, progress=progress)
+        if model == "mlp":
+            result = run_demo(config, progress=progress)
+        else:
+            from symmetries.demo.transformer import demo_config, run_transformer_demo
+            result = run_transformer_demo(demo_config(model, "tiny" if tiny else "full", seed=seed,
+                                                      solvers=config.solvers), progress=progress)
     curves = [result.naive.curve] + [r.curve for r in result.rows if not (r.error or r.skipped)]
     extra = []
     if result.bnn:
         extra = [Curve(np.asarray(d["alphas"]), np.asarray(d["loss"]), np.asarray(d["accuracy"]), d["label"])
                  for d in (result.bnn["naive"], result.bnn["aligned"])]
     png = plot_curves(curves, out / "demo.png", extra=extra,
-                      title=f"digits, MLP {result.widths}: linear paths from A to (aligned) B")
+                      title=f"{model.upper()}: linear paths from A to (aligned) B" if model != "mlp"
+                      else f"digits, MLP {result.widths}: linear paths from A to (aligned) B")
     data = result.as_dict() | {"files": {"plot": str(png), "json": str(out / "demo.json")}}
     text = dumps_json(data, indent=2)   # strict JSON: an undefined value (e.g. no accuracy) is null, never NaN
     with atomic_path(out / "demo.json") as tmp:
@@ -125,6 +140,8 @@ def demo(width: int = typer.Option(128, min=1, help="Units per hidden layer."),
         if r.skipped:
             console.print(f"[dim]{r.method} skipped: {r.skipped}[/dim]")
     e = result.endpoints
-    console.print(f"endpoints: A test acc {100 * e['A']['accuracy']:.1f}%, B {100 * e['B']['accuracy']:.1f}%; "
+    unit = "token acc" if model == "gpt" else "acc"
+    console.print(f"endpoints: A test {unit} {100 * e['A']['accuracy']:.1f}% (loss {e['A']['loss']:.3f}), "
+                  f"B {100 * e['B']['accuracy']:.1f}% (loss {e['B']['loss']:.3f}); "
                   f"training {result.train_seconds:.1f} s, total {result.seconds:.1f} s")
     console.print(f"plot: {png}   json: {out / 'demo.json'}")
