@@ -142,6 +142,9 @@ def _hooked(module: nn.Module, path: str, attr: str, tensors, name: str) -> Deri
 def derivation(root: nn.Module, tensors, path: str, attr: str) -> Derivation | None:
     """How ``root.<path>.<attr>`` is computed when it is a tensor but not a state-dict entry (``tensors``
     the state dict); ``None`` when the module has no such tensor."""
+    if "." in attr:  # a submodule's tensor named from its parent (``out_proj.weight`` of an attention)
+        sub, attr = attr.rsplit(".", 1)
+        path = f"{path}.{sub}" if path else sub
     try:
         module = root.get_submodule(path) if path else root
     except AttributeError:
