@@ -99,7 +99,7 @@ def test_classes_not_admitted_change_the_function(activation, cls):
     params = randomize(arch, 0)
     ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4], [1, 0, 2, 1, 3, 2, 4, 3]])
     x = _features(5, 4, 0)
-    assert relative_change(outputs(arch, params, x, ei), outputs(arch, sy.apply(arch.graph, params, T), x, ei)) > 1e-3
+    assert relative_change(outputs(arch, params, x, ei), outputs(arch, sy.apply(arch.graph, params, T, check=False), x, ei)) > 1e-3
 
 
 # -- the normalised adjacency is data ----------------------------------------------------------------

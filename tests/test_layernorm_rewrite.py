@@ -92,12 +92,12 @@ def test_orthogonal_residual_changes_the_original_but_not_the_rewrite(kind, tied
     x = example_inputs(arch, 3, dtype=torch.float64)
     y = outputs(arch, params, x)
     O = sy.Orthogonal().random(12, seed=11)
-    assert_changed(y, outputs(arch, sy.apply(arch.graph, params, {"residual": O}), x))
+    assert_changed(y, outputs(arch, sy.apply(arch.graph, params, {"residual": O}, check=False), x))
     assert_same(y, outputs(new_arch, sy.apply(new_arch.graph, new, {"residual": O}), x), torch.float64)
     # an invertible (non-orthogonal) map of the stream is not admitted even after the rewrite
     A = sy.Invertible().random(12, seed=12)
     assert not new_arch.graph.admits("residual", sy.Invertible())
-    assert_changed(y, outputs(new_arch, sy.apply(new_arch.graph, new, {"residual": A}), x))
+    assert_changed(y, outputs(new_arch, sy.apply(new_arch.graph, new, {"residual": A}, check=False), x))
 
 
 def test_rewrite_centres_writers_and_folds_gains_into_readers():
