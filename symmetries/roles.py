@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import enum
 
+from symmetries.errors import ArgumentError
+
 __all__ = ["Role"]
 
 
@@ -29,4 +31,4 @@ class Role(str, enum.Enum):
             return cls(role)
         except ValueError:
             valid = ", ".join(repr(r.value) for r in cls)
-            raise ValueError(f"unknown role {role!r}; expected one of {valid}") from None
+            raise ArgumentError(f"unknown role {role!r}; expected one of {valid}", argument="role") from None

@@ -13,6 +13,7 @@ import torch
 from symmetries._arrays import rng
 from symmetries.classes import HeadStructured
 from symmetries.elements import Element, HeadElement
+from symmetries.errors import ArgumentTypeError
 from symmetries.graph import WeightGraph
 from symmetries.policy import resolve_classes
 
@@ -26,7 +27,8 @@ class TransformSet(Mapping[str, Element]):
         elements = dict(elements or {})
         for space, el in elements.items():
             if not isinstance(el, Element):
-                raise TypeError(f"transform for space {space!r} must be an Element, got {type(el).__name__}")
+                raise ArgumentTypeError(f"transform for space {space!r} must be an Element, got {type(el).__name__}",
+                                        argument=str(space))
         self._elements = elements
 
     def __getitem__(self, space: str) -> Element:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+import numpy as np
 import torch
 
 from symmetries._arrays import Array, restore, to_tensor
-from symmetries.errors import ElementShapeError
+from symmetries.errors import ArgumentTypeError, ElementShapeError
 from symmetries.roles import Role
 
 __all__ = ["Element", "moved_apply"]
@@ -76,6 +77,10 @@ class Element(abc.ABC):
         t, was_numpy = to_tensor(x)
         if t.dim() == 0:
             raise ElementShapeError("cannot transform a 0-dimensional tensor along an axis")
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer, torch.Tensor)) or \
+                (isinstance(axis, torch.Tensor) and (axis.dim() or axis.is_floating_point())):
+            raise ArgumentTypeError(f"axis must be an integer, got {axis!r}", argument="axis")
+        axis = int(axis)
         if not -t.dim() <= axis < t.dim():
             raise ElementShapeError(f"axis {axis} is out of range for a tensor of shape {tuple(t.shape)}")
         axis %= t.dim()
