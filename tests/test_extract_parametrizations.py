@@ -266,3 +266,16 @@ def test_a_rule_that_skips_a_tensor_is_refused_or_fixed():
         _assert_exact(model, g, X)
     finally:
         architectures.unregister_rule(Gated)
+
+
+# -- a tensor axis that also reads features of no space ------------------------------------------------
+def test_a_layer_applied_to_the_input_and_again_keeps_no_symmetry_there():
+    """``L(L(x))``: L's input axis reads the model's input (which no transform reaches) and also
+    the hidden space; transforming that axis for the second call would change the first."""
+    _seeded(0)
+    lin = nn.Linear(3, 3).double()
+    model = nn.Sequential(lin, nn.ReLU(), lin, nn.ReLU(), nn.Linear(3, 2).double()).eval()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    g = architectures.from_module(model, x)
+    assert g.spaces() == []  # both calls' outputs are one space (axis 0 of L), whose axis 1 reads the input
+    _assert_exact(model, g, x)

@@ -118,8 +118,8 @@ def matmul(ctx, node, a, b):
         if a.spaced() and a.dim != a.ndim - 1:
             return ctx.opaque(node, "a matrix product over a dimension that is not the features")
         pos = 0
-        for var, n in a.segs:
-            ctx.state.connect(var, b.name, b.axes[0], "in", None if len(a.segs) == 1 else (pos, pos + n))
+        for var, n in a.segs or ((None, 0),):  # features of no space pin the axis
+            ctx.state.connect(var, b.name, b.axes[0], "in", None if len(a.segs) <= 1 else (pos, pos + n))
             pos += n
         v = ctx.state.new(out[-1], hint_of(b.name))
         ctx.state.connect(v, b.name, b.axes[1], "out")

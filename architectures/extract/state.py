@@ -154,6 +154,7 @@ class State:
         self.poisoned: dict[str, str] = {}   # tensor name → fx node that used it opaquely
         self.refined: dict[int, list[tuple[int, int]]] = {}  # split candidate → its pieces
         self.touched: list[str] = []  # every tensor name connected or poisoned, in order (see walk.visit)
+        self.pinned: list[tuple[str, int, Role, tuple[int, int] | None]] = []  # edges on features of no space
 
     def new(self, size: int, hint: str, classes=None, head_group: str | None = None) -> int:
         i = len(self.parent)
@@ -207,11 +208,16 @@ class State:
 
     def connect(self, i: int | None, param: str, axis: int, role: Role | str,
                 span: tuple[int, int] | None = None) -> None:
-        if i is not None:
-            if self.var(i).sealed:
-                raise Sealed(i)
-            self.var(i).edges.append((param, int(axis), Role.parse(role), span))
-            self.touched.append(param)
+        """``param``'s ``axis`` (``span`` of it) indexes candidate ``i`` in ``role``; with ``i`` ``None``
+        it reads or writes features of no space, so those indices are *pinned*: no space may
+        transform them (a layer applied to the model's input and again to a hidden space)."""
+        self.touched.append(param)
+        if i is None:
+            self.pinned.append((param, int(axis), Role.parse(role), span))
+            return
+        if self.var(i).sealed:
+            raise Sealed(i)
+        self.var(i).edges.append((param, int(axis), Role.parse(role), span))
 
     def resolve(self, segs) -> tuple:
         """Segments with every split candidate replaced by its pieces."""

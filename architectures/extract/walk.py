@@ -172,8 +172,11 @@ class _Walk(Context):
 
     def _edges(self, r: int) -> list:
         """The edges of candidate ``r``, on every state-dict key of a shared tensor, without repeats."""
+        return self._edges_of(self.state.vars[r].edges)
+
+    def _edges_of(self, raw) -> list:
         seen, es = set(), []
-        for p, axis, role, span in self._sources(self.state.vars[r].edges):
+        for p, axis, role, span in self._sources(raw):
             for alias in self.aliases.get(p, [p]):
                 key = (alias, axis % self.tensors[alias].dim(), role, span)
                 if key not in seen:
@@ -219,19 +222,22 @@ class _Walk(Context):
     def _kill_overlaps(self, edges) -> None:
         """Two claims of overlapping but different indices of one tensor axis (``bias[:8]`` and
         ``bias[4:]``; a whole axis and a slice of it) cannot both be transformed: both spaces keep no
-        symmetry (a dead space's claim counts: its indices must stay as they are)."""
+        symmetry. A dead space's claim counts (its indices must stay as they are), and so does a
+        pinned one (indices that meet features of no space: ``State.pinned``)."""
         st = self.state
         claims = defaultdict(list)
-        for r, es in edges.items():
+        for r, es in [*edges.items(), (None, self._edges_of(st.pinned))]:
             for p, axis, _, span in es:
                 n = self.tensors[p].shape[axis]
                 claims[(p, axis)].append((r, span or (0, n)))
         for (p, axis), cl in claims.items():
             for i, (r1, (a1, b1)) in enumerate(cl):
                 for r2, (a2, b2) in cl[i + 1:]:
-                    if (r1, a1, b1) != (r2, a2, b2) and a1 < b2 and a2 < b1:
+                    if a1 < b2 and a2 < b1 and (r1, a1, b1) != (r2, a2, b2):  # same space, same indices: a tie
                         for r in (r1, r2):
-                            st.kill(r, f"overlapping slices of axis {axis} of {p!r} index different spaces")
+                            if r is not None:
+                                st.kill(r, f"indices {a1}:{b1} and {a2}:{b2} of axis {axis} of {p!r} are claimed by "
+                                           f"different spaces, or read from features of no space")
 
     def build(self, name: str) -> WeightGraph:
         st = self.state
