@@ -1,7 +1,7 @@
 """from_module on small models drawn from a grammar of layers (issue #13): Linear or Conv1d layers,
 plain or weight-normed, spectral-normed or pruned; activations; BatchNorm and LayerNorm; residual
-blocks; one parameter sliced into several biases (disjoint or overlapping); a layer applied twice
-(tied parameters). Extraction either raises an ExtractionError or yields a graph whose every
+blocks; one parameter sliced into several biases and gains (disjoint or overlapping); BatchNorm with
+a pruned gain; a layer applied twice (tied parameters). Extraction either raises an ExtractionError or yields a graph whose every
 admitted class, drawn at random, keeps the output to float64 round-off."""
 from __future__ import annotations
 
@@ -82,6 +82,16 @@ class GrammarNet(nn.Module):
                 start = min(start, POOL - width)
                 self.ops.append(("slice", (layer(d, width, bias=False), start, start + width)))
                 d = width
+            elif kind == "gain":  # a per-feature gain sliced from the same parameter as the biases
+                start = min(step[1], POOL - d)
+                self.ops.append(("gain", (start, start + d)))
+            elif kind == "prune_norm":  # BatchNorm with a pruned gain
+                norm = prune.random_unstructured(nn.BatchNorm1d(d), "weight", amount=0.5)
+                with torch.no_grad():
+                    norm.running_var.uniform_(0.5, 2.0)
+                    norm.running_mean.normal_()
+                self.layers.append(norm.double())
+                self.ops.append(("layer", len(self.layers) - 1))
             elif kind == "tied":  # one square layer, applied here and wherever else this width is tied
                 if d not in squares:
                     squares[d] = layer(d, d, step[1])
@@ -95,6 +105,9 @@ class GrammarNet(nn.Module):
             elif kind == "res":
                 a, act, b = arg
                 x = x + self.layers[b](self.layers[act](self.layers[a](x)))
+            elif kind == "gain":
+                gain = self.pool[arg[0]:arg[1]]
+                x = x * (gain[:, None] if self.conv else gain)
             else:
                 i, start, stop = arg
                 bias = self.pool[start:stop]
@@ -112,6 +125,8 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("res"), widths, st.sampled_from(sorted(ACTS)), st.sampled_from(WRAPS)),
     st.tuples(st.just("slice"), widths, st.integers(0, POOL - 2)),
     st.tuples(st.just("tied"), st.sampled_from(WRAPS)),
+    st.tuples(st.just("gain"), st.integers(0, POOL - 2)),
+    st.tuples(st.just("prune_norm")),
 ), min_size=1, max_size=6)
 
 
