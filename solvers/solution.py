@@ -9,9 +9,10 @@ from symmetries.transforms import TransformSet
 
 __all__ = ["Solution", "STATUSES"]
 
-#: ``converged`` — a stopping rule met; ``max_iter`` — the iteration cap hit; ``optimal`` — the
-#: returned transform is a proven global optimum; ``failed`` — see ``message``.
-STATUSES = ("converged", "max_iter", "optimal", "failed")
+#: ``converged`` — a stopping rule met; ``max_iter`` — the iteration cap hit; ``time_limit`` — stopped by
+#: its time limit (the result is valid, only less refined; ``message`` says what was cut short);
+#: ``optimal`` — the returned transform is a proven global optimum; ``failed`` — see ``message``.
+STATUSES = ("converged", "max_iter", "time_limit", "optimal", "failed")
 
 
 @dataclass

@@ -213,8 +213,18 @@ def test_unsupported_class_and_slices_are_refused():
     g.connect("w", "h", axis=0, role="out", slice=(0, 2))
     g.connect("v", "h", axis=1, role="in", slice=(0, 2))
     p = {"w": torch.randn(4, 3, dtype=torch.float64), "v": torch.randn(2, 4, dtype=torch.float64)}
+    # a slice is a tensor of its own (packed Q/K/V): planted recovery, proven optimal
+    t = TransformSet({"h": GatherElement([1, 0])})
+    sol = solvers.solve("relaxation", g, p, apply(g, p, t), classes=Permutation())
+    assert sol.status == "optimal" and torch.equal(sol.transforms["h"].as_matrix(), t.inverse()["h"].as_matrix())
+    g2 = WeightGraph("sliced twice")
+    g2.add_parameter("w", (4, 4))
+    g2.add_space("h", 2, Permutation()).add_space("k", 2, Permutation())
+    g2.connect("w", "h", axis=0, role="out", slice=(0, 2))
+    g2.connect("w", "k", axis=1, role="in", slice=(2, 4))
+    q = {"w": torch.randn(4, 4, dtype=torch.float64)}
     with pytest.raises(SolverInputError, match="'w'"):
-        solvers.solve("relaxation", g, p, p, classes=Permutation())
+        solvers.solve("relaxation", g2, q, q, classes=Permutation())
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from symmetries.assignment import solve_assignment
-from symmetries.classes import Orthogonal, Permutation, Trivial
+from symmetries.classes import HeadStructured, Orthogonal, Permutation, Trivial
 from symmetries.roles import Role
 
 from solvers.errors import SolverInputError, UnsupportedClassError
@@ -39,7 +39,21 @@ ROUNDOFF = 1e-12
 
 #: The classes with a convex relaxation here, and the convex superset each is relaxed to.
 RELAXABLE = {Permutation: "Birkhoff polytope (doubly stochastic matrices)",
-             Orthogonal: "spectral-norm ball (σ_max(X) ≤ 1)"}
+             Orthogonal: "spectral-norm ball (σ_max(X) ≤ 1)",
+             HeadStructured: "HeadStructured(k, Permutation()): the Birkhoff polytope of all k·d units; "
+                             "HeadStructured(k, Orthogonal()): the spectral-norm ball of size k·d (the head "
+                             "structure and the head permutation shared by a head group are dropped: a superset, "
+                             "so the bound stays valid, only looser)"}
+
+
+def relaxed_kind(cls):
+    """The class whose convex superset relaxes ``cls`` (``Permutation()`` or ``Orthogonal()``), or ``None``.
+    A head-structured map with a permutation (orthogonal) inner class is a permutation (orthogonal
+    map) of all its units, so it is relaxed as one; an invertible inner class has no bounded convex
+    superset on which ``f = J`` (``J`` involves ``A⁻ᵀ``), so it is not relaxed."""
+    if isinstance(cls, HeadStructured):
+        cls = cls.inner
+    return {Permutation: Permutation(), Orthogonal: Orthogonal()}.get(type(cls))
 
 
 @dataclass
@@ -79,6 +93,9 @@ class Misfit:
     constant: float
     spaces: dict[str, tuple[int, object]]
     untouched: list[str] = field(default_factory=list)
+    #: ``space → class searched`` (rounding projects onto it; ``spaces`` holds the relaxed kind) and the graph
+    searched: dict[str, object] = field(default_factory=dict)
+    graph: object = None
 
     # -- value and gradient -----------------------------------------------------------
     def residual(self, term: Term, x: dict[str, np.ndarray]) -> np.ndarray:
@@ -132,26 +149,27 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def build_misfit(problem) -> Misfit:
-    """The misfit of a :class:`~solvers.Problem` whose searched spaces are square ``Permutation``
-    or ``Orthogonal`` spaces, each parameter touching at most one searched space as ``out`` (or
-    ``var``, permutations) and one other as ``in``, whole axes only. Anything else raises a typed
+    """The misfit of a :class:`~solvers.Problem` whose searched spaces are square ``Permutation``,
+    ``Orthogonal`` or ``HeadStructured(k, Permutation | Orthogonal)`` spaces, each tensor (or each
+    slice of packed Q/K/V) touching searched spaces on at most two axes, one space per axis. For
+    these classes ``T⁻ᵀ = T``, so a role ``in`` acts on an axis exactly as ``out`` does and a term
+    ``‖A − T₁ B T₂ᵀ‖ = ‖A T₂ − T₁ B‖`` is convex whatever the roles. Anything else raises a typed
     error naming the space or parameter."""
     spaces = {}
     for s, cls in problem.classes.items():
         if isinstance(cls, Trivial):
             continue
-        if type(cls) not in RELAXABLE:
-            raise UnsupportedClassError(f"space {s!r}: no convex relaxation for {cls!r}; relaxable classes: "
-                                        f"{', '.join(c.__name__ for c in RELAXABLE)}", solver="relaxation",
-                                        space=s, cls=cls)
+        if relaxed_kind(cls) is None:
+            why = (": an invertible per-head map has no bounded convex superset on which the relaxed misfit "
+                   "equals J (J involves A^-T)" if isinstance(cls, HeadStructured) else "")
+            raise UnsupportedClassError(f"solver 'relaxation' cannot search space {s!r} in {cls!r}{why}; relaxable "
+                                        f"classes: Permutation, Orthogonal, HeadStructured(k, Permutation()), "
+                                        f"HeadStructured(k, Orthogonal())", solver="relaxation", space=s, cls=cls)
         m, n = problem.sizes[s]
         if m != n:
             raise SolverInputError(f"space {s!r} changes width ({n} → {m}); the relaxation needs square maps",
                                    space=s)
-        if problem.graph.space(s).head_group is not None:
-            raise SolverInputError(f"space {s!r} belongs to head group {problem.graph.space(s).head_group!r}; "
-                                   f"head-tied spaces are not relaxed", space=s)
-        spaces[s] = (n, cls)
+        spaces[s] = (n, relaxed_kind(cls))
     terms, constant, untouched = [], 0.0, []
     for name, a_t in problem.params_a.items():
         if not a_t.is_floating_point():
@@ -162,37 +180,54 @@ def build_misfit(problem) -> Misfit:
             constant += float(np.sum((a - b) ** 2))
             untouched.append(name)
             continue
-        out = [e for e in edges if e.role in (Role.OUT, Role.VAR)]
-        inn = [e for e in edges if e.role is Role.IN]
-        for e in edges:
-            if e.slice is not None:
-                raise SolverInputError(f"parameter {name!r}: axis {e.axis} touches space {e.space!r} on a slice "
-                                       f"{e.slice}; the relaxation handles whole axes only", parameter=name)
-            if e.role is Role.VAR and not isinstance(spaces[e.space][1], Permutation):
-                raise SolverInputError(f"parameter {name!r}: a variance of space {e.space!r} under "
-                                       f"{spaces[e.space][1]!r}", parameter=name)
-        if len(out) > 1 or len(inn) > 1 or (out and inn and out[0].space == inn[0].space):
-            raise SolverInputError(f"parameter {name!r} touches searched spaces "
-                                   f"{sorted((e.space, e.axis, str(e.role)) for e in edges)}; the relaxation "
-                                   f"needs at most one produced and one other consumed space per tensor",
-                                   parameter=name)
-        if out and inn:
-            ao, ai = out[0].axis % a.ndim, inn[0].axis % a.ndim
-            m, n = a.shape[ao], a.shape[ai]
+        sliced = {e.axis % a.ndim for e in edges if e.slice is not None}
+        if len(sliced) > 1:
+            raise SolverInputError(f"parameter {name!r} is sliced on axes {sorted(sliced)}; the relaxation handles "
+                                   f"slices on one axis", parameter=name)
+        if not sliced:
+            constant += _add_terms(terms, name, a, b, edges, spaces)
+            continue
+        ax = sliced.pop()
+        cuts = sorted({0, a.shape[ax]} | {c for e in edges if e.slice is not None for c in e.slice})
+        for lo, hi in zip(cuts[:-1], cuts[1:]):  # each piece of packed Q/K/V is a tensor of its own
+            piece = [e for e in edges if e.axis % a.ndim != ax or (e.slice is not None and e.slice[0] <= lo
+                                                                    and hi <= e.slice[1])]
+            constant += _add_terms(terms, f"{name}[{lo}:{hi}]", np.take(a, range(lo, hi), axis=ax),
+                                   np.take(b, range(lo, hi), axis=ax), piece, spaces)
+    return Misfit(terms, constant, spaces, untouched, searched={s: problem.classes[s] for s in spaces},
+                  graph=problem.graph)
 
-            def mat(t):
-                return np.moveaxis(t, (ao, ai), (0, 1)).reshape(m, n, -1).transpose(2, 0, 1).copy()
-            terms.append(Term(name, "both", out[0].space, inn[0].space, mat(a), mat(b)))
-        elif out:
-            ao = out[0].axis % a.ndim
 
-            def mat(t):
-                return np.moveaxis(t, ao, 0).reshape(t.shape[ao], -1)
-            terms.append(Term(name, "out", out[0].space, None, mat(a), mat(b)))
-        else:
-            ai = inn[0].axis % a.ndim
+def _add_terms(terms: list, name: str, a: np.ndarray, b: np.ndarray, edges: list, spaces: dict) -> float:
+    """Append the term of one tensor (``edges``: the searched spaces on its axes, whole axes); return
+    the constant it adds (``‖A − B‖²`` when no searched space touches it)."""
+    if not edges:
+        return float(np.sum((a - b) ** 2))
+    for e in edges:
+        if e.role is Role.VAR and not isinstance(spaces[e.space][1], Permutation):
+            raise SolverInputError(f"parameter {name!r}: a variance of space {e.space!r} under "
+                                   f"{spaces[e.space][1]!r}", parameter=name)
+    by_axis: dict[int, list] = {}
+    for e in edges:
+        by_axis.setdefault(e.axis % a.ndim, []).append(e)
+    if len(by_axis) > 2 or any(len(v) > 1 for v in by_axis.values()) or len({e.space for e in edges}) < len(by_axis):
+        raise SolverInputError(f"parameter {name!r} touches searched spaces "
+                               f"{sorted((e.space, e.axis, str(e.role)) for e in edges)}; the relaxation "
+                               f"needs at most two axes, each in one other space", parameter=name)
+    axes = sorted(by_axis, key=lambda k: (by_axis[k][0].role is Role.IN, k))  # the ``out`` axis first
+    if len(axes) == 2:
+        ao, ai = axes
+        m, n = a.shape[ao], a.shape[ai]
 
-            def mat(t):
-                return np.moveaxis(t, ai, -1).reshape(-1, t.shape[ai])
-            terms.append(Term(name, "in", None, inn[0].space, mat(a), mat(b)))
-    return Misfit(terms, constant, spaces, untouched)
+        def mat(t):
+            return np.moveaxis(t, (ao, ai), (0, 1)).reshape(m, n, -1).transpose(2, 0, 1).copy()
+        terms.append(Term(name, "both", by_axis[ao][0].space, by_axis[ai][0].space, mat(a), mat(b)))
+    elif by_axis[axes[0]][0].role is not Role.IN:
+        ao = axes[0]
+        terms.append(Term(name, "out", by_axis[ao][0].space, None, np.moveaxis(a, ao, 0).reshape(a.shape[ao], -1),
+                          np.moveaxis(b, ao, 0).reshape(b.shape[ao], -1)))
+    else:
+        ai = axes[0]
+        terms.append(Term(name, "in", None, by_axis[ai][0].space, np.moveaxis(a, ai, -1).reshape(-1, a.shape[ai]),
+                          np.moveaxis(b, ai, -1).reshape(-1, b.shape[ai])))
+    return 0.0

@@ -8,7 +8,8 @@ aligned with all fractions set to 1, so
     J(f) = Σ_p Σ_j ‖A_p[j] − f_j C_p[j]‖² + const,   f ≥ 0,   Σ_{j: σ(j)=i} f_j = 1 for every i,
 
 a convex QP in the fractions of all semi-permutation spaces jointly; its optimum is the best
-``J`` for that assignment. Units whose fraction is 0 are silent (``f(0) = 0`` for the linearly
+``J`` for that assignment (a unit that copies keeps ``f_j ≥ FRACTION_FLOOR = 1e-6``: a
+semi-permutation copies exactly where its fraction is positive). Units whose fraction is 0 are silent (``f(0) = 0`` for the linearly
 decomposable activations where semi-permutations are exact), so the result is exact too.
 
 :func:`fraction_bound` certifies fractions for a fixed assignment (the convexity certificate of
@@ -34,6 +35,11 @@ from solvers.registry import Solver, get, register
 from solvers.solution import Solution
 
 __all__ = ["fit_fractions", "fraction_bound", "SemiPermutationQP"]
+
+#: The smallest fraction of a unit that copies (in_scale ≠ 0): a semi-permutation has ``B = 1[P̃ > 0]``,
+#: so such a unit needs a positive fraction, well above the membership tolerance (√eps) and Clarabel's
+#: ~1e-8 accuracy. The QP's feasible set is restricted to it (``J`` changes by ~1e-6 at most per unit).
+FRACTION_FLOOR = 1e-6
 
 
 def _fraction_quadratic(problem, transforms):
@@ -89,6 +95,9 @@ def fit_fractions(problem, transforms, *, solver: str = "CLARABEL") -> tuple[Tra
         silent = np.flatnonzero(base[s].in_scale.numpy() == 0)
         if silent.size:  # a unit that copies nothing stays silent (fraction 0): J stays quadratic in f
             cons.append(f[s][silent] == 0)
+        live = np.flatnonzero(base[s].in_scale.numpy() != 0)
+        if live.size:  # a unit that copies keeps a positive fraction: B = 1[P̃ > 0] (a semi-permutation)
+            cons.append(f[s][live] >= FRACTION_FLOOR)
         obj += cp.sum(cp.multiply(alpha[s], cp.square(f[s]))) - 2 * beta[s] @ f[s]
     out = dict(transforms)
     prob = cp.Problem(cp.Minimize(obj + const), cons)
@@ -97,6 +106,7 @@ def fit_fractions(problem, transforms, *, solver: str = "CLARABEL") -> tuple[Tra
         raise SolverInputError(f"cvxpy solver {solver!r} returned status {prob.status!r} on the fraction QP")
     for s in semi:
         frac = np.clip(np.asarray(f[s].value, dtype=np.float64), 0.0, None)
+        frac[base[s].in_scale.numpy() != 0] = np.maximum(frac[base[s].in_scale.numpy() != 0], FRACTION_FLOOR)
         idx = base[s].index.numpy()
         frac /= np.bincount(idx, weights=frac, minlength=base[s].shape[1])[idx]  # exact column sums
         out[s] = GatherElement(base[s].index, base[s].n, torch.from_numpy(frac), base[s].in_scale)

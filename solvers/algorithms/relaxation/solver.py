@@ -37,12 +37,13 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from symmetries.classes import Orthogonal, Permutation
+from symmetries.classes import HeadStructured, Orthogonal, Permutation
 from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError, UnknownSolverError
 from solvers.registry import Solver, check_options, get, register, registered
-from solvers.algorithms.relaxation.apg import QuadraticMisfit, project_birkhoff, project_spectral_ball, relax_apg
+from solvers.algorithms.relaxation.apg import (QuadraticMisfit, estimate_apg, project_birkhoff, project_spectral_ball,
+                                               relax_apg)
 from solvers.algorithms.relaxation.misfit import Misfit, RelaxedOptimum, build_misfit
 from solvers.solution import Solution
 
@@ -129,9 +130,14 @@ def relax(misfit: Misfit, *, solver: str = "APG", formulation: str = "aux", **so
 
 
 def round_relaxed(misfit: Misfit, x: dict[str, np.ndarray], backend: str = "auto") -> TransformSet:
-    """Each relaxed ``X̂_s`` rounded by its class's oracle ``argmax_{T ∈ class} ⟨T, X̂_s⟩``."""
-    return TransformSet({s: cls.project(torch.from_numpy(np.ascontiguousarray(x[s])), backend=backend)
-                         for s, (_, cls) in misfit.spaces.items()})
+    """Each relaxed ``X̂_s`` rounded by its class's oracle ``argmax_{T ∈ class} ⟨T, X̂_s⟩`` — the
+    spaces of a head group jointly (one head permutation, the inner oracle per head)."""
+    from solvers.algorithms.learned import project_latents
+
+    latents = {s: torch.from_numpy(np.ascontiguousarray(x[s])) for s in misfit.spaces}
+    if misfit.searched and misfit.graph is not None:
+        return project_latents(misfit.graph, latents, misfit.searched, backend)
+    return TransformSet({s: cls.project(latents[s], backend=backend) for s, (_, cls) in misfit.spaces.items()})
 
 
 def sample_rounding(misfit: Misfit, x: dict[str, np.ndarray], rng: np.random.Generator,
@@ -158,6 +164,10 @@ def _polish(problem, transforms: TransformSet, options: dict):
     return sol, ""
 
 
+#: Clarabel's measured time at width 64 (docs/relaxations.md) and its growth exponent (≈ n⁵ to n⁶).
+CLARABEL_SECONDS_AT_64, CLARABEL_EXPONENT = 67.0, 5.3
+
+
 class RelaxationSolver(Solver):
     """Solver ``"relaxation"``: Birkhoff / spectral-norm relaxation with a certified lower bound,
     oracle rounding and weight-matching polish.
@@ -166,25 +176,47 @@ class RelaxationSolver(Solver):
     ``cvxpy_solver`` (``"CLARABEL"`` when ``engine="cvxpy"``), ``formulation`` (cvxpy: ``"aux"``),
     ``solver_options`` (keywords of :func:`relax_apg`, or cvxpy's), ``polish`` (``True``),
     ``polish_options`` (passed to weight matching), ``backend`` (assignment backend),
-    ``rounding_samples`` (``8``). Candidates, each polished by weight matching, the lowest ``J``
-    kept: the oracle rounding of ``X̂``, weight matching's own start (``init`` or the identity), and
+    ``rounding_samples`` (``8``), ``time_limit`` (seconds for the whole solve, set-up included:
+    the relaxation stops there with a valid, looser bound and the remaining rounding candidates are
+    skipped; ``status="time_limit"``), ``budget`` (``300`` s: without a ``time_limit``, a problem
+    whose estimated run time — :func:`estimate_apg`, timed on the problem — exceeds it is refused up
+    front with ``SolverInputError`` giving the estimate and the width that would fit; ``None`` runs
+    anything). Candidates, each polished by weight
+    matching, the lowest ``J`` kept: the oracle rounding of ``X̂``, weight matching's own start (``init`` or the identity), and
     ``rounding_samples`` randomised roundings (:func:`sample_rounding`, seeded by ``seed``);
     ``extra["candidates"]`` has their ``J``, ``extra["chosen"]`` the winner. ``lower_bound``
     bounds ``min_T J(T)`` over the searched classes; ``gap = objective_after − lower_bound``;
-    ``status="optimal"`` (proven global optimum up to ``gap``) when
-    ``gap ≤ tol · max(J(identity), objective_after)``, ``tol = 1e-6``. ``extra["relaxed_value"]``
+    ``status``: ``"optimal"`` (proven global optimum up to ``gap``) when
+    ``gap ≤ tol · max(J(identity), objective_after)``, ``tol = 1e-6``; else ``"time_limit"`` or
+    ``"max_iter"`` when the relaxation stopped on that limit, else ``"converged"``. ``extra["relaxed_value"]``
     is ``f`` at the returned relaxed point (APG: an upper bound on the relaxation's optimum, so
     ``relaxed_value − lower_bound`` bounds how far the bound is from the best this relaxation gives).
     """
 
     name = "relaxation"
-    description = "convex relaxation (Birkhoff / spectral-norm ball): certified lower bound, rounded and polished"
-    classes = (Permutation, Orthogonal)
+    description = ("convex relaxation (Birkhoff / spectral-norm ball): certified lower bound, rounded and polished; "
+                   "heads: HeadStructured(k, Permutation | Orthogonal), relaxed over all units (Invertible has no "
+                   "convex relaxation with f = J); refuses up front a problem estimated over budget (300 s)")
+    classes = (Permutation, Orthogonal, HeadStructured)
+
+    def supports(self, cls) -> bool:
+        if isinstance(cls, HeadStructured):
+            return isinstance(cls.inner, (Permutation, Orthogonal))
+        return super().supports(cls)
+
+    def check(self, problem) -> None:
+        from solvers.algorithms.activation_matching import refuse_heads
+
+        refuse_heads(self.name, problem, "an invertible per-head map has no bounded convex superset on which the "
+                     "relaxed misfit equals J (J involves A^-T), so no certified bound")
+        super().check(problem)
 
     def solve(self, problem, *, engine: str = "auto", cvxpy_solver: str | None = None, formulation: str = "aux",
               polish: bool = True, polish_options: dict | None = None, backend: str = "auto",
-              solver_options: dict | None = None, tol: float = 1e-6, rounding_samples: int = 8) -> Solution:
+              solver_options: dict | None = None, tol: float = 1e-6, rounding_samples: int = 8,
+              time_limit: float | None = None, budget: float | None = 300.0) -> Solution:
         start = time.perf_counter()
+        deadline = None if time_limit is None else start + float(time_limit)
         if polish and polish_options and "weight_matching" in registered():
             check_options(get("weight_matching"), polish_options)  # a misspelt polish option: refused now
         if engine not in ("auto", "apg", "cvxpy"):
@@ -193,9 +225,23 @@ class RelaxationSolver(Solver):
             engine = "apg" if cvxpy_solver is None else "cvxpy"
         if engine == "apg" and cvxpy_solver is not None:
             raise ValueError("cvxpy_solver is an option of engine='cvxpy'")
+        options = dict(solver_options or {})
         misfit = build_misfit(problem)
         solver = "APG" if engine == "apg" else (cvxpy_solver or "CLARABEL")
-        opt = relax(misfit, solver=solver, formulation=formulation, **(solver_options or {}))
+        estimate = None
+        if engine == "apg":
+            options["quad"] = QuadraticMisfit(misfit)
+            if deadline is not None:
+                options["deadline"] = deadline
+            elif budget is not None and options.get("time_limit") is None:
+                estimate = estimate_apg(misfit, options["quad"], options.get("max_iter", 20000))
+                self._refuse_over_budget(misfit, estimate, budget)
+        elif budget is not None and time_limit is None and misfit.spaces:
+            n = max(n for n, _ in misfit.spaces.values())
+            seconds = CLARABEL_SECONDS_AT_64 * (n / 64) ** CLARABEL_EXPONENT
+            self._refuse_over_budget(misfit, dict(seconds=seconds, iterations=None, seconds_per_iteration=None),
+                                     budget, exponent=CLARABEL_EXPONENT)
+        opt = relax(misfit, solver=solver, formulation=formulation, **options)
         before = problem.objective(None)
         rounded = round_relaxed(misfit, opt.x, backend)
         rounded_obj = problem.objective(rounded)
@@ -207,9 +253,13 @@ class RelaxationSolver(Solver):
             rng = np.random.default_rng(problem.seed)
             for k in range(int(rounding_samples)):
                 candidates[f"sample {k}"] = sample_rounding(misfit, opt.x, rng, backend)
-        scores = {}
+        scores, skipped = {}, []
         for name, start_t in candidates.items():
-            if polish and misfit.spaces:
+            late = deadline is not None and time.perf_counter() > deadline
+            if late and scores:
+                skipped.append(name)
+                continue
+            if polish and misfit.spaces and not late:
                 sol, message = _polish(problem, start_t, dict(polish_options or {}))
                 if sol is None:
                     break
@@ -225,9 +275,24 @@ class RelaxationSolver(Solver):
         history.append(best_obj)
         bound = opt.bound
         gap = best_obj - bound
-        status = "optimal" if gap <= tol * max(abs(before), abs(best_obj)) else "converged"
+        if gap <= tol * max(abs(before), abs(best_obj)):
+            status = "optimal"
+        elif opt.status == "time_limit" or skipped:
+            status = "time_limit"
+        elif opt.status == "max_iter":
+            status = "max_iter"
+        else:
+            status = "converged"
+        notes = [message] if message else []
+        if opt.status in ("time_limit", "max_iter"):
+            notes.append(f"the relaxation stopped on its {opt.status.replace('_', ' ')} after {opt.iterations} "
+                         f"iterations: the bound is valid but looser than the relaxation's optimum "
+                         f"(relaxed_value - lower_bound = {opt.value - bound:.3g})")
+        if skipped:
+            notes.append(f"time limit: rounding candidates {', '.join(skipped)} skipped"
+                         + ("" if "rounded" in scores and iterations else ", the oracle rounding not polished"))
         extra = dict(relaxed=opt.x, relaxed_value=opt.value, certificate=bound, rounded_objective=rounded_obj,
-                     candidates=scores, chosen=chosen,
+                     candidates=scores, chosen=chosen, skipped_candidates=skipped, estimate=estimate,
                      relaxation_status=opt.status, relaxation_solver=opt.solver, relaxation_iterations=opt.iterations,
                      cvxpy_status=opt.status if engine == "cvxpy" else None,
                      cvxpy_solver=opt.solver if engine == "cvxpy" else None, setup_time=opt.setup_time,
@@ -235,7 +300,26 @@ class RelaxationSolver(Solver):
                      relaxed_sets={s: type(c).__name__ for s, (_, c) in misfit.spaces.items()})
         return Solution(best, objective_before=before, objective_after=best_obj, lower_bound=bound,
                         iterations=iterations, wall_time=time.perf_counter() - start, status=status,
-                        message=message, history=history, solver=self.name, extra=extra, graph=problem.graph_b)
+                        message="; ".join(notes), history=history, solver=self.name, extra=extra,
+                        graph=problem.graph_b)
+
+    @staticmethod
+    def _refuse_over_budget(misfit: Misfit, estimate: dict, budget: float, exponent: float = 4.0) -> None:
+        """Refuse before any iteration a problem whose estimated time exceeds ``budget``, giving the
+        estimate and the largest width that would fit (cost ∝ nᵉˣᵖᵒⁿᵉⁿᵗ: ``n⁴`` for APG)."""
+        seconds = estimate["seconds"]
+        if seconds <= budget:
+            return
+        n = max(n for n, _ in misfit.spaces.values())
+        fit = int(n * (budget / seconds) ** (1.0 / exponent))
+        widths = ", ".join(f"{s} {k} ({misfit.searched.get(s, c)!r})" for s, (k, c) in misfit.spaces.items())
+        how = (f"{estimate['iterations']} iterations x {estimate['seconds_per_iteration']:.3g} s measured on this "
+               f"problem" if estimate.get("iterations") else "Clarabel's measured growth")
+        raise SolverInputError(f"solver 'relaxation': this problem is estimated to take {seconds:.0f} s ({how}), over "
+                               f"the budget of {budget:g} s; widths: {widths}. Problems whose widest searched space "
+                               f"is about {fit} or less fit the budget. Pass time_limit=<seconds> for a valid, "
+                               f"looser bound in that time, search fewer spaces (classes={{space: Trivial()}}), "
+                               f"or budget=None to run it anyway")
 
 
 register("relaxation", RelaxationSolver)
