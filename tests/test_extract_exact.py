@@ -41,7 +41,7 @@ def test_a_class_the_graph_does_not_admit_changes_the_function(name, seed):
     T = sy.random_transforms(g, seed, classes=classes, strict=False)
     model, inputs = build_model(name), model_inputs(name)
     params = model.state_dict()
-    y, y2 = run_model(model, params, inputs), run_model(model, sy.apply(g, params, T), inputs)
+    y, y2 = run_model(model, params, inputs), run_model(model, sy.apply(g, params, T, check=False), inputs)
     assert float((y - y2).abs().max()) > 1e-6 * max(1.0, float(y.abs().max()))
 
 

@@ -121,7 +121,7 @@ def test_what_is_not_admitted_changes_hf_gpt2():
     for space, cls in [("residual", sy.Orthogonal()), ("transformer.h.0.mlp", sy.PositiveScaling())]:
         assert not g.admits(space, cls)
         el = sy.random_transforms(g, 4, classes={space: cls}, strict=False)[space]
-        new = sy.apply(g, params, {space: el})
+        new = sy.apply(g, params, {space: el}, check=False)
         assert_changed(y, logits(arch, new, x))
 
 
@@ -168,7 +168,7 @@ def test_rewritten_hf_gpt2_admits_orthogonal_residual_maps():
         y2 = run(wide, sy.apply(rms.graph, new, {"residual": O}))
         assert float((y - y2).abs().max()) <= 1e-10 * max(1.0, float(y.abs().max()))
     O = sy.Orthogonal().random(8, seed=1)
-    assert_changed(y, logits(arch, sy.apply(arch.graph, params, {"residual": O}), x))
+    assert_changed(y, logits(arch, sy.apply(arch.graph, params, {"residual": O}, check=False), x))
 
 
 def test_config_forms_and_the_user_config_is_not_modified():
