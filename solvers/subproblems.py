@@ -35,11 +35,11 @@ from symmetries.roles import Role
 
 from solvers.errors import UnsupportedClassError
 from solvers.local import Local, inner_product
-from solvers.scaling import best_scale
+from solvers.scaling import best_scale, scale_loss
 from solvers.splits import split_update
 
 __all__ = ["solve_local", "subproblem", "has_subproblem", "subproblem_classes", "solve_heads", "solve_block",
-           "linear_classes", "gain", "score_matrices", "sylvester_psd", "head_blocks"]
+           "linear_classes", "gain", "score_matrices", "sylvester_psd", "head_blocks", "rescale", "repermute", "scaling_loss"]
 
 OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
 
@@ -57,13 +57,18 @@ def score_matrices(local: Local) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def gain(cls, local: Local, old: Element, new: Element) -> float:
-    """``L(old) − L(new)``: by ``2(⟨new − old, M⟩ + ⟨new∘new − old∘old, V⟩)`` for norm-keeping classes."""
+    """``L(old) − L(new)``: by ``2(⟨new − old, M⟩ + ⟨new∘new − old∘old, V⟩)`` for norm-keeping classes, by
+    the scale terms of the matched pairs for positive monomials (:func:`scaling_loss`), else by the losses."""
     if linear_classes(cls) and tuple(old.shape) == tuple(new.shape):
         m, v = score_matrices(local)
         g = 2 * (inner_product(new, m) - inner_product(old, m))
         if v is not None:
             g += 2 * (inner_product(new, v, squared=True) - inner_product(old, v, squared=True))
         return g
+    if isinstance(cls, (PositiveScaling, PermutationScaling)) and not local.streamed:
+        before, after = scaling_loss(local, old), scaling_loss(local, new)
+        if before is not None and after is not None:
+            return before - after
     return local.loss(old) - local.loss(new)
 
 
@@ -155,18 +160,18 @@ def dense_or(x: torch.Tensor, fallback: Element | None) -> Element:
 
 
 # -- scalings ------------------------------------------------------------------------------
-def _scale_terms(local: Local, diagonal: bool):
+def _scale_terms(local: Local, diagonal: bool, index: torch.Tensor | None = None):
+    """``α, β, γ, δ, ζ, ε`` of :mod:`solvers.scaling` (float64 numpy): for every pair ``(j, i)``
+    (``m × n`` crosses, ``1 × n`` norms), or with ``diagonal`` for the pairs ``(j, index[j])``."""
     def cross(role):
-        c = local.cross(role).double().cpu()
-        return torch.diagonal(c).numpy() if diagonal else c.numpy()
+        c = local.cross_pairs(role, index) if diagonal else local.cross(role)
+        return c.double().cpu().numpy()
 
     def norms(role):
-        return local.row_norms(role, "b").double().cpu().numpy()[None, :]
-    terms = dict(alpha=cross(OUT), beta=norms(OUT), gamma=cross(IN), delta=norms(IN),
-                 zeta=cross(VAR), eps=norms(VAR))
-    if diagonal:
-        terms = {k: (v[0] if v.ndim == 2 else v) for k, v in terms.items()}
-    return terms
+        v = local.row_norms(role, "b").double().cpu()
+        return (v if index is None else v[index.cpu()]).numpy() if diagonal else v.numpy()[None, :]
+    return dict(alpha=cross(OUT), beta=norms(OUT), gamma=cross(IN), delta=norms(IN),
+                zeta=cross(VAR), eps=norms(VAR))
 
 
 def _scaling(cls, local: Local, backend: str) -> GatherElement:
@@ -176,6 +181,55 @@ def _scaling(cls, local: Local, backend: str) -> GatherElement:
     c, f = best_scale(**_scale_terms(local, diagonal=False))
     perm = assignment_permutation(f, maximize=False, backend=backend)
     return GatherElement.monomial(perm, c[np.arange(local.n), perm])
+
+
+def _monomial_scale(el: Element, n: int) -> np.ndarray | None:
+    """``c`` of a positive monomial ``D P`` (``in`` scale ``1/c``; ones when unscaled), else ``None``."""
+    if not isinstance(el, GatherElement) or tuple(el.shape) != (n, n) or not el.bijective:
+        return None
+    out, inv = el.scales()
+    if not bool((out > 0).all()) or not torch.allclose(inv * out, torch.ones_like(out), rtol=1e-12, atol=0):
+        return None
+    return out.numpy()
+
+
+def scaling_loss(local: Local, el: Element) -> float | None:
+    """``L(T) − Σ_e ‖A_e‖²`` for a positive monomial ``T = D P`` as ``Σ_j f_j(c_j)`` from the scale terms
+    of the pairs ``(j, P(j))`` (``O(n)`` with the crosses cached, else ``O(n k)``); ``None`` otherwise."""
+    c = _monomial_scale(el, local.n)
+    if c is None or local.m != local.n:
+        return None
+    return float(scale_loss(c, **_scale_terms(local, diagonal=True, index=el.index)).sum())
+
+
+def repermute(local: Local, current: GatherElement, backend: str = "auto") -> tuple[GatherElement, float] | None:
+    """The best ``P`` for the scales of ``current = D P`` kept on B's units (each B unit keeps its scale,
+    wherever it goes): LAP on ``f_ji(c_i)`` — a permutation subproblem of the rescaled B, an ``n × n``
+    evaluation of ``f`` instead of ``n²`` scalar minimisations — and the decrease of the local loss;
+    ``None`` if ``current`` is not a positive monomial."""
+    c_old = _monomial_scale(current, local.n)
+    if c_old is None or local.m != local.n:
+        return None
+    c_unit = np.empty_like(c_old)
+    c_unit[current.index.cpu().numpy()] = c_old
+    terms = _scale_terms(local, diagonal=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        u = scale_loss(c_unit[None, :], **terms)
+    perm = assignment_permutation(np.where(np.isfinite(u), u, np.inf), maximize=False, backend=backend)
+    new = GatherElement.monomial(perm, c_unit[perm])
+    return new, scaling_loss(local, current) - scaling_loss(local, new)
+
+
+def rescale(local: Local, current: GatherElement) -> tuple[GatherElement, float]:
+    """The best positive scales for ``current``'s gather kept fixed (``D P`` with ``P`` given) and the
+    decrease of the local loss: the exact minimiser over ``D``, ``n`` scalar problems."""
+    c_old = _monomial_scale(current, local.n)
+    terms = _scale_terms(local, diagonal=True, index=current.index)
+    c, f = best_scale(**terms)
+    new = GatherElement.monomial(current.index, c)
+    if c_old is None:  # not a positive monomial: compare the losses themselves
+        return new, local.loss(current) - local.loss(new)
+    return new, float(scale_loss(c_old, **terms).sum() - f.sum())
 
 
 # -- invertible ----------------------------------------------------------------------------
