@@ -118,3 +118,54 @@ def test_learned_matching_keeps_planted_heads():
         else:
             assert torch.equal(got, exp), space
     assert sol.status == "max_iter" and sol.iterations == 10
+
+
+BUILTIN = ["weight_matching", "semi_permutation", "semi_permutation_qp", "activation_matching", "optimal_transport",
+           "relaxation", "learned_matching", "posterior_matching"]
+OPTIONS = {"learned_matching": dict(steps=3), "relaxation": dict(time_limit=5)}
+
+
+def _builders():
+    gln = _gpt(heads=2, norm="layernorm")
+    a = gln.module(seed=0, dtype=torch.float64).state_dict()
+    b = gln.module(seed=1, dtype=torch.float64).state_dict()
+    gpt, a = architectures.rewrite_layernorm(gln, a)
+    _, b = architectures.rewrite_layernorm(gln, b)
+    x = _tokens(16)
+    yield "gpt2-rms", gpt, a, b, (x, _tokens(16, 1)), x
+    vit = architectures.vit(image_size=8, patch_size=4, channels=3, d_model=16, n_heads=2, n_layers=2, d_mlp=32,
+                            num_classes=10)
+    xi = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    yield ("vit", vit, vit.module(seed=0, dtype=torch.float64).state_dict(),
+           vit.module(seed=1, dtype=torch.float64).state_dict(), (xi, torch.arange(16) % 10), xi)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_every_builtin_solver_runs_on_transformers_or_is_not_applicable(name):
+    """With default classes each built-in solver either runs on the GPT-2 (RMS form) and ViT builders
+    and keeps the function (aligned B computes what B computes), or is left out of
+    ``solvers.applicable`` and says why when its classes are resolved."""
+    solver = solvers.get(name)
+    for label, arch, a, b, data, x in _builders():
+        if name not in solvers.applicable(arch):
+            with pytest.raises(sy.errors.NotAdmittedError, match=name):
+                sy.resolve_classes(arch.graph, solver=solver)
+            continue
+        kw = dict(OPTIONS.get(name, {}))
+        if solver.needs_data:
+            kw["data"] = data
+        sol = solvers.solve(name, arch, a, b, seed=0, **kw)
+        assert sol.status in ("converged", "optimal", "max_iter", "time_limit"), (label, sol.status, sol.message)
+        m = arch.module(dtype=torch.float64)
+        m.load_state_dict(b)
+        with torch.no_grad():
+            yb = m(x[:4])
+            m.load_state_dict(sol.apply(b))
+            assert torch.allclose(m(x[:4]), yb, atol=1e-8), (label, name)
+
+
+def test_applicable_on_transformers():
+    for label, arch, *_ in _builders():
+        ok = set(solvers.applicable(arch))
+        assert {"weight_matching", "activation_matching", "relaxation", "learned_matching"} <= ok, label
+        assert "optimal_transport" not in ok and "posterior_matching" not in ok, label

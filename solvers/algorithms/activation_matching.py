@@ -200,6 +200,12 @@ class Moments:
 
 
 def _batches(data) -> Iterable[torch.Tensor]:
+    """Input batches: a tensor (in chunks of 256), an ``(x, y)`` pair of tensors (its inputs ``x``, the
+    form learned matching takes), or an iterable of tensors or ``(inputs, …)`` batches."""
+    if (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+            and data[0].dim() and data[1].dim() and len(data[0]) == len(data[1])):
+        yield from _batches(data[0])
+        return
     if isinstance(data, torch.Tensor):
         for start in range(0, data.shape[0], 256):
             yield data[start:start + 256]

@@ -25,11 +25,12 @@ import torch
 
 from symmetries.action import apply
 from symmetries.assignment import assignment_permutation
-from symmetries.classes import Permutation, Trivial
+from symmetries.classes import HeadStructured, Orthogonal, Permutation, Trivial
 from symmetries.elements import DenseElement, GatherElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
+from solvers.errors import UnsupportedClassError
 from solvers.registry import Solver, register
 from solvers.solution import Solution
 from solvers.local import Matcher, search_units
@@ -49,8 +50,28 @@ class OptimalTransport(Solver):
 
     name = "optimal_transport"
     description = ("POT transport between neuron clouds per space (emd or sinkhorn): permutation read off the "
-                   "coupling + soft barycentric maps and couplings for OT fusion")
+                   "coupling + soft barycentric maps and couplings for OT fusion; not for orthogonal spaces (a "
+                   "coupling is a permutation/n, never a rotation) nor attention heads (one head permutation "
+                   "must tie the qk and vo spaces), so not for transformers")
     classes = (Trivial, Permutation)
+
+    #: Why a class is refused (the maths, not a missing feature of the code).
+    REFUSALS = {
+        Orthogonal: "transport couples neurons as points: with uniform masses and equal widths the optimal coupling "
+                    "is a permutation / n (Birkhoff), so the barycentric map, and Procrustes on it, is that "
+                    "permutation and never a rotation; search Orthogonal with weight_matching, activation_matching, "
+                    "relaxation or learned_matching",
+        HeadStructured: "space-by-space transport cannot tie one head permutation across the qk and vo spaces of an "
+                        "attention, and a coupling of all units mixes heads; search heads with weight_matching, "
+                        "activation_matching, relaxation or learned_matching"}
+
+    def check(self, problem) -> None:
+        for space, cls in problem.classes.items():
+            for kind, why in self.REFUSALS.items():
+                if isinstance(cls, kind):
+                    raise UnsupportedClassError(f"solver {self.name!r} cannot search space {space!r} in {cls!r}: "
+                                                f"{why}", solver=self.name, space=space, cls=cls)
+        super().check(problem)
 
     def solve(self, problem, *, transport: str = "emd", reg: float = 0.01, num_iter: int = 1000,
               marginal_tol: float = 1e-6, backend: str = "auto") -> Solution:

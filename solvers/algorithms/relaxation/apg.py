@@ -64,9 +64,9 @@ class QuadraticMisfit:
     LANCZOS_VARIABLES = 50_000
 
     def block_bound(self) -> float:
-        """``2 max_s (λ_max(Q_s) + λ_max(R_s)) ≥ λ_max(∇²f / 2)``: ``‖A X_in − X_out B‖² ≤ 2‖A X_in‖² +
-        2‖X_out B‖²`` summed over the terms is ``2 Σ_s ⟨X_s, Q_s X_s + X_s R_s⟩``. At most 2× loose; costs
-        one symmetric eigenvalue problem per space."""
+        """``2 max_s (λ_max(Q_s) + λ_max(R_s)) ≥ λ_max(∇²f / 2)``: ``‖A X_in − X_out B‖²`` is at most
+        ``2‖A X_in‖² + 2‖X_out B‖²``, which summed over the terms is ``2 Σ_s ⟨X_s, Q_s X_s + X_s R_s⟩``.
+        At most 2× loose; costs one symmetric eigenvalue problem per space."""
         return 2.0 * max(float(np.linalg.eigvalsh(self.left[s])[-1]) + float(np.linalg.eigvalsh(self.right[s])[-1])
                          for s in self.sizes)
 
@@ -75,7 +75,8 @@ class QuadraticMisfit:
         1e-3 plus 1 % up to :attr:`LANCZOS_VARIABLES` variables, :meth:`block_bound` above (Lanczos
         needs ~100 gradient-sized products there). Only the step size depends on it — never the
         certificate's validity."""
-        if getattr(self, "_lipschitz", None) is None and sum(n * n for n in self.sizes.values()) > self.LANCZOS_VARIABLES:
+        big = sum(n * n for n in self.sizes.values()) > self.LANCZOS_VARIABLES
+        if getattr(self, "_lipschitz", None) is None and big:
             self._lipschitz = self.block_bound()
         keys = list(self.sizes)
         shapes = [(self.sizes[s], self.sizes[s]) for s in keys]

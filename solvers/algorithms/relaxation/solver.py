@@ -181,8 +181,8 @@ class RelaxationSolver(Solver):
     skipped; ``status="time_limit"``), ``budget`` (``300`` s: without a ``time_limit``, a problem
     whose estimated run time — :func:`estimate_apg`, timed on the problem — exceeds it is refused up
     front with ``SolverInputError`` giving the estimate and the width that would fit; ``None`` runs
-    anything). Candidates, each polished by weight
-    matching, the lowest ``J`` kept: the oracle rounding of ``X̂``, weight matching's own start (``init`` or the identity), and
+    anything). Candidates, each polished by weight matching, the lowest ``J`` kept: the oracle
+    rounding of ``X̂``, weight matching's own start (``init`` or the identity), and
     ``rounding_samples`` randomised roundings (:func:`sample_rounding`, seeded by ``seed``);
     ``extra["candidates"]`` has their ``J``, ``extra["chosen"]`` the winner. ``lower_bound``
     bounds ``min_T J(T)`` over the searched classes; ``gap = objective_after − lower_bound``;
