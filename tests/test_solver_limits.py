@@ -93,7 +93,7 @@ def test_block_lipschitz_bound_is_an_upper_bound():
 
 def test_weight_matching_and_learned_matching_say_when_they_hit_their_cap():
     arch, a, b = _pair()
-    sol = solvers.solve("weight_matching", arch, a, b, classes=Orthogonal() if False else Permutation(),
+    sol = solvers.solve("weight_matching", arch, a, b, classes=Permutation(),
                         start="identity", mode="rebasin", max_iter=1)
     assert sol.status == "max_iter" and sol.iterations == 1
     x = torch.randn(32, 16, dtype=torch.float64)
