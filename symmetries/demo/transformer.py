@@ -42,22 +42,22 @@ PERMUTATION_ONLY = "permutation only"
 class TransformerConfig:
     """Settings of a transformer demo (``model`` ``"gpt"`` or ``"vit"``; see :data:`SIZES`)."""
     model: str = "gpt"
-    d_model: int = 64
+    d_model: int = 128
     n_heads: int = 4
     n_layers: int = 2
     d_mlp: int | None = None             # default 4 · d_model
-    context: int = 64                    # GPT: characters per sequence
+    context: int = 32                    # GPT: characters per sequence
     chars: int = 200_000                 # GPT: character budget of the corpus (the last 10 % held out)
     patch_size: int = 2                  # ViT: on the 8×8 digits
     steps: int = 1000                    # Adam steps per model (linear warm-up, cosine decay)
     batch_size: int = 32
     lr: float = 3e-3
     warmup: int = 50
-    weight_decay: float = 0.0
+    weight_decay: float = 0.1            # AdamW's decoupled decay
     seed: int = 0
     alphas: int = 25
     solvers: tuple[str, ...] | None = None   # None: every applicable solver, plus weight matching on permutations
-    learned_steps: int = 300
+    learned_steps: int = 500
     learned_lr: float = 0.05
     learned_batch: int = 32
     selection: int = 256                 # training sequences learned matching selects its result on
@@ -69,7 +69,7 @@ SIZES = {
     ("gpt", "tiny"): TransformerConfig(model="gpt", d_model=16, n_heads=2, d_mlp=32, context=16, chars=6_000,
                                        steps=40, batch_size=16, warmup=5, alphas=5, learned_steps=5,
                                        learned_batch=8, selection=16),
-    ("vit", "full"): TransformerConfig(model="vit", steps=1500, batch_size=64),
+    ("vit", "full"): TransformerConfig(model="vit", d_model=64, steps=1500, batch_size=64),
     ("vit", "tiny"): TransformerConfig(model="vit", d_model=16, n_heads=2, d_mlp=32, steps=30, batch_size=32,
                                        warmup=5, alphas=5, learned_steps=5, learned_batch=16, selection=32),
 }
