@@ -19,7 +19,7 @@ import importlib
 import os
 import sys
 
-from symmetries.errors import SymmetryError
+from symmetries.errors import ArgumentError, SymmetryError
 
 __all__ = ["ArchSpecError", "parse_arch", "parse_value", "builders", "import_user_module", "cwd_importable"]
 
@@ -128,6 +128,8 @@ def parse_arch(spec: str):
     call = f"{label}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])})"
     try:
         arch = target(*args, **kwargs)
+    except ArgumentError as exc:  # the spec gave the builder a bad argument: a spec error, naming the call
+        raise ArchSpecError(f"{call} failed: {exc}") from None
     except SymmetryError:
         raise
     except KeyboardInterrupt:
