@@ -364,9 +364,9 @@ class ActivationMatching(Solver):
         from solvers.algorithms.learned import project_heads
 
         if statistic not in ("correlation", "cross"):
-            raise ValueError(f"statistic must be 'correlation' or 'cross', got {statistic!r}")
+            raise SolverInputError(f"statistic must be 'correlation' or 'cross', got {statistic!r}")
         if invertible not in ("lstsq", "cca"):
-            raise ValueError(f"invertible must be 'lstsq' or 'cca', got {invertible!r}")
+            raise SolverInputError(f"invertible must be 'lstsq' or 'cca', got {invertible!r}")
         if problem.models is None or problem.data is None:
             raise SolverInputError("activation matching needs data= and models=(module_a, module_b) (or pass "
                                    "an Architecture as the graph)")

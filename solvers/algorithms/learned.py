@@ -198,7 +198,7 @@ class LearnedMatching(Solver):
             raise SolverInputError("learned matching aligns models of equal widths")
         lo, hi = float(alpha[0]), float(alpha[1])
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"alpha must be a range inside [0, 1], got {alpha!r}")
+            raise SolverInputError(f"alpha must be a range inside [0, 1], got {alpha!r}")
         loss_fn = loss_fn or mean_loss
         module = problem.models[0]
         spaces = problem.spaces

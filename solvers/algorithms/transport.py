@@ -30,7 +30,7 @@ from symmetries.elements import DenseElement, GatherElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
-from solvers.errors import UnsupportedClassError
+from solvers.errors import SolverInputError, UnsupportedClassError
 from solvers.registry import Solver, register
 from solvers.solution import Solution
 from solvers.local import Matcher, search_units
@@ -84,9 +84,9 @@ class OptimalTransport(Solver):
         when one is not finite or carries no mass (Sinkhorn's kernel underflows for a small ``reg``),
         the spaces after it left as the identity — the message names the space."""
         if transport not in ("emd", "sinkhorn"):
-            raise ValueError(f"transport must be 'emd' or 'sinkhorn', got {transport!r}")
+            raise SolverInputError(f"transport must be 'emd' or 'sinkhorn', got {transport!r}")
         if transport == "sinkhorn" and not (np.isfinite(reg) and reg > 0):
-            raise ValueError(f"reg must be a positive number for transport='sinkhorn', got {reg!r} "
+            raise SolverInputError(f"reg must be a positive number for transport='sinkhorn', got {reg!r} "
                              f"(reg → 0 is exact transport: use transport='emd')")
         matcher = Matcher(problem)
         hard, soft, couplings, costs = {}, {}, {}, {}

@@ -63,7 +63,7 @@ def formulate(misfit: Misfit, formulation: str = "aux") -> tuple[cp.Problem, dic
     variables and compressed one-sided terms; ``"direct"``: ``Σ sum_squares(A X − X B)`` as
     written (for comparison; same optimum)."""
     if formulation not in ("aux", "direct"):
-        raise ValueError(f"formulation must be 'aux' or 'direct', got {formulation!r}")
+        raise SolverInputError(f"formulation must be 'aux' or 'direct', got {formulation!r}")
     x, cons = {}, []
     for s, (n, cls) in misfit.spaces.items():
         if isinstance(cls, Permutation):
@@ -220,11 +220,11 @@ class RelaxationSolver(Solver):
         if polish and polish_options and "weight_matching" in registered():
             check_options(get("weight_matching"), polish_options)  # a misspelt polish option: refused now
         if engine not in ("auto", "apg", "cvxpy"):
-            raise ValueError(f"engine must be 'auto', 'apg' or 'cvxpy', got {engine!r}")
+            raise SolverInputError(f"engine must be 'auto', 'apg' or 'cvxpy', got {engine!r}")
         if engine == "auto":
             engine = "apg" if cvxpy_solver is None else "cvxpy"
         if engine == "apg" and cvxpy_solver is not None:
-            raise ValueError("cvxpy_solver is an option of engine='cvxpy'")
+            raise SolverInputError("cvxpy_solver is an option of engine='cvxpy'")
         options = dict(solver_options or {})
         misfit = build_misfit(problem)
         solver = "APG" if engine == "apg" else (cvxpy_solver or "CLARABEL")
