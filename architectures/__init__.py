@@ -27,6 +27,9 @@ from architectures.llama import fold_rmsnorm, llama
 from architectures.hf_llama import hf_llama, hf_llama_config  # imports transformers only when called
 
 __all__ += ["llama", "fold_rmsnorm", "hf_llama", "hf_llama_config"]
+from architectures.hf import from_hf, hf_example_inputs  # torch.export; never imports transformers
+
+__all__ += ["from_hf", "hf_example_inputs"]
 
 #: The builders: networks from sizes and options (what ``--arch NAME:ARGS`` may name).
 BUILDERS = ("mlp", "vgg", "resnet", "gcn", "gpt2", "vit", "hf_gpt2", "llama", "hf_llama")

@@ -36,6 +36,8 @@ def map_dim(in_shape, dim: int, out_shape) -> int | None:
 def move_feature(ctx, node, x, *args, **kwargs):
     """Any reshape (view, reshape, flatten, unflatten, squeeze, unsqueeze, contiguous)."""
     out = ctx.shape(node)
+    if isinstance(x, (Feat, ParamRef)) and tuple(out) == tuple(x.shape):  # a no-op reshape keeps everything
+        return x
     if isinstance(x, ParamRef):
         return _move_param(ctx, node, x, out)
     if not isinstance(x, Feat):

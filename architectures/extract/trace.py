@@ -181,9 +181,9 @@ def _target_name(node: fx.Node) -> str:
 def _untraceable(module: nn.Module, exc: Exception) -> ExtractionError:
     """The error for a module torch.fx cannot trace: why, and what to use instead."""
     cls = type(module)
-    if cls.__module__.startswith("transformers.") and cls.__name__.startswith("GPT2"):
-        instead = ("for transformers' GPT-2, architectures.hf_gpt2(config) declares the graph on this model's "
-                   "state-dict names")
+    if cls.__module__.startswith("transformers."):
+        instead = ("for a Hugging Face model, architectures.from_hf(model) extracts the graph through torch.export "
+                   "(architectures.hf_gpt2 / hf_llama declare GPT-2's and Llama's by hand)")
     else:
         instead = ("declare it with a builder that knows it (architectures.mlp, vgg, resnet, gpt2, vit, gcn, "
                    "hf_gpt2), by hand as a WeightGraph, or pass a wrapper nn.Module whose forward torch.fx can trace")

@@ -31,6 +31,8 @@ from symmetries.classes import Orthogonal, Trivial
 from symmetries.roles import Role
 
 from architectures.extract import functional as _functional  # noqa: F401  (registers the built-in rules)
+from architectures.extract import identity_rules as _identity_rules  # noqa: F401  (registers them)
+from architectures.extract.aten import equivalent
 from architectures.extract.binary import BINARY_FUNCTIONS, BINARY_METHODS
 from architectures.extract.context import Context
 from architectures.extract.heads import HEAD_FUNCTIONS, HEAD_METHODS
@@ -39,7 +41,7 @@ from architectures.extract.state import ExtractionError, Feat, HeadOnly, ParamRe
 from architectures.extract.trace import trace
 from symmetries.graph import WeightGraph
 
-__all__ = ["from_module", "ExtractionError"]
+__all__ = ["from_module", "walk_graph", "ExtractionError"]
 
 
 def from_module(module: nn.Module, example_inputs: Any, *, unknown: str = "error",
@@ -54,6 +56,16 @@ def from_module(module: nn.Module, example_inputs: Any, *, unknown: str = "error
     if unknown not in ("error", "fixed"):
         raise ValueError(f"unknown must be 'error' or 'fixed', got {unknown!r}")
     graph, values, materialized = trace(module, example_inputs)
+    return walk_graph(module, graph, values, unknown=unknown, name=name, materialized=materialized)
+
+
+def walk_graph(module: nn.Module, graph: fx.Graph, values: dict, *, unknown: str = "error", name: str | None = None,
+               materialized=()) -> WeightGraph:
+    """The weight graph of ``module`` from an fx ``graph`` of its computation (fx tracing, or
+    ``torch.export``'s ATen graph) and the value of every node on example inputs. ``get_attr``
+    nodes whose target is a state-dict key of ``module`` are its tensors."""
+    if unknown not in ("error", "fixed"):
+        raise ValueError(f"unknown must be 'error' or 'fixed', got {unknown!r}")
     ctx = _Walk(module, values, unknown)
     for node in graph.nodes:
         ctx.visit(node)
@@ -311,8 +323,11 @@ def _head_aware(node, root) -> bool:
     if node.op == "call_method":
         return node.target in _HEAD_AWARE_METHODS
     if node.op == "call_function":
+        target = equivalent(node.target)  # an ATen operator acts like its torch-level equivalent
+        if isinstance(target, str):
+            return target in _HEAD_AWARE_METHODS
         try:
-            return node.target in _HEAD_AWARE
+            return target in _HEAD_AWARE
         except TypeError:
             return False
     return False
