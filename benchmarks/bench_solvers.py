@@ -5,12 +5,17 @@
 1. Weight matching of two 784-512-512-512-10 MLPs (independent random initialisations, float32),
    per LAP backend and mode: wall time (best of 3), sweeps, objective before/after.
 2. One sweep's time against its floor: the matmuls ``Σ_e A_e B_eᵀ`` and the assignments it must do.
+   Then the full ReLU group: ``Permutation()`` against ``PermutationScaling()`` (and the previous,
+   all-eigenvalue scale solver with the plain loop, with ``--old-scaling``), float64, one run printing
+   both: wall and CPU time (best of N), sweeps, J.
 3. A GPT-2-small-shaped pair (``architectures.gpt2``: 12 layers, d=768, MLP 3072, 12 heads,
    vocabulary 50257, context 1024, tied embeddings; random weights; LayerNorm rewritten to gain-free
    RMSNorm so the residual stream admits ``Orthogonal``):
    B is a random permutation + head + orthogonal-residual transform of A plus noise, aligned with
    ``Permutation`` (MLP units), ``HeadStructured(12, Permutation)`` (heads, one head permutation per
-   attention) and ``Orthogonal`` (residual). Time, sweeps, recovery and peak memory (RSS).
+   attention) and ``Orthogonal`` (residual). Time, sweeps, recovery, peak memory (RSS) and the
+   per-space split (time in each space's subproblem data — B's rows with the other transforms applied
+   and the cross products — and its solve, and in the objective ``J`` recorded after each sweep).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import architectures  # noqa: E402
 import solvers  # noqa: E402
+import solvers.algorithms.weight_matching as wm  # noqa: E402
 from solvers.local import Matcher, search_units  # noqa: E402
 from symmetries import HeadStructured, Permutation, apply, random_transforms  # noqa: E402
 from symmetries.assignment import backends, default_backend, solve_assignment  # noqa: E402
@@ -47,6 +53,56 @@ def best_of(fn, repeat=3):
         out = fn()
         times.append(time.perf_counter() - t0)
     return min(times), out
+
+
+def best_of_cpu(fn, repeat=3):
+    """``(best wall, best CPU time of this process, result)`` over ``repeat`` runs."""
+    walls, cpus, out = [], [], None
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return min(walls), min(cpus), out
+
+
+def scaling_section(widths, repeat, old: bool):
+    """Permutations against the full ReLU group on the same pair (float64), one run printing both."""
+    arch = architectures.mlp(widths)
+    a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+    b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+    print(f"\n== 1b. permutation vs permutation × scaling, two {'-'.join(map(str, widths))} MLPs (float64) ==")
+    print(f"{'classes':<34} {'wall [s]':>9} {'CPU [s]':>8} {'sweeps':>6} {'J before':>10} {'J after':>10}  status")
+    rows = [("permutation", {}), ("permutation_scaling", {})]
+    if old:
+        rows.append(("permutation_scaling (old: eig, plain)", dict(start="forward", _old=True)))
+    base = None
+    for cls, kw in rows:
+        if kw.pop("_old", False):
+            run = _old_scaling_run(arch, a, b)
+            wall, cpu, sol = best_of_cpu(run, 1)
+        else:
+            wall, cpu, sol = best_of_cpu(lambda: solvers.solve("weight_matching", arch.graph, a, b,
+                                                               classes=cls.split()[0], seed=0, **kw), repeat)
+        base = base or (wall, cpu)
+        print(f"{cls:<34} {wall:9.3f} {cpu:8.3f} {sol.iterations:6d} {sol.objective_before:10.2f} "
+              f"{sol.objective_after:10.2f}  {status(sol)}  ({wall / base[0]:.1f}× wall, {cpu / base[1]:.1f}× CPU)")
+
+
+def _old_scaling_run(arch, a, b):
+    """The previous method: every scale by companion-matrix eigenvalues, no staged start or scale descent."""
+    import solvers.subproblems as sp
+    from solvers.scaling import best_scale_eig
+
+    def run():
+        saved = (sp.best_scale, wm._monomial_descent, wm.PermutationScaling)
+        sp.best_scale, wm._monomial_descent = best_scale_eig, (lambda *args, **kw: None)
+        wm.PermutationScaling = type("NoStage", (), {})  # the staged start looks for this class
+        try:
+            return solvers.solve("weight_matching", arch.graph, a, b, classes="permutation_scaling", seed=0)
+        finally:
+            sp.best_scale, wm._monomial_descent, wm.PermutationScaling = saved
+    return run
 
 
 def mlp_section(widths):
@@ -121,6 +177,70 @@ class PeakRSS(threading.Thread):
         self.peak = max(self.peak, rss_mb())
 
 
+class SpaceSplit:
+    """Wall and CPU time per space (building its subproblem data; solving it) and in the objective, by
+    wrapping the weight-matching module's ``Matcher.local``, ``solve_local``, ``solve_heads`` and
+    ``Problem.objective`` while active."""
+
+    def __init__(self):
+        self.data, self.solve, self.objective = {}, {}, [0.0, 0.0, 0]
+
+    def _timed(self, fn, key_of, table):
+        def wrapper(*args, **kw):
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return fn(*args, **kw)
+            finally:
+                row = table.setdefault(key_of(args), [0.0, 0.0, 0])
+                row[0] += time.perf_counter() - t0
+                row[1] += time.process_time() - c0
+                row[2] += 1
+        return wrapper
+
+    def __enter__(self):
+        from solvers.local import Matcher
+        from solvers.problem import Problem
+        self._saved = (Matcher.local, wm.solve_local, wm.solve_heads, Problem.objective)
+        self._current = None
+        table_obj = {}
+
+        def key_local(args):
+            self._current = args[1]
+            return args[1]
+        Matcher.local = self._timed(Matcher.local, key_local, self.data)
+        wm.solve_local = self._timed(wm.solve_local, lambda args: self._current, self.solve)
+        wm.solve_heads = self._timed(wm.solve_heads, lambda args: self._current, self.solve)
+        Problem.objective = self._timed(Problem.objective, lambda args: "J", table_obj)
+        self._table_obj = table_obj
+        return self
+
+    def __exit__(self, *exc):
+        from solvers.local import Matcher
+        from solvers.problem import Problem
+        Matcher.local, wm.solve_local, wm.solve_heads, Problem.objective = self._saved
+        self.objective = self._table_obj.get("J", [0.0, 0.0, 0])
+
+    def report(self, classes):
+        groups: dict[str, list] = {}
+        for table, col in ((self.data, 0), (self.solve, 1)):
+            for space, (wall, cpu, calls) in table.items():
+                kind = type(classes[space]).__name__ if space in classes else "?"
+                kind += f"({classes[space].inner.__class__.__name__})" if kind == "HeadStructured" else ""
+                row = groups.setdefault(kind, [[0.0, 0.0], [0.0, 0.0], set()])
+                row[col][0] += wall
+                row[col][1] += cpu
+                row[2].add(space)
+        print("per-space split (wall / CPU seconds, summed over visits):")
+        print(f"  {'class':<30} {'spaces':>6} {'data: B rows + A Bᵀ':>22} {'solve':>16}")
+        for kind, (d, s_, spaces) in sorted(groups.items(), key=lambda kv: -kv[1][0][0] - kv[1][1][0]):
+            print(f"  {kind:<30} {len(spaces):6d} {d[0]:10.1f} / {d[1]:7.1f} {s_[0]:7.1f} / {s_[1]:6.1f}")
+        top = sorted(self.data, key=lambda s: -(self.data[s][0] + self.solve.get(s, [0])[0]))[:3]
+        print("  slowest spaces: " + ", ".join(f"{s} {self.data[s][0] + self.solve.get(s, [0])[0]:.1f} s "
+                                              f"({self.data[s][2]} visits)" for s in top))
+        w, c, n = self.objective
+        print(f"  objective J ({n} evaluations)       {w:10.1f} / {c:7.1f}")
+
+
 def gpt2_section(shape: dict):
     print("\n== 3. GPT-2-small-shaped pair: permutation (MLP) + heads + orthogonal residual ==")
     print(", ".join(f"{k}={v}" for k, v in shape.items()))
@@ -136,10 +256,11 @@ def gpt2_section(shape: dict):
         v.add_(1e-3 * torch.randn(v.shape, generator=gen))
     gc.collect()
     base = rss_mb()
-    with PeakRSS() as sampler:
-        t0 = time.perf_counter()
+    split = SpaceSplit()
+    with PeakRSS() as sampler, split:
+        t0, c0 = time.perf_counter(), time.process_time()
         sol = solvers.solve("weight_matching", g, a, b, classes=classes, seed=0, max_iter=10)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = sampler.peak
     truth = t.inverse()
     perms = [s for s, c in classes.items() if isinstance(c, Permutation)]
@@ -150,8 +271,9 @@ def gpt2_section(shape: dict):
     dense_err = max((float((sol.transforms[s].as_matrix() - truth[s].as_matrix()).abs().max()) for s in dense),
                     default=float("nan"))
     print(f"parameters {sum(v.numel() for v in a.values()) / 1e6:.1f} M, one model {model_mb:.0f} MiB (float32)")
-    print(f"time {elapsed:.1f} s, sweeps {sol.iterations}, status {status(sol)}, "
+    print(f"time {elapsed:.1f} s (CPU {cpu:.1f} s), sweeps {sol.iterations}, status {status(sol)}, "
           f"history {[round(x, 3) for x in sol.history]}")
+    split.report(classes)
     print(f"recovered: MLP permutations {perm_ok}/{len(perms)}, head permutations {heads_ok}/{len(heads)}, "
           f"{'/'.join(dense)} max |O − O_true| {dense_err:.2e}")
     print(f"RSS before solve (interpreter, torch, A, B) {base:.0f} MiB, peak during solve {peak:.0f} MiB: the "
@@ -163,6 +285,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-gpt2", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="best of N for the MLP timings")
+    parser.add_argument("--old-scaling", action="store_true",
+                        help="also time the previous permutation × scaling solver (slow: minutes)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke run of the script, no figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -172,6 +297,7 @@ def main():
     shape = (dict(layers=2, d=16, heads=4, d_mlp=32, vocab=50, ctx=8) if args.tiny else
              dict(layers=12, d=768, heads=12, d_mlp=3072, vocab=50257, ctx=1024))
     arch, a, b = mlp_section(widths)
+    scaling_section(widths, args.repeat, args.old_scaling)
     sweep_floor(arch, a, b)
     if not args.skip_gpt2:
         gpt2_section(shape)
