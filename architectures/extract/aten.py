@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from architectures.extract.ops import PERM, _passthrough
 from architectures.extract.rules import register_rule, rule_for
 from architectures.extract.shapes import getitem
-from architectures.extract.state import Feat, ParamRef, hint_of
+from architectures.extract.state import Feat, HeadOnly, ParamRef, hint_of
 
 __all__ = ["EQUIVALENT", "equivalent"]
 
@@ -98,8 +98,6 @@ for _name in ("view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "flatte
               "view" if _name in ("view", "_unsafe_view") else "reshape" if _name == "reshape" else _name, _first)
 for _name in ("contiguous", "clone", "alias", "detach", "lift_fresh_copy"):
     _delegate(_overloads(_name, "default"), "contiguous", _first)
-_delegate(_overloads("_to_copy", "default") + _overloads("to", "dtype", "dtype_layout", "device", "other")
-          + _overloads("type_as", "default"), "to", _first)
 _delegate(_overloads("transpose", "int"), "transpose")
 _delegate(_overloads("t", "default"), "t")
 _delegate(_overloads("permute", "default"), "permute")
@@ -170,10 +168,25 @@ for _op in _overloads("addmm", "default"):
     register_rule(_op, _addmm)
 
 
+def _cast(ctx, node, x, *args, **kwargs):
+    """A dtype or device cast: the same values (up to the rounding of the target dtype), attention
+    scores included; as ``x.to(…)`` for traced modules."""
+    if isinstance(x, (Feat, ParamRef, HeadOnly)):
+        return x
+    return ctx.opaque(node, "a cast of something that is not a tensor")
+
+
+for _op in (_overloads("_to_copy", "default") + _overloads("to", "dtype", "dtype_layout", "device", "other")
+            + _overloads("type_as", "default")):
+    EQUIVALENT[_op] = "to"
+    register_rule(_op, _cast)
+
+
 def _check(ctx, node, *args, **kwargs):
     """Export's run-time checks of a tensor's metadata: no value, no effect on the features."""
     return None
 
 
 for _op in _overloads("_assert_tensor_metadata", "default"):
+    EQUIVALENT[_op] = "contiguous"  # harmless on attention heads too
     register_rule(_op, _check)

@@ -34,7 +34,8 @@ def _dropout(ctx, node, x, p=0.5, training=True, *args, **kwargs):
 
 
 def _module_dropout(ctx, node, mod, x, *args, **kwargs):
-    return _dropout(ctx, node, x, mod.p, mod.training)
+    """A dropout module: extraction traces in eval mode, where it is the identity."""
+    return _passthrough(ctx, node, x)
 
 
 for _f in (F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout):

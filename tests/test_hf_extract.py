@@ -1,0 +1,230 @@
+"""Hugging Face models as users hold them (from configs, random weights) through ``architectures.from_hf``:
+every admitted class keeps the output to float64 round-off, weight matching aligns two seeds with the
+function kept to 1e-12, and what extraction cannot handle exactly (Llama's rotary embeddings) is refused
+naming the node. Also the rules added for it, used through ``from_module``: ``F.batch_norm``, dropout
+variants (identity unless active) and a no-op reshape of attention heads."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import architectures
+import solvers
+import symmetries as sy
+from symmetries.testing import check_invariance
+
+T = pytest.importorskip("transformers")
+
+IDS = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+PIXELS = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+BERT = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+            max_position_embeddings=16)
+
+
+def _bert_eager():
+    m = T.BertForSequenceClassification(T.BertConfig(**BERT))
+    m.set_attn_implementation("eager")
+    return m
+
+
+MODELS = {
+    "gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                                                    bos_token_id=0, eos_token_id=0)), IDS),
+    "bert": (lambda: T.BertForSequenceClassification(T.BertConfig(**BERT)), IDS),
+    "bert-eager": (_bert_eager, IDS),
+    "bert-automodel": (lambda: T.AutoModel.from_config(T.BertConfig(**BERT)), IDS),
+    "distilbert": (lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(
+        vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=24, max_position_embeddings=16)), IDS),
+    "vit": (lambda: T.ViTForImageClassification(T.ViTConfig(
+        image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=24, num_labels=5)), PIXELS),
+}
+
+
+def build(case, seed):
+    torch.manual_seed(seed)
+    return MODELS[case][0]().double().eval()
+
+
+def outputs(model, x, params):
+    model.load_state_dict(params)
+    with torch.no_grad():
+        out = model(x)
+    return torch.cat([t.flatten() for t in torch.utils._pytree.tree_leaves(dict(out)) if isinstance(t, torch.Tensor)])
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return {case: architectures.from_hf(build(case, 0), MODELS[case][1]) for case in MODELS}
+
+
+@pytest.mark.parametrize("case", sorted(MODELS))
+def test_every_admitted_class_keeps_the_output(case, graphs):
+    model, x, g = build(case, 0), MODELS[case][1], graphs[case]
+    heads = [s for s in g.spaces() if s.head_group is not None]
+    assert heads and all(isinstance(s.classes[0], sy.HeadStructured) for s in heads), case
+    assert any(s.activation for s in g.spaces()), case  # the MLP spaces
+    report = check_invariance(model, g, x, examples=2)
+    assert report.passed, [str(c) for c in report.failures]
+    assert {str(c.cls) for c in report.checks} >= {"Permutation", "HeadStructured(2, Invertible())"}
+
+
+@pytest.mark.parametrize("case", sorted(MODELS))
+def test_weight_matching_aligns_two_seeds_keeping_the_function(case, graphs):
+    g, x = graphs[case], MODELS[case][1]
+    a, b = build(case, 0), build(case, 1)
+    pa, pb = dict(a.state_dict()), dict(b.state_dict())
+    sol = solvers.solve("weight_matching", g, pa, pb, seed=0)
+    moved = sy.apply(g, pb, sol.transforms)
+    y = outputs(b, x, pb)
+    assert float((outputs(b, x, moved) - y).abs().max()) < 1e-12 * (1 + float(y.abs().max()))
+    assert sol.objective_after < sol.objective_before  # the seeds were really moved towards each other
+
+
+def test_a_class_the_graph_does_not_admit_changes_the_output(graphs):
+    """The checks can fail: an invertible map of GPT-2's residual stream (LayerNorm admits permutations)."""
+    model, g = build("gpt2", 0), graphs["gpt2"]
+    residual = next(s.name for s in g.spaces() if any(e.parameter == "transformer.wte.weight" for e in g.edges_at(s.name)))
+    p = dict(model.state_dict())
+    y = outputs(model, IDS, p)
+    t = sy.random_transforms(g, seed=0)
+    t = {**dict(t), residual: sy.Invertible().random(16, seed=1)}
+    moved = sy.apply(g, p, t, check=False)
+    assert float((outputs(model, IDS, moved) - y).abs().max()) > 1e-3
+
+
+def _shape(g):
+    """Spaces as (classes, edges without roles): the tie rule may add the opposite role on a tied axis."""
+    return sorted((tuple(map(str, s.classes)),
+                   tuple(sorted({(e.parameter, e.axis, e.slice or (0, s.size)) for e in g.edges_at(s.name)})))
+                  for s in g.spaces())
+
+
+def test_gpt2_extraction_matches_the_hand_written_binding():
+    arch = architectures.hf_gpt2(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                                 bos_token_id=0, eos_token_id=0)
+    g = architectures.from_hf(arch.module(seed=0, dtype=torch.float64))
+    assert _shape(g) == _shape(arch.graph)
+    assert {p.name for p in g.parameters() if p.fixed} == {p.name for p in arch.graph.parameters() if p.fixed}
+
+
+def test_default_example_inputs_come_from_the_config():
+    m = build("vit", 0)
+    (x,) = architectures.hf_example_inputs(m)
+    assert x.shape == (2, 3, 8, 8) and x.dtype == torch.float64
+    assert _shape(architectures.from_hf(m)) == _shape(architectures.from_hf(m, PIXELS))
+    assert architectures.hf_example_inputs(build("gpt2", 0))[0].dtype == torch.int64
+
+
+def test_training_flags_are_restored():
+    m = build("distilbert", 0).train()
+    architectures.from_hf(m, IDS)
+    assert all(mod.training for mod in m.modules())
+
+
+# -- Llama: rotary embeddings are refused naming the node; the rest extracts with unknown="fixed" --------
+LLAMA = dict(vocab_size=13, hidden_size=16, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+             intermediate_size=24, max_position_embeddings=32)
+LLAMA_IDS = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(0))
+
+
+def llama(seed):
+    torch.manual_seed(seed)
+    m = T.LlamaForCausalLM(T.LlamaConfig(**LLAMA)).double().eval()
+    with torch.no_grad():  # non-trivial RMSNorm gains (HF initialises them to 1)
+        for k, v in m.state_dict().items():
+            if k.endswith("norm.weight"):
+                v.add_(0.3 * torch.randn(v.shape, dtype=v.dtype))
+    return m
+
+
+@pytest.fixture
+def exact_rmsnorm(monkeypatch):
+    """HF computes RMSNorm in float32 even in a float64 model; keep the model's dtype (same formula)
+    so that invariance can be checked to float64 round-off."""
+    from transformers.models.llama import modeling_llama
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", forward)
+
+
+def test_llama_rotary_embeddings_are_refused_naming_the_node():
+    with pytest.raises(architectures.ExtractionError) as info:
+        architectures.from_hf(llama(0), LLAMA_IDS)
+    assert info.value.node and info.value.node.startswith("mul"), info.value.node  # q · cos, inside the heads
+    assert "architectures.hf_llama" in str(info.value) and "rotary" in str(info.value)
+
+
+def test_llama_fixed_keeps_residual_and_mlp_exact(exact_rmsnorm):
+    m = llama(0)
+    g = architectures.from_hf(m, LLAMA_IDS, unknown="fixed")
+    assert [s.classes for s in g.spaces()] == [(sy.Permutation(),)] * 3
+    assert all(s.head_group is None for s in g.spaces())  # every attention space was fixed, none guessed
+    report = check_invariance(m, g, LLAMA_IDS, examples=2)
+    assert report.passed, [str(c) for c in report.failures]
+    b = llama(1)
+    pb = dict(b.state_dict())
+    sol = solvers.solve("weight_matching", g, dict(m.state_dict()), pb, seed=0)
+    y = outputs(b, LLAMA_IDS, pb)
+    kept = float((outputs(b, LLAMA_IDS, sy.apply(g, pb, sol.transforms)) - y).abs().max())
+    assert kept < 1e-12 * (1 + float(y.abs().max()))
+    # the residual and MLP spaces agree with the hand-written binding's
+    hand = architectures.hf_llama(m.config).graph
+    for s in g.spaces():
+        edges = {(e.parameter, e.axis) for e in g.edges_at(s.name)}
+        assert any(edges == {(e.parameter, e.axis) for e in hand.edges_at(h.name)} for h in hand.spaces()), s.name
+
+
+# -- the rules added for these models, through from_module ------------------------------------------------
+class FunctionalBN(nn.Module):
+    """timm-style ``F.batch_norm`` with the module's own buffers, and dropout variants."""
+
+    def __init__(self, active_dropout=False):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.gain, self.shift = nn.Parameter(torch.rand(6) + 0.5), nn.Parameter(torch.randn(6))
+        self.register_buffer("mean", torch.randn(6))
+        self.register_buffer("var", torch.rand(6) + 0.5)
+        self.drop = nn.AlphaDropout(0.3)
+        self.active = active_dropout
+
+    def forward(self, x):
+        h = F.batch_norm(self.a(x), self.mean, self.var, self.gain, self.shift, training=False)
+        h = F.dropout1d(torch.relu(h).unsqueeze(-1), 0.2, training=self.active or self.training).squeeze(-1)
+        return self.b(self.drop(F.alpha_dropout(h, 0.1, training=self.training)))
+
+
+def test_functional_batch_norm_and_dropout_variants():
+    model, x = FunctionalBN().double(), torch.randn(5, 4, dtype=torch.float64)
+    g = architectures.from_module(model, x)
+    assert g.space("a").classes == (sy.Permutation(),)
+    assert {(e.parameter, str(e.role)) for e in g.edges_at("a")} >= {("gain", "out"), ("mean", "out"), ("var", "var")}
+    assert check_invariance(model, g, x, examples=3).passed
+    with pytest.raises(architectures.ExtractionError) as info:
+        architectures.from_module(FunctionalBN(active_dropout=True).double(), x)
+    assert info.value.node == "dropout1d"
+
+
+class NoOpReshapeAttention(nn.Module):
+    """SDPA followed by a reshape to the same shape (what HF's attention does after SDPA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.o, self.head = nn.Linear(8, 24), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (z.view(b, t, 2, 4).transpose(1, 2) for z in self.qkv(x).split(8, dim=-1))
+        o = F.scaled_dot_product_attention(q, k, v)
+        o = o.reshape(o.shape).transpose(1, 2).reshape(b, t, 8)
+        return self.head(torch.relu(self.o(o)))
+
+
+def test_a_no_op_reshape_of_heads_keeps_them():
+    model, x = NoOpReshapeAttention().double(), torch.randn(2, 5, 8, dtype=torch.float64)
+    g = architectures.from_module(model, x)
+    assert {str(s.classes[0]) for s in g.spaces() if s.head_group} == {"HeadStructured(2, Invertible())"}
+    assert check_invariance(model, g, x, examples=3).passed
