@@ -42,6 +42,9 @@ def test_demo_json_plot_and_weight_matching_gain(tmp_path):
     assert "weight_matching + REPAIR" in rows
     assert out["widths"] == [64, 32, 10]
     assert set(out["cka"]) == {"hidden.0"} and 0.5 < out["cka"]["hidden.0"] <= 1.0
+    naive, matched = out["dimension"]["naive"]["hidden.0"], out["dimension"]["weight_matching"]["hidden.0"]
+    assert matched["matched_distance"] < naive["matched_distance"] and matched["n"] == 32
+    assert 1 <= matched["dim_a"] <= matched["dim_joint"] and matched["dim_b"] == naive["dim_b"]
 
 
 def test_demo_table_with_every_solver_and_bnn(tmp_path):

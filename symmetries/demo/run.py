@@ -102,6 +102,7 @@ class DemoResult:
     rows: list = field(default_factory=list)
     bnn: dict | None = None
     cka: dict = field(default_factory=dict)    # linear CKA of A's and B's activations per space (test split)
+    dimension: dict = field(default_factory=dict)  # matched weight-cloud dimensions per space: naive, weight_matching
     seconds: float = 0.0
 
     @property
@@ -110,7 +111,8 @@ class DemoResult:
 
     def as_dict(self) -> dict:
         return dict(config=asdict(self.config), widths=self.widths, endpoints=self.endpoints,
-                    train_seconds=self.train_seconds, seconds=self.seconds, cka=self.cka, naive=self.naive.as_dict(),
+                    train_seconds=self.train_seconds, seconds=self.seconds, cka=self.cka, dimension=self.dimension,
+                    naive=self.naive.as_dict(),
                     rows=[r.as_dict() for r in self.rows], bnn=self.bnn)
 
 
@@ -197,6 +199,7 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
     naive = Row("naive", curve("naive", pb), L.l2_distance(pa, pb))
     result = DemoResult(config, widths, endpoints, train_seconds, naive)
     result.cka = L.cka_per_space(model, arch.graph, pa, pb, split.test)
+    result.dimension["naive"] = {s: d.as_dict() for s, d in L.matched_dimension(arch.graph, pa, pb).items()}
     if config.repair:  # REPAIR alone, for comparison: it fixes variance collapse, not misalignment
         adjust = _Timed(lambda: L.repair_adjust(model, arch.graph, pa, pb, split.train))
         fixed = curve("naive + REPAIR", pb, adjust)
@@ -217,6 +220,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: Progress | None = N
             continue
         progress(f"align {name}", 1, 1)
         pb_aligned = apply(arch.graph, pb, sol.transforms)
+        if name == "weight_matching":
+            result.dimension[name] = {s: d.as_dict() for s, d in L.matched_dimension(arch.graph, pa, pb_aligned).items()}
         objectives = (_num(sol.objective_before), _num(sol.objective_after))
         result.rows.append(Row(name, curve(name, pb_aligned), L.l2_distance(pa, pb_aligned), *objectives,
                                solver_seconds=float(sol.wall_time),
