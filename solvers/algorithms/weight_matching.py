@@ -115,7 +115,8 @@ class WeightMatching(Solver):
         than ``tol·J_start`` (default 1e-12 in float64, 1e-6 in float32; ``rebasin``: absolute 1e-12 on
         ``⟨P, cost⟩``); ``backend``: the LAP backend (:mod:`symmetries.assignment`); ``start``:
         ``"forward"`` (default: a first pass in graph order in which each space sees only the tensors
-        whose other axes are settled; kept if it lowers ``J`` or widths change) or ``"identity"``
+        whose other axes are settled; kept if it lowers ``J`` or widths change — with ``PermutationScaling``
+        spaces, the whole permutation solve with ``Permutation`` there instead) or ``"identity"``
         (start the sweeps from ``init`` or the identity). ``history``: ``J`` at the start, after the
         first pass (if kept) and after every sweep."""
         if mode not in ("default", "rebasin"):
