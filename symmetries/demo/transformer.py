@@ -26,7 +26,7 @@ from symmetries import landscape as L
 from symmetries.action import apply
 from symmetries.classes import HeadStructured, Permutation
 from symmetries.demo.data import digits
-from symmetries.demo.run import DemoResult, Progress, Row, _noop, _num
+from symmetries.demo.run import SIZE_LIMITS, DemoResult, Progress, Row, _noop, _num
 from symmetries.demo.text import TextSplit, stdlib_split
 from symmetries.errors import NotAdmittedError
 from symmetries.policy import resolve_classes
@@ -191,6 +191,10 @@ def _plan(config: TransformerConfig, arch) -> list[tuple[str, str, dict | None, 
             classes = resolve_classes(arch.graph, None, solver=solvers.get(name))
         except NotAdmittedError as exc:
             plan.append((name, name, None, f"not applicable with default classes: {exc}"))
+            continue
+        widest, limit = max(sp.size for sp in arch.graph.spaces()), SIZE_LIMITS.get(name)
+        if config.solvers is None and limit is not None and widest > limit:
+            plan.append((name, name, None, f"widest space {widest} > {limit}, too slow (--solver {name} forces it)"))
             continue
         plan.append((f"{name} ({class_summary(classes)})", name, None, None))
         if name == "weight_matching":
