@@ -97,6 +97,10 @@ def test_gpt_demo_table_json_and_every_applicable_solver(tmp_path):
         assert data["function_change"][method] < 1e-9, method
     assert wm["objective_after"] <= wm["objective_before"]
     assert rows[WM_PERM]["objective_after"] >= wm["objective_after"] - 1e-6   # a subgroup cannot do better
+    # the matched weight clouds (Ferbach et al.): every space, naive and per aligned row
+    dims = data["dimension"]
+    assert set(dims["naive"]) == set(dims[WM]) == {s.name for s in _rms_tiny_gpt().graph.spaces()}
+    assert dims[WM]["residual"]["matched_distance"] < dims["naive"]["residual"]["matched_distance"]
 
 
 def _rms_tiny_gpt():

@@ -249,6 +249,7 @@ def run_transformer_demo(config: TransformerConfig = TransformerConfig(), *,
     result = TransformerDemoResult(config, shape, endpoints, train_seconds, naive,
                                    title=title + f", {config.alphas} α; barrier = max_α L(α) − mean of endpoints)")
     probe = test[0][:16]
+    result.dimension["naive"] = {s: d.as_dict() for s, d in L.matched_dimension(rms.graph, pa, pb).items()}
     for method, name, classes, skip in _plan(config, rms):
         if skip is not None:
             result.rows.append(Row(method, None, None, skipped=skip))
@@ -265,6 +266,7 @@ def run_transformer_demo(config: TransformerConfig = TransformerConfig(), *,
         result.classes[method] = {s: repr(c) for s, c in resolve_classes(rms.graph, classes,
                                                                            solver=solvers.get(name)).items()}
         result.function_change[method] = function_change(rms, pb, sol.transforms, probe)
+        result.dimension[method] = {s: d.as_dict() for s, d in L.matched_dimension(rms.graph, pa, aligned).items()}
         result.rows.append(Row(method, curve(method, aligned), L.l2_distance(pa, aligned),
                                _num(sol.objective_before), _num(sol.objective_after),
                                solver_seconds=float(sol.wall_time)))
