@@ -219,6 +219,7 @@ def test_cli_lists_solvers():
     for name in ("weight_matching", "semi_permutation", "cli-test-solver"):
         assert name in result.output
     assert "Permutation" in result.output
+    assert "needs stds=" in result.output and "needs data" in result.output   # what a call must bring
 
 
 @pytest.mark.parametrize("packed", [False, True])
