@@ -159,9 +159,9 @@ class Matcher:
                     raise SolverInputError(f"graph_b lacks the edge {ea.parameter!r} axis {ea.axis} ({ea.role}) → "
                                            f"{space!r} that graph has", space=space, parameter=ea.parameter)
                 eb = b_edges[(ea.parameter, ea.axis, ea.role)].pop(0)
-                a = problem.params_a[ea.parameter]
-                span = ea.span(a.shape[ea.axis])
-                key = (ea.parameter, ea.axis % a.dim(), span)
+                shape = problem.shape(ea.parameter, "a")
+                span = ea.span(shape[ea.axis])
+                key = (ea.parameter, ea.axis % len(shape), span)
                 if key in seen:  # a tied axis (out and in of one space): counted once, as out
                     if ea.role is Role.OUT:
                         pairs[seen[key]] = (ea, eb)
@@ -169,10 +169,17 @@ class Matcher:
                 seen[key] = len(pairs)
                 pairs.append((ea, eb))
             self.edges[space] = pairs
+            if problem.lazy:  # streamed: A's rows are read when a space is visited, never kept
+                continue
             for i, (ea, _) in enumerate(pairs):
-                a = self.problem.params_a[ea.parameter]
-                start, stop = ea.span(a.shape[ea.axis])
-                self.a_rows[(space, i)] = a.narrow(ea.axis, start, stop - start).movedim(ea.axis, 0).reshape(m, -1)
+                self.a_rows[(space, i)] = _rows(problem.params_a[ea.parameter], ea, m)
+
+    def a_row(self, space: str, i: int) -> torch.Tensor:
+        """A's rows of the space's ``i``-th edge (kept in memory, or read now for a lazy problem)."""
+        if (space, i) in self.a_rows:
+            return self.a_rows[(space, i)]
+        ea = self.edges[space][i][0]
+        return _rows(self.problem.params_a[ea.parameter], ea, self.problem.sizes[space][0])
 
     def b_rows(self, space: str, eb, transforms: dict, n: int) -> torch.Tensor:
         """B's rows along ``eb``'s axis with the other axes' current transforms applied."""
@@ -189,21 +196,31 @@ class Matcher:
 
     def usable(self, eb, transforms: dict) -> bool:
         """Whether every other axis of the tensor indexes a settled space (or one not searched)."""
-        t = self.problem.params_b[eb.parameter]
+        dim = len(self.problem.shape(eb.parameter))
         for f in self.by_param_b[eb.parameter]:
-            if f.axis % t.dim() != eb.axis % t.dim() and f.space in self.searched and f.space not in transforms:
+            if f.axis % dim != eb.axis % dim and f.space in self.searched and f.space not in transforms:
                 return False
         return True
 
     def local(self, space: str, transforms: dict, settled_only: bool = False, stream: bool = False) -> Local:
-        """The space's subproblem data; ``stream`` keeps only cross products (norm-keeping classes)."""
+        """The space's subproblem data; ``stream`` keeps only cross products (norm-keeping classes; a lazy
+        problem always streams: one tensor pair in memory at a time)."""
         m, n = self.problem.sizes[space]
         loc = Local(m, n)
+        if self.problem.lazy and not stream:
+            raise SolverInputError(f"space {space!r}: a lazy problem keeps only cross products; its class "
+                                   f"{self.problem.classes[space]!r} needs the tensors", space=space)
         for i, (ea, eb) in enumerate(self.edges[space]):
             if settled_only and not self.usable(eb, transforms):
                 continue
-            loc.add(ea.role, self.a_rows[(space, i)], self.b_rows(space, eb, transforms, n), stream=stream)
+            loc.add(ea.role, self.a_row(space, i), self.b_rows(space, eb, transforms, n), stream=stream)
         return loc
+
+
+def _rows(t: torch.Tensor, edge, m: int) -> torch.Tensor:
+    """``t``'s span along ``edge``'s axis, that axis first, the others flattened (``m × k``)."""
+    start, stop = edge.span(t.shape[edge.axis])
+    return t.narrow(edge.axis, start, stop - start).movedim(edge.axis, 0).reshape(m, -1)
 
 
 class ScaleViews:

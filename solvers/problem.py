@@ -28,12 +28,13 @@ from symmetries.transforms import TransformSet
 from symmetries._args import integer
 
 from solvers.errors import SolverInputError
+from solvers.stream import LazyParams, check_streamable, meta_params
 from symmetries.action import apply_axis
 
 __all__ = ["Problem", "make_problem", "PROBLEM_OPTIONS", "as_batches"]
 
 #: Keyword options of :func:`solvers.solve` that build the problem (the rest go to the solver).
-PROBLEM_OPTIONS = ("classes", "init", "seed", "device", "dtype", "data", "models", "sites", "graph_b")
+PROBLEM_OPTIONS = ("classes", "init", "seed", "device", "dtype", "data", "models", "sites", "graph_b", "lazy")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ class Problem:
     data: Any = None
     models: tuple | None = None
     sites: dict[str, str] | None = None
+    lazy: bool = False
+
+    def shape(self, name: str, side: str = "b") -> tuple[int, ...]:
+        """The shape of tensor ``name`` of model ``side`` (``"a"``/``"b"``), without reading it when lazy."""
+        params = self.params_a if side == "a" else self.params_b
+        return tuple(params.shape(name)) if self.lazy else tuple(params[name].shape)
 
     @property
     def spaces(self) -> list[str]:
@@ -70,7 +77,8 @@ class Problem:
 
     def objective(self, transforms: TransformSet | None, parameters=None) -> float | None:
         """``J(T) = Σ_p ‖θ_A[p] − (T·θ_B)[p]‖²``; ``None`` if ``T`` is ``None`` and widths differ.
-        ``parameters``: sum over these tensors only (default: every floating tensor)."""
+        ``parameters``: sum over these tensors only (default: every floating tensor). Tensor by tensor
+        (a lazy problem reads each pair once and drops it)."""
         if transforms is None:
             if self.width_changing:
                 return None
@@ -180,7 +188,8 @@ def _common_dtype(*param_sets) -> torch.dtype:
 
 
 def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, init=None, seed: int = 0,
-                 device=None, dtype=None, data=None, models=None, sites=None, graph_b=None, solver=None) -> Problem:
+                 device=None, dtype=None, data=None, models=None, sites=None, graph_b=None, solver=None,
+                 lazy: bool = False) -> Problem:
     """Validate and standardise a problem.
 
     ``graph`` — A's weight graph (or an ``Architecture``, whose ``.graph`` is used and which lets
@@ -191,7 +200,9 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
     group without a solver); each must be admitted by its space (lattice), else
     :class:`~symmetries.errors.NotAdmittedError`. ``init`` — a starting
     transform set; ``dtype`` — floating dtype of the computation (default: the inputs', at least
-    float32); ``models`` — ``(module_a, module_b)`` for activation matching.
+    float32); ``models`` — ``(module_a, module_b)`` for activation matching; ``lazy`` — keep A and B
+    as :class:`solvers.stream.LazyParams` (read a tensor when a solver asks for it; shapes validated from
+    the sources' metadata, finiteness checked as each tensor is first read), for solvers that stream.
     """
     architecture = None
     if hasattr(graph, "graph") and hasattr(graph, "module"):
@@ -200,6 +211,10 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
         graph_b = graph_b.graph
     if not isinstance(params_a, Mapping) or not isinstance(params_b, Mapping):
         raise TypeError("params_a and params_b must be mappings name → tensor (a state_dict works)")
+    if lazy:
+        _check_lazy(solver, data, models)
+        sources = (params_a, params_b)
+        params_a, params_b = meta_params(params_a), meta_params(params_b)  # shapes and dtypes: nothing is read
     graph.validate(params_a)
     gb = graph if graph_b is None else graph_b
     gb.validate(params_b)
@@ -211,12 +226,16 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
     seed = integer("seed", seed, 0, error=SolverInputError)
     dtype = _working_dtype(dtype) or _common_dtype(params_a, params_b)
     device = _device(device)
-    pa = {k: _tensor(v, k, dtype, device) for k, v in params_a.items()}
-    pb = {k: _tensor(v, k, dtype, device) for k, v in params_b.items()}
-    _check_range(pa, "A", dtype)
-    _check_range(pb, "B", dtype)
+    if lazy:  # the range check needs every tensor: a streamed J that overflows fails the solution instead
+        pa, pb = (LazyParams(src, dtype=dtype, device=device, side=side) for src, side in zip(sources, "AB"))
+        meta_a, meta_b = params_a, params_b
+    else:
+        pa = meta_a = {k: _tensor(v, k, dtype, device) for k, v in params_a.items()}
+        pb = meta_b = {k: _tensor(v, k, dtype, device) for k, v in params_b.items()}
+        _check_range(pa, "A", dtype)
+        _check_range(pb, "B", dtype)
     for name in pa:  # a solver computes with every tensor a space touches: those must be floating
-        for params, g, side in ((pa, graph, "A"), (pb, gb, "B")):
+        for params, g, side in ((meta_a, graph, "A"), (meta_b, gb, "B")):
             if not params[name].is_floating_point() and g.edges_of(name):
                 raise SolverInputError(f"parameter {name!r} of model {side} is a {params[name].dtype} tensor but space "
                                        f"{g.edges_of(name)[0].space!r} acts on it; convert it to a floating dtype "
@@ -252,9 +271,21 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
         sites = dict(sites)
         for name in sites:
             graph.space(name)
+    if lazy:
+        check_streamable(chosen)
     return Problem(graph=graph, params_a=pa, params_b=pb, classes=chosen, graph_b=gb, sizes=sizes,
                    init=init, seed=seed, device=device, dtype=dtype, data=data,
-                   models=None if models is None else tuple(models), sites=sites)
+                   models=None if models is None else tuple(models), sites=sites, lazy=bool(lazy))
+
+
+def _check_lazy(solver, data, models) -> None:
+    """Only solvers that declare ``streams = True`` read a lazy problem; data-driven ones need the models."""
+    if solver is not None and not getattr(solver, "streams", False):
+        raise SolverInputError(f"solver {getattr(solver, 'name', solver)!r} does not stream (lazy=True): it needs "
+                               f"the models in memory; weight_matching streams")
+    if data is not None or models is not None:
+        raise SolverInputError("lazy=True streams the weights; data-driven options (data=, models=) need the "
+                               "models in memory")
 
 
 def _modules(architecture, pa, pb, graph_b, dtype, device):

@@ -12,6 +12,7 @@ sweep. Below :data:`SINGLE_THREAD_WORK` the solve runs with one torch and one BL
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Iterator
 
@@ -27,12 +28,14 @@ def work(problem) -> int:
     """``Σ_e m·n·k`` over every edge of A's graph: the multiply-adds of one sweep's cross products."""
     total = 0
     for edge in problem.graph.edges():
-        t = problem.params_a.get(edge.parameter)
-        if t is None or not t.dim():
+        if edge.parameter not in problem.params_a:
             continue
-        size = t.shape[edge.axis]
+        shape = problem.shape(edge.parameter, "a")  # from metadata: a lazy problem reads nothing here
+        if not shape:
+            continue
+        size, numel = shape[edge.axis], math.prod(shape)
         m, n = problem.sizes.get(edge.space, (size, size))
-        total += m * n * (t.numel() // max(size, 1))
+        total += m * n * (numel // max(size, 1))
     return total
 
 

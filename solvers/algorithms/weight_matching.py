@@ -49,7 +49,7 @@ def _coupled(problem, spaces: list[str]) -> tuple[str, ...]:
     axes: dict[str, set[int]] = defaultdict(set)
     for space in spaces:
         for e in gb.edges_at(space):
-            axes[e.parameter].add(e.axis % max(problem.params_b[e.parameter].dim(), 1))
+            axes[e.parameter].add(e.axis % max(len(problem.shape(e.parameter)), 1))
     return tuple(axes) if any(len(a) > 1 for a in axes.values()) else ()
 
 
@@ -93,6 +93,7 @@ class WeightMatching(Solver):
     """Coordinate descent over spaces on ``Σ_p ‖θ_A − T·θ_B‖²``, each space solved by its class."""
 
     name = "weight_matching"
+    streams = True  # accepts lazy problems (solvers.stream): norm-keeping classes from cross products alone
     description = ("coordinate descent on sum_p ||theta_A - T.theta_B||^2: LAP, signed LAP, Procrustes, "
                    "least squares, exact scalings, head assignment; mode='rebasin' = Git Re-Basin")
 
