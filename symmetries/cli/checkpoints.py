@@ -204,17 +204,22 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
           b: Path = typer.Argument(..., help="Model B: the one to transform."),
           arch: str = typer.Option(..., "--arch", help="Architecture, e.g. 'mlp:64,128,10:relu' or 'pkg.mod:build'."),
           solver: str = typer.Option("weight_matching", "--solver", help="A built-in or registered solver."),
-          output: Path = typer.Option(..., "-o", "--output", help="Where to write aligned B (.safetensors or .pt)."),
+          output: Path = typer.Option(..., "-o", "--output", help="Where to write aligned B (.safetensors or .pt; a "
+                                      "folder when A and B are checkpoint folders)."),
           data: Optional[str] = typer.Option(None, "--data", help="Data for data-based solvers (see barrier)."),
           seed: int = typer.Option(0, help="Solver seed."),
           as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
           ) -> None:
-    """Align checkpoint B to checkpoint A and write the aligned B (same function as B)."""
+    """Align checkpoint B to checkpoint A and write the aligned B (same function as B). Checkpoint folders
+    (sharded safetensors with model.safetensors.index.json) are aligned streamed into the folder -o."""
     from symmetries.action import apply
+    from symmetries.checkpoints import is_checkpoint_dir
     from symmetries.io import check_not_input, check_output, dumps_json, save_state_dict
     from symmetries.landscape import l2_distance
     import solvers
 
+    if is_checkpoint_dir(a) or is_checkpoint_dir(b):
+        return _align_folders(a, b, arch, solver, output, data, seed, as_json)
     check_output(output)     # before the (possibly long) solve
     check_not_input(output, {"A": a, "B": b, "--data": _data_file(data)}, flag="-o/--output")
     if not data and solvers.get(solver).needs_data:
@@ -240,6 +245,47 @@ def align(a: Path = typer.Argument(..., help="Model A (safetensors or torch stat
         return
     Console().print(f"aligned {b} to {a} with {solver}: L2 {summary['l2_before']:.4f} → {summary['l2_after']:.4f}"
                     f" in {seconds:.2f} s; wrote {output}", highlight=False)
+
+
+def _align_folders(a: Path, b: Path, arch: str, solver: str, output: Path, data, seed: int, as_json: bool) -> None:
+    """``align`` on checkpoint folders: streamed (:func:`symmetries.checkpoints.align_checkpoints`)."""
+    from architectures.spec import parse_arch
+    from symmetries.checkpoints import ShardedCheckpoint, align_checkpoints, is_checkpoint_dir
+    from symmetries.errors import SymmetryError
+    from symmetries.io import check_not_input, dumps_json
+    import solvers
+
+    for label, p in (("A", a), ("B", b)):
+        if not is_checkpoint_dir(p):
+            raise ValueError(f"{label} {str(p)!r} is not a checkpoint folder (model.safetensors.index.json): align "
+                             f"two folders, or two files")
+    check_not_input(output, {"A": a, "B": b}, flag="-o/--output")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"-o/--output {str(output)!r}: aligning checkpoint folders writes a folder, and this is a "
+                         f"file")
+    if data:
+        raise ValueError("--data: checkpoint folders are aligned streamed by weight matching, which needs no data")
+    if not getattr(solvers.get(solver), "streams", False):
+        raise ValueError(f"--solver {solver!r} does not stream; checkpoint folders are aligned by weight_matching")
+    architecture = parse_arch(arch)
+    ca, cb = ShardedCheckpoint(a, label="A"), ShardedCheckpoint(b, label="B")
+    try:
+        out = align_checkpoints(ca, cb, output, architecture, solver=solver, seed=seed,
+                                metadata={"aligned_to": str(a), "source": str(b), "solver": solver})
+    except SymmetryError as exc:
+        if type(exc).__module__ != "symmetries.errors":  # checkpoint and solver errors name their own input
+            raise
+        raise ValueError(f"{a} and {b} do not fit {architecture.name}: {exc}") from None
+    sol = out["solution"]
+    summary = dict(solver=solver, output=str(output), l2_before=out["l2_before"], l2_after=out["l2_after"],
+                   objective_before=_num(sol.objective_before), objective_after=_num(sol.objective_after),
+                   seconds=out["solve_seconds"], write_seconds=out["write_seconds"], streamed=True)
+    if as_json:
+        typer.echo(dumps_json(summary, indent=2))
+        return
+    Console().print(f"aligned {b} to {a} with {solver} (streamed): L2 {summary['l2_before']:.4f} → "
+                    f"{summary['l2_after']:.4f} in {summary['seconds']:.2f} s; wrote {output} "
+                    f"({len(cb.shards)} shard(s))", highlight=False)
 
 
 def _num(x):
