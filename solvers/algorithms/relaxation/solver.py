@@ -42,8 +42,8 @@ from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError, UnknownSolverError
 from solvers.registry import Solver, check_options, get, register, registered
-from solvers.algorithms.relaxation.apg import (QuadraticMisfit, estimate_apg, project_birkhoff, project_spectral_ball,
-                                               relax_apg)
+from solvers.algorithms.relaxation.apg import (MIN_ITERATIONS, QuadraticMisfit, estimate_apg, project_birkhoff,
+                                               project_spectral_ball, relax_apg)
 from solvers.algorithms.relaxation.misfit import Misfit, RelaxedOptimum, build_misfit
 from solvers.solution import Solution
 
@@ -179,9 +179,10 @@ class RelaxationSolver(Solver):
     ``rounding_samples`` (``8``), ``time_limit`` (seconds for the whole solve, set-up included:
     the relaxation stops there with a valid, looser bound and the remaining rounding candidates are
     skipped; ``status="time_limit"``), ``budget`` (``300`` s: without a ``time_limit``, a problem
-    whose estimated run time — :func:`estimate_apg`, timed on the problem — exceeds it is refused up
-    front with ``SolverInputError`` giving the estimate and the width that would fit; ``None`` runs
-    anything). Candidates, each polished by weight matching, the lowest ``J`` kept: the oracle
+    that cannot run even :data:`MIN_ITERATIONS` iterations in it — :func:`estimate_apg`, timed on the
+    problem — is refused up front with ``SolverInputError`` giving the estimate and the width that
+    would fit; any other problem runs with the budget as its time limit; ``None`` runs anything
+    without a limit). Candidates, each polished by weight matching, the lowest ``J`` kept: the oracle
     rounding of ``X̂``, weight matching's own start (``init`` or the identity), and
     ``rounding_samples`` randomised roundings (:func:`sample_rounding`, seeded by ``seed``);
     ``extra["candidates"]`` has their ``J``, ``extra["chosen"]`` the winner. ``lower_bound``
@@ -234,8 +235,14 @@ class RelaxationSolver(Solver):
             if deadline is not None:
                 options["deadline"] = deadline
             elif budget is not None and options.get("time_limit") is None:
+                # refuse only what cannot even start within the budget (the floor of the estimate: the
+                # iteration count is an order of magnitude, often 100x pessimistic); otherwise the budget
+                # is the time limit: a run that reaches it stops with a valid, looser bound, status time_limit
                 estimate = estimate_apg(misfit, options["quad"], options.get("max_iter", 20000))
-                self._refuse_over_budget(misfit, estimate, budget)
+                self._refuse_over_budget(misfit, dict(estimate, seconds=estimate["seconds_floor"],
+                                                      iterations=MIN_ITERATIONS), budget)
+                deadline = start + float(budget)
+                options["deadline"] = deadline
         elif budget is not None and time_limit is None and misfit.spaces:
             n = max(n for n, _ in misfit.spaces.values())
             seconds = CLARABEL_SECONDS_AT_64 * (n / 64) ** CLARABEL_EXPONENT
