@@ -61,6 +61,7 @@ class TransformerConfig:
     learned_lr: float = 0.05
     learned_batch: int = 32
     selection: int = 256                 # training sequences learned matching selects its result on
+    relaxation_seconds: float = 60.0     # the relaxation's time limit: a valid, looser bound when it is reached
 
 
 #: The sizes ``symmetries demo --model {gpt,vit}`` runs (``full``) and the tests run (``tiny``).
@@ -68,10 +69,11 @@ SIZES = {
     ("gpt", "full"): TransformerConfig(model="gpt"),
     ("gpt", "tiny"): TransformerConfig(model="gpt", d_model=16, n_heads=2, d_mlp=32, context=16, chars=6_000,
                                        steps=40, batch_size=16, warmup=5, alphas=5, learned_steps=5,
-                                       learned_batch=8, selection=16),
+                                       learned_batch=8, selection=16, relaxation_seconds=5.0),
     ("vit", "full"): TransformerConfig(model="vit", d_model=64, steps=1500, batch_size=64),
     ("vit", "tiny"): TransformerConfig(model="vit", d_model=16, n_heads=2, d_mlp=32, steps=30, batch_size=32,
-                                       warmup=5, alphas=5, learned_steps=5, learned_batch=16, selection=32),
+                                       warmup=5, alphas=5, learned_steps=5, learned_batch=16, selection=32,
+                                       relaxation_seconds=5.0),
 }
 
 
@@ -204,6 +206,8 @@ def _plan(config: TransformerConfig, arch) -> list[tuple[str, str, dict | None, 
 
 
 def _options(name: str, config: TransformerConfig, train) -> dict:
+    if name == "relaxation":
+        return dict(time_limit=config.relaxation_seconds)
     if name != "learned_matching":
         return {}
     n = min(config.selection, len(train[1]))
