@@ -273,7 +273,8 @@ def run_transformer_demo(config: TransformerConfig = TransformerConfig(), *,
         result.dimension[method] = {s: d.as_dict() for s, d in L.matched_dimension(rms.graph, pa, aligned).items()}
         result.rows.append(Row(method, curve(method, aligned), L.l2_distance(pa, aligned),
                                _num(sol.objective_before), _num(sol.objective_after),
-                               solver_seconds=float(sol.wall_time)))
+                               solver_seconds=float(sol.wall_time),
+                               lower_bound=_num(getattr(sol, "lower_bound", None))))
     result.seconds = time.perf_counter() - start
     return result
 

@@ -263,10 +263,11 @@ class RelaxationSolver(Solver):
         scores, skipped = {}, []
         for name, start_t in candidates.items():
             late = deadline is not None and time.perf_counter() > deadline
-            if late and scores:
+            kept = name == "weight_matching"  # always run: the result is never worse than weight matching's
+            if late and scores and not kept:
                 skipped.append(name)
                 continue
-            if polish and misfit.spaces and not late:
+            if polish and misfit.spaces and (not late or kept):
                 sol, message = _polish(problem, start_t, dict(polish_options or {}))
                 if sol is None:
                     break
