@@ -20,8 +20,11 @@ import torch
 
 __all__ = ["SINGLE_THREAD_WORK", "work", "threads_for", "thread_budget"]
 
-#: Multiply-adds per sweep below which one thread is used (≈ 0.1 s of one core).
-SINGLE_THREAD_WORK = int(os.environ.get("SYMMETRIES_SINGLE_THREAD_WORK", 2 * 10**8))
+#: Multiply-adds per sweep below which one thread is used (about a second of one core). Measured
+#: (benchmarks/bench_threads.py, 2 cores): the 784-512-512-512-10 MLP (1e9 per sweep) takes 0.15 s on
+#: one thread and 0.13 s on two when the machine is quiet, 2 s on two beside a busy neighbour; the
+#: GPT-2-small shape (1e11) gains 1.9x from a second core.
+SINGLE_THREAD_WORK = int(os.environ.get("SYMMETRIES_SINGLE_THREAD_WORK", 5 * 10**9))
 
 
 def work(problem) -> int:
