@@ -86,29 +86,47 @@ class Problem:
         total = 0.0
         names = self.params_a if parameters is None else parameters
         for name in names:  # one tensor (or chunk) at a time: no aligned copy of the model
-            a = self.params_a[name]
-            if not a.is_floating_point():
-                continue
-            b = self.params_b[name]
+            if self.lazy:  # shapes from the metadata; a tensor is read whole, or in blocks of rows below
+                if not self.params_a.is_floating(name):
+                    continue
+                a = b = None
+                shape = self.params_b.shape(name)
+            else:
+                a = self.params_a[name]
+                if not a.is_floating_point():
+                    continue
+                b = self.params_b[name]
+                shape = tuple(b.shape)
+            dim = len(shape)
             by_axis: dict[int, list] = {}
             for e in self.graph_b.edges_of(name):
-                if e.space in transforms and b.dim():
-                    by_axis.setdefault(e.axis % b.dim(), []).append(e)
+                if e.space in transforms and dim:
+                    by_axis.setdefault(e.axis % dim, []).append(e)
             touched = set(by_axis)
-            free = [ax for ax in range(b.dim()) if ax not in touched]
+            free = [ax for ax in range(dim) if ax not in touched]
+            if self.lazy and (not touched or not free or free[0] != 0):
+                a, b = self.params_a[name], self.params_b[name]
             if not touched:
                 total += float(torch.linalg.vector_norm(a - b) ** 2)
                 continue
             ax = free[0] if free else 0
-            size = b.shape[ax] if b.dim() else 1
-            step = max(1, (1 << 20) // max(1, b.numel() // max(size, 1))) if free else size
+            size = shape[ax] if dim else 1
+            numel = 1
+            for s in shape:
+                numel *= s
+            step = max(1, (1 << 20) // max(1, numel // max(size, 1))) if free else size
             for start in range(0, size, step):  # chunks along an axis no transform touches
-                chunk_b = b.narrow(ax, start, min(step, size - start)) if free else b
-                chunk_a = a.narrow(ax, start, chunk_b.shape[ax]) if free else a
+                if b is None:  # streamed, the first axis free: read only these rows
+                    stop = min(size, start + step)
+                    chunk_a, chunk_b = self.params_a.rows(name, start, stop), self.params_b.rows(name, start, stop)
+                else:
+                    chunk_b = b.narrow(ax, start, min(step, size - start)) if free else b
+                    chunk_a = a.narrow(ax, start, chunk_b.shape[ax]) if free else a
                 aligned = chunk_b
                 for axis, group in by_axis.items():
                     aligned = apply_axis(aligned, axis, group, transforms)
                 total += float(torch.linalg.vector_norm(chunk_a - aligned) ** 2)
+                del chunk_a, chunk_b, aligned
         return total
 
 

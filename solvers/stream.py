@@ -28,7 +28,15 @@ from symmetries.classes import HeadStructured, Orthogonal, Permutation, SignedPe
 
 from solvers.errors import SolverInputError
 
-__all__ = ["LazyParams", "check_streamable", "streamable", "tensor_info", "meta_params"]
+__all__ = ["LazyParams", "check_streamable", "streamable", "tensor_info", "meta_params", "all_finite",
+           "row_chunk"]
+
+
+def all_finite(t: torch.Tensor, chunk: int = 1 << 20) -> bool:
+    """Whether a floating tensor is finite, checked ``chunk`` entries at a time (``torch.isfinite`` of the
+    whole tensor would allocate a copy of it and two boolean masks)."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
 def tensor_info(source: Mapping, name: str) -> tuple[tuple[int, ...], torch.dtype]:
@@ -45,6 +53,24 @@ def meta_params(source: Mapping) -> dict[str, torch.Tensor]:
     """``name → meta tensor`` of each tensor's shape and dtype: what the graph is validated against."""
     return {k: torch.empty(tensor_info(source, k)[0], dtype=tensor_info(source, k)[1], device="meta")
             for k in source}
+
+
+#: Entries per row chunk of a streamed pass: a tensor larger than this whose first axis no space touches
+#: (an embedding, an output head: ``vocab × d``) is read, multiplied, measured and written this many
+#: entries' worth of rows at a time — in memory too, so both paths compute the same sums.
+CHUNK = 1 << 22
+
+
+def row_chunk(graph, name: str, shape) -> int | None:
+    """Rows per chunk of tensor ``name`` (``shape``) for a streamed pass, or ``None`` to take it whole: only
+    tensors over :data:`CHUNK` entries whose first axis no space of ``graph`` acts on (so each block of rows
+    is transformed on its own) are chunked."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    if len(shape) < 2 or numel <= CHUNK or any(e.axis % len(shape) == 0 for e in graph.edges_of(name)):
+        return None
+    return max(1, CHUNK // max(1, numel // int(shape[0])))
 
 
 class LazyParams(Mapping):
@@ -81,13 +107,35 @@ class LazyParams(Mapping):
         if tuple(t.shape) != self._meta[name][0]:
             raise SolverInputError(f"model {self.side}: tensor {name!r} was read with shape {tuple(t.shape)}, its "
                                    f"metadata says {self._meta[name][0]} (the source changed?)", parameter=name)
+        return self._cast(name, t, whole=True)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``name`` along its first axis, read alone when the source can
+        (``source.rows(name, start, stop)``; a sharded checkpoint reads that byte range), else sliced."""
+        if name not in self._meta:
+            raise KeyError(name)
+        reader = getattr(self.source, "rows", None)
+        if reader is not None:
+            t = torch.as_tensor(reader(name, start, stop))
+        else:
+            raw = self.source[name]
+            t = torch.as_tensor(raw.detach() if isinstance(raw, torch.Tensor) else raw)[start:stop]
+        expected = (stop - start, *self._meta[name][0][1:])
+        if tuple(t.shape) != expected:
+            raise SolverInputError(f"model {self.side}: rows {start}:{stop} of tensor {name!r} were read with shape "
+                                   f"{tuple(t.shape)}, its metadata says {expected} (the source changed?)",
+                                   parameter=name)
+        return self._cast(name, t, whole=False)
+
+    def _cast(self, name: str, t: torch.Tensor, whole: bool) -> torch.Tensor:
         if t.is_floating_point():
             t = t.to(device=self.device, dtype=self.dtype)
-            if name not in self._checked:
-                if not bool(torch.isfinite(t).all()):
+            if name not in self._checked or not whole:
+                if not all_finite(t):
                     raise SolverInputError(f"model {self.side}: parameter {name!r} contains NaN or infinite entries "
                                            f"(found as it was read)", parameter=name)
-                self._checked.add(name)
+                if whole:
+                    self._checked.add(name)
         return t
 
     def __repr__(self) -> str:

@@ -45,6 +45,13 @@ _CODES = {v: k for k, v in _DTYPES.items()}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".npz", ".onnx")
 
 
+def _all_finite(t: torch.Tensor, chunk: int = 1 << 20) -> bool:
+    """Whether a floating tensor is finite, ``chunk`` entries at a time (``torch.isfinite`` of a whole tensor
+    allocates a copy of it and two boolean masks)."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder holding ``model.safetensors.index.json`` or ``model.safetensors``."""
     p = Path(path)
@@ -194,27 +201,42 @@ class ShardedCheckpoint(Mapping):
         return sum(end - begin for _, _, _, begin, end in self._info.values())
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._info:
-            raise KeyError(name)
+        shape = self.tensor_info(name)[0]
+        return self._read(name, 0, shape[0] if shape else 1).reshape(shape)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``name`` along its first axis (one byte range, one ``readinto``)."""
+        shape = self.tensor_info(name)[0]
+        if not shape or not 0 <= start <= stop <= shape[0]:
+            raise IndexError(f"rows {start}:{stop} of tensor {name!r} of shape {shape}")
+        return self._read(name, start, stop)
+
+    def _read(self, name: str, start: int, stop: int) -> torch.Tensor:
         shard, shape, dtype, begin, end = self._info[name]
+        row = (end - begin) // max(shape[0], 1) if shape else end - begin
+        lo, hi = begin + start * row, begin + stop * row
         path = self.folder / shard
-        buf = torch.empty(end - begin, dtype=torch.uint8)
+        buf = torch.empty(hi - lo, dtype=torch.uint8)
         try:
             with open(path, "rb") as f:
-                f.seek(self._data_start[shard] + begin)
-                got = f.readinto(memoryview(buf.numpy())) if end > begin else 0
+                f.seek(self._data_start[shard] + lo)
+                got = f.readinto(memoryview(buf.numpy())) if hi > lo else 0
         except OSError as exc:
             raise CheckpointError(f"{self.where}: cannot read tensor {name!r} from shard {shard!r}: {exc}",
                                   path=path) from None
-        if got != end - begin:
+        if got != hi - lo:
             raise CheckpointError(f"{self.where}: shard {shard!r} ends inside tensor {name!r} (read {got} of "
-                                  f"{end - begin} bytes): the file is truncated or changed while reading", path=path)
-        t = buf.view(dtype).reshape(shape)
-        if self.check_finite and name not in self._checked:
-            problem = _tensor_problem(t)
+                                  f"{hi - lo} bytes): the file is truncated or changed while reading", path=path)
+        t = buf.view(dtype).reshape((stop - start, *shape[1:]) if shape else shape)
+        whole = start == 0 and stop == (shape[0] if shape else 1)
+        if self.check_finite and (name not in self._checked or not whole):
+            problem = _tensor_problem(t) if not t.is_floating_point() or not _all_finite(t) else None
+            if problem and not whole:  # the message names the index in the whole tensor
+                problem = _tensor_problem(self._read(name, 0, shape[0]))
             if problem:
                 raise CheckpointError(f"{self.where}: tensor {name!r} in shard {shard!r} {problem}", path=path)
-            self._checked.add(name)
+            if whole:
+                self._checked.add(name)
         return t
 
     def layout(self) -> list[tuple[str, dict[str, str], list[str]]]:
@@ -249,7 +271,8 @@ def write_sharded(folder: str | os.PathLike, layout, info: Callable[[str], tuple
     """Write a sharded checkpoint into ``folder`` (which must exist): ``layout`` is
     ``[(shard file, __metadata__, [tensor names in data order])]`` (:meth:`ShardedCheckpoint.layout`),
     ``info(name)`` the ``(shape, dtype)`` each tensor will have, ``tensor(name)`` produces it (called once
-    per tensor, in layout order; a tensor of another shape or dtype is a :class:`CheckpointError`).
+    per tensor, in layout order): a tensor, or an iterable of blocks of its rows along the first axis, in
+    order, written as they come; a tensor of another shape or dtype is a :class:`CheckpointError`.
     Each shard is complete before it is renamed into place; ``model.safetensors.index.json`` (``weight_map``
     and ``index_metadata``, given ``total_size`` if it has none) is written last unless ``index`` is false. Returns the index path
     (or the folder)."""
@@ -266,15 +289,23 @@ def write_sharded(folder: str | os.PathLike, layout, info: Callable[[str], tuple
                 f.write(struct.pack("<Q", len(head)))
                 f.write(head)
                 for name, shape, dtype in entries:
-                    t = tensor(name)
-                    if tuple(t.shape) != shape or t.dtype != dtype:
-                        raise CheckpointError(f"cannot write {str(path)!r}: tensor {name!r} is {tuple(t.shape)} "
-                                              f"{t.dtype}, the layout says {shape} {dtype}", path=path)
-                    data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-                    f.write(memoryview(data))
+                    made = tensor(name)
+                    whole, rows = isinstance(made, torch.Tensor), 0
+                    for t in ([made] if whole else made):  # the tensor, or blocks of its rows in order
+                        got = tuple(t.shape)
+                        if t.dtype != dtype or (got != shape if whole else got[1:] != shape[1:]):
+                            raise CheckpointError(f"cannot write {str(path)!r}: tensor {name!r} is {got} {t.dtype}"
+                                                  f"{'' if whole else ' (a block of rows)'}, the layout says "
+                                                  f"{shape} {dtype}", path=path)
+                        data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                        f.write(memoryview(data))
+                        rows, total = rows + (got[0] if not whole else 0), total + data.nbytes
+                        del t, data
+                    if not whole and rows != shape[0]:
+                        raise CheckpointError(f"cannot write {str(path)!r}: tensor {name!r} came in blocks of "
+                                              f"{rows} rows in all, the layout says {shape}", path=path)
                     weight_map[name] = shard
-                    total += data.nbytes
-                    del t, data
+                    del made
         except CheckpointError:
             raise
         except OSError as exc:
@@ -313,6 +344,15 @@ def _squared_distance(a: torch.Tensor, b: torch.Tensor, rows: int = 1 << 22) -> 
     return sum(float(((a[i:i + rows].double() - b[i:i + rows].double()) ** 2).sum()) for i in range(0, a.numel(), rows))
 
 
+def _exact(el) -> bool:
+    """Whether ``el`` moves entries without arithmetic beyond one product each (gathers, signs, scales), so a
+    block of rows transformed alone gets the bits of the whole tensor transformed at once."""
+    from symmetries.elements import GatherElement, HeadElement
+    if isinstance(el, HeadElement):
+        return all(_exact(e) for e in el.inner)
+    return isinstance(el, GatherElement)
+
+
 def align_checkpoints(a, b, output, architecture, *, solver: str = "weight_matching", seed: int = 0,
                       metadata: Mapping[str, str] | None = None, copy_files: bool = True, **options) -> dict:
     """Align the sharded checkpoint ``b`` to ``a`` streamed and write the aligned B into the folder ``output``
@@ -328,6 +368,7 @@ def align_checkpoints(a, b, output, architecture, *, solver: str = "weight_match
     import time
 
     import solvers
+    from solvers.stream import row_chunk
     from symmetries.action import apply
 
     ca = a if isinstance(a, ShardedCheckpoint) else ShardedCheckpoint(a, label="A")
@@ -353,13 +394,27 @@ def align_checkpoints(a, b, output, architecture, *, solver: str = "weight_match
     out.mkdir(exist_ok=True)
     sums = {"before": 0.0, "after": 0.0}
 
-    def aligned(name: str) -> torch.Tensor:
-        tb = cb[name]
-        ta = ca[name]
-        t = apply(graph, {name: tb}, sol.transforms, check=False)[name].to(tb.dtype)
-        sums["before"] += _squared_distance(ta, tb)
-        sums["after"] += _squared_distance(ta, t)
-        return t
+    def aligned(name: str):
+        step = row_chunk(graph, name, cb.tensor_info(name)[0])
+        if step is None or not all(_exact(sol.transforms[e.space]) for e in graph.edges_of(name)
+                                   if e.space in sol.transforms):  # a dense map: the whole product, as in memory
+            tb, ta = cb[name], ca[name]
+            t = apply(graph, {name: tb}, sol.transforms, check=False)[name].to(tb.dtype)
+            sums["before"] += _squared_distance(ta, tb)
+            sums["after"] += _squared_distance(ta, t)
+            return t
+        return blocks(name, step)
+
+    def blocks(name: str, step: int):  # no space acts on the first axis: each block of rows on its own
+        rows = cb.tensor_info(name)[0][0]
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            tb, ta = cb.rows(name, start, stop), ca.rows(name, start, stop)
+            t = apply(graph, {name: tb}, sol.transforms, check=False)[name].to(tb.dtype)
+            sums["before"] += _squared_distance(ta, tb)
+            sums["after"] += _squared_distance(ta, t)
+            del tb, ta
+            yield t
 
     single = cb.index_metadata is None and len(cb.shards) == 1 and not (cb.folder / INDEX_NAME).exists()
     write_sharded(out, cb.layout(), cb.tensor_info, aligned,
