@@ -26,6 +26,7 @@ from symmetries.elements import DenseElement, Element, GatherElement, HeadElemen
 from symmetries.roles import Role
 
 from solvers.errors import SolverInputError
+from solvers.stream import row_chunk
 
 __all__ = ["Local", "Matcher", "ScaleViews", "search_units", "inner_product"]
 
@@ -39,12 +40,15 @@ class Local:
         default_factory=lambda: {Role.OUT: [], Role.IN: [], Role.VAR: []})
     _cache: dict = field(default_factory=dict, repr=False)
     _acc: dict = field(default_factory=dict, repr=False)
+    _merged: set = field(default_factory=set, repr=False)  # streamed roles summed into one cached matrix
 
     def add(self, role: Role, a: torch.Tensor, b: torch.Tensor, *, stream: bool = False) -> None:
         """Add an edge; with ``stream`` only ``A_e B_eᵀ`` is accumulated and ``B_e`` is dropped (enough
         for norm-keeping classes, whose loss is ``const − 2⟨T, M⟩``; memory: one ``m × n`` per role)."""
         self._cache.clear()
         if stream:
+            if self._merged:
+                raise ValueError("edges added to a streamed Local after its roles were summed")
             prod = a @ b.T
             self._acc[role] = prod if role not in self._acc else self._acc[role].add_(prod)
         else:
@@ -54,24 +58,35 @@ class Local:
 
     @property
     def streamed(self) -> bool:
-        return bool(self._acc)
+        return bool(self._acc) or bool(self._merged)
 
     @property
     def empty(self) -> bool:
-        return not any(self.pairs.values()) and not self._acc
+        return not any(self.pairs.values()) and not self.streamed
 
     def has(self, role: Role) -> bool:
         """Whether any edge of ``role`` meets the space."""
-        return bool(self.pairs[role]) or role in self._acc
+        return bool(self.pairs[role]) or role in self._acc or role in self._merged
 
     def cross(self, *roles: Role) -> torch.Tensor:
-        """``Σ_e A_e B_eᵀ`` over the edges of ``roles`` (``m × n``; computed once, then cached)."""
+        """``Σ_e A_e B_eᵀ`` over the edges of ``roles`` (``m × n``; computed once, then cached). A streamed
+        Local sums several roles' accumulators in place (the same sums, no copy): after that those roles
+        are only available together."""
         key = tuple(sorted({r for r in roles if self.has(r)}))
         if key not in self._cache:
-            if self._acc:
-                parts = [self._acc[r] for r in key]
-                self._cache[key] = (parts[0] if len(parts) == 1 else sum(parts[1:], parts[0].clone())) if parts \
-                    else torch.zeros(self.m, self.n, dtype=torch.float64)
+            if self.streamed:
+                if any(r in self._merged for r in key):
+                    raise ValueError(f"roles {key} of a streamed Local were summed with others already")
+                if len(key) > 1:
+                    out = self._acc.pop(key[0])
+                    for r in key[1:]:
+                        out.add_(self._acc.pop(r))
+                    self._merged.update(key)
+                    for r in key:
+                        self._cache.pop((r,), None)
+                    self._cache[key] = out
+                else:
+                    self._cache[key] = self._acc[key[0]] if key else torch.zeros(self.m, self.n, dtype=torch.float64)
             else:
                 self._cache[key] = self._cross(key)
         return self._cache[key]
@@ -91,7 +106,7 @@ class Local:
         """``(Σ_e A_e B_eᵀ)[j, index[j]]`` over the edges of ``role`` (``index`` ``None``: the diagonal) —
         read from the cached full product if there is one, else by row-wise products (``O(n k)``)."""
         full = self._cache.get((role,))
-        if full is not None or self._acc:
+        if full is not None or self.streamed:
             full = self.cross(role) if full is None else full
             return full[torch.arange(self.m), index.to(full.device)] if index is not None else torch.diagonal(full)
         out = None
@@ -118,7 +133,7 @@ class Local:
 
     def loss(self, el: Element) -> float:
         """``L(T) = Σ_e ‖A_e − T·B_e‖²`` in each edge's role."""
-        if self._acc:
+        if self.streamed:
             raise ValueError("a streamed Local keeps only cross products; it has no loss")
         total = 0.0
         for role, pairs in self.pairs.items():
@@ -148,6 +163,7 @@ class Matcher:
         self.by_param_b = {p.name: gb.edges_of(p.name) for p in gb.parameters()}
         self.edges: dict[str, list] = {}
         self.a_rows: dict[tuple[str, int], torch.Tensor] = {}
+        self.chunks: dict[str, int | None] = {}  # rows per chunk of a tensor streamed in row blocks
         for space in problem.spaces:
             m, n = problem.sizes[space]
             pairs, seen = [], {}
@@ -169,6 +185,11 @@ class Matcher:
                 seen[key] = len(pairs)
                 pairs.append((ea, eb))
             self.edges[space] = pairs
+            for ea, _ in pairs:
+                if ea.parameter not in self.chunks:
+                    step = row_chunk(ga, ea.parameter, problem.shape(ea.parameter, "a"))
+                    self.chunks[ea.parameter] = step if row_chunk(gb, ea.parameter, problem.shape(
+                        ea.parameter, "b")) is not None else None
             if problem.lazy:  # streamed: A's rows are read when a space is visited, never kept
                 continue
             for i, (ea, _) in enumerate(pairs):
@@ -181,9 +202,10 @@ class Matcher:
         ea = self.edges[space][i][0]
         return _rows(self.problem.params_a[ea.parameter], ea, self.problem.sizes[space][0])
 
-    def b_rows(self, space: str, eb, transforms: dict, n: int) -> torch.Tensor:
-        """B's rows along ``eb``'s axis with the other axes' current transforms applied."""
-        t = self.problem.params_b[eb.parameter]
+    def b_rows(self, space: str, eb, transforms: dict, n: int, t: torch.Tensor | None = None) -> torch.Tensor:
+        """B's rows along ``eb``'s axis with the other axes' current transforms applied (of ``t``: a block of
+        the tensor's rows along its first axis, when given)."""
+        t = self.problem.params_b[eb.parameter] if t is None else t
         axis = eb.axis % t.dim()
         others = defaultdict(list)
         for f in self.by_param_b[eb.parameter]:
@@ -213,8 +235,33 @@ class Matcher:
         for i, (ea, eb) in enumerate(self.edges[space]):
             if settled_only and not self.usable(eb, transforms):
                 continue
-            loc.add(ea.role, self.a_row(space, i), self.b_rows(space, eb, transforms, n), stream=stream)
+            step = self.chunks[ea.parameter] if stream else None
+            if step is None:
+                loc.add(ea.role, self.a_row(space, i), self.b_rows(space, eb, transforms, n), stream=stream)
+                continue
+            for a, b in self.row_blocks(ea, eb, transforms, m, n, step):  # Σ_e A_e B_eᵀ a block of columns at a time
+                loc.add(ea.role, a, b, stream=True)
+                del a, b
         return loc
+
+    def row_blocks(self, ea, eb, transforms: dict, m: int, n: int, step: int):
+        """``(A_e, B_e)`` restricted to blocks of ``step`` rows of the tensor's first axis (no space acts
+        there): a streamed problem reads only those rows. Each is a fresh contiguous copy, in memory as
+        streamed, so both paths multiply the same matrices."""
+        p = self.problem
+        rows = p.shape(ea.parameter, "a")[0]
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            if p.lazy:
+                ta, tb = p.params_a.rows(ea.parameter, start, stop), p.params_b.rows(eb.parameter, start, stop)
+            else:
+                ta = p.params_a[ea.parameter].narrow(0, start, stop - start)
+                tb = p.params_b[eb.parameter].narrow(0, start, stop - start)
+            a = _rows(ta, ea, m).clone(memory_format=torch.contiguous_format)
+            del ta
+            b = self.b_rows(None, eb, transforms, n, tb).clone(memory_format=torch.contiguous_format)
+            del tb
+            yield a, b
 
 
 def _rows(t: torch.Tensor, edge, m: int) -> torch.Tensor:

@@ -66,8 +66,15 @@ def _read_all(folder):
     return out
 
 
+@pytest.mark.parametrize("chunk", [None, 64])
 @pytest.mark.parametrize("classes", [None, "orthogonal"])
-def test_streamed_equals_in_memory(tmp_path, classes):
+def test_streamed_equals_in_memory(tmp_path, monkeypatch, classes, chunk):
+    """``chunk``: entries per row block (``solvers.stream.CHUNK``) — 64 makes the 40 × 16 embedding and head
+    go in blocks of 4 rows through the scores, ``J`` and the writer, as a vocabulary does at full size."""
+    if chunk is not None:
+        monkeypatch.setattr("solvers.stream.CHUNK", chunk)
+        from solvers.stream import row_chunk
+        assert row_chunk(_gpt().graph, "wte.weight", (40, 16)) == 4
     arch = _gpt(norm="rms") if classes else _gpt()
     if classes:
         classes = {s.name: HeadStructured(4, Orthogonal()) for s in arch.graph.spaces() if s.head_group}

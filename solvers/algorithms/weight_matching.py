@@ -180,6 +180,7 @@ class WeightMatching(Solver):
             for u in rng.permutation(len(units)):
                 spaces = units[u]
                 classes = [problem.classes[s] for s in spaces]
+                locals_ = new = None  # the last unit's scores go before this unit's are built
                 locals_ = [matcher.local(s, transforms, stream=linear_classes(c)) for s, c in zip(spaces, classes)]
                 new = (solve_heads(classes, locals_, backend=backend)
                        if isinstance(classes[0], HeadStructured)
@@ -203,6 +204,7 @@ class WeightMatching(Solver):
                 if g > tol * max(history[0], 1e-300):  # relative to the start: round-off never counts
                     progress = True
                     transforms.update(zip(spaces, new))
+            locals_ = new = None
             if progress and scaled and not rebasin:
                 _monomial_descent(problem, matcher, scaled, transforms, threshold, backend)
             history.append(problem.objective(TransformSet(transforms)))
@@ -223,6 +225,7 @@ class WeightMatching(Solver):
         for spaces in units:
             if all(s in settled for s in spaces):
                 continue
+            locals_ = new = None  # the last unit's scores go before this unit's are built
             locals_ = [matcher.local(s, settled, settled_only=True, stream=linear_classes(problem.classes[s]))
                        for s in spaces]
             if any(loc.empty for loc in locals_):
