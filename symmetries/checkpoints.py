@@ -7,16 +7,16 @@ A checkpoint folder holds ``model.safetensors.index.json`` — ``{"metadata": {�
 :class:`ShardedCheckpoint` is a read-only ``Mapping`` name → tensor: opening it reads only the
 index and each shard's JSON header (shapes, dtypes, byte ranges, checked against the file's size);
 ``checkpoint[name]`` reads that one tensor's byte range from its shard with one ``readinto`` (no
-memory map, so pages the kernel caches are never counted as the process's memory), and checks it is
-finite the first time it is read, naming the folder, shard and tensor. :meth:`tensor_info` gives a
+memory map, so pages the kernel caches are never counted as the process's memory; ``rows(name, i, j)``
+reads a block of its rows), and checks it is finite, naming the folder, shard and tensor. :meth:`tensor_info` gives a
 tensor's shape and dtype without reading it — what :func:`solvers.make_problem` (``lazy=True``)
 validates against the graph.
 
 :func:`write_sharded` writes a checkpoint with a given layout (the shard assignment, each shard's
 tensor order and ``__metadata__``, the index's ``metadata``), producing one tensor at a time: each
-shard's header is computed from the layout before any data, the tensors are appended as they come,
-and the shard is renamed into place only when complete (:func:`symmetries.io.atomic_path`); the
-index is written last. Headers are sorted JSON, so the same tensors give the same bytes.
+shard's header is computed from the layout before any data, the tensors (or blocks of their rows) are
+appended as they come, and the shard is renamed into place only when complete
+(:func:`symmetries.io.atomic_path`); the index is written last. Headers are sorted JSON, so the same tensors give the same bytes.
 """
 from __future__ import annotations
 
@@ -394,27 +394,20 @@ def align_checkpoints(a, b, output, architecture, *, solver: str = "weight_match
     out.mkdir(exist_ok=True)
     sums = {"before": 0.0, "after": 0.0}
 
-    def aligned(name: str):
-        step = row_chunk(graph, name, cb.tensor_info(name)[0])
+    def part(name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        tb, ta = (cb[name], ca[name]) if start is None else (cb.rows(name, start, stop), ca.rows(name, start, stop))
+        t = apply(graph, {name: tb}, sol.transforms, check=False)[name].to(tb.dtype)
+        sums["before"] += _squared_distance(ta, tb)
+        sums["after"] += _squared_distance(ta, t)
+        return t
+
+    def aligned(name: str):  # blocks of rows where no space acts on the first axis and the maps are gathers
+        shape = cb.tensor_info(name)[0]
+        step = row_chunk(graph, name, shape)
         if step is None or not all(_exact(sol.transforms[e.space]) for e in graph.edges_of(name)
                                    if e.space in sol.transforms):  # a dense map: the whole product, as in memory
-            tb, ta = cb[name], ca[name]
-            t = apply(graph, {name: tb}, sol.transforms, check=False)[name].to(tb.dtype)
-            sums["before"] += _squared_distance(ta, tb)
-            sums["after"] += _squared_distance(ta, t)
-            return t
-        return blocks(name, step)
-
-    def blocks(name: str, step: int):  # no space acts on the first axis: each block of rows on its own
-        rows = cb.tensor_info(name)[0][0]
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            tb, ta = cb.rows(name, start, stop), ca.rows(name, start, stop)
-            t = apply(graph, {name: tb}, sol.transforms, check=False)[name].to(tb.dtype)
-            sums["before"] += _squared_distance(ta, tb)
-            sums["after"] += _squared_distance(ta, t)
-            del tb, ta
-            yield t
+            return part(name)
+        return (part(name, i, min(shape[0], i + step)) for i in range(0, shape[0], step))
 
     single = cb.index_metadata is None and len(cb.shards) == 1 and not (cb.folder / INDEX_NAME).exists()
     write_sharded(out, cb.layout(), cb.tensor_info, aligned,
