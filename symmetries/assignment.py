@@ -56,7 +56,7 @@ def solve_assignment(score, *, maximize: bool = True, backend: str = "auto") -> 
     With ``maximize`` the total ``Σ score[r, c]`` is maximised. Every row is matched when
     ``rows ≤ cols`` and every column otherwise. Returns ``(rows, cols)`` sorted by row.
     """
-    m = np.asarray(score.detach().cpu().numpy() if hasattr(score, "detach") else score, dtype=np.float64)
+    m = np.asarray(score.detach().cpu().numpy() if hasattr(score, "detach") else score)
     if m.ndim != 2:
         raise ValueError(f"assignment needs a 2-D score matrix, got shape {m.shape}")
     if not np.isfinite(m).all():
@@ -67,7 +67,10 @@ def solve_assignment(score, *, maximize: bool = True, backend: str = "auto") -> 
         raise ValueError(f"unknown or uninstalled assignment backend {backend!r}; available: {sorted(table)}")
     if m.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    rows, cols = table[name](-m if maximize else m)
+    # one float64 cost matrix (negated in the same pass when maximising): a 4096² float32 score costs
+    # 128 MiB here, not 256 — the peak of a streamed alignment
+    cost = np.negative(m, dtype=np.float64) if maximize else np.asarray(m, dtype=np.float64)
+    rows, cols = table[name](cost)
     return np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
 
 
