@@ -48,12 +48,16 @@ class Solver:
     ``solve``. ``HeadStructured`` in ``classes`` means head-structured spaces whose inner class
     is itself supported. ``Trivial`` spaces are always accepted (they are left as the identity).
     ``classes = None`` accepts every class (no check). ``needs_data`` — the solver reads
-    ``problem.data`` (activations, a loss on data); a problem without data is refused at the door."""
+    ``problem.data`` (activations, a loss on data); a problem without data is refused at the door.
+    ``head_inner`` — the inner class types a head-structured space may have (``None``: any the
+    solver supports); ``head_refusal`` says why the others are refused (the maths)."""
 
     name: str = ""
     description: str = ""
     classes: tuple | None = None
     needs_data: bool = False
+    head_inner: tuple | None = None
+    head_refusal: str = ""
 
     def supports(self, cls: SymmetryClass) -> bool:
         """Whether the solver can search in ``cls`` (exact membership, not the lattice's order:
@@ -64,12 +68,24 @@ class Solver:
             if isinstance(c, SymmetryClass) and c == cls:
                 return True
             if isinstance(c, type) and type(cls) is c:
-                return c is not HeadStructured or self.supports(cls.inner)
+                if c is not HeadStructured:
+                    return True
+                if self.head_inner is not None:
+                    return isinstance(cls.inner, self.head_inner)
+                return self.supports(cls.inner)
         return False
 
     def check(self, problem: Problem) -> None:
         """Raise :class:`UnsupportedClassError` naming solver, space and class if a class is not
-        supported, and :class:`SolverInputError` if the solver needs data and the problem has none."""
+        supported (with :attr:`head_refusal` for a head-structured space whose inner class is not in
+        :attr:`head_inner`), and :class:`SolverInputError` if the solver needs data and the problem has none."""
+        if self.head_inner is not None:
+            for space, cls in problem.classes.items():
+                if isinstance(cls, HeadStructured) and not isinstance(cls.inner, self.head_inner):
+                    names = " or ".join(f"HeadStructured({cls.num_heads}, {c.__name__}())" for c in self.head_inner)
+                    raise UnsupportedClassError(
+                        f"solver {self.name!r} cannot search space {space!r} in {cls!r}: {self.head_refusal}; it "
+                        f"searches heads as {names}", solver=self.name, space=space, cls=cls)
         if self.needs_data and problem.data is None:
             raise SolverInputError(f"solver {self.name!r} needs data: pass data= (input tensors, an (x, y) pair or "
                                    f"a DataLoader) and an Architecture or models=(module_a, module_b)")

@@ -53,7 +53,7 @@ from symmetries.elements import DenseElement, GatherElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
-from solvers.errors import SolverInputError, UnsupportedClassError
+from solvers.errors import SolverInputError
 from solvers.registry import Solver, register
 from solvers.solution import Solution
 
@@ -320,19 +320,6 @@ def _solve_space(cls, mom: Moments, statistic: str, ridge: float, backend: str, 
     raise TypeError(f"activation matching has no rule for {cls!r}")
 
 
-HEAD_INNER = (Permutation, Orthogonal)
-
-
-def refuse_heads(solver: str, problem, reason: str, inner=HEAD_INNER) -> None:
-    """:class:`UnsupportedClassError` naming the solver, space and class at the first head-structured
-    space whose inner class is not one of ``inner``, with ``reason`` (why the maths does not allow it)."""
-    for space, cls in problem.classes.items():
-        if isinstance(cls, HeadStructured) and not isinstance(cls.inner, inner):
-            names = " or ".join(f"HeadStructured({cls.num_heads}, {c.__name__}())" for c in inner)
-            raise UnsupportedClassError(f"solver {solver!r} cannot search space {space!r} in {cls!r}: {reason}; it "
-                                        f"searches heads as {names}", solver=solver, space=space, cls=cls)
-
-
 class ActivationMatching(Solver):
     """Per space, the class's best map between the two models' activations on data."""
 
@@ -344,15 +331,9 @@ class ActivationMatching(Solver):
     classes = (Trivial, Permutation, SignFlip, SignedPermutation, PermutationScaling, PositiveScaling, Orthogonal,
                Invertible, HeadStructured)
 
-    def supports(self, cls) -> bool:
-        if isinstance(cls, HeadStructured):
-            return isinstance(cls.inner, HEAD_INNER)
-        return super().supports(cls)
-
-    def check(self, problem) -> None:
-        refuse_heads(self.name, problem, "with an invertible per-head map queries move by A and keys by A^-T, so "
-                     "the activation objective is not a least-squares problem in A (weight_matching searches it)")
-        super().check(problem)
+    head_inner = (Permutation, Orthogonal)
+    head_refusal = ("with an invertible per-head map queries move by A and keys by A^-T, so the activation "
+                    "objective is not a least-squares problem in A (weight_matching searches it)")
 
     def solve(self, problem, *, statistic: str = "correlation", ridge: float = 1e-10, backend: str = "auto",
               apply_activation: bool = True, invertible: str = "lstsq") -> Solution:

@@ -170,20 +170,10 @@ class LearnedMatching(Solver):
     description = ("straight-through estimator (Git Re-Basin / Theus et al.): Adam on the loss of the interpolated "
                    "model; heads: HeadStructured(k, Permutation | Orthogonal) only (Invertible has no projection)")
     classes = (Permutation, Orthogonal, HeadStructured)
-
-    def supports(self, cls) -> bool:
-        if isinstance(cls, HeadStructured):
-            return isinstance(cls.inner, (Permutation, Orthogonal))
-        return super().supports(cls)
-
-    def check(self, problem) -> None:
-        from solvers.algorithms.activation_matching import refuse_heads
-
-        refuse_heads(self.name, problem, "the straight-through estimator needs the inner class's projection "
-                     "argmax_T <T, L>, and an invertible (GL(d)) per-head map has none (the maximum is "
-                     "unbounded; the builder's default HeadStructured(k, Invertible()) is searched by "
-                     "weight_matching)")
-        super().check(problem)
+    head_inner = (Permutation, Orthogonal)
+    head_refusal = ("the straight-through estimator needs the inner class's projection argmax_T <T, L>, and an "
+                    "invertible (GL(d)) per-head map has none (the maximum is unbounded; the builder's default "
+                    "HeadStructured(k, Invertible()) is searched by weight_matching)")
 
     def solve(self, problem, *, loss_fn: Callable | None = None, steps: int = 300, lr: float = 0.05,
               batch_size: int = 256, alpha: tuple[float, float] = (0.4, 0.6), eval_batches: int = 10,

@@ -200,17 +200,9 @@ class RelaxationSolver(Solver):
                    "convex relaxation with f = J); refuses up front a problem estimated over budget (300 s)")
     classes = (Permutation, Orthogonal, HeadStructured)
 
-    def supports(self, cls) -> bool:
-        if isinstance(cls, HeadStructured):
-            return isinstance(cls.inner, (Permutation, Orthogonal))
-        return super().supports(cls)
-
-    def check(self, problem) -> None:
-        from solvers.algorithms.activation_matching import refuse_heads
-
-        refuse_heads(self.name, problem, "an invertible per-head map has no bounded convex superset on which the "
-                     "relaxed misfit equals J (J involves A^-T), so no certified bound")
-        super().check(problem)
+    head_inner = (Permutation, Orthogonal)
+    head_refusal = ("an invertible per-head map has no bounded convex superset on which the relaxed misfit equals J "
+                    "(J involves A^-T), so no certified bound")
 
     def solve(self, problem, *, engine: str = "auto", cvxpy_solver: str | None = None, formulation: str = "aux",
               polish: bool = True, polish_options: dict | None = None, backend: str = "auto",
