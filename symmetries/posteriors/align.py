@@ -15,14 +15,14 @@ from typing import Mapping
 
 from symmetries.classes import HeadStructured, Permutation, SignedPermutation, SignFlip, SymmetryClass, Trivial
 from symmetries.errors import NotAdmittedError
-from symmetries.policy import parse_class
+from symmetries.policy import resolve_classes
 from symmetries.transforms import TransformSet
 from symmetries.posteriors.gaussian import MeanField
 
+from solvers.algorithms.posterior import MEAN_FIELD_CLASSES  # the classes posterior_matching searches
+
 __all__ = ["align_posteriors", "PosteriorAlignment", "MeanFieldClassError", "wasserstein2", "MEAN_FIELD_CLASSES"]
 
-#: Classes whose elements map a mean-field Gaussian to a mean-field Gaussian (and that we align over).
-MEAN_FIELD_CLASSES = (Trivial, Permutation, SignFlip, SignedPermutation)
 
 
 class MeanFieldClassError(NotAdmittedError):
@@ -49,15 +49,15 @@ def wasserstein2(a: MeanField, b: MeanField) -> float:
 
 
 def _classes(graph, classes) -> dict[str, SymmetryClass]:
-    out = {}
+    """The class per space (:func:`symmetries.resolve_classes`; unnamed spaces: signed permutations where
+    admitted, else permutations, else sign flips), each checked to keep the mean-field family."""
+    given = classes if isinstance(classes, Mapping) else \
+        ({} if classes is None else {s.name: classes for s in graph.spaces()})
+    defaults = {s.name: next((c() for c in (SignedPermutation, Permutation, SignFlip) if graph.admits(s.name, c())),
+                             Trivial()) for s in graph.spaces() if s.name not in given}
+    out = resolve_classes(graph, {**defaults, **given}, strict=False)
     for space in graph.spaces():
-        if classes is not None and not isinstance(classes, Mapping):
-            cls = parse_class(classes, space=space.name)
-        elif isinstance(classes, Mapping) and space.name in classes:
-            cls = parse_class(classes[space.name], space=space.name)
-        else:
-            cls = next((c() for c in (SignedPermutation, Permutation, SignFlip)
-                        if graph.admits(space.name, c())), Trivial())
+        cls = out[space.name]
         if not isinstance(cls, MEAN_FIELD_CLASSES) or isinstance(cls, HeadStructured):
             raise MeanFieldClassError(
                 f"{cls!r} at space {space.name!r} does not keep the mean-field Gaussian family (a non-monomial map "
@@ -69,10 +69,6 @@ def _classes(graph, classes) -> dict[str, SymmetryClass]:
         if space.head_group is not None:
             raise MeanFieldClassError(f"space {space.name!r} belongs to head group {space.head_group!r}; posterior "
                                       f"alignment of attention heads is not supported", space=space.name, cls=cls)
-        out[space.name] = cls
-    if isinstance(classes, Mapping):
-        for name in classes:
-            graph.space(name)  # UnknownSpaceError for a misspelt space
     return out
 
 
