@@ -31,6 +31,8 @@ import torch
 
 from symmetries.io import CheckpointError, _tensor_problem, atomic_path
 
+from solvers.stream import all_finite  # chunked: isfinite of a whole tensor copies it
+
 __all__ = ["INDEX_NAME", "ShardedCheckpoint", "is_checkpoint_dir", "write_sharded", "copy_extra_files"]
 
 #: The index file of a sharded Hugging Face checkpoint.
@@ -43,13 +45,6 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
 _CODES = {v: k for k, v in _DTYPES.items()}
 #: Weight files of other formats never copied next to the aligned shards (they would be B's unaligned weights).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".npz", ".onnx")
-
-
-def _all_finite(t: torch.Tensor, chunk: int = 1 << 20) -> bool:
-    """Whether a floating tensor is finite, ``chunk`` entries at a time (``torch.isfinite`` of a whole tensor
-    allocates a copy of it and two boolean masks)."""
-    flat = t.reshape(-1)
-    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
@@ -230,7 +225,7 @@ class ShardedCheckpoint(Mapping):
         t = buf.view(dtype).reshape((stop - start, *shape[1:]) if shape else shape)
         whole = start == 0 and stop == (shape[0] if shape else 1)
         if self.check_finite and (name not in self._checked or not whole):
-            problem = _tensor_problem(t) if not t.is_floating_point() or not _all_finite(t) else None
+            problem = _tensor_problem(t) if not t.is_floating_point() or not all_finite(t) else None
             if problem and not whole:  # the message names the index in the whole tensor
                 problem = _tensor_problem(self._read(name, 0, shape[0]))
             if problem:
