@@ -77,8 +77,10 @@ class Problem:
 
     def objective(self, transforms: TransformSet | None, parameters=None) -> float | None:
         """``J(T) = Σ_p ‖θ_A[p] − (T·θ_B)[p]‖²``; ``None`` if ``T`` is ``None`` and widths differ.
-        ``parameters``: sum over these tensors only (default: every floating tensor). Tensor by tensor
-        (a lazy problem reads each pair once and drops it)."""
+        ``parameters``: sum over these tensors only (default: every floating tensor). Tensor by tensor, in
+        chunks of about 2²⁰ entries along an axis no transform touches (a lazy problem reads each pair once and
+        drops it), each chunk's squares summed in float64 (a float32 sum over a 38 M-entry embedding is off
+        by 0.5 %)."""
         if transforms is None:
             if self.width_changing:
                 return None
@@ -104,11 +106,8 @@ class Problem:
                     by_axis.setdefault(e.axis % dim, []).append(e)
             touched = set(by_axis)
             free = [ax for ax in range(dim) if ax not in touched]
-            if self.lazy and (not touched or not free or free[0] != 0):
+            if self.lazy and (not free or free[0] != 0):
                 a, b = self.params_a[name], self.params_b[name]
-            if not touched:
-                total += float(torch.linalg.vector_norm(a - b) ** 2)
-                continue
             ax = free[0] if free else 0
             size = shape[ax] if dim else 1
             numel = 1
@@ -125,7 +124,7 @@ class Problem:
                 aligned = chunk_b
                 for axis, group in by_axis.items():
                     aligned = apply_axis(aligned, axis, group, transforms)
-                total += float(torch.linalg.vector_norm(chunk_a - aligned) ** 2)
+                total += float(torch.linalg.vector_norm(chunk_a - aligned, dtype=torch.float64) ** 2)
                 del chunk_a, chunk_b, aligned
         return total
 

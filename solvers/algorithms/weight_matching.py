@@ -23,20 +23,28 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from symmetries.classes import HeadStructured, Invertible, Permutation, PermutationScaling, PositiveScaling, Trivial
+from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
+                                PositiveScaling, Trivial)
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError
 from solvers.local import Matcher, ScaleViews, inner_product, search_units
+from solvers.reuse import TensorObjective, VisitLog
 from solvers.scaling import best_scale, scale_loss
 from solvers.registry import Solver, register
 from solvers.solution import Solution
 from solvers.subproblems import (dense_or, gain, has_subproblem, linear_classes, repermute, rescale,
-                                 score_matrices, solve_block, solve_heads, solve_local, subproblem_classes)
+                                 score_matrices, solve_block, solve_heads, solve_local, subproblem,
+                                 subproblem_classes)
 
 __all__ = ["WeightMatching"]
+
+#: Reuse between sweeps (:mod:`solvers.reuse`): ``J`` cached per tensor, visits that would repeat the
+#: last one skipped. Private switch: tests compare against the plain loop with it off.
+_REUSE = True
+_NORM_KEEPING = subproblem.dispatch(Orthogonal)  # the built-in Procrustes / LAP solver: never reads current
 
 
 def _coupled(problem, spaces: list[str]) -> tuple[str, ...]:
@@ -137,6 +145,10 @@ class WeightMatching(Solver):
                 transforms[space] = problem.init[space]
             elif m == n:
                 transforms[space] = problem.classes[space].identity(n)
+        identities = {s: el for s, el in transforms.items() if problem.init is None or s not in problem.init}
+        objective = TensorObjective(problem, identities) if _REUSE else (
+            lambda t: problem.objective(TransformSet(t)))
+        log = VisitLog(problem, units)
         if start is None:
             start = "identity" if rebasin else "forward"
         if start not in ("identity", "forward"):
@@ -148,8 +160,7 @@ class WeightMatching(Solver):
             m, n = problem.sizes[missing[0]]
             raise SolverInputError(f"space {missing[0]!r} changes width ({n} → {m}) and has no identity map: "
                                    f"start='identity' needs init= there (or use start='forward')", space=missing[0])
-        objective_before = problem.objective(TransformSet(transforms)) \
-            if len(transforms) == len(problem.spaces) else None
+        objective_before = objective(transforms) if len(transforms) == len(problem.spaces) else None
         if tol is None:
             tol = 1e-12 if (rebasin or problem.dtype == torch.float64) else 1e-6
         rng = np.random.default_rng(problem.seed)
@@ -166,48 +177,31 @@ class WeightMatching(Solver):
             value = first.objective_after
         elif start == "forward":
             candidate = self._forward(problem, matcher, units, transforms, backend)
-            value = problem.objective(TransformSet(candidate))
+            value = objective(candidate)
         if start == "forward" and (objective_before is None or value < objective_before):
             transforms = candidate
             history.append(value)
         threshold = tol * max(history[0], 1e-300) if history else 0.0
         if scaled and not rebasin and history:
             _monomial_descent(problem, matcher, scaled, transforms, threshold, backend)
-        status, iterations = "max_iter", 0
+        status, iterations, skipped = "max_iter", 0, 0
         for it in range(int(max_iter)):
             iterations = it + 1
             progress = False
             for u in rng.permutation(len(units)):
+                if _REUSE and log.repeats(u, transforms):  # same data, same current: the last visit again
+                    skipped += 1
+                    continue
                 spaces = units[u]
                 classes = [problem.classes[s] for s in spaces]
-                locals_ = new = None  # the last unit's scores go before this unit's are built
-                locals_ = [matcher.local(s, transforms, stream=linear_classes(c)) for s, c in zip(spaces, classes)]
-                new = (solve_heads(classes, locals_, backend=backend)
-                       if isinstance(classes[0], HeadStructured)
-                       else [solve_local(classes[0], locals_[0], backend=backend, current=transforms[spaces[0]])])
-                if rebasin:
-                    space, loc, el = spaces[0], locals_[0], new[0]
-                    score = loc.cross(Role.OUT, Role.IN)
-                    if loc.has(Role.VAR):
-                        score = score + loc.cross(Role.VAR)
-                    old_value, new_value = inner_product(transforms[space], score), inner_product(el, score)
-                    progress = progress or new_value > old_value + tol
-                    transforms[space] = el
-                    continue
-                if not all(_finite(el) for el in new):
-                    continue
-                if coupled[u]:  # the local loss is not the one solved: judge by the exact change of J
-                    new, g = _coupled_step(problem, spaces, classes, locals_, new, transforms, coupled[u],
-                                           backend, tol * max(history[0], 1e-300))
-                else:
-                    g = sum(gain(c, loc, transforms[s], el) for c, loc, s, el in zip(classes, locals_, spaces, new))
-                if g > tol * max(history[0], 1e-300):  # relative to the start: round-off never counts
-                    progress = True
-                    transforms.update(zip(spaces, new))
-            locals_ = new = None
+                before = [transforms[s] for s in spaces]
+                progress = self._visit(problem, matcher, spaces, classes, transforms, coupled[u], rebasin, tol,
+                                       history, backend) or progress
+                changed = any(transforms[s] is not el for s, el in zip(spaces, before))
+                log.record(u, transforms, not changed or (not coupled[u] and _ignores_current(classes[0])))
             if progress and scaled and not rebasin:
                 _monomial_descent(problem, matcher, scaled, transforms, threshold, backend)
-            history.append(problem.objective(TransformSet(transforms)))
+            history.append(objective(transforms))
             if not progress:
                 status = "converged"
                 break
@@ -215,7 +209,37 @@ class WeightMatching(Solver):
             status = "converged"
         return Solution(TransformSet(transforms), objective_before, history[-1], iterations=iterations,
                         status=status, history=history,
-                        message=f"{iterations} sweep(s), {len(units)} unit(s), mode={mode}, start={start}")
+                        message=f"{iterations} sweep(s), {len(units)} unit(s), mode={mode}, start={start}"
+                                + (f", {skipped} visit(s) skipped (inputs unchanged)" if skipped else ""))
+
+    @staticmethod
+    def _visit(problem, matcher, spaces, classes, transforms, coupled, rebasin, tol, history, backend) -> bool:
+        """Solve one unit with every other transform fixed and keep the step if it lowers ``J`` (``rebasin``:
+        always take it); returns whether it counts as progress."""
+        locals_ = [matcher.local(s, transforms, stream=linear_classes(c)) for s, c in zip(spaces, classes)]
+        new = (solve_heads(classes, locals_, backend=backend)
+               if isinstance(classes[0], HeadStructured)
+               else [solve_local(classes[0], locals_[0], backend=backend, current=transforms[spaces[0]])])
+        if rebasin:
+            space, loc, el = spaces[0], locals_[0], new[0]
+            score = loc.cross(Role.OUT, Role.IN)
+            if loc.has(Role.VAR):
+                score = score + loc.cross(Role.VAR)
+            old_value, new_value = inner_product(transforms[space], score), inner_product(el, score)
+            if not _same(el, transforms[space]):  # an equal permutation keeps its object (VisitLog)
+                transforms[space] = el
+            return new_value > old_value + tol
+        if not all(_finite(el) for el in new):
+            return False
+        threshold = tol * max(history[0], 1e-300)  # relative to the start: round-off never counts
+        if coupled:  # the local loss is not the one solved: judge by the exact change of J
+            new, g = _coupled_step(problem, spaces, classes, locals_, new, transforms, coupled, backend, threshold)
+        else:
+            g = sum(gain(c, loc, transforms[s], el) for c, loc, s, el in zip(classes, locals_, spaces, new))
+        if g > threshold:
+            transforms.update(zip(spaces, new))
+            return True
+        return False
 
     @staticmethod
     def _forward(problem, matcher, units, transforms, backend) -> dict:
@@ -303,6 +327,19 @@ def _finite(el: Element) -> bool:
     if isinstance(el, GatherElement):
         return all(v is None or bool(torch.isfinite(v).all()) for v in (el.out_scale, el.in_scale))
     return True
+
+
+def _ignores_current(cls) -> bool:
+    """Whether the unit's solve never reads its current element (head groups; the built-in norm-keeping
+    subproblem): then, with the same data, it returns the same element whatever the last visit kept."""
+    return isinstance(cls, HeadStructured) or subproblem.dispatch(type(cls)) is _NORM_KEEPING
+
+
+def _same(a: Element, b: Element) -> bool:
+    """Whether two permutations (index maps without scales) are equal."""
+    return (isinstance(a, GatherElement) and isinstance(b, GatherElement) and a.shape == b.shape
+            and a.out_scale is None and b.out_scale is None and a.in_scale is None and b.in_scale is None
+            and torch.equal(a.index, b.index))
 
 
 def _check_rebasin(problem) -> None:
