@@ -180,7 +180,7 @@ class PeakRSS(threading.Thread):
 class SpaceSplit:
     """Wall and CPU time per space (building its subproblem data; solving it) and in the objective, by
     wrapping the weight-matching module's ``Matcher.local``, ``solve_local``, ``solve_heads`` and
-    ``Problem.objective`` while active."""
+    ``TensorObjective.__call__`` (``J`` after each sweep, tensors whose transforms changed) while active."""
 
     def __init__(self):
         self.data, self.solve, self.objective = {}, {}, [0.0, 0.0, 0]
@@ -199,8 +199,8 @@ class SpaceSplit:
 
     def __enter__(self):
         from solvers.local import Matcher
-        from solvers.problem import Problem
-        self._saved = (Matcher.local, wm.solve_local, wm.solve_heads, Problem.objective)
+        from solvers.reuse import TensorObjective
+        self._saved = (Matcher.local, wm.solve_local, wm.solve_heads, TensorObjective.__call__)
         self._current = None
         table_obj = {}
 
@@ -210,14 +210,14 @@ class SpaceSplit:
         Matcher.local = self._timed(Matcher.local, key_local, self.data)
         wm.solve_local = self._timed(wm.solve_local, lambda args: self._current, self.solve)
         wm.solve_heads = self._timed(wm.solve_heads, lambda args: self._current, self.solve)
-        Problem.objective = self._timed(Problem.objective, lambda args: "J", table_obj)
+        TensorObjective.__call__ = self._timed(TensorObjective.__call__, lambda args: "J", table_obj)
         self._table_obj = table_obj
         return self
 
     def __exit__(self, *exc):
         from solvers.local import Matcher
-        from solvers.problem import Problem
-        Matcher.local, wm.solve_local, wm.solve_heads, Problem.objective = self._saved
+        from solvers.reuse import TensorObjective
+        Matcher.local, wm.solve_local, wm.solve_heads, TensorObjective.__call__ = self._saved
         self.objective = self._table_obj.get("J", [0.0, 0.0, 0])
 
     def report(self, classes):
@@ -273,6 +273,7 @@ def gpt2_section(shape: dict):
     print(f"parameters {sum(v.numel() for v in a.values()) / 1e6:.1f} M, one model {model_mb:.0f} MiB (float32)")
     print(f"time {elapsed:.1f} s (CPU {cpu:.1f} s), sweeps {sol.iterations}, status {status(sol)}, "
           f"history {[round(x, 3) for x in sol.history]}")
+    print(f"solver: {sol.message}")
     split.report(classes)
     print(f"recovered: MLP permutations {perm_ok}/{len(perms)}, head permutations {heads_ok}/{len(heads)}, "
           f"{'/'.join(dense)} max |O − O_true| {dense_err:.2e}")

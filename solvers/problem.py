@@ -129,12 +129,15 @@ class Problem:
         return total
 
 
-def _tensor(x, name: str, dtype, device) -> torch.Tensor:
+def _tensor(x, name: str, dtype, device, norms: dict) -> torch.Tensor:
+    """``x`` as a tensor (floating: in ``dtype`` on ``device``, finite, its squared norm kept in ``norms``)."""
     t = torch.as_tensor(x.detach() if isinstance(x, torch.Tensor) else np.asarray(x))
     if t.is_floating_point():
         t = t.to(device=device, dtype=dtype)
-        if not bool(torch.isfinite(t).all()):
+        sq = float(torch.linalg.vector_norm(t) ** 2) if t.numel() else 0.0  # inf/NaN if an entry is
+        if not math.isfinite(sq) and not bool(torch.isfinite(t).all()):
             raise SolverInputError(f"parameter {name!r} contains NaN or infinite entries", parameter=name)
+        norms[name] = sq
     return t
 
 
@@ -160,16 +163,26 @@ def _device(device) -> torch.device:
     return d
 
 
-def _check_range(params: dict, side: str, dtype: torch.dtype) -> None:
+def _stored_order(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its axes in storage order (a view: contiguous where ``t`` is a transpose of a contiguous
+    tensor), so that whole-tensor reductions, which copy a non-contiguous input, read it in place."""
+    if t.dim() < 2 or t.is_contiguous():
+        return t
+    v = t.permute(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    return v if v.is_contiguous() else t
+
+
+def _check_range(params: dict, side: str, dtype: torch.dtype, norms: dict) -> None:
     """Refuse a model whose squared norm — the scale of every objective and score — overflows ``dtype``
     (the objective would be inf) or underflows it to zero (every transform would score 0: 'converged'
-    at the identity)."""
+    at the identity). ``norms``: each floating tensor's squared norm (from :func:`_tensor`)."""
     total, peak, name_peak = 0.0, 0.0, None
     for name, t in params.items():
         if not t.is_floating_point() or not t.numel():
             continue
-        sq = float(torch.linalg.vector_norm(t) ** 2)
-        top = float(t.abs().max())
+        sq = norms[name]
+        lo, hi = torch.aminmax(_stored_order(t))  # max |entry| without an |t| (or contiguous) copy
+        top = max(-float(lo), float(hi))
         if top > peak:
             peak, name_peak = top, name
         if not math.isfinite(sq):
@@ -247,10 +260,11 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
         pa, pb = (LazyParams(src, dtype=dtype, device=device, side=side) for src, side in zip(sources, "AB"))
         meta_a, meta_b = params_a, params_b
     else:
-        pa = meta_a = {k: _tensor(v, k, dtype, device) for k, v in params_a.items()}
-        pb = meta_b = {k: _tensor(v, k, dtype, device) for k, v in params_b.items()}
-        _check_range(pa, "A", dtype)
-        _check_range(pb, "B", dtype)
+        norms_a, norms_b = {}, {}
+        pa = meta_a = {k: _tensor(v, k, dtype, device, norms_a) for k, v in params_a.items()}
+        pb = meta_b = {k: _tensor(v, k, dtype, device, norms_b) for k, v in params_b.items()}
+        _check_range(pa, "A", dtype, norms_a)
+        _check_range(pb, "B", dtype, norms_b)
     for name in pa:  # a solver computes with every tensor a space touches: those must be floating
         for params, g, side in ((meta_a, graph, "A"), (meta_b, gb, "B")):
             if not params[name].is_floating_point() and g.edges_of(name):

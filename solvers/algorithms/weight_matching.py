@@ -176,7 +176,7 @@ class WeightMatching(Solver):
             candidate = dict(first.transforms)
             value = first.objective_after
         elif start == "forward":
-            candidate = self._forward(problem, matcher, units, transforms, backend)
+            candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled)
             value = objective(candidate)
         if start == "forward" and (objective_before is None or value < objective_before):
             transforms = candidate
@@ -242,13 +242,15 @@ class WeightMatching(Solver):
         return False
 
     @staticmethod
-    def _forward(problem, matcher, units, transforms, backend) -> dict:
+    def _forward(problem, matcher, units, transforms, backend, log, coupled) -> dict:
         """A first pass in graph order where each space sees only the tensors whose other axes are
-        already settled (``init`` counts as settled); returns the complete candidate set."""
+        already settled (``init`` counts as settled); returns the complete candidate set. A unit that saw
+        every tensor solved the subproblem a sweep would solve from these transforms: ``log`` notes it."""
         settled = {s: el for s, el in transforms.items() if problem.init is not None and s in problem.init}
-        for spaces in units:
+        for u, spaces in enumerate(units):
             if all(s in settled for s in spaces):
                 continue
+            complete = all(matcher.usable(eb, settled) for s in spaces for _, eb in matcher.edges[s])
             locals_ = new = None  # the last unit's scores go before this unit's are built
             locals_ = [matcher.local(s, settled, settled_only=True, stream=linear_classes(problem.classes[s]))
                        for s in spaces]
@@ -262,8 +264,10 @@ class WeightMatching(Solver):
             new = (solve_heads(classes, locals_, backend=backend) if isinstance(classes[0], HeadStructured)
                    else [solve_local(classes[0], locals_[0], backend=backend)])
             if not all(_finite(el) for el in new):
-                new = [transforms[s] for s in spaces]
+                new, complete = [transforms[s] for s in spaces], False
             settled.update(zip(spaces, new))
+            if complete and not coupled[u] and _ignores_current(classes[0]):  # a sweep's visit would keep it
+                log.record(u, settled, True)
         return settled
 
 

@@ -1,0 +1,116 @@
+"""Reuse between weight-matching sweeps (solvers.reuse): skipping visits whose inputs did not change and
+caching J per tensor give the plain loop's transforms, sweeps and objective; the cached J equals
+Problem.objective after any change; Problem.objective is accurate in float32."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import architectures
+import solvers
+import solvers.algorithms.weight_matching as wm
+from architectures import WeightGraph
+from solvers.reuse import TensorObjective
+from symmetries import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling, SignedPermutation,
+                        TransformSet, apply, random_transforms)
+
+
+def _double(params):
+    return {k: v.detach().double() for k, v in params.items()}
+
+
+def _pair(case: str, seed: int):
+    """``(graph, A, B, classes, options)`` of a problem of each kind the skip rule distinguishes."""
+    if case == "gpt2":  # heads (one unit per attention), an orthogonal residual, permuted MLP units
+        arch = architectures.gpt2(40, 8, 16, 4, 2, 32, norm="rms", tie_embeddings=True)
+        g = arch.graph
+        classes = {s.name: (HeadStructured(s.cls.num_heads, Permutation()) if s.head_group else s.cls)
+                   for s in g.spaces()}
+        a = _double(arch.module(seed=seed).state_dict())
+        b = apply(g, a, random_transforms(g, seed, classes=classes), check=False)
+        gen = torch.Generator().manual_seed(seed)
+        b = {k: v + 0.05 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in b.items()}
+        return g, a, b, classes, {}
+    if case == "rnn":  # W_hh meets the hidden space on both axes: a coupled unit, judged by the exact J
+        g = WeightGraph("rnn")
+        g.add_space("h", 10, Permutation(), activation="tanh")
+        g.add_parameter("w_ih", (10, 4)).connect("w_ih", "h", axis=0, role="out")
+        g.add_parameter("w_hh", (10, 10)).connect("w_hh", "h", axis=0, role="out").connect("w_hh", "h", axis=1,
+                                                                                          role="in")
+        g.add_parameter("w_out", (3, 10)).connect("w_out", "h", axis=1, role="in")
+        g.validate()
+        gen = torch.Generator().manual_seed(seed)
+        a, b = ({p.name: torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in g.parameters()}
+                for _ in range(2))
+        return g, a, b, Permutation(), {}
+    cls, options = {"permutation": (Permutation(), {}), "rebasin": (Permutation(), {"mode": "rebasin"}),
+                    "signed": (SignedPermutation(), {}), "orthogonal": (Orthogonal(), {}),
+                    "invertible": (Invertible(), {"max_iter": 3}),  # reads its current element
+                    "scaling": (PermutationScaling(), {"max_iter": 8})}[case]
+    act = {"permutation": "relu", "rebasin": "relu", "signed": "tanh", "scaling": "relu"}.get(case, "identity")
+    arch = architectures.mlp([12, 10, 9, 8, 4], activation=act)
+    a, b = (_double(arch.module(seed=seed + k).state_dict()) for k in (0, 1))  # unrelated: several sweeps
+    return arch.graph, a, b, cls, options
+
+
+def _run(reuse: bool, g, a, b, classes, options, seed):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wm, "_REUSE", reuse)
+        return solvers.solve("weight_matching", g, a, b, classes=classes, seed=seed, **options)
+
+
+@pytest.mark.parametrize("case", ["permutation", "rebasin", "signed", "orthogonal", "invertible", "scaling", "rnn",
+                                  "gpt2"])
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_reuse_gives_the_plain_loops_transforms_sweeps_and_objective(case, seed):
+    g, a, b, classes, options = _pair(case, seed)
+    plain = _run(False, g, a, b, classes, options, seed)
+    fast = _run(True, g, a, b, classes, options, seed)
+    assert (fast.iterations, fast.status) == (plain.iterations, plain.status), (fast.message, plain.message)
+    assert set(fast.transforms) == set(plain.transforms)
+    for space in plain.transforms:
+        assert torch.equal(fast.transforms[space].as_matrix(), plain.transforms[space].as_matrix()), space
+    assert fast.history == pytest.approx(plain.history, rel=1e-12, abs=1e-300)
+    assert "skipped" not in plain.message
+
+
+@pytest.mark.parametrize("case", ["permutation", "rebasin", "gpt2"])
+def test_the_confirming_sweep_skips_visits(case):
+    """The last sweep changes nothing: a unit whose inputs did not move since its last visit is not solved again."""
+    g, a, b, classes, options = _pair(case, 3)
+    sol = solvers.solve("weight_matching", g, a, b, classes=classes, seed=3, **options)
+    assert sol.status == "converged" and "visit(s) skipped" in sol.message, sol.message
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), steps=st.lists(st.integers(0, 2**16), min_size=1, max_size=4))
+def test_cached_objective_equals_the_problems_after_every_change(seed, steps):
+    arch = architectures.gpt2(30, 8, 16, 4, 2, 24, norm="rms", tie_embeddings=True)
+    g = arch.graph
+    a, b = (_double(arch.module(seed=seed + k).state_dict()) for k in (0, 1))
+    problem = solvers.make_problem(g, a, b)
+    identities = {s: problem.classes[s].identity(problem.sizes[s][1]) for s in problem.spaces}
+    cached = TensorObjective(problem, identities)
+    current = dict(identities)
+    assert cached(current) == pytest.approx(problem.objective(TransformSet(current)), rel=1e-13)
+    for step in steps:  # replace some spaces' elements (new objects), keep the others
+        drawn = random_transforms(g, step, classes=problem.classes)
+        rng = np.random.default_rng(step)
+        for space in problem.spaces:
+            if rng.random() < 0.5:
+                current[space] = drawn[space]
+        assert cached(current) == pytest.approx(problem.objective(TransformSet(current)), rel=1e-13)
+
+
+def test_objective_of_a_float32_problem_is_summed_in_float64():
+    """A float32 sum of squares over 4 M entries is off by ~1e-4; J must not be."""
+    arch = architectures.mlp([2048, 2048, 2])
+    a, b = (arch.module(seed=k).state_dict() for k in (0, 1))
+    want = sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a)
+    problem = solvers.make_problem(arch.graph, a, b)
+    assert problem.dtype == torch.float32
+    assert problem.objective(None) == pytest.approx(want, rel=1e-7)
+    assert problem.objective(TransformSet({"hidden.0": Permutation().identity(2048)})) == pytest.approx(want, rel=1e-7)
