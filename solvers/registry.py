@@ -28,7 +28,7 @@ from symmetries.policy import resolve_classes
 from solvers.errors import SolverInputError, UnknownSolverError, UnsupportedClassError
 from solvers.problem import PROBLEM_OPTIONS, Problem, make_problem
 from solvers.solution import Solution
-from solvers.threads import thread_budget, threads_for
+from solvers.threads import thread_budget, threads_for, threads_for_inputs
 
 __all__ = ["Solver", "FunctionSolver", "SolverInfo", "register", "unregister", "get", "available", "solve",
            "applicable", "registered", "check_options", "keyword_parameters", "ENTRY_POINT_GROUP"]
@@ -312,7 +312,8 @@ def solve(method, graph, params_a, params_b, **options: Any) -> Solution:
     solver = resolve(method)
     problem_options = {k: options.pop(k) for k in PROBLEM_OPTIONS if k in options}
     check_options(solver, options)
-    problem = make_problem(graph, params_a, params_b, solver=solver, **problem_options)
+    with thread_budget(threads_for_inputs(params_a, params_b)):  # the door's checks: a pass over each tensor
+        problem = make_problem(graph, params_a, params_b, solver=solver, **problem_options)
     solver.check(problem)
     start = time.perf_counter()
     with thread_budget(threads_for(problem)):  # one thread for small work: robust beside a busy neighbour

@@ -14,17 +14,23 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from typing import Iterator
 
 import torch
 
-__all__ = ["SINGLE_THREAD_WORK", "work", "threads_for", "thread_budget"]
+__all__ = ["SINGLE_THREAD_WORK", "SINGLE_THREAD_ENTRIES", "work", "threads_for", "threads_for_inputs", "thread_budget"]
 
 #: Multiply-adds per sweep below which one thread is used (about a second of one core). Measured
 #: (benchmarks/bench_threads.py, 2 cores): the 784-512-512-512-10 MLP (1e9 per sweep) takes 0.15 s on
 #: one thread and 0.13 s on two when the machine is quiet, 2 s on two beside a busy neighbour; the
 #: GPT-2-small shape (1e11) gains 1.9x from a second core.
 SINGLE_THREAD_WORK = int(os.environ.get("SYMMETRIES_SINGLE_THREAD_WORK", 5 * 10**9))
+
+
+#: Entries of the two models below which checking them at the door (norms, extremes: a pass each over
+#: memory) runs on one thread: 16 M entries take a few ms on one core.
+SINGLE_THREAD_ENTRIES = 1 << 24
 
 
 def work(problem) -> int:
@@ -47,6 +53,23 @@ def threads_for(problem) -> int:
     return 1 if work(problem) < SINGLE_THREAD_WORK else torch.get_num_threads()
 
 
+def threads_for_inputs(*param_sets) -> int:
+    """1 when the parameter sets (mappings name → tensor or array) hold fewer than
+    :data:`SINGLE_THREAD_ENTRIES` entries in all, else the caller's current ``torch.get_num_threads()``
+    (also for inputs whose size is not known without reading them)."""
+    total = 0
+    for params in param_sets:
+        values = params.values() if hasattr(params, "values") else None
+        if values is None:
+            return torch.get_num_threads()
+        for v in values:
+            size = v.numel() if isinstance(v, torch.Tensor) else getattr(v, "size", None)
+            if not isinstance(size, int):
+                return torch.get_num_threads()
+            total += size
+    return 1 if total < SINGLE_THREAD_ENTRIES else torch.get_num_threads()
+
+
 @contextlib.contextmanager
 def thread_budget(threads: int) -> Iterator[int]:
     """Run the block with ``threads`` torch intra-op threads and BLAS/OpenMP pools limited to it;
@@ -55,11 +78,23 @@ def thread_budget(threads: int) -> Iterator[int]:
     if threads >= before:
         yield before
         return
-    from threadpoolctl import threadpool_limits
-
     torch.set_num_threads(threads)
     try:
-        with threadpool_limits(limits=threads):
+        with _controller().limit(limits=threads):
             yield threads
     finally:
         torch.set_num_threads(before)
+
+
+_CONTROLLER: list = []  # [(len(sys.modules) when built, threadpoolctl.ThreadpoolController)]
+
+
+def _controller():
+    """A ``ThreadpoolController`` of the loaded BLAS/OpenMP libraries, built again only after new modules
+    were imported (which may load new libraries): finding them scans every loaded library, ~2 ms —
+    more than the rest of a small solve's set-up."""
+    from threadpoolctl import ThreadpoolController
+
+    if not _CONTROLLER or _CONTROLLER[0][0] != len(sys.modules):
+        _CONTROLLER[:] = [(len(sys.modules), ThreadpoolController())]
+    return _CONTROLLER[0][1]
