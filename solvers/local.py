@@ -49,8 +49,10 @@ class Local:
         if stream:
             if self._merged:
                 raise ValueError("edges added to a streamed Local after its roles were summed")
-            prod = a @ b.T
-            self._acc[role] = prod if role not in self._acc else self._acc[role].add_(prod)
+            if role in self._acc:  # accumulated in place: no m × n product beside the sum
+                self._acc[role].addmm_(a, b.T)
+            else:
+                self._acc[role] = a @ b.T
         else:
             if self._acc:
                 raise ValueError("a Local is either streamed or not")

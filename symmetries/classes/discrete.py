@@ -82,7 +82,11 @@ class Permutation(SymmetryClass):
         return g.bijective and unit_scales(g, atol) and g.undoes(atol)
 
     def project(self, score, *, backend="auto"):
-        t = self._matrix(score)
+        # a CPU float32 score goes to the assignment as it is (its float64 cost is its exact copy): a float64
+        # copy here as well was a second 72 MiB beside a 3072² score
+        plain = isinstance(score, torch.Tensor) and score.dim() == 2 and score.device.type == "cpu" \
+            and score.dtype in (torch.float32, torch.float64)
+        t = score.detach() if plain else self._matrix(score)
         if t.shape[0] != t.shape[1]:
             raise ElementShapeError(f"{self!r} needs a square score matrix, got {tuple(t.shape)}; "
                                     f"use SemiPermutation to embed a narrow space into a wide one")
