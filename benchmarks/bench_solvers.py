@@ -1,6 +1,6 @@
 """Solver benchmark (a script, not part of the test run): prints figures, asserts nothing.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_solvers.py [--skip-gpt2] [--threads 2] [--tiny]
+    python benchmarks/bench_solvers.py [--skip-gpt2] [--threads N] [--gpt2-threads 1 2] [--tiny]
 
 1. Weight matching of two 784-512-512-512-10 MLPs (independent random initialisations, float32),
    per LAP backend and mode: wall time (best of 3), sweeps, objective before/after.
@@ -242,7 +242,8 @@ class SpaceSplit:
 
 
 def gpt2_section(shape: dict):
-    print("\n== 3. GPT-2-small-shaped pair: permutation (MLP) + heads + orthogonal residual ==")
+    print(f"\n== 3. GPT-2-small-shaped pair: permutation (MLP) + heads + orthogonal residual, "
+          f"{torch.get_num_threads()} thread(s) ==")
     print(", ".join(f"{k}={v}" for k, v in shape.items()))
     g = gpt2_graph(**shape)
     classes = {s.name: (HeadStructured(s.cls.num_heads, Permutation()) if s.head_group else s.cls)
@@ -285,13 +286,17 @@ def gpt2_section(shape: dict):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-gpt2", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--gpt2-threads", type=int, nargs="+", default=None,
+                        help="run section 3 once per thread count (default: --threads)")
     parser.add_argument("--repeat", type=int, default=3, help="best of N for the MLP timings")
     parser.add_argument("--old-scaling", action="store_true",
                         help="also time the previous permutation × scaling solver (slow: minutes)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke run of the script, no figures")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, numpy {np.__version__}, "
           f"LAP backends {list(backends())}")
     widths = [20, 16, 16, 16, 4] if args.tiny else [784, 512, 512, 512, 10]
@@ -301,7 +306,10 @@ def main():
     scaling_section(widths, args.repeat, args.old_scaling)
     sweep_floor(arch, a, b)
     if not args.skip_gpt2:
-        gpt2_section(shape)
+        for n in args.gpt2_threads or [default_threads]:
+            torch.set_num_threads(n)
+            gpt2_section(shape)
+        torch.set_num_threads(default_threads)
 
 
 if __name__ == "__main__":

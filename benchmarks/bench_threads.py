@@ -6,7 +6,8 @@ For each case the solve runs (best of ``--repeat``):
 * ``default``        — torch's default threads, the library's thread policy switched off;
 * ``busy, no policy``— default threads while ``--burners`` processes spin on the CPU beside it;
 * ``busy, policy``   — the same neighbour, with the policy on (``solvers.threads``: one thread
-  for a solve whose sweep is below ``SINGLE_THREAD_WORK`` multiply-adds, else the default).
+  for a solve whose sweep is below ``SINGLE_THREAD_WORK`` multiply-adds, else the default; the
+  door's checks on one thread below ``SINGLE_THREAD_ENTRIES`` entries).
 
 Cases: the demo's relaxation (``[64, 128, 128, 10]``, two width-128 spaces), weight matching on
 ``784-512-512-512-10`` with permutations and with permutation × scaling. Run::
@@ -17,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
+import sys
 import time
 
 import torch
 
-import architectures
-import solvers
-import solvers.threads as threads
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # this checkout's packages, not an installed copy
+
+import architectures  # noqa: E402
+import solvers  # noqa: E402
+import solvers.threads as threads  # noqa: E402
 
 
 def _burn(stop):
@@ -86,7 +91,7 @@ def main() -> None:
     ap.add_argument("--skip-scaling", action="store_true", help="leave out the permutation × scaling case")
     args = ap.parse_args()
     default = torch.get_num_threads()
-    policy = threads.SINGLE_THREAD_WORK
+    policy, door = threads.SINGLE_THREAD_WORK, threads.SINGLE_THREAD_ENTRIES
     print(f"torch {torch.__version__}, default threads {default}, neighbour: {args.burners} spinning processes, "
           f"policy threshold {policy:.1e} multiply-adds\n")
     print("| case | 1 thread | default | busy, no policy | busy, policy | policy's threads |")
@@ -98,14 +103,14 @@ def main() -> None:
         chosen = threads.threads_for(solvers.make_problem(arch, a, b))
         fn()  # warm up (imports, lazy solver registration)
         row = []
-        threads.SINGLE_THREAD_WORK = 0  # policy off
+        threads.SINGLE_THREAD_WORK = threads.SINGLE_THREAD_ENTRIES = 0  # policy off (the solve and the door)
         torch.set_num_threads(1)
         row.append(best(fn, args.repeat))
         torch.set_num_threads(default)
         row.append(best(fn, args.repeat))
         with Neighbour(args.burners):
             row.append(best(fn, args.repeat))
-            threads.SINGLE_THREAD_WORK = policy
+            threads.SINGLE_THREAD_WORK, threads.SINGLE_THREAD_ENTRIES = policy, door
             row.append(best(fn, args.repeat))
         print(f"| {label} | " + " | ".join(f"{t:.2f} s" for t in row) + f" | {chosen} |", flush=True)
 
