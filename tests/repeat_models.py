@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import symmetries as sy
+from architectures.activations import activation
 from architectures.llama import rope_tables, rotate_half
 from symmetries import lattice
 from symmetries.testing.strategies import GROUPS
@@ -35,8 +36,9 @@ class FlattenNet(nn.Module):
 def flatten_graph(c=3, hw=(2, 3), hidden=5, out=4, channels_last=False) -> sy.WeightGraph:
     s = hw[0] * hw[1]
     g = sy.WeightGraph("flatten")
-    g.add_space("channels", c, sy.PermutationScaling(), activation="relu")
-    g.add_space("hidden", hidden, sy.PermutationScaling(), activation="relu")
+    relu = activation("relu").classes          # PermutationScaling and SemiPermutation
+    g.add_space("channels", c, relu, activation="relu")
+    g.add_space("hidden", hidden, relu, activation="relu")
     g.add_parameter("conv.weight", (c, 2, 3, 3)).add_parameter("conv.bias", (c,))
     g.add_parameter("fc.weight", (hidden, c * s)).add_parameter("fc.bias", (hidden,))
     g.add_parameter("out.weight", (out, hidden)).add_parameter("out.bias", (out,), fixed=True)
