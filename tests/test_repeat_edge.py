@@ -198,3 +198,21 @@ def test_undeclared_maps_change_the_output(case):
         wrong = flatten_graph(channels_last=True)
         good = {space.name: sy.Permutation().random(space.size, seed=2)}
         assert float((output(model, sy.apply(wrong, p, good), x) - y).abs().max()) > 1e-3
+
+
+# -- landscape ----------------------------------------------------------------------------------------------
+def test_landscape_clouds_read_every_copy_and_activations_refuse_repeated_producers():
+    from symmetries.landscape.activations import producers
+    from symmetries.landscape.dimension import neuron_cloud
+    g = flatten_graph()
+    p = state(FlattenNet().double())
+    cloud = neuron_cloud(g, p, "channels")
+    fc = p["fc.weight"].reshape(5, 3, 6)                          # (hidden, channel, position)
+    want = torch.cat([p["conv.weight"].reshape(3, -1), p["conv.bias"][:, None], fc.permute(1, 0, 2).reshape(3, -1)], 1)
+    assert torch.equal(cloud, want)
+    perm = sy.Permutation().random(3, seed=1)
+    moved = neuron_cloud(g, sy.apply(g, p, {"channels": perm}), "channels")   # the rows move with the units
+    assert torch.equal(moved, want[perm.index])
+    assert set(producers(FlattenNet(), g)) == {"channels", "hidden"}
+    with pytest.raises(GraphError, match="repeated"):
+        producers(GQAttention(), gqa_graph(), ["qk"])

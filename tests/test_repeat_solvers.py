@@ -149,3 +149,24 @@ def test_gqa_streamed_in_row_blocks_equals_in_memory(monkeypatch):
     lazy = solvers.solve("weight_matching", g, a, b, classes=classes, seed=0, lazy=True)
     assert all(mem.transforms[s].allclose(lazy.transforms[s], atol=1e-9) for s in mem.transforms)
     assert lazy.objective_after == pytest.approx(mem.objective_after, rel=1e-9)
+
+
+def test_gqa_checkpoints_streamed_and_written_in_row_blocks(tmp_path, monkeypatch):
+    """symmetries.checkpoints.align_checkpoints on safetensors files: o_proj (its repeated axis 1) goes
+    through the scores, J and the writer a row at a time; the written tensors are apply(B, T)."""
+    from safetensors.torch import load_file, save_file
+
+    from symmetries.checkpoints import align_checkpoints
+    monkeypatch.setattr("solvers.stream.CHUNK", 16)
+    g = gqa_graph(bias=False)
+    a = {k: v.float() for k, v in state(GQAttention(bias=False)).items()}
+    classes = CLASSES["permutation"][1]
+    t, b = _planted(g, a, classes, 5, noise=1e-3)
+    for name, params in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        save_file({k: v.contiguous() for k, v in params.items()}, tmp_path / name / "model.safetensors")
+    mem = solvers.solve("weight_matching", g, a, b, classes=classes, seed=0)
+    out = align_checkpoints(tmp_path / "a", tmp_path / "b", tmp_path / "out", g, classes=classes, seed=0)
+    assert _recovered(out["solution"], t) and out["l2_after"] < out["l2_before"]
+    written, expected = load_file(tmp_path / "out" / "model.safetensors"), sy.apply(g, b, mem.transforms)
+    assert set(written) == set(expected) and all(torch.equal(written[k], expected[k]) for k in expected)
