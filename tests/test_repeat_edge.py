@@ -216,3 +216,18 @@ def test_landscape_clouds_read_every_copy_and_activations_refuse_repeated_produc
     assert set(producers(FlattenNet(), g)) == {"channels", "hidden"}
     with pytest.raises(GraphError, match="repeated"):
         producers(GQAttention(), gqa_graph(), ["qk"])
+
+
+def test_the_declaring_page_example_runs():
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+    page = (Path(__file__).resolve().parents[1] / "docs" / "declaring.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "repeat=(" in b]
+    assert len(blocks) == 1
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(blocks[0], "declaring.md (repeat)", "exec"), {"__name__": "declaring_repeat"})
+    out = buf.getvalue().split()
+    assert float(out[0]) < 1e-12 and out[1:] == ["fc.weight", "channels"]
