@@ -15,6 +15,7 @@ of an element ``T`` is ``L(T) = Σ_e ‖A_e − T·B_e‖²`` with ``T·`` actin
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -29,7 +30,10 @@ from symmetries.roles import Role
 from solvers.errors import SolverInputError
 from solvers.stream import row_chunk
 
-__all__ = ["Local", "Matcher", "ScaleViews", "search_units", "inner_product"]
+__all__ = ["Local", "Matcher", "ScaleViews", "search_units", "inner_product", "KEEP_BYTES"]
+
+#: Most bytes of B rows :meth:`Matcher.local` keeps for its caller in one call (``keep=``).
+KEEP_BYTES = 1 << 27
 
 
 @dataclass
@@ -167,6 +171,8 @@ class Matcher:
         self.edges: dict[str, list] = {}
         self.a_rows: dict[tuple[str, int], torch.Tensor] = {}
         self.chunks: dict[str, int | None] = {}  # rows per chunk of a tensor streamed in row blocks
+        self.fixed: dict[str, int] = {}  # leading edges whose B rows no transform changes (see _fixed_lead)
+        self._fixed_acc: dict[str, dict] = {}  # a streamed Local's sums after those edges, once computed
         for space in problem.spaces:
             m, n = problem.sizes[space]
             pairs, seen = [], {}
@@ -191,6 +197,7 @@ class Matcher:
                 seen[key] = len(pairs)
                 pairs.append((ea, eb))
             self.edges[space] = pairs
+            self.fixed[space] = self._fixed_lead(pairs, max(m, n))
             for ea, _ in pairs:
                 if ea.parameter not in self.chunks:
                     step = row_chunk(ga, ea.parameter, problem.shape(ea.parameter, "a"))
@@ -200,6 +207,20 @@ class Matcher:
                 continue
             for i, (ea, _) in enumerate(pairs):
                 self.a_rows[(space, i)] = _rows(problem.params_a[ea.parameter], ea, m)
+
+    def _fixed_lead(self, pairs, width: int) -> int:
+        """How many leading edges meet tensors on which no other axis is searched (an embedding, a first
+        layer): their sum ``Σ A_e B_eᵀ`` never changes, and a streamed Local starts from it once computed —
+        the same sums in the same order. 0 unless those tensors have at least ``width`` columns in all (the
+        cached ``m × n`` sum must save more than it holds)."""
+        lead, cols = 0, 0
+        for _, eb in pairs:
+            shape = self.problem.shape(eb.parameter, "b")
+            if any(f.space in self.searched and f.axis % len(shape) != eb.axis % len(shape)
+                   for f in self.by_param_b[eb.parameter]):
+                break
+            lead, cols = lead + 1, cols + math.prod(shape) // max(shape[eb.axis], 1)
+        return lead if cols >= width else 0
 
     def a_row(self, space: str, i: int) -> torch.Tensor:
         """A's rows of the space's ``i``-th edge (kept in memory, or read now for a lazy problem)."""
@@ -229,25 +250,46 @@ class Matcher:
                 return False
         return True
 
-    def local(self, space: str, transforms: dict, settled_only: bool = False, stream: bool = False) -> Local:
+    def local(self, space: str, transforms: dict, settled_only: bool = False, stream: bool = False,
+              keep: list | None = None) -> Local:
         """The space's subproblem data; ``stream`` keeps only cross products (norm-keeping classes; a lazy
-        problem always streams: one tensor pair in memory at a time)."""
+        problem always streams: one tensor pair in memory at a time). ``keep``: a list to which
+        ``(space, edge, A_e, B_e)`` is appended for each edge that is a whole tensor (full span, no repeat,
+        not read in row blocks), up to :data:`KEEP_BYTES` of B rows in all — the caller may then read
+        ``‖A_e − T·B_e‖²``, that tensor's term of ``J``, without applying the other transforms again."""
         m, n = self.problem.sizes[space]
         loc = Local(m, n)
         if self.problem.lazy and not stream:
             raise SolverInputError(f"space {space!r}: a lazy problem keeps only cross products; its class "
                                    f"{self.problem.classes[space]!r} needs the tensors", space=space)
+        lead = self.fixed[space] if stream else 0
+        if lead and space in self._fixed_acc:
+            loc._acc = {r: x.clone() for r, x in self._fixed_acc[space].items()}
         for i, (ea, eb) in enumerate(self.edges[space]):
-            if settled_only and not self.usable(eb, transforms):
+            if lead and i == lead and space not in self._fixed_acc:
+                self._fixed_acc[space] = {r: x.clone() for r, x in loc._acc.items()}
+            if (lead and i < lead and space in self._fixed_acc) or (settled_only and not self.usable(eb, transforms)):
                 continue
             step = self.chunks[ea.parameter] if stream else None
             if step is None:
-                loc.add(ea.role, self.a_row(space, i), self.b_rows(space, eb, transforms, n), stream=stream)
+                a, b = self.a_row(space, i), self.b_rows(space, eb, transforms, n)
+                if keep is not None and self._whole(ea, eb) and \
+                        sum(x[3].numel() * x[3].element_size() for x in keep) + b.numel() * b.element_size() <= KEEP_BYTES:
+                    keep.append((space, ea, a, b))
+                loc.add(ea.role, a, b, stream=stream)
+                del a, b
                 continue
             for a, b in self.row_blocks(ea, eb, transforms, m, n, step):  # Σ_e A_e B_eᵀ a block of columns at a time
                 loc.add(ea.role, a, b, stream=True)
                 del a, b
+        if lead == len(self.edges[space]) and space not in self._fixed_acc:
+            self._fixed_acc[space] = {r: x.clone() for r, x in loc._acc.items()}
         return loc
+
+    def _whole(self, ea, eb) -> bool:
+        """Whether the edges' rows hold their whole tensors (in A and in B) exactly once."""
+        return all(e.repeat is None and e.span(self.problem.shape(e.parameter, side)[e.axis])
+                   == (0, self.problem.shape(e.parameter, side)[e.axis]) for e, side in ((ea, "a"), (eb, "b")))
 
     def row_blocks(self, ea, eb, transforms: dict, m: int, n: int, step: int):
         """``(A_e, B_e)`` restricted to blocks of ``step`` rows of the tensor's first axis (no space acts

@@ -44,6 +44,12 @@ class TensorObjective:
             total += hit[1]
         return total
 
+    def prefill(self, name: str, transforms: Mapping[str, Element], value: float) -> None:
+        """Note ``value`` as tensor ``name``'s ``J_p`` under ``transforms`` (computed by the caller from the
+        same elements, e.g. from a visit's rows: ``‖A_e − T·B_e‖²``)."""
+        if name in self.reads:
+            self._cache[name] = (tuple(self._acting(s, transforms) for s in self.reads[name]), value)
+
     def _acting(self, space: str, transforms: Mapping[str, Element]) -> Element | None:
         el = transforms.get(space)
         return None if el is None or el is self.identities.get(space) else el

@@ -1,6 +1,7 @@
-"""Reuse between weight-matching sweeps (solvers.reuse): skipping visits whose inputs did not change and
-caching J per tensor give the plain loop's transforms, sweeps and objective; the cached J equals
-Problem.objective after any change; Problem.objective is accurate in float32."""
+"""Reuse between weight-matching sweeps (solvers.reuse): skipping visits whose inputs did not change,
+caching J per tensor and reading tensors' terms of J from a visit's rows give the plain loop's transforms,
+sweeps and objective; the cached J equals Problem.objective after any change; a space's fixed leading
+edges are summed once; Problem.objective is accurate in float32."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,9 +13,11 @@ import architectures
 import solvers
 import solvers.algorithms.weight_matching as wm
 from architectures import WeightGraph
+from solvers.local import Matcher
 from solvers.reuse import TensorObjective
 from symmetries import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling, SignedPermutation,
                         TransformSet, apply, random_transforms)
+from symmetries.roles import Role
 
 
 def _double(params):
@@ -114,3 +117,19 @@ def test_objective_of_a_float32_problem_is_summed_in_float64():
     assert problem.dtype == torch.float32
     assert problem.objective(None) == pytest.approx(want, rel=1e-7)
     assert problem.objective(TransformSet({"hidden.0": Permutation().identity(2048)})) == pytest.approx(want, rel=1e-7)
+
+
+def test_a_spaces_fixed_leading_edges_are_summed_once_and_give_the_same_scores():
+    """The residual's embedding rows (and an MLP's first layer) meet no other searched axis: a streamed Local
+    starts from their cached sum — bitwise the scores a fresh Matcher computes."""
+    arch = architectures.gpt2(60, 8, 16, 4, 2, 24, norm="rms", tie_embeddings=True)
+    a, b = (_double(arch.module(seed=k).state_dict()) for k in (0, 1))
+    problem = solvers.make_problem(arch.graph, a, b)
+    matcher = Matcher(problem)
+    assert matcher.fixed["residual"] >= 1 and matcher.fixed["blocks.0.mlp"] == 0
+    for step in range(3):
+        transforms = dict(random_transforms(arch.graph, step, classes=problem.classes))
+        got = matcher.local("residual", transforms, stream=True).cross(Role.OUT, Role.IN)
+        fresh = Matcher(problem).local("residual", transforms, stream=True)
+        assert torch.equal(got, fresh.cross(Role.OUT, Role.IN))
+    assert "residual" in matcher._fixed_acc

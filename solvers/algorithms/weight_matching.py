@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
-                                PositiveScaling, Trivial)
+                                PositiveScaling, SignedPermutation, SignFlip, Trivial)
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
 from symmetries.transforms import TransformSet
@@ -176,7 +176,7 @@ class WeightMatching(Solver):
             candidate = dict(first.transforms)
             value = first.objective_after
         elif start == "forward":
-            candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled)
+            candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled, objective)
             value = objective(candidate)
         if start == "forward" and (objective_before is None or value < objective_before):
             transforms = candidate
@@ -196,7 +196,7 @@ class WeightMatching(Solver):
                 classes = [problem.classes[s] for s in spaces]
                 before = [transforms[s] for s in spaces]
                 progress = self._visit(problem, matcher, spaces, classes, transforms, coupled[u], rebasin, tol,
-                                       history, backend) or progress
+                                       history, backend, objective) or progress
                 changed = any(transforms[s] is not el for s, el in zip(spaces, before))
                 log.record(u, transforms, not changed or (not coupled[u] and _ignores_current(classes[0])))
             if progress and scaled and not rebasin:
@@ -213,10 +213,21 @@ class WeightMatching(Solver):
                                 + (f", {skipped} visit(s) skipped (inputs unchanged)" if skipped else ""))
 
     @staticmethod
-    def _visit(problem, matcher, spaces, classes, transforms, coupled, rebasin, tol, history, backend) -> bool:
+    def _visit(problem, matcher, spaces, classes, transforms, coupled, rebasin, tol, history, backend,
+               objective) -> bool:
         """Solve one unit with every other transform fixed and keep the step if it lowers ``J`` (``rebasin``:
-        always take it); returns whether it counts as progress."""
-        locals_ = [matcher.local(s, transforms, stream=linear_classes(c)) for s, c in zip(spaces, classes)]
+        always take it); returns whether it counts as progress. Index-form units hand ``objective`` the
+        terms ``‖A_e − T·B_e‖²`` of their tensors from the rows just built (:func:`_note_terms`)."""
+        keep = [] if hasattr(objective, "prefill") and not coupled and _index_form(classes[0]) else None
+        locals_ = [matcher.local(s, transforms, stream=linear_classes(c), keep=keep) for s, c in zip(spaces, classes)]
+        progress = WeightMatching._step(problem, spaces, classes, locals_, transforms, coupled, rebasin, tol,
+                                        history, backend)
+        del locals_  # the scores go before the terms are read
+        _note_terms(objective, keep, transforms)
+        return progress
+
+    @staticmethod
+    def _step(problem, spaces, classes, locals_, transforms, coupled, rebasin, tol, history, backend) -> bool:
         new = (solve_heads(classes, locals_, backend=backend)
                if isinstance(classes[0], HeadStructured)
                else [solve_local(classes[0], locals_[0], backend=backend, current=transforms[spaces[0]])])
@@ -242,7 +253,7 @@ class WeightMatching(Solver):
         return False
 
     @staticmethod
-    def _forward(problem, matcher, units, transforms, backend, log, coupled) -> dict:
+    def _forward(problem, matcher, units, transforms, backend, log, coupled, objective) -> dict:
         """A first pass in graph order where each space sees only the tensors whose other axes are
         already settled (``init`` counts as settled); returns the complete candidate set. A unit that saw
         every tensor solved the subproblem a sweep would solve from these transforms: ``log`` notes it."""
@@ -251,16 +262,17 @@ class WeightMatching(Solver):
             if all(s in settled for s in spaces):
                 continue
             complete = all(matcher.usable(eb, settled) for s in spaces for _, eb in matcher.edges[s])
+            classes = [problem.classes[s] for s in spaces]
+            keep = [] if hasattr(objective, "prefill") and not coupled[u] and _index_form(classes[0]) else None
             locals_ = new = None  # the last unit's scores go before this unit's are built
-            locals_ = [matcher.local(s, settled, settled_only=True, stream=linear_classes(problem.classes[s]))
-                       for s in spaces]
+            locals_ = [matcher.local(s, settled, settled_only=True, stream=linear_classes(c), keep=keep)
+                       for s, c in zip(spaces, classes)]
             if any(loc.empty for loc in locals_):
                 if all(s in transforms for s in spaces):  # nothing to go on: keep the start
                     settled.update((s, transforms[s]) for s in spaces)
                     continue
                 raise SolverInputError(f"space {spaces[0]!r} has no settled tensor to start from; pass init=",
                                        space=spaces[0])
-            classes = [problem.classes[s] for s in spaces]
             new = (solve_heads(classes, locals_, backend=backend) if isinstance(classes[0], HeadStructured)
                    else [solve_local(classes[0], locals_[0], backend=backend)])
             if not all(_finite(el) for el in new):
@@ -268,6 +280,9 @@ class WeightMatching(Solver):
             settled.update(zip(spaces, new))
             if complete and not coupled[u] and _ignores_current(classes[0]):  # a sweep's visit would keep it
                 log.record(u, settled, True)
+            locals_ = None
+            _note_terms(objective, keep, settled)
+            keep = None
         return settled
 
 
@@ -337,6 +352,23 @@ def _ignores_current(cls) -> bool:
     """Whether the unit's solve never reads its current element (head groups; the built-in norm-keeping
     subproblem): then, with the same data, it returns the same element whatever the last visit kept."""
     return isinstance(cls, HeadStructured) or subproblem.dispatch(type(cls)) is _NORM_KEEPING
+
+
+def _index_form(cls) -> bool:
+    """Whether the class's elements act by gathering rows (signs at most): their action costs a copy."""
+    inner = cls.inner if isinstance(cls, HeadStructured) else cls
+    return isinstance(inner, (Permutation, SignFlip, SignedPermutation))
+
+
+def _note_terms(objective, keep, transforms) -> None:
+    """Hand ``objective`` each kept tensor's term ``‖A_e − T·B_e‖²`` under ``transforms`` (B's rows already
+    carry the other spaces' elements)."""
+    for space, edge, a, b in keep or ():
+        moved = transforms[space].act(b, edge.role)
+        step = max(1, (1 << 20) // max(1, moved.shape[1]))  # rows per chunk: float64 squares of ~1 M entries
+        objective.prefill(edge.parameter, transforms, sum(
+            float(torch.linalg.vector_norm(a[i:i + step] - moved[i:i + step], dtype=torch.float64) ** 2)
+            for i in range(0, moved.shape[0], step)))
 
 
 def _same(a: Element, b: Element) -> bool:
