@@ -28,7 +28,7 @@ from symmetries.roles import Role
 from solvers.errors import SolverInputError
 from solvers.stream import row_chunk
 
-__all__ = ["Local", "Matcher", "ScaleViews", "search_units", "inner_product"]
+__all__ = ["Local", "Matcher", "search_units", "inner_product"]
 
 
 @dataclass
@@ -268,70 +268,6 @@ def _rows(t: torch.Tensor, edge, m: int) -> torch.Tensor:
     """``t``'s span along ``edge``'s axis, that axis first, the others flattened (``m × k``)."""
     start, stop = edge.span(t.shape[edge.axis])
     return t.narrow(edge.axis, start, stop - start).movedim(edge.axis, 0).reshape(m, -1)
-
-
-class ScaleViews:
-    """The positive-scale subproblems of ``spaces`` with their gathers (permutations) and every other
-    transform kept: per tensor touching them, ``E = Σ_free A∘B̃`` and ``F = Σ_free B̃∘B̃`` (``B̃``: B with the
-    gathers and other transforms applied, no scales), summed over the axes no polished space indexes.
-    A space's scale terms (:mod:`solvers.scaling`) are then ``E`` and ``F`` contracted with the other
-    polished axes' scale factors (``out``: ``c``, ``in``: ``1/c``, ``var``: ``c²``; squared for ``F``) —
-    mat-vecs instead of re-gathering the tensors. :meth:`build` returns ``None`` where a tensor's axis
-    is split between spaces or one tensor meets a polished space twice."""
-
-    def __init__(self, parts: dict, sizes: dict):
-        self.parts, self.sizes = parts, sizes  # space → [(E, F, position, [(other space, role)…], role)]
-
-    @classmethod
-    def build(cls, problem, spaces: list[str], transforms: dict) -> "ScaleViews | None":
-        polished = set(spaces)
-        gathers = {s: GatherElement(transforms[s].index, transforms[s].n) for s in spaces}
-        fixed = {**transforms, **gathers}
-        gb = problem.graph_b
-        parts: dict[str, list] = {s: [] for s in spaces}
-        names = {e.parameter for s in spaces for e in gb.edges_at(s)}
-        for name in names:
-            b, a = problem.params_b[name], problem.params_a[name]
-            by_axis = defaultdict(list)
-            for e in gb.edges_of(name):
-                if e.space in fixed:
-                    by_axis[e.axis % b.dim()].append(e)
-            axes = []  # (axis, space, role) of the polished axes
-            for ax, group in by_axis.items():
-                mine = [e for e in group if e.space in polished]
-                if mine and (len(group) > 1 or group[0].span(b.shape[ax]) != (0, b.shape[ax])):
-                    return None  # a split or tied axis: use the per-space path
-                if mine:
-                    axes.append((ax, mine[0].space, mine[0].role))
-                b = apply_axis(b, ax, group, fixed)
-            if len({sp for _, sp, _ in axes}) < len(axes):
-                return None
-            axes.sort()
-            free = [ax for ax in range(b.dim()) if ax not in {x for x, _, _ in axes}]
-            e_ = (a.double() * b.double()).sum(free) if free else a.double() * b.double()
-            f_ = (b.double() ** 2).sum(free) if free else b.double() ** 2
-            for pos, (_, sp, role) in enumerate(axes):
-                others = [(o, r) for _, o, r in axes if o != sp]
-                parts[sp].append((e_, f_, pos, others, role))
-        return cls(parts, {s: problem.sizes[s][1] for s in spaces})
-
-    def terms(self, space: str, scales: dict) -> dict:
-        """``α, β, γ, δ, ζ, ε`` (float64 numpy, one per unit) of ``space`` for the other spaces' ``scales``."""
-        n = self.sizes[space]
-        out = {r: [torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)] for r in Role}
-        for e_, f_, pos, others, role in self.parts[space]:
-            weights = [_factor(scales[o], r) for o, r in others]
-            x, y = e_.movedim(pos, 0), f_.movedim(pos, 0)  # the others follow, in axis order
-            for w in weights[::-1]:  # contract them, last first
-                x, y = x @ w, y @ (w * w)
-            out[role][0] += x
-            out[role][1] += y
-        (a, b), (g, d), (z, e) = (out[r] for r in (Role.OUT, Role.IN, Role.VAR))
-        return {k: v.numpy() for k, v in dict(alpha=a, beta=b, gamma=g, delta=d, zeta=z, eps=e).items()}
-
-
-def _factor(c: torch.Tensor, role: Role) -> torch.Tensor:
-    return c if role is Role.OUT else (1.0 / c if role is Role.IN else c * c)
 
 
 def search_units(problem) -> list[list[str]]:

@@ -10,23 +10,28 @@ with ``α, γ, ζ`` the cross products ``⟨a, b⟩`` and ``β, δ, ε`` the nor
 ``c³ f′(c)/2 = 2ε c⁶ + (β − 2ζ) c⁴ − α c³ + γ c − δ``; the minimiser is the best of those
 roots (and of the bounds ``[1e-8, 1e8]`` when ``f`` keeps decreasing).
 
-Two exact methods, one answer:
+Exact methods, one answer:
 
 * **the quartic** (no ``var`` edge, ``β, δ > 0`` — every pair of a plain ReLU layer): with
-  ``c = s t``, ``s = (δ/β)^¼``, ``κ = √(βδ)``: ``f = κ (t² + t⁻² − 2At − 2G/t)``, ``A = αs/κ``,
-  ``G = γ/(sκ)`` — two numbers per pair; stationarity ``p(t) = t⁴ − At³ + Gt − 1 = 0``, ``p(0) = −1``.
-  ``p″(t) = 6t(2t − A)``: ``p`` is concave on ``(0, t_i)`` and convex on ``(t_i, ∞)``, ``t_i = A⁺/2``.
-  The minimisers of ``f`` are the roots where ``p`` crosses from − to +: at most two (Descartes:
-  three positive roots at most, and more than one only if ``A, G > 0``), the smallest, in the
-  concave part if anywhere, and the largest, in the convex part. On the concave part
-  ``p(t) ≤ −1 + Gt`` (below its tangent at 0), so it holds a root only if ``G t_i ≥ 1``.
-  Newton's method from the right on the convex part (from ``t = max(1, t_i)`` — the root when
-  ``A = G = 0`` — or its Newton step when that lies left of the root, else from the bound
-  ``B = max(3A⁺, (3G⁻)^⅓, 3^¼)``, ``p(B) ≥ 0``) and from ``0`` on the concave part moves
-  monotonically towards those roots and never steps over one (a tangent lies below a convex and
-  above a concave function); it leaves its part — no root there — or converges, in about five
-  steps from that start. Vectorised in numpy over the whole ``n × n`` grid.
-* **eigenvalues** (everything else, and any row the quartic cannot certify: a minimiser outside
+  ``c = s t``, ``s = (δ/β)^¼``, ``κ = √(βδ)``: ``f = κ h(t)``, ``h = t² + t⁻² − 2At − 2G/t``,
+  ``A = αs/κ``, ``G = γ/(sκ)`` — two numbers per pair (``s, κ`` are per column of the ``n × n`` grid);
+  stationarity ``p(t) = t⁴ − At³ + Gt − 1 = 0``, ``p(0) = −1``. ``p″(t) = 6t(2t − A)``: ``p`` is
+  concave on ``(0, t_i)`` and convex on ``(t_i, ∞)``, ``t_i = A⁺/2``. The minimisers of ``f`` are the
+  roots where ``p`` crosses from − to +: at most two (Descartes: three positive roots at most, more
+  than one only if ``A, G > 0``), the smallest, in the concave part if anywhere, and the largest, in
+  the convex part. On the concave part ``p(t) ≤ −1 + Gt`` (below its tangent at 0): it holds a root
+  only if ``G t_i ≥ 1``. So a point ``t ≥ t_i`` where Newton has converged and ``p′(t) > 0`` is the
+  largest root (``p`` increases beyond it), and where ``G t_i < 1`` the global minimiser — a
+  certificate that does not depend on the path. **Fast path**: unguarded Newton from ``t = max(1, A)``
+  (the root when ``A = G = 0``), vectorised over cache-sized blocks of the grid, about five steps, then
+  that certificate. **Guarded path** for the rows it does not certify: monotone Newton from the right
+  on the convex part (from ``max(1, t_i)``, or its Newton step where that lies left of the root, or
+  the bound ``B = max(3A⁺, (3G⁻)^⅓, 3^¼)``, ``p(B) ≥ 0``) and from ``0`` on the concave part — a
+  tangent lies below a convex and above a concave function, so neither steps over a root; each
+  leaves its part (no root there) or converges.
+* **one role** (``γ = δ = 0`` or ``α = β = 0``, no ``var`` edge): a convex quadratic in ``c`` (in
+  ``1/c``), its minimiser clamped to the box.
+* **eigenvalues** (everything else, and any row the paths above cannot certify: a minimiser outside
   ``[1e-8, 1e8]``, no convergence in the step budget, non-finite numbers): the positive real roots of
   the sextic by batched companion-matrix eigenvalues, grouped by effective degree.
 """
@@ -49,7 +54,8 @@ def scale_loss(c, alpha, beta, gamma, delta, zeta=0.0, eps=0.0):
 
 def best_scale(alpha, beta, gamma, delta, zeta=0.0, eps=0.0) -> tuple[np.ndarray, np.ndarray]:
     """Elementwise ``(c*, f(c*))`` minimising ``f`` over ``c ∈ [1e-8, 1e8]`` (broadcast inputs: arrays or
-    tensors; float64 numpy results). The quartic rows by Newton, the rest by eigenvalues."""
+    tensors; float64 numpy results). The quartic rows by Newton, one-sided rows in closed form, the rest
+    by eigenvalues."""
     a, b, g, d, z, e = (_numpy64(x) for x in (alpha, beta, gamma, delta, zeta, eps))
     shape = np.broadcast_shapes(a.shape, b.shape, g.shape, d.shape, z.shape, e.shape)
     if not z.any() and not e.any():  # no var edge anywhere: the quartic on the broadcast inputs
@@ -66,8 +72,26 @@ def best_scale(alpha, beta, gamma, delta, zeta=0.0, eps=0.0) -> tuple[np.ndarray
     if rest.size:
         if arrays is None:
             arrays = [np.broadcast_to(x, shape).reshape(-1) for x in (a, b, g, d, z, e)]
+        c[rest], f[rest] = _one_sided(*(x[rest] for x in arrays))
+        rest = rest[np.isnan(c[rest])]
+    if rest.size:
         c[rest], f[rest] = best_scale_eig(*(x[rest] for x in arrays))
     return c.reshape(shape), f.reshape(shape)
+
+
+def _one_sided(a, b, g, d, z, e) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with one role only (``γ = δ = 0``: ``f = βc² − 2αc``, ``β > 0``; ``α = β = 0``: ``f = δ/c² − 2γ/c``,
+    ``δ > 0``; no ``var`` term): the convex quadratic in ``c`` (in ``1/c``) clamped to the box — exact;
+    ``nan`` elsewhere."""
+    c, f = np.full(a.shape, np.nan), np.full(a.shape, np.nan)
+    plain = (z == 0) & (e == 0) & np.isfinite(a) & np.isfinite(b) & np.isfinite(g) & np.isfinite(d)
+    out = np.flatnonzero(plain & (g == 0) & (d == 0) & (b > 0))
+    c[out] = np.clip(np.maximum(a[out], 0.0) / b[out], C_MIN, C_MAX)
+    inn = np.flatnonzero(plain & (a == 0) & (b == 0) & (d > 0))
+    c[inn] = 1.0 / np.clip(np.maximum(g[inn], 0.0) / d[inn], 1.0 / C_MAX, 1.0 / C_MIN)
+    both = np.concatenate([out, inn])
+    f[both] = scale_loss(c[both], a[both], b[both], g[both], d[both])
+    return c, f
 
 
 def _numpy64(x) -> np.ndarray:
@@ -84,7 +108,7 @@ FAST_STEPS = 8  # unguarded Newton steps per block before the guarded path takes
 def _quartic_min(a, b, g, d) -> tuple[np.ndarray, np.ndarray]:
     """``(c*, f(c*))`` (broadcast shape) for ``ε = ζ = 0``; ``nan`` where not certified (``β ≤ 0`` or
     ``δ ≤ 0`` included). ``β, δ`` enter only through ``s`` and ``κ`` (``1 × n`` on the ``n × n`` grid),
-    computed once; the grid is walked in blocks of rows."""
+    computed once; the grid is walked in blocks of rows, ``f = κ h(t)``, ``c = s t``."""
     with np.errstate(all="ignore"):
         rb, rd = np.sqrt(np.where(b > 0, b, np.nan)), np.sqrt(np.where(d > 0, d, np.nan))
         s, k = np.sqrt(rd / rb), rb * rd
@@ -92,52 +116,50 @@ def _quartic_min(a, b, g, d) -> tuple[np.ndarray, np.ndarray]:
         shape = np.broadcast_shapes(a.shape, b.shape, g.shape, d.shape)
         size = int(np.prod(shape))
         rows, cols = (size // shape[-1], shape[-1]) if len(shape) >= 2 and shape[-1] else (size, 1)
-        a2, g2, s2, u2, v2, b2, d2 = (np.broadcast_to(x, shape).reshape(rows, cols) for x in (a, g, s, u, v, b, d))
-        t = np.empty((rows, cols))
+        a2, g2, s2, u2, v2, k2 = (np.broadcast_to(x, shape).reshape(rows, cols) for x in (a, g, s, u, v, k))
+        c, f = np.empty((rows, cols)), np.empty((rows, cols))
         step = max(1, CHUNK // max(cols, 1))
         todo, todo_a, todo_g = [], [], []
         for r in range(0, rows, step):
             blk = slice(r, r + step)
             big_a, big_g = a2[blk] * u2[blk], g2[blk] * v2[blk]
-            t[blk], ok = _fast_root(big_a, big_g)
+            t, ok = _fast_root(big_a, big_g)
+            c[blk], f[blk] = s2[blk] * t, k2[blk] * _h(t, big_a, big_g)
             bad = np.flatnonzero(~ok)
             if bad.size:
                 todo.append(bad + r * cols)
                 todo_a.append(big_a.reshape(-1)[bad])
                 todo_g.append(big_g.reshape(-1)[bad])
         if todo:
-            t.reshape(-1)[np.concatenate(todo)] = _careful_root(np.concatenate(todo_a), np.concatenate(todo_g))
-        c, f = np.empty((rows, cols)), np.empty((rows, cols))
-        for r in range(0, rows, step):
-            blk = slice(r, r + step)
-            x = s2[blk] * t[blk]
-            x = np.where((x >= C_MIN) & (x <= C_MAX), x, np.nan)  # the box's answer may be an end (eigen path)
-            c[blk] = x
-            f[blk] = b2[blk] * x * x - 2 * a2[blk] * x + d2[blk] / (x * x) - 2 * g2[blk] / x
+            idx, ta, tg = np.concatenate(todo), np.concatenate(todo_a), np.concatenate(todo_g)
+            t = _careful_root(ta, tg)
+            c.reshape(-1)[idx] = s2.reshape(-1)[idx] * t
+            f.reshape(-1)[idx] = k2.reshape(-1)[idx] * _h(t, ta, tg)
+        if size and not (c.min() >= C_MIN and c.max() <= C_MAX):  # nan, or the box's answer may be an end
+            out = ~((c >= C_MIN) & (c <= C_MAX))
+            c[out], f[out] = np.nan, np.nan
         return c.reshape(shape), f.reshape(shape)
 
 
 def _fast_root(a: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The largest root of ``p`` by unguarded Newton from the right start, and where it is certified as
-    the global minimiser (path-independent): converged at ``t ≥ t_i`` with ``p′(t) > 0`` (``p`` increases
-    beyond: no larger root) and no root possible on the concave part (``A ≤ 0``, ``G ≤ 0`` or ``G t_i < 1``)."""
-    infl = np.maximum(a, 0.0) * 0.5
-    x = np.maximum(infl, 1.0)
+    """The largest root of ``p`` by unguarded Newton from ``t = max(1, A)``, and where it is certified as the global
+    minimiser (path-independent): converged at ``t ≥ t_i`` with ``p′(t) > 0`` (``p`` increases beyond: no
+    larger root) and no root possible on the concave part (``G t_i < 1``: ``A ≤ 0``, ``G ≤ 0`` included)."""
     a3 = 3.0 * a
-    small = None
+    x = np.maximum(a, 1.0)  # the root for A = G = 0, and p′ = t²(4t − 3A) + G > 0 there unless G ≪ 0
+    small, dp = np.zeros(x.shape, dtype=bool), x
     for i in range(FAST_STEPS):
         x2 = x * x
         p = ((x - a) * x2 + g) * x - 1.0
         dp = (4.0 * x - a3) * x2 + g
         step = p / dp
-        if i == 0:  # p ≥ 0: stay (a root above would need p′ < 0 there, which the check refuses)
-            step = np.where(p >= 0, 0.0, step)
         x = x - step
         if i >= 3:
             small = np.abs(step) <= NEWTON_RTOL * x
             if small.all():
                 break
-    ok = small & (dp > 0) & (x >= infl) & ~((a > 0) & (g > 0) & (g * infl >= 1.0))
+    infl = np.maximum(a, 0.0) * 0.5
+    ok = small & (dp > 0) & (x >= infl) & (g * infl < 1.0)
     return x, ok
 
 
@@ -169,7 +191,9 @@ def _careful_root(a: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def _h(t, a, g):
-    return t * t + 1.0 / (t * t) - 2.0 * a * t - 2.0 * g / t
+    """``f/κ = t² + t⁻² − 2At − 2G/t``."""
+    it = 1.0 / t
+    return t * (t - 2.0 * a) + it * (it - 2.0 * g)
 
 
 def _newton(a, g, x, infl, *, from_right: bool) -> tuple[np.ndarray, np.ndarray]:
