@@ -124,12 +124,13 @@ class Local:
         return _gram([a for a, _ in self.pairs[role]], self.m)
 
     def row_norms(self, role: Role, side: str) -> torch.Tensor:
-        """``Σ_e ‖row_j‖²`` of A (``side='a'``) or B (``side='b'``)."""
-        idx, size = (0, self.m) if side == "a" else (1, self.n)
-        mats = [p[idx] for p in self.pairs[role]]
-        if not mats:
-            return torch.zeros(size, dtype=torch.float64)
-        return sum((x * x).sum(1) for x in mats)
+        """``Σ_e ‖row_j‖²`` of A (``side='a'``) or B (``side='b'``) (computed once, then cached)."""
+        key = ("row_norms", role, side)
+        if key not in self._cache:
+            idx, size = (0, self.m) if side == "a" else (1, self.n)
+            mats = [p[idx] for p in self.pairs[role]]
+            self._cache[key] = sum((x * x).sum(1) for x in mats) if mats else torch.zeros(size, dtype=torch.float64)
+        return self._cache[key]
 
     def loss(self, el: Element) -> float:
         """``L(T) = Σ_e ‖A_e − T·B_e‖²`` in each edge's role."""

@@ -60,7 +60,7 @@ def best_scale(alpha, beta, gamma, delta, zeta=0.0, eps=0.0) -> tuple[np.ndarray
     shape = np.broadcast_shapes(a.shape, b.shape, g.shape, d.shape, z.shape, e.shape)
     if not z.any() and not e.any():  # no var edge anywhere: the quartic on the broadcast inputs
         c, f = _quartic_min(a, b, g, d)
-        c, f = (np.broadcast_to(x, shape).reshape(-1).copy() for x in (c, f))
+        c, f = (x.reshape(-1) if x.shape == shape else np.broadcast_to(x, shape).reshape(-1).copy() for x in (c, f))
         arrays = None
     else:
         arrays = [np.broadcast_to(x, shape).reshape(-1) for x in (a, b, g, d, z, e)]
@@ -116,7 +116,8 @@ def _quartic_min(a, b, g, d) -> tuple[np.ndarray, np.ndarray]:
         shape = np.broadcast_shapes(a.shape, b.shape, g.shape, d.shape)
         size = int(np.prod(shape))
         rows, cols = (size // shape[-1], shape[-1]) if len(shape) >= 2 and shape[-1] else (size, 1)
-        a2, g2, s2, u2, v2, k2 = (np.broadcast_to(x, shape).reshape(rows, cols) for x in (a, g, s, u, v, k))
+        a2, g2, s2, u2, v2, k2 = (x.reshape(rows, cols) if x.shape == shape else
+                                  np.broadcast_to(x, shape).reshape(rows, cols) for x in (a, g, s, u, v, k))
         c, f = np.empty((rows, cols)), np.empty((rows, cols))
         step = max(1, CHUNK // max(cols, 1))
         todo, todo_a, todo_g = [], [], []
