@@ -34,19 +34,21 @@ class Interleave(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
-class GroupNormNet(nn.Module):
+class LRNNet(nn.Module):
+    """LocalResponseNorm normalises each channel by its neighbours' squares: no built-in rule."""
+
     def __init__(self):
         super().__init__()
-        self.conv, self.gn, self.conv2 = nn.Conv2d(3, 4, 1), nn.GroupNorm(2, 4), nn.Conv2d(4, 2, 1)
+        self.conv, self.lrn, self.conv2 = nn.Conv2d(3, 4, 1), nn.LocalResponseNorm(2), nn.Conv2d(4, 2, 1)
 
     def forward(self, x):
-        return self.conv2(torch.relu(self.gn(self.conv(x))))
+        return self.conv2(torch.relu(self.lrn(self.conv(x))))
 
 
 @pytest.mark.parametrize("model,inputs,node", [
     (Cumsum, torch.randn(3, 4), "cumsum"),
     (Interleave, torch.randn(2, 3, 6, 6), "flatten"),
-    (GroupNormNet, torch.randn(2, 3, 5, 5), "gn"),
+    (LRNNet, torch.randn(2, 3, 5, 5), "lrn"),
 ])
 def test_unsupported_ops_name_the_node(model, inputs, node):
     m = model()
@@ -65,7 +67,7 @@ def test_unknown_fixed_makes_the_region_fixed_and_stays_exact():
     T = sy.random_transforms(g, 3)
     y, y2 = run_model(m, m.state_dict(), (x,)), run_model(m, sy.apply(g, m.state_dict(), T), (x,))
     torch.testing.assert_close(y, y2, rtol=1e-10, atol=1e-10)
-    gn = from_module(GroupNormNet(), torch.randn(2, 3, 5, 5), unknown="fixed")
+    gn = from_module(LRNNet(), torch.randn(2, 3, 5, 5), unknown="fixed")
     assert gn.spaces() == [] and all(p.fixed for p in gn.parameters())
     with pytest.raises(ValueError, match="unknown must be"):
         from_module(m, torch.randn(3, 4), unknown="ignore")

@@ -20,10 +20,15 @@ from architectures.extract.rules import register_rule
 from architectures.extract.shapes import move_feature
 from architectures.extract.state import Feat, HeadOnly, ParamRef
 
-__all__ = ["PERM", "RELU_LIKE", "last_dim_norm"]
+__all__ = ["PERM", "RELU_LIKE", "last_dim_norm", "vector"]
 
 PERM = (Permutation(),)
 RELU_LIKE = (PermutationScaling(), SemiPermutation())
+
+
+def vector(t) -> bool:
+    """``t`` is absent or a whole one-axis parameter seen as it is (a bias, a gain)."""
+    return t is None or (isinstance(t, ParamRef) and t.axes == (0,) and t.whole)
 
 
 # -- parameterised ops -----------------------------------------------------------------------------
@@ -56,38 +61,6 @@ def _linear(ctx, node, x, weight: str, bias: str | None, hint: str):
 def _module_linear(ctx, node, mod, x):
     return _linear(ctx, node, x, ctx.param(node.target, "weight"), ctx.param(node.target, "bias", mod.bias),
                    node.target)
-
-
-def _module_conv(ctx, node, mod, x):
-    """Conv weight (out, in, k…): axis 1 consumes the channel space (dim 1), axis 0 produces one.
-    A depthwise conv (groups = in = out channels) keeps the space: each channel's filter follows
-    it (``out``), exact for permutations only."""
-    if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
-        return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")
-    why = _unbatched(x, len(mod.kernel_size), "a convolution")
-    if why:
-        return ctx.opaque(node, why)
-    if mod.groups != 1 and mod.groups == mod.in_channels == mod.out_channels:
-        return ctx.per_feature(node, x, [(ctx.param(node.target, "weight"), "out"),
-                                         (ctx.param(node.target, "bias", mod.bias), "out")], PERM,
-                               what="a depthwise convolution")
-    if mod.groups != 1:
-        return ctx.opaque(node, f"a grouped convolution (groups={mod.groups})")
-    return _channel_map(ctx, node, x, ctx.param(node.target, "weight"), ctx.param(node.target, "bias", mod.bias),
-                        node.target, consumed=1, produced=0)
-
-
-def _module_conv_transpose(ctx, node, mod, x):
-    """Transposed conv weight (in, out, k…): axis 0 consumes the channel space, axis 1 produces one."""
-    if mod.groups != 1:
-        return ctx.opaque(node, f"a grouped transposed convolution (groups={mod.groups})")
-    if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
-        return ctx.opaque(node, "a transposed convolution whose input channels are not on dimension 1")
-    why = _unbatched(x, len(mod.kernel_size), "a transposed convolution")
-    if why:
-        return ctx.opaque(node, why)
-    return _channel_map(ctx, node, x, ctx.param(node.target, "weight"), ctx.param(node.target, "bias", mod.bias),
-                        node.target, consumed=0, produced=1)
 
 
 def _channel_map(ctx, node, x, weight: str, bias: str | None, hint: str, consumed: int, produced: int):
@@ -256,9 +229,7 @@ def _pool_module(classes, spatial: int):
 _INSTANCE_NORM_SPATIAL = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2}
 for _types, _rule in [
     (nn.Linear, _module_linear),
-    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _module_conv),
     (nn.PReLU, _module_prelu),
-    ((nn.ConvTranspose1d, nn.ConvTranspose2d), _module_conv_transpose),
     (nn.Upsample, lambda ctx, node, mod, x: _pool(ctx, node, x, (), None)),
     (nn.Embedding, _module_embedding),
     ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d), _module_batchnorm),
