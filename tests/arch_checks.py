@@ -140,3 +140,26 @@ def split_space(graph: WeightGraph, space: str, parameters) -> WeightGraph:
         g.connect(p, new, axis=d["axis"], role=d["role"], slice=d["slice"])
     g.validate()
     return g
+
+
+def planted_alignment(model, graph, inputs, seed: int = 0, solver: str = "weight_matching") -> tuple[float, float]:
+    """Plant ``B = T·A`` (``A`` the model's parameters, ``T`` drawn in the classes ``solver`` searches),
+    align ``B`` back with ``solver`` and return ``(objective_after / objective_before, relative output
+    change of the aligned B against A)`` — both round-off when the graph is right and the solver
+    undoes the plant."""
+    import copy
+
+    import solvers
+    import symmetries as sy
+    a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    classes = sy.resolve_classes(graph, None, solver=solvers.get(solver))
+    b = sy.apply(graph, a, sy.random_transforms(graph, seed, classes=classes))
+    sol = solvers.solve(solver, graph, a, b, seed=seed)
+    aligned = sol.apply(b)
+    m = copy.deepcopy(model).eval()
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    with torch.no_grad():
+        y = m(*inputs)
+        m.load_state_dict(aligned)
+        y2 = m(*inputs)
+    return sol.objective_after / max(sol.objective_before, 1e-300), relative_change(y, y2)

@@ -41,11 +41,14 @@ def _classes(mod):
     return PERM
 
 
-def _zero_state(arg) -> bool:
-    """Whether the initial state ``arg`` (fx nodes) is zeros made in ``forward``."""
+def _zero_state(ctx, arg) -> bool:
+    """Whether the initial state ``arg`` (fx nodes) is zeros made in ``forward``: by ``zeros``/``zeros_like``/
+    ``new_zeros`` on traced values, or a constant tensor of zeros (made from known shapes while tracing)."""
     nodes = []
     fx.node.map_arg(arg, nodes.append)
     return all((n.op == "call_function" and n.target in _ZEROS) or (n.op == "call_method" and n.target == "new_zeros")
+               or (n.op == "get_attr" and n.target not in ctx.tensors and isinstance(ctx.value(n), torch.Tensor)
+                   and not bool(ctx.value(n).any()))
                for n in nodes)
 
 
@@ -57,7 +60,7 @@ def _module_recurrent(ctx, node, mod, x, hx=None):
     if x.spaced() and (x.dim != x.ndim - 1 or x.hdim is not None):
         return ctx.opaque(node, f"{kind} whose input features are not on the last dimension")
     given = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
-    if hx is not None and not _zero_state(given):
+    if hx is not None and not _zero_state(ctx, given):
         return ctx.opaque(node, f"{kind} given an initial state, which would have to move with its hidden space")
     st, name = ctx.state, node.target
     D, H, P = 2 if mod.bidirectional else 1, mod.hidden_size, getattr(mod, "proj_size", 0)
