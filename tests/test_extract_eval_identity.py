@@ -20,7 +20,7 @@ import architectures
 import symmetries as sy
 from architectures.extract import rules
 from architectures.extract.trace import trace
-from arch_checks import planted_alignment
+from arch_checks import perturb_norms, planted_alignment
 from symmetries.testing import check_invariance
 
 TORCHVISION = '''
@@ -147,13 +147,7 @@ class MBConv(nn.Module):
 
 def _model(packages, seed: int = 0) -> MBConv:
     torch.manual_seed(seed)
-    m = MBConv(packages.tv, packages.timm).double().eval()
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_()
-                mod.running_var.uniform_(0.5, 2.0)
-    return m
+    return perturb_norms(MBConv(packages.tv, packages.timm).double().eval())
 
 
 def _inputs(seed: int = 0) -> torch.Tensor:

@@ -225,7 +225,7 @@ def test_declaring_page_examples_run():
     from pathlib import Path
     page = Path(__file__).resolve().parents[1] / "docs" / "declaring.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     outs = []
     for i, block in enumerate(blocks):
         buf = io.StringIO()
@@ -235,5 +235,8 @@ def test_declaring_page_examples_run():
     assert float(outs[0][-1]) < 1e-12
     assert outs[2] == ["wte.weight", "1", "stream"]
     assert outs[3] == ["cumsum", "['b']"]
-    assert outs[4][-4:] == ["('out.weight_mask',", "None),", "('out.weight_orig',", "None)]"]  # no tensor skipped
-    assert outs[5] == ["norm", "(HeadStructured(3,", "Permutation()),)"]  # the GroupNorm rule of the page
+    assert " ".join(outs[4]) == ("expand (HeadStructured(4, Trivial()),) grouped.groups grouped (HeadStructured(4, "
+                                 "Permutation()),) grouped.groups lstm.l0 (Permutation(),) None lstm.l1 "
+                                 "(Permutation(),) None")  # channel groups and an LSTM
+    assert outs[5][-4:] == ["('out.weight_mask',", "None),", "('out.weight_orig',", "None)]"]  # no tensor skipped
+    assert outs[6] == ["norm", "(SignFlip(),)"]  # the LocalResponseNorm rule of the page

@@ -21,8 +21,8 @@ from architectures.extract.binary import BINARY_FUNCTIONS, BINARY_METHODS
 from architectures.extract.heads import HEAD_FUNCTIONS, HEAD_METHODS
 from architectures.extract import activation_rules as _activation_rules  # noqa: F401  (registers them)
 from architectures.extract import grouped as _grouped  # noqa: F401  (convolutions, GroupNorm, channel shuffle)
-from architectures.extract.ops import (PERM, RELU_LIKE, vector, _embedding, _linear, _passthrough, _pool, _softmax,
-                                       last_dim_norm)
+from architectures.extract.ops import (PERM, RELU_LIKE, _embedding, _linear, _passthrough, _pool, _softmax,
+                                       last_dim_norm, vector)
 from architectures.extract.rules import register_rule
 from architectures.extract.shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem
 from architectures.extract.state import Feat, ParamRef, hint_of
@@ -144,7 +144,8 @@ for _target, _rule in {
         F.adaptive_avg_pool2d: _pool_function((), 2), F.avg_pool2d: _pool_function((), 2),
         F.adaptive_avg_pool1d: _pool_function((), 1), F.avg_pool1d: _pool_function((), 1),
         F.max_pool2d: _pool_function(RELU_LIKE, 2), F.max_pool1d: _pool_function(RELU_LIKE, 1),
-        operator.getitem: getitem, F.layer_norm: _f_layer_norm, F.embedding: _f_embedding, F.pad: _pad, F.interpolate: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, (), None),
+        operator.getitem: getitem, F.layer_norm: _f_layer_norm, F.embedding: _f_embedding, F.pad: _pad,
+        F.interpolate: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, (), None),
         torch.norm: _norm2, torch.linalg.vector_norm: _norm2, torch.linalg.norm: _norm2,
         "sum": _reduce, "mean": _reduce, "softmax": _softmax, "pow": _pow, "norm": _norm2,
         **SHAPE_FUNCTIONS, **BINARY_FUNCTIONS, **HEAD_FUNCTIONS, **SHAPE_METHODS, **BINARY_METHODS,

@@ -137,7 +137,7 @@ def group_norm(ctx, node, x, groups: int, tensors):
 
 
 def _module_group_norm(ctx, node, mod, x):
-    tensors = [(ctx.param(node.target, "weight", mod.affine), "out"), (ctx.param(node.target, "bias", mod.affine), "out")]
+    tensors = [(ctx.param(node.target, name, mod.affine), "out") for name in ("weight", "bias")]
     return group_norm(ctx, node, x, mod.num_groups, tensors)
 
 

@@ -71,9 +71,8 @@ def permuted(x: Stacked, order, out) -> Stacked:
     sdim = order.index(x.sdim)
     item_order = [o - (o > x.sdim) for o in order if o != x.sdim]
     item_shape = _drop(out, sdim)
-    items = tuple(f if f.dim is None else
-                  Feat(item_shape, item_order.index(f.dim), f.segs, None if f.hdim is None else item_order.index(f.hdim))
-                  for f in x.items)
+    move = lambda d: None if d is None else item_order.index(d)  # noqa: E731
+    items = tuple(f if f.dim is None else Feat(item_shape, move(f.dim), f.segs, move(f.hdim)) for f in x.items)
     return Stacked(tuple(out), sdim, items)
 
 
