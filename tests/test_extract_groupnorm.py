@@ -7,6 +7,7 @@ transforms of every admitted class keep the output to float64 round-off; a free 
 groups changes it; weight matching undoes a planted transform."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -93,6 +94,37 @@ def test_groupnorm_over_a_concatenation_keeps_whole_groups_only():
     assert check_invariance(model, g, _inputs(2), examples=3).passed
     cut = architectures.from_module(Concat(False).double().eval(), _inputs())
     assert cut.spaces() == []  # both spaces straddle group 1: no symmetry
+
+
+class Split(nn.Module):
+    """GroupNorm(3, 12) (groups of 4 channels), then the channels split into two pieces read apart."""
+
+    def __init__(self, split: int):
+        super().__init__()
+        torch.manual_seed(split)
+        self.conv, self.norm = nn.Conv2d(2, 12, 1), nn.GroupNorm(3, 12)
+        self.a, self.b = nn.Conv2d(split, 2, 1), nn.Conv2d(12 - split, 2, 1)
+        with torch.no_grad():
+            self.norm.weight.normal_()
+            self.norm.bias.normal_()
+        self.split = split
+
+    def forward(self, x):
+        p, q = torch.relu(self.norm(self.conv(x))).split([self.split, 12 - self.split], dim=1)
+        return (self.a(p) + self.b(q)).mean((2, 3))
+
+
+@pytest.mark.parametrize("split, classes", [
+    (4, [(4, sy.Permutation()), (8, sy.HeadStructured(2, sy.Permutation()))]),
+    (8, [(8, sy.HeadStructured(2, sy.Permutation())), (4, sy.Permutation())]),
+    (6, []),  # each piece cuts group 1: neither may move it
+    (2, []),
+])
+def test_a_split_after_groupnorm_keeps_the_whole_groups_of_each_piece(split, classes):
+    model = Split(split).double().eval()
+    g = architectures.from_module(model, _inputs())
+    assert [(s.size, s.cls) for s in g.spaces()] == classes
+    assert check_invariance(model, g, _inputs(1), examples=3).passed
 
 
 def test_weight_matching_undoes_a_planted_group_transform():

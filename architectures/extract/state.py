@@ -19,7 +19,7 @@ from symmetries.lattice import is_subclass, meet
 from symmetries.roles import Role
 
 __all__ = ["ExtractionError", "Sealed", "Var", "Feat", "HeadOnly", "Stacked", "ParamRef", "State", "meet_sets",
-           "hint_of"]
+           "piece_classes", "hint_of"]
 
 
 class Sealed(Exception):
@@ -155,6 +155,24 @@ class ParamRef:
         return self.spans is None or all(s is None for s in self.spans)
 
 
+def piece_classes(classes, size: int, start: int, n: int) -> tuple[SymmetryClass, ...]:
+    """The classes of units ``[start, start + n)`` of a space of ``size`` units admitting ``classes``:
+    a head-structured class keeps the whole heads the piece holds (``HeadStructured(k, inner)``,
+    ``inner`` for one head) and nothing if the piece cuts a head; other classes are kept."""
+    out = []
+    for c in classes:
+        if isinstance(c, HeadStructured):
+            width = size // c.num_heads
+            if start % width or n % width:
+                c = Trivial()
+            else:
+                c = c.inner if n == width else HeadStructured(n // width, c.inner)
+        if c not in out:
+            out.append(c)
+    kept = tuple(c for c in out if not any(c != d and is_subclass(c, d) for d in out))
+    return kept or (Trivial(),)
+
+
 def hint_of(param: str) -> str:
     """A space name for the units a parameter produces: its module's path (``layers.0``), or
     ``<name>.units`` for a parameter of the root module (which would clash with the tensor's name)."""
@@ -265,15 +283,16 @@ class State:
 
     def refine(self, i: int, sizes) -> list[int]:
         """Split candidate ``i`` into consecutive pieces of ``sizes`` (a block-diagonal map of the
-        same class is an element of the class, so the pieces keep its classes); its edges become
-        slices of the pieces."""
+        same class is an element of the class, so the pieces keep its classes — a head-structured
+        class the whole heads each piece holds: :func:`piece_classes`); its edges become slices of
+        the pieces."""
         r = self.find(i)
         v = self.vars[r]
         if v.sealed or v.head_group is not None:
             raise Sealed(i)
         pieces, pos = [], 0
         for n in sizes:
-            j = self.new(n, v.hint, v.classes)
+            j = self.new(n, v.hint, piece_classes(v.classes, v.size, pos, n))
             pj = self.vars[j]
             pj.activations, pj.dead = list(v.activations), v.dead
             for p, axis, role, span in v.edges:
