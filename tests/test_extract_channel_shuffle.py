@@ -124,3 +124,11 @@ def test_weight_matching_undoes_a_planted_transform_of_the_branches():
     g = architectures.from_module(model, _inputs())
     ratio, change = planted_alignment(model, g, x, seed=1)
     assert ratio < 1e-20 and change < 1e-10
+
+
+@pytest.mark.parametrize("shuffle", ["function", "module"])
+def test_torch_export_graphs_agree(shuffle):
+    """``architectures.from_hf`` (torch.export's ATen graph) gives the same graph."""
+    model = _model(shuffle)
+    assert architectures.graphs_equivalent(architectures.from_hf(model, _inputs()),
+                                           architectures.from_module(model, _inputs()))

@@ -171,3 +171,15 @@ def test_weight_matching_undoes_a_planted_transform():
     g = architectures.from_module(model, _inputs())
     ratio, change = planted_alignment(model, g, x, seed=2)
     assert ratio < 1e-20 and change < 1e-10
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"fused_attn": False}, {"indexing": True}])
+def test_torch_export_gives_the_same_spaces(kwargs):
+    """``architectures.from_hf`` (torch.export's ATen graph: view, permute, unbind or select) gives the
+    same spaces, classes and edges (its q_norm identity leaves no trace, hence no activation name)."""
+    model = _model(0, **kwargs)
+    exported, traced = architectures.from_hf(model, _inputs()), architectures.from_module(model, _inputs())
+    assert [(s.name, s.classes, s.head_group) for s in exported.spaces()] == \
+        [(s.name, s.classes, s.head_group) for s in traced.spaces()]
+    assert sorted(map(repr, exported.edges())) == sorted(map(repr, traced.edges()))
+    assert check_invariance(model, exported, _inputs(1), examples=2).passed

@@ -192,3 +192,11 @@ def test_groups_that_cannot_move_leave_their_spaces_without_symmetry():
     g = architectures.from_module(model, x)
     assert {s.name for s in g.spaces()} == set()  # input groups are fixed; two spaces cannot move as groups
     assert all(p.fixed for p in g.parameters())
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_torch_export_graphs_agree(transposed):
+    """``architectures.from_hf`` (torch.export's ATen graph) gives the same graph."""
+    model = _seeded(Grouped(2, 4, transposed), 0)
+    assert architectures.graphs_equivalent(architectures.from_hf(model, _inputs(2)),
+                                           architectures.from_module(model, _inputs(2)))

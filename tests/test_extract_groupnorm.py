@@ -132,3 +132,11 @@ def test_weight_matching_undoes_a_planted_group_transform():
     g = architectures.from_module(model, _inputs())
     ratio, change = planted_alignment(model, g, x, seed=2)
     assert ratio < 1e-20 and change < 1e-10
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_torch_export_graphs_agree(functional):
+    """``architectures.from_hf`` (torch.export's ATen graph) gives the same graph."""
+    model = Net(3, functional=functional).double().eval()
+    assert architectures.graphs_equivalent(architectures.from_hf(model, _inputs()),
+                                           architectures.from_module(model, _inputs()))
