@@ -140,3 +140,27 @@ def test_torch_export_graphs_agree(functional):
     model = Net(3, functional=functional).double().eval()
     assert architectures.graphs_equivalent(architectures.from_hf(model, _inputs()),
                                            architectures.from_module(model, _inputs()))
+
+
+class GroupSoftmax(nn.Module):
+    """A softmax within (``dim=-1``) or across (``dim=1``) groups of features: ``view(B, G, C/G)``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        torch.manual_seed(dim + 2)
+        self.a, self.b, self.dim = nn.Linear(4, 6), nn.Linear(6, 2), dim
+
+    def forward(self, x):
+        return self.b(self.a(x).view(x.shape[0], 2, 3).softmax(self.dim).reshape(x.shape[0], 6))
+
+
+@pytest.mark.parametrize("dim, inner", [(-1, sy.Permutation()), (1, sy.Trivial())])
+def test_a_softmax_over_groups_of_features_keeps_the_groups(dim, inner):
+    """Like GroupNorm, a softmax within each group (or across the groups, unit by unit) is not
+    equivariant under a permutation mixing the groups (it was once read as a plain softmax)."""
+    model, x = GroupSoftmax(dim).double(), torch.randn(5, 4, dtype=torch.float64)
+    g = architectures.from_module(model, x)
+    assert g.space("a").classes == (sy.HeadStructured(2, inner),)
+    assert check_invariance(model, g, x, examples=3).passed
+    swap = sy.GatherElement(torch.tensor([4, 1, 2, 3, 0, 5]), 6)  # units 0 and 4: other groups, other places
+    assert output_change(model, g, x, {"a": swap}) > 1e-6

@@ -13,12 +13,12 @@ from __future__ import annotations
 from torch import nn
 
 from symmetries.classes import (HeadStructured, Invertible, Permutation, PermutationScaling, SemiPermutation,
-                                SignedPermutation)
+                                SignedPermutation, Trivial)
 
 from architectures.extract.heads import softmax_heads
 from architectures.extract.rules import register_rule
 from architectures.extract.shapes import move_feature
-from architectures.extract.state import Feat, HeadOnly, ParamRef
+from architectures.extract.state import Feat, HeadOnly, ParamRef, piece_classes
 
 __all__ = ["PERM", "RELU_LIKE", "last_dim_norm", "vector"]
 
@@ -218,7 +218,28 @@ def _softmax(ctx, node, x, *args, **kwargs):
     if isinstance(x, HeadOnly):  # attention weights: per head, over the keys
         res = softmax_heads(ctx, node, x, *args, **kwargs)
         return res if res is not NotImplemented else ctx.opaque(node, "a softmax over the heads")
+    if isinstance(x, Feat) and x.hdim is not None and x.spaced():
+        return _softmax_split(ctx, node, x, kwargs.get("dim", args[0] if args else None))
     return ctx.elementwise(node, x, "softmax", PERM)
+
+
+def _softmax_split(ctx, node, x: Feat, dim):
+    """A softmax of features split into ``H`` groups (``view(…, H, d)``): over the within-group
+    dimension it normalises each group apart — whole groups and units inside each may move,
+    ``HeadStructured(H, Permutation())``; over the group dimension it normalises across groups unit
+    by unit — whole groups may move, nothing inside (``HeadStructured(H, Trivial())``); over any
+    other dimension it acts unit by unit (permutations). A space holding part of the features keeps
+    the whole groups it holds (:func:`~architectures.extract.state.piece_classes`)."""
+    if dim is None:
+        return ctx.opaque(node, "a softmax without a dimension of features split into groups")
+    d, H = dim % x.ndim, x.shape[x.hdim]
+    inner = {x.dim: Permutation(), x.hdim: Trivial()}.get(d)
+    pos, size = 0, H * x.shape[x.dim]
+    for var, n in x.segs:
+        classes = PERM if inner is None else piece_classes((HeadStructured(H, inner),), size, pos, n)
+        ctx.state.restrict(var, classes, "softmax")
+        pos += n
+    return x.moved(ctx.shape(node), x.dim)
 
 
 def _pool_module(classes, spatial: int):
