@@ -2,7 +2,7 @@
 
 Two graphs are equivalent when they have the same parameters (names, shapes, ``fixed``), and a
 bijection of spaces (and of head groups) keeps sizes, classes (in order), activations, head-group
-membership and every edge (parameter, axis, role, slice) — a networkx isomorphism of the labelled
+membership and every edge (parameter, axis, role, slice, repeat) — a networkx isomorphism of the labelled
 graphs in which parameter nodes keep their names.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _labelled(g: WeightGraph) -> nx.MultiDiGraph:
         for n in names:
             h.add_edge(("s", n), ("h", group), label=("member",))
     for e in g.edges():
-        h.add_edge(("p", e.parameter), ("s", e.space), label=(e.axis, str(e.role), e.slice))
+        h.add_edge(("p", e.parameter), ("s", e.space), label=(e.axis, str(e.role), e.slice, e.repeat))
     return h
 
 
@@ -51,12 +51,13 @@ def assert_graphs_equivalent(g1: WeightGraph, g2: WeightGraph) -> None:
 
 
 def _signature(g: WeightGraph, space: str) -> tuple:
-    return tuple(sorted((e.parameter, e.axis, str(e.role), e.slice or ()) for e in g.edges_at(space)))
+    return tuple(sorted((e.parameter, e.axis, str(e.role), e.slice or (), e.repeat or ()) for e in g.edges_at(space)))
 
 
 def _fmt_space(g: WeightGraph, name: str) -> str:
     s = g.space(name)
-    edges = ", ".join(f"{p}[{a}{':' + str(sl) if sl else ''}]:{r}" for p, a, r, sl in _signature(g, name))
+    edges = ", ".join(f"{p}[{a}{':' + str(sl) if sl else ''}{' repeat ' + str(rep) if rep else ''}]:{r}"
+                      for p, a, r, sl, rep in _signature(g, name))
     return (f"space {name!r} (size {s.size}, classes {s.classes}, activation {s.activation!r}, "
             f"head group {s.head_group!r}; edges {edges or 'none'})")
 

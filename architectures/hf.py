@@ -118,16 +118,17 @@ def from_hf(model: nn.Module, example_inputs: Any = None, *, unknown: str = "err
     try:
         return walk_graph(model, gm.graph, recorder.values, unknown=unknown, name=name or type(model).__name__)
     except ExtractionError as err:
-        if type(model).__name__.startswith(_ROTARY_FAMILIES):
-            raise ExtractionError(f"{err} [{type(model).__name__} rotates queries and keys by position (rotary "
-                                  f"embeddings), which extraction does not reason about: "
-                                  f"architectures.hf_llama(model.config) declares its full graph (heads × Rotary, "
-                                  f"grouped-query attention), or pass unknown='fixed' for the residual stream and "
-                                  f"MLP spaces only]", node=err.node) from err
+        config = getattr(model, "config", None)
+        kv, heads = getattr(config, "num_key_value_heads", None), getattr(config, "num_attention_heads", None)
+        if type(model).__name__.startswith(_ROTARY_FAMILIES) and kv is not None and heads is not None and kv < heads:
+            raise ExtractionError(f"{err} [{type(model).__name__} uses grouped-query attention ({kv} key/value heads "
+                                  f"for {heads} query heads), which extraction does not reason about: "
+                                  f"architectures.hf_llama(model.config) declares its full graph, or pass "
+                                  f"unknown='fixed' for the residual stream and MLP spaces only]", node=err.node) from err
         raise
 
 
-#: Model families with rotary position embeddings that ``architectures.hf_llama`` declares.
+#: Model families whose grouped-query graph ``architectures.hf_llama`` declares.
 _ROTARY_FAMILIES = ("Llama", "Mistral", "Qwen2")
 
 

@@ -24,7 +24,7 @@ import torch
 from symmetries._args import integer, real
 
 from architectures.architecture import Architecture
-from architectures.llama import llama_graph
+from architectures.llama import GQA, llama_graph
 
 __all__ = ["hf_llama", "hf_llama_config", "FAMILIES"]
 
@@ -84,7 +84,7 @@ def _window(config) -> int | None:
     return None if w is None else int(w)
 
 
-def hf_llama(config: Any = None, *, family: str = "llama", gqa: str = "heads", **overrides) -> Architecture:
+def hf_llama(config: Any = None, *, family: str = "llama", gqa: str = "grouped", **overrides) -> Architecture:
     """``Architecture`` for the causal LM of ``config`` (a Llama, Mistral or Qwen2 config, a model, a
     dict of fields or keyword arguments of ``family``'s config): its graph on HF's names, and
     ``.module()`` the HF model in eval mode. ``gqa`` as in :func:`architectures.llama`. Activations
@@ -108,8 +108,8 @@ def hf_llama(config: Any = None, *, family: str = "llama", gqa: str = "heads", *
                qkv_bias=f"{layer}.self_attn.q_proj.bias" in keys, o_bias=f"{layer}.self_attn.o_proj.bias" in keys,
                mlp_bias=f"{layer}.mlp.gate_proj.bias" in keys, tie_embeddings="lm_head.weight" not in keys,
                norm_gain=True, norm_dim=None, gqa=gqa, sliding_window=_window(config))
-    if h % cfg["n_kv_heads"] or cfg["d_head"] % 2 or gqa not in ("heads", "maps"):
-        raise ValueError(f"need n_heads % n_kv_heads == 0, an even head_dim and gqa in ('heads', 'maps'); got "
+    if h % cfg["n_kv_heads"] or cfg["d_head"] % 2 or gqa not in GQA:
+        raise ValueError(f"need n_heads % n_kv_heads == 0, an even head_dim and gqa in {GQA}; got "
                          f"{h}, {cfg['n_kv_heads']}, {cfg['d_head']}, {gqa!r}")
     g = llama_graph(cfg, f"hf-{config.model_type}(d={d}, heads={h}/{cfg['n_kv_heads']}, layers={cfg['n_layers']})")
     unknown = set(keys) - {p.name for p in g.parameters()}

@@ -15,19 +15,22 @@ Spaces (``L`` layers, ``H`` query heads, ``G`` key/value heads of width ``d``):
   channel, role ``out``); after :func:`fold_rmsnorm` (gains folded into the readers, gain-free
   ``y / √(‖y‖²/D₀ + ε)`` with constant ``D₀``) ``Orthogonal``. Writers: ``embed_tokens`` (axis 1),
   ``o_proj``, ``down_proj`` (axis 0); readers: ``q/k/v_proj``, ``gate/up_proj``, ``lm_head`` (axis 1).
-* ``G = H`` (multi-head): ``layers.i.attn.qk`` ``HeadStructured(H, Rotary())`` (``q`` rows out,
-  ``k`` rows in: ``W_Q,h ← A_h W_Q,h``, ``W_K,h ← A_h⁻ᵀ W_K,h`` with ``A_h`` commuting with every
-  rotation) and ``layers.i.attn.vo`` ``HeadStructured(H, Invertible())``, one head group.
-* ``G < H`` (grouped-query), ``gqa="heads"`` (default): ``layers.i.attn.q`` (``q`` rows and ``o``
-  columns, ``H·d``) and ``layers.i.attn.kv`` (``k`` and ``v`` rows, ``G·d``), each
-  ``HeadStructured(G, Trivial())`` in one head group: a permutation of the key/value groups,
-  moving each group's ``R`` query heads with it. ``gqa="maps"``: per group ``g`` the spaces
-  ``layers.i.attn.qk.g`` (``Rotary``: the group's ``R`` query heads out, its key head in — one map
-  for the whole group, since ``qₕᵀ Aₕᵀ M A_g⁻ᵀ k = qₕᵀ M k`` for every ``M`` forces ``Aₕ = A_g``) and
-  ``layers.i.attn.vo.g`` (``Invertible``: value head out, the group's ``o`` columns in), without
-  head permutations. Both are exact; the full group (group permutations × per-group maps ×
-  permutations of query heads within a group) needs one edge per repeated axis, which a weight
-  graph cannot state.
+* ``layers.i.attn.qk`` (``G·d``) ``HeadStructured(G, Rotary())``: ``k`` rows in and ``q`` rows out
+  (``W_Q,h ← A_g W_Q,h``, ``W_K,g ← A_g⁻ᵀ W_K,g`` with ``A_g`` commuting with every rotation), and
+  ``layers.i.attn.vo`` (``G·d``) ``HeadStructured(G, Invertible())``: ``v`` rows out, ``o`` columns in;
+  one head group. With ``G < H`` (grouped-query, ``gqa="grouped"``, the default) the ``q`` rows and
+  ``o`` columns hold the group's space once per query head: laid out ``(G, R, d)``, they are
+  repeated edges ``repeat=(R, d)`` — one map per group, the same on its ``R`` query heads (forced:
+  ``qₕᵀ Aₕᵀ M A_g⁻ᵀ k = qₕᵀ M k`` for every ``M`` only if ``Aₕ = A_g``), and the head permutation
+  moves whole groups. ``G = H`` is multi-head attention (no repeat). Left out: the permutations of
+  query heads inside a group (``q`` rows and ``o`` columns only), which would act on the ``q`` rows a
+  second time, beside the group's map — one index of an axis belongs to one space.
+* older declarations of a part, still accepted: ``gqa="heads"``: ``layers.i.attn.q`` (``q`` rows and
+  ``o`` columns, ``H·d``) and ``layers.i.attn.kv`` (``k`` and ``v`` rows, ``G·d``), each
+  ``HeadStructured(G, Trivial())`` in one head group (the group permutation alone); ``gqa="maps"``:
+  per group ``g`` the spaces ``layers.i.attn.qk.g`` (``Rotary``: the group's ``R`` query-head slices
+  out, its key head in) and ``layers.i.attn.vo.g`` (``Invertible``: value head out, the group's ``o``
+  column slices in), without head permutations.
 * ``layers.i.mlp`` (``d_mlp``): ``Permutation`` shared by ``gate`` and ``up`` (out) and ``down``
   (in). SiLU admits only permutations; the extra per-unit scaling ``up ← D up``,
   ``down ← down D⁻¹`` (exact, since ``SiLU(g) ⊙ (D u)`` is linear in ``u``) is not declared: the
@@ -44,9 +47,11 @@ from symmetries.graph import WeightGraph
 
 from architectures.architecture import Architecture
 
-__all__ = ["llama", "Llama", "RMSNorm", "fold_rmsnorm", "llama_graph", "RESIDUAL"]
+__all__ = ["llama", "Llama", "RMSNorm", "fold_rmsnorm", "llama_graph", "RESIDUAL", "GQA"]
 
 RESIDUAL = "residual"
+#: What the graph declares of a grouped-query attention (module docstring); the first is the default.
+GQA = ("grouped", "heads", "maps")
 
 
 class RMSNorm(nn.Module):
@@ -169,8 +174,8 @@ def _check(vocab, d_model, n_heads, n_kv_heads, n_layers, d_mlp, context, d_head
     d_head = integer("d_head", d_head)
     if d_head % 2:
         raise ValueError(f"rotary embeddings pair the units of a head: d_head={d_head} must be even")
-    if gqa not in ("heads", "maps"):
-        raise ValueError(f"gqa must be 'heads' or 'maps', got {gqa!r}")
+    if gqa not in GQA:
+        raise ValueError(f"gqa must be one of {GQA}, got {gqa!r}")
     if norm_dim is not None and norm_gain:
         raise ValueError("norm_dim fixes the gain-free normaliser's constant: pass it with norm_gain=False")
     return dict(kind="llama", vocab_size=integer("vocab", vocab), d_model=d, n_heads=h, n_kv_heads=g,
@@ -192,14 +197,14 @@ def llama_graph(cfg: dict, name: str | None = None, *, buffers: tuple[str, ...] 
 
     def param(pname, shape, *edges):
         g.add_parameter(pname, shape)
-        for space, axis, role, sl in edges:
-            g.connect(pname, space, axis=axis, role=role, slice=sl)
+        for space, axis, role, sl, *rp in edges:
+            g.connect(pname, space, axis=axis, role=role, slice=sl, repeat=rp[0] if rp else None)
 
     def linear(prefix, n_out, n_in, bias, out_edges, in_edges):
-        param(f"{prefix}.weight", (n_out, n_in), *[(s, 0, r, sl) for s, r, sl in out_edges],
-              *[(s, 1, r, sl) for s, r, sl in in_edges])
+        param(f"{prefix}.weight", (n_out, n_in), *[(s, 0, *e) for s, *e in out_edges],
+              *[(s, 1, *e) for s, *e in in_edges])
         if bias:
-            param(f"{prefix}.bias", (n_out,), *[(s, 0, r, sl) for s, r, sl in out_edges])
+            param(f"{prefix}.bias", (n_out,), *[(s, 0, *e) for s, *e in out_edges])
 
     def norm(prefix):
         if cfg["norm_gain"]:
@@ -211,13 +216,17 @@ def llama_graph(cfg: dict, name: str | None = None, *, buffers: tuple[str, ...] 
     for i in range(cfg["n_layers"]):
         p, a = f"model.layers.{i}", f"layers.{i}.attn"
         norm(f"{p}.input_layernorm")
-        if rep == 1 or cfg["gqa"] == "heads":
-            one, two = (f"{a}.qk", f"{a}.vo") if rep == 1 else (f"{a}.q", f"{a}.kv")
-            inner = (Rotary(), Invertible()) if rep == 1 else (Trivial(), Trivial())
-            g.add_space(one, h * dh, HeadStructured(gk, inner[0]), head_group=a)
-            g.add_space(two, gk * dh, HeadStructured(gk, inner[1]), head_group=a)
-            q, k, v, o = [(one, "out", None)], [(one if rep == 1 else two, "in", None)], [(two, "out", None)], \
-                [(two if rep == 1 else one, "in", None)]
+        if rep == 1 or cfg["gqa"] == "grouped":  # one map per key/value group, repeated on its query heads
+            qk, vo = f"{a}.qk", f"{a}.vo"
+            g.add_space(qk, gk * dh, HeadStructured(gk, Rotary()), head_group=a)
+            g.add_space(vo, gk * dh, HeadStructured(gk, Invertible()), head_group=a)
+            q, k = [(qk, "out", None, (rep, dh))], [(qk, "in", None)]
+            v, o = [(vo, "out", None)], [(vo, "in", None, (rep, dh))]
+        elif cfg["gqa"] == "heads":
+            one, two = f"{a}.q", f"{a}.kv"
+            g.add_space(one, h * dh, HeadStructured(gk, Trivial()), head_group=a)
+            g.add_space(two, gk * dh, HeadStructured(gk, Trivial()), head_group=a)
+            q, k, v, o = [(one, "out", None)], [(two, "in", None)], [(two, "out", None)], [(one, "in", None)]
         else:
             q, k, v, o = [], [], [], []
             for j in range(gk):
@@ -250,14 +259,16 @@ def llama_graph(cfg: dict, name: str | None = None, *, buffers: tuple[str, ...] 
 def llama(vocab: int, d_model: int, n_heads: int, n_kv_heads: int | None, n_layers: int, d_mlp: int, context: int,
           *, d_head: int | None = None, rope_theta: float = 10000.0, eps: float = 1e-6, qkv_bias: bool = False,
           o_bias: bool = False, mlp_bias: bool = False, tie_embeddings: bool = False, norm_gain: bool = True,
-          norm_dim: int | None = None, gqa: str = "heads", sliding_window: int | None = None) -> Architecture:
+          norm_dim: int | None = None, gqa: str = "grouped", sliding_window: int | None = None) -> Architecture:
     """A Llama-family causal decoder (module :class:`Llama`, HF's names) and its weight graph.
 
     ``n_kv_heads`` (``None``: ``n_heads``) key/value heads, each serving ``n_heads / n_kv_heads``
     query heads; ``d_head`` (default ``d_model / n_heads``, even); ``qkv_bias`` (Qwen2), ``o_bias``
     (with ``qkv_bias``: Llama's ``attention_bias``), ``mlp_bias``; ``tie_embeddings``;
     ``norm_gain=False`` the folded form (see :func:`fold_rmsnorm`; ``norm_dim`` its constant);
-    ``gqa`` which exact part of the grouped-query symmetry the graph declares (module docstring);
+    ``gqa`` what the graph declares of a grouped-query attention: ``"grouped"`` (default: group
+    permutations × per-group rotary and invertible maps, on repeated edges), or the older parts
+    ``"heads"`` and ``"maps"`` (module docstring);
     ``sliding_window`` (Mistral) limits each query to the last ``sliding_window`` keys.
     ``context`` is the length of the example inputs. Invalid arguments raise ``ValueError``."""
     cfg = _check(vocab, d_model, n_heads, n_kv_heads, n_layers, d_mlp, context, d_head, rope_theta, eps, qkv_bias,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from symmetries.action import apply_axis
+from symmetries.blocks import split_copies, unit_rows
 from symmetries.classes import HeadStructured
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
@@ -175,6 +176,9 @@ class Matcher:
                     raise SolverInputError(f"graph_b lacks the edge {ea.parameter!r} axis {ea.axis} ({ea.role}) → "
                                            f"{space!r} that graph has", space=space, parameter=ea.parameter)
                 eb = b_edges[(ea.parameter, ea.axis, ea.role)].pop(0)
+                if ea.count != eb.count:
+                    raise SolverInputError(f"{ea.parameter!r} axis {ea.axis} holds {ea.count} copies of space {space!r} "
+                                           f"in graph and {eb.count} in graph_b", space=space, parameter=ea.parameter)
                 shape = problem.shape(ea.parameter, "a")
                 span = ea.span(shape[ea.axis])
                 key = (ea.parameter, ea.axis % len(shape), span)
@@ -213,8 +217,7 @@ class Matcher:
                 others[f.axis % t.dim()].append(f)
         for ax, group in others.items():
             t = apply_axis(t, ax, group, transforms)
-        start, stop = eb.span(t.shape[axis])
-        return t.narrow(axis, start, stop - start).movedim(axis, 0).reshape(n, -1)
+        return unit_rows(t, eb, n, axis)
 
     def usable(self, eb, transforms: dict) -> bool:
         """Whether every other axis of the tensor indexes a settled space (or one not searched)."""
@@ -265,9 +268,9 @@ class Matcher:
 
 
 def _rows(t: torch.Tensor, edge, m: int) -> torch.Tensor:
-    """``t``'s span along ``edge``'s axis, that axis first, the others flattened (``m × k``)."""
-    start, stop = edge.span(t.shape[edge.axis])
-    return t.narrow(edge.axis, start, stop - start).movedim(edge.axis, 0).reshape(m, -1)
+    """``t``'s span along ``edge``'s axis, that axis first, the others (and a repeat's copies) flattened
+    (``m × k``)."""
+    return unit_rows(t, edge, m)
 
 
 class ScaleViews:
@@ -276,8 +279,9 @@ class ScaleViews:
     gathers and other transforms applied, no scales), summed over the axes no polished space indexes.
     A space's scale terms (:mod:`solvers.scaling`) are then ``E`` and ``F`` contracted with the other
     polished axes' scale factors (``out``: ``c``, ``in``: ``1/c``, ``var``: ``c²``; squared for ``F``) —
-    mat-vecs instead of re-gathering the tensors. :meth:`build` returns ``None`` where a tensor's axis
-    is split between spaces or one tensor meets a polished space twice."""
+    mat-vecs instead of re-gathering the tensors (a repeated axis: its copies are one more free axis).
+    :meth:`build` returns ``None`` where a tensor's axis is split between spaces or one tensor meets a
+    polished space twice."""
 
     def __init__(self, parts: dict, sizes: dict):
         self.parts, self.sizes = parts, sizes  # space → [(E, F, position, [(other space, role)…], role)]
@@ -302,11 +306,14 @@ class ScaleViews:
                 if mine and (len(group) > 1 or group[0].span(b.shape[ax]) != (0, b.shape[ax])):
                     return None  # a split or tied axis: use the per-space path
                 if mine:
-                    axes.append((ax, mine[0].space, mine[0].role))
+                    axes.append((ax, mine[0].space, mine[0].role, mine[0].repeat))
                 b = apply_axis(b, ax, group, fixed)
-            if len({sp for _, sp, _ in axes}) < len(axes):
+            if len({x[1] for x in axes}) < len(axes):
                 return None
-            axes.sort()
+            repeats = {x[0]: x[3] for x in axes if x[3] is not None}
+            for ax in sorted(repeats, reverse=True):  # copies first, then the units: a free axis more
+                a, b = split_copies(a, ax, *repeats[ax]), split_copies(b, ax, *repeats[ax])
+            axes = sorted((ax + sum(r <= ax for r in repeats), sp, role) for ax, sp, role, _ in axes)
             free = [ax for ax in range(b.dim()) if ax not in {x for x, _, _ in axes}]
             e_ = (a.double() * b.double()).sum(free) if free else a.double() * b.double()
             f_ = (b.double() ** 2).sum(free) if free else b.double() ** 2

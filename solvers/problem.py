@@ -11,6 +11,7 @@ that aligns model B to model A. The reference objective of every weight-space so
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -30,6 +31,7 @@ from symmetries._args import integer
 from solvers.errors import SolverInputError
 from solvers.stream import LazyParams, check_streamable, meta_params
 from symmetries.action import apply_axis
+from symmetries.blocks import merged_block
 
 __all__ = ["Problem", "make_problem", "PROBLEM_OPTIONS", "as_batches"]
 
@@ -261,6 +263,8 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
     widening = {s.name: gb.space(s.name).size != s.size for s in graph.spaces()}
     chosen = resolve_classes(graph, classes, solver=solver, widening=widening)
     sizes = {s.name: (s.size, gb.space(s.name).size) for s in graph.spaces()}
+    if graph_b is not None:
+        _check_repeats(graph, gb, sizes)
     for name, (m, n) in sizes.items():
         cls = chosen[name]
         if m < n:
@@ -294,6 +298,25 @@ def make_problem(graph, params_a: Mapping, params_b: Mapping, *, classes=None, i
     return Problem(graph=graph, params_a=pa, params_b=pb, classes=chosen, graph_b=gb, sizes=sizes,
                    init=init, seed=seed, device=device, dtype=dtype, data=data,
                    models=None if models is None else tuple(models), sites=sites, lazy=bool(lazy))
+
+
+def _check_repeats(graph, graph_b, sizes) -> None:
+    """Where widths differ, A's repeated edges must hold B's copies in the block a map from B's width to A's
+    gives them (:func:`symmetries.blocks.merged_block`): aligned B is laid out as A."""
+    a_edges = defaultdict(list)
+    for e in graph.edges():
+        a_edges[(e.parameter, e.space, e.axis, e.role)].append(e)
+    for eb in graph_b.edges():
+        ea = a_edges[(eb.parameter, eb.space, eb.axis, eb.role)]
+        ea = ea.pop(0) if ea else None
+        if ea is None or (ea.repeat is None and eb.repeat is None):
+            continue
+        m, n = sizes[eb.space]
+        want = None if eb.repeat is None else (eb.count, merged_block(eb, n, m))
+        if ea.repeat != want:
+            raise SolverInputError(f"{eb.parameter!r} axis {eb.axis} → space {eb.space!r}: graph_b repeats it "
+                                   f"{eb.repeat}, so the aligned model is laid out with repeat {want}, but graph "
+                                   f"declares {ea.repeat}", space=eb.space, parameter=eb.parameter)
 
 
 def _check_lazy(solver, data, models) -> None:

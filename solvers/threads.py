@@ -38,7 +38,7 @@ def work(problem) -> int:
             continue
         size, numel = shape[edge.axis], math.prod(shape)
         m, n = problem.sizes.get(edge.space, (size, size))
-        total += m * n * (numel // max(size, 1))
+        total += m * n * (numel // max(size, 1)) * edge.count
     return total
 
 

@@ -12,6 +12,7 @@ from typing import Mapping
 import torch
 
 from symmetries._arrays import restore, to_tensor
+from symmetries.blocks import merge_copies, merged_block, repeat_index, repeat_units, split_copies
 from symmetries.elements import Element, GatherElement, HeadElement
 from symmetries.errors import ArgumentTypeError, ElementNotAdmittedError, ElementShapeError, TieError
 from symmetries.graph import WeightGraph
@@ -67,9 +68,10 @@ def _elements(transforms) -> Mapping:
 def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
     """Transform axis ``axis`` of ``t`` by every edge in ``edges`` (all on that axis).
 
-    Each edge's span is transformed by ``transforms[edge.space]`` in the edge's role; parts
-    of the axis no edge covers are kept. A tied axis (edges ``out`` and ``in`` with one span)
-    is transformed once, in role ``out``. This is the per-axis step of :func:`apply`.
+    Each edge's span is transformed by ``transforms[edge.space]`` in the edge's role (a repeated
+    edge: each copy alike, :mod:`symmetries.blocks`); parts of the axis no edge covers are kept. A
+    tied axis (edges ``out`` and ``in`` with one span) is transformed once, in role ``out``. This is
+    the per-axis step of :func:`apply`.
     """
     size = t.shape[axis]
     fast = _gather_fast_path(t, axis, edges, transforms)
@@ -81,17 +83,30 @@ def apply_axis(t: torch.Tensor, axis: int, edges, transforms) -> torch.Tensor:
         if span not in spans or e.role is Role.OUT:
             spans[span] = e
     if len(spans) == 1 and next(iter(spans)) == (0, size):
-        e = spans[(0, size)]
-        return transforms[e.space].apply(t, axis, e.role)
+        return _apply_edge(t, axis, spans[(0, size)], transforms)
     pieces, pos = [], 0
     for (start, stop), e in sorted(spans.items()):
         if start > pos:
             pieces.append(t.narrow(axis, pos, start - pos))
-        pieces.append(transforms[e.space].apply(t.narrow(axis, start, stop - start), axis, e.role))
+        pieces.append(_apply_edge(t.narrow(axis, start, stop - start), axis, e, transforms))
         pos = stop
     if pos < size:
         pieces.append(t.narrow(axis, pos, size - pos))
     return torch.cat(pieces, dim=axis)
+
+
+def _apply_edge(t: torch.Tensor, axis: int, e, transforms) -> torch.Tensor:
+    """``t`` (the edge's span along ``axis``) transformed by the edge's element in its role; a repeated
+    edge acts on its ``count`` copies alike (split into ``(count, n)``, transformed, merged back)."""
+    el = transforms[e.space]
+    if e.repeat is None:
+        return el.apply(t, axis, e.role)
+    count = e.repeat[0]
+    if t.shape[axis] != count * el.shape[1]:
+        raise ElementShapeError(f"transform for space {e.space!r} maps size {el.shape[1]} but the repeated axis "
+                                f"{axis} of {e.parameter!r} has {t.shape[axis]} entries, not {count} copies")
+    block = merged_block(e, *el.shape[::-1])
+    return merge_copies(el.apply(split_copies(t, axis, *e.repeat), axis + 1, e.role), axis, block)
 
 
 def admitted(space, el: Element) -> bool:
@@ -116,9 +131,17 @@ def _gather_fast_path(t: torch.Tensor, axis: int, edges, transforms) -> torch.Te
         el = el.gather_form() or el
     if not isinstance(el, GatherElement):
         return None
-    y = t.index_select(axis, el.index.to(t.device))
+    index = el.index
     scale = {Role.OUT: el.out_scale, Role.IN: el.in_scale,
              Role.VAR: None if el.out_scale is None else el.out_scale ** 2}[e.role]
+    if e.repeat is not None:  # one gather over every copy
+        if any(f.repeat != e.repeat for f in edges) or size != e.repeat[0] * el.shape[1]:
+            return None
+        block = merged_block(e, *el.shape[::-1])
+        index = repeat_index(index.cpu(), e.repeat[0], e.repeat[1], block)
+        if scale is not None:
+            scale = scale[repeat_units(el.shape[0], e.repeat[0], block).to(scale.device)]
+    y = t.index_select(axis, index.to(t.device))
     if scale is not None:
         shape = [1] * t.dim()
         shape[axis] = -1

@@ -4,8 +4,11 @@ A ``WeightGraph`` wraps a ``networkx.MultiDiGraph`` (``graph.nx``). Parameter no
 hold one state-dict tensor (``kind="parameter"``, ``shape``, ``fixed``); space nodes
 hold a hidden vector space (``kind="space"``, ``size``, ``classes`` it admits,
 optional ``activation`` and ``head_group``). An edge parameter → space says which
-``axis`` (and optional ``slice`` of it) indexes the space, and its ``role``
-(``out``: ``W ← T W``; ``in``: ``W ← W T⁻¹``; ``var``: squares, for running variances).
+``axis`` (and optional ``slice`` of it) indexes the space, its ``role``
+(``out``: ``W ← T W``; ``in``: ``W ← W T⁻¹``; ``var``: squares, for running variances) and an
+optional block structure ``repeat = (count, block)``: the span holds the space's units repeated,
+viewed as ``(size/block, count, block)``, the space acting identically on each of the ``count``
+copies (a flatten of channels × positions, a tile, grouped-query heads; :mod:`symmetries.blocks`).
 """
 from __future__ import annotations
 
@@ -47,15 +50,23 @@ class Space:
 
 @dataclass(frozen=True)
 class Edge:
-    """``parameter``'s ``axis`` (restricted to ``slice`` = ``(start, stop)``) indexes ``space`` in ``role``."""
+    """``parameter``'s ``axis`` (restricted to ``slice`` = ``(start, stop)``) indexes ``space`` in ``role``;
+    with ``repeat = (count, block)`` the span has ``count·size`` entries laid out ``(size/block, count,
+    block)`` and the space acts on the outer and inner factors alike for each of the ``count`` copies."""
     parameter: str
     space: str
     axis: int
     role: Role
     slice: tuple[int, int] | None = None
+    repeat: tuple[int, int] | None = None
 
     def span(self, axis_size: int) -> tuple[int, int]:
         return self.slice if self.slice is not None else (0, axis_size)
+
+    @property
+    def count(self) -> int:
+        """How many copies of the space the span holds (1 without ``repeat``)."""
+        return 1 if self.repeat is None else self.repeat[0]
 
 
 #: Bumped by every change to a tracked graph's nodes, edges or their attributes (any graph: a
@@ -161,12 +172,17 @@ class WeightGraph:
         return self
 
     def connect(self, parameter: str, space: str, *, axis: int, role: Role | str,
-                slice: tuple[int, int] | None = None) -> "WeightGraph":
+                slice: tuple[int, int] | None = None, repeat: tuple[int, int] | None = None) -> "WeightGraph":
         """Say that ``parameter``'s ``axis`` (or ``slice`` of it) indexes ``space`` in ``role``.
 
         ``axis`` is an integer (negative counts from the end); ``slice`` a pair of integers
-        ``0 ≤ start < stop``; ``role`` ``"out"``, ``"in"`` or ``"var"``. Anything else is a
-        ``GraphError`` naming the parameter and the space (a float axis is never truncated)."""
+        ``0 ≤ start < stop``; ``role`` ``"out"``, ``"in"`` or ``"var"``; ``repeat`` a pair
+        ``(count, block)`` of positive integers, ``block`` dividing the space's size: the span then
+        has ``count × size`` entries laid out ``(size/block, count, block)`` — a flatten of ``C``
+        channels × ``S`` positions (channel-major) is ``(S, 1)``, ``x.repeat(k)`` is ``(k, size)``,
+        grouped-query heads (``G`` groups of ``R`` query heads of width ``d``) are ``(R, d)``.
+        Anything else is a ``GraphError`` naming the parameter and the space (a float axis is never
+        truncated)."""
         if not isinstance(parameter, str) or self.nx.nodes.get(parameter, {}).get("kind") != "parameter":
             raise UnknownParameterError(f"cannot connect unknown parameter {parameter!r}",
                                         parameter=parameter if isinstance(parameter, str) else None)
@@ -183,11 +199,19 @@ class WeightGraph:
                 raise GraphError(f"slice {slice!r} of {parameter!r} axis {axis} must satisfy 0 ≤ start < stop",
                                  parameter=parameter, axis=axis, space=space)
             slice = (start, stop)
+        if repeat is not None:
+            count, block = (integer(f"repeat[{i}]", v, 1, error=bad)
+                            for i, v in enumerate(_pair("repeat", repeat, bad, "(count, block)")))
+            size = self.nx.nodes[space]["size"]
+            if size % block:
+                raise GraphError(f"connect {parameter!r} axis {axis} → {space!r}: repeat block {block} does not "
+                                 f"divide the space's size {size}", parameter=parameter, axis=axis, space=space)
+            repeat = None if count == 1 else (count, block)  # one copy: a plain edge
         try:
             role = Role.parse(role)
         except (ValueError, TypeError) as exc:
             raise bad(str(exc)) from None
-        self.nx.add_edge(parameter, space, axis=axis, role=role, slice=slice)
+        self.nx.add_edge(parameter, space, axis=axis, role=role, slice=slice, repeat=repeat)
         self._cache = None
         return self
 
@@ -242,7 +266,7 @@ class WeightGraph:
                                          data["head_group"])
                     by_space[node] = []
             for p, s, data in self.nx.edges(data=True):
-                e = Edge(p, s, data["axis"], data["role"], data["slice"])
+                e = Edge(p, s, data["axis"], data["role"], data["slice"], data.get("repeat"))
                 by_param[p].append(e)
                 by_space[s].append(e)
             self._cache = dict(params=params, spaces=spaces, by_param=by_param, by_space=by_space, edits=_EDITS[0])
@@ -307,10 +331,10 @@ class WeightGraph:
                 f"{self.nx.number_of_edges()} edges)")
 
 
-def _pair(name: str, value, error) -> list:
+def _pair(name: str, value, error, what: str = "(start, stop)") -> list:
     out = items(name, value, error=error)
     if len(out) != 2:
-        raise error(f"{name} must be a pair (start, stop), got {value!r}")
+        raise error(f"{name} must be a pair {what}, got {value!r}")
     return out
 
 

@@ -27,7 +27,8 @@ def validate(graph, params: Mapping | None = None) -> None:
 
 def _where(e) -> str:
     sl = "" if e.slice is None else f"[{e.slice[0]}:{e.slice[1]}]"
-    return f"parameter {e.parameter!r} axis {e.axis}{sl}"
+    rep = "" if e.repeat is None else f" (repeat {e.repeat[0]} × block {e.repeat[1]})"
+    return f"parameter {e.parameter!r} axis {e.axis}{sl}{rep}"
 
 
 def check_structure(graph) -> None:
@@ -46,6 +47,7 @@ def check_structure(graph) -> None:
                 f"parameter {p.name!r} is not covered by any space and not declared fixed "
                 f"(add an edge, or declare it with fixed=True)", parameter=p.name)
         for e in edges:
+            _check_repeat(e, graph.space(e.space).size)
             if p.shape is not None:
                 _check_axis(e, p.shape, graph.space(e.space).size)
         _check_claims(graph, edges, p.shape)
@@ -85,9 +87,23 @@ def _check_axis(e, shape, size: int) -> None:
     if stop > length:
         raise ShapeMismatchError(f"{_where(e)} runs past the axis of size {length}",
                                  parameter=e.parameter, axis=e.axis, space=e.space)
-    if stop - start != size:
-        raise ShapeMismatchError(f"{_where(e)} has size {stop - start} but space {e.space!r} has size {size}",
+    if stop - start != size * e.count:
+        copies = "" if e.repeat is None else f" × {e.count} copies = {size * e.count}"
+        raise ShapeMismatchError(f"{_where(e)} has size {stop - start} but space {e.space!r} has size {size}{copies}",
                                  parameter=e.parameter, axis=e.axis, space=e.space)
+
+
+def _check_repeat(e, size: int) -> None:
+    """A repeat is a pair of positive integers whose block divides the space's size (also for a graph
+    edited through ``.nx``)."""
+    if e.repeat is None:
+        return
+    ok = (isinstance(e.repeat, tuple) and len(e.repeat) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in e.repeat))
+    if not ok or size % e.repeat[1]:
+        raise ShapeMismatchError(f"parameter {e.parameter!r} axis {e.axis}: repeat {e.repeat!r} must be a pair (count, "
+                                 f"block) of positive integers with block dividing the size {size} of space "
+                                 f"{e.space!r}", parameter=e.parameter, axis=e.axis, space=e.space)
 
 
 def _check_claims(graph, edges, shape) -> None:
@@ -100,11 +116,12 @@ def _check_claims(graph, edges, shape) -> None:
         size = shape[axis] if shape is not None else None
         for i, a in enumerate(group):
             for b in group[i + 1:]:
-                sa = a.slice or (0, size if size is not None else graph.space(a.space).size)
-                sb = b.slice or (0, size if size is not None else graph.space(b.space).size)
+                sa = a.slice or (0, size if size is not None else graph.space(a.space).size * a.count)
+                sb = b.slice or (0, size if size is not None else graph.space(b.space).size * b.count)
                 if sa[0] >= sb[1] or sb[0] >= sa[1]:
                     continue
-                tied = a.space == b.space and sa == sb and {a.role, b.role} == {Role.OUT, Role.IN}
+                tied = (a.space == b.space and sa == sb and a.repeat == b.repeat
+                        and {a.role, b.role} == {Role.OUT, Role.IN})
                 if not tied:
                     raise OverlappingAxisError(
                         f"{_where(b)} is claimed twice: by space {a.space!r} ({a.role}) and by space "

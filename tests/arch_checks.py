@@ -137,7 +137,7 @@ def split_space(graph: WeightGraph, space: str, parameters) -> WeightGraph:
     assert moved, f"none of {parameters} touches {space}"
     for p, sp, k, d in moved:
         g.nx.remove_edge(p, sp, key=k)
-        g.connect(p, new, axis=d["axis"], role=d["role"], slice=d["slice"])
+        g.connect(p, new, axis=d["axis"], role=d["role"], slice=d["slice"], repeat=d.get("repeat"))
     g.validate()
     return g
 

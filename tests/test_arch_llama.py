@@ -15,6 +15,7 @@ import symmetries as sy
 from solvers.local import Local
 from solvers.rotary import rotary_update
 from symmetries.roles import Role
+from symmetries.testing import check_invariance
 
 SEEDS = st.integers(0, 2**31 - 1)
 FAST = settings(max_examples=12, deadline=None)
@@ -92,7 +93,9 @@ def test_rotary_in_the_lattice():
 # -- the builder -----------------------------------------------------------------------------------
 CONFIGS = {
     "mha": dict(n_kv_heads=2),
-    "gqa-heads": dict(n_kv_heads=2, n_heads=4),
+    "gqa-grouped": dict(n_kv_heads=2, n_heads=4),
+    "gqa-grouped-r4": dict(n_kv_heads=2, n_heads=8, d_head=4, qkv_bias=True),
+    "gqa-heads": dict(n_kv_heads=2, n_heads=4, gqa="heads"),
     "gqa-maps": dict(n_kv_heads=2, n_heads=4, gqa="maps"),
     "mqa-biases-tied": dict(n_kv_heads=1, n_heads=2, qkv_bias=True, o_bias=True, mlp_bias=True,
                             tie_embeddings=True),
@@ -131,6 +134,20 @@ def test_every_declared_class_keeps_the_function(name, seed):
     assert float((run(arch, moved, ids, torch.float32) - y32).abs().max()) < 1e-4 * (1 + float(y32.abs().max()))
 
 
+@pytest.mark.parametrize("name", ["gqa-grouped", "gqa-grouped-r4", "mqa-biases-tied"])
+def test_check_invariance_of_the_grouped_graph(name):
+    """symmetries.testing.check_invariance (every declared class, each space alone and jointly, at a
+    perturbed point) in float64 on the grouped-query graphs, and with the head permutation alone."""
+    arch = build(name)
+    report = check_invariance(arch, example_inputs=arch.example_inputs(2), dtype=torch.float64, examples=2)
+    assert report.passed, [str(c) for c in report.failures]
+    g = arch.config["n_kv_heads"]
+    heads = {s.name: sy.HeadStructured(g, sy.Trivial()) for s in arch.graph.spaces() if s.head_group}
+    report = check_invariance(arch, example_inputs=arch.example_inputs(2), dtype=torch.float64, examples=2,
+                              classes=heads, spaces=sorted(heads))
+    assert report.passed, [str(c) for c in report.failures]
+
+
 def test_graph_spaces_and_classes():
     g = build("mha").graph
     assert g.space("layers.0.attn.qk").classes == (sy.HeadStructured(2, sy.Rotary()),)
@@ -140,6 +157,16 @@ def test_graph_spaces_and_classes():
     assert g.space("layers.1.attn.qk.1").classes == (sy.Rotary(),) and g.space("layers.1.attn.vo.0").size == 4
     g = build("gqa-heads").graph
     assert g.space("layers.0.attn.q").size == 16 and g.space("layers.0.attn.kv").size == 8
+    g = build("gqa-grouped").graph          # the default: G = 2 groups of R = 2 query heads of width 4
+    assert g.space("layers.0.attn.qk").classes == (sy.HeadStructured(2, sy.Rotary()),)
+    assert g.space("layers.0.attn.vo").classes == (sy.HeadStructured(2, sy.Invertible()),)
+    assert g.space("layers.0.attn.qk").size == g.space("layers.0.attn.vo").size == 8
+    repeats = {(e.parameter.split(".")[-2], e.axis): e.repeat for s in ("qk", "vo")
+               for e in g.edges_at(f"layers.0.attn.{s}")}
+    assert repeats == {("q_proj", 0): (2, 4), ("k_proj", 0): None, ("v_proj", 0): None, ("o_proj", 1): (2, 4)}
+    assert all(e.repeat is None for e in build("mha").graph.edges())      # G = H: plain edges
+    with pytest.raises(ValueError, match="gqa"):
+        architectures.llama(13, 16, 4, 2, 1, 8, 4, gqa="full")
     with pytest.raises(ValueError):
         architectures.llama(13, 15, 3, 3, 1, 8, 4)      # odd head width: no rotary pairs
     with pytest.raises(ValueError):
@@ -171,7 +198,59 @@ def test_undeclared_maps_change_the_function():
     assert float((run(gqa, broken, ids) - run(gqa, p, ids)).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("name", ["mha", "gqa-heads", "mqa-biases-tied"])
+def _relayout(graph, repeat):
+    """A copy of ``graph`` whose ``q`` rows and ``o`` columns hold the group spaces with ``repeat``."""
+    g = graph.copy()
+    for pname, space, key, d in list(g.nx.edges(keys=True, data=True)):
+        if d.get("repeat") is not None:
+            g.nx.remove_edge(pname, space, key=key)
+            g.connect(pname, space, axis=d["axis"], role=d["role"], repeat=repeat)
+    return g.validate()
+
+
+def test_grouped_layout_is_repeat_interleave():
+    """The grouped graph's repeat ``(R, d)`` is HF's ``repeat_kv`` layout ``(G, R, d)``; read as a tile
+    ``(R, G·d)`` (``x.repeat(R)``, the layout of another model) a random map changes the function, and
+    so does a map on the ``q`` rows' first group copy only."""
+    arch = build("gqa-grouped")
+    p, ids = params_of(arch), arch.example_inputs(2)
+    y = run(arch, p, ids)
+    for seed in range(3):
+        t = sy.random_transforms(arch.graph, seed=seed)
+        assert float((run(arch, sy.apply(arch.graph, p, t), ids) - y).abs().max()) < 1e-10
+        tile = _relayout(arch.graph, (2, 8))
+        assert float((run(arch, sy.apply(tile, p, t, check=False), ids) - y).abs().max()) > 1e-3
+    qk = sy.tie_heads(arch.graph, {"layers.0.attn.qk": sy.HeadStructured(2, sy.Rotary()).random(8, seed=4)})
+    plain = sy.apply(arch.graph, p, qk)
+    q = p["model.layers.0.self_attn.q_proj.weight"].clone()
+    q[:4] = plain["model.layers.0.self_attn.q_proj.weight"][:4]   # query head 0 moved, head 1 of group 0 not
+    broken = dict(plain, **{"model.layers.0.self_attn.q_proj.weight": q})
+    assert float((run(arch, broken, ids) - y).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["gqa-grouped", "gqa-grouped-r4"])
+def test_query_heads_within_a_group_are_exact_but_not_declared(name):
+    """What the grouped graph leaves out is a true symmetry: permuting the query heads inside a group
+    (``q`` rows and ``o`` columns together) keeps the function — and it is not in the graph's group,
+    which moves the ``q`` rows only through the group's space."""
+    arch = build(name)
+    cfg = arch.config
+    h, g, dh = cfg["n_heads"], cfg["n_kv_heads"], cfg["d_head"]
+    r = h // g
+    p, ids = params_of(arch), arch.example_inputs(2)
+    y = run(arch, p, ids)
+    heads = torch.arange(h).reshape(g, r).flip(1).reshape(-1)      # reverse the query heads of each group
+    rows = (heads[:, None] * dh + torch.arange(dh)).reshape(-1)
+    moved = dict(p)
+    for name_, axis in (("q_proj.weight", 0), ("q_proj.bias", 0), ("o_proj.weight", 1)):
+        key = f"model.layers.0.self_attn.{name_}"
+        if key in moved:
+            moved[key] = moved[key].index_select(axis, rows)
+    assert float((run(arch, moved, ids) - y).abs().max()) < 1e-10
+    assert float((run(arch, dict(p, **{k: moved[k] for k in moved if "o_proj" in k}), ids) - y).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa-grouped", "gqa-heads", "mqa-biases-tied"])
 def test_fold_rmsnorm_keeps_the_function_and_admits_orthogonal(name):
     arch = build(name)
     p, ids = params_of(arch, seed=3), arch.example_inputs(2)
@@ -201,14 +280,25 @@ def test_rotary_subproblem_recovers_a_planted_map(seed, roles):
     assert local.loss(found) < 1e-18 and found.allclose(planted, atol=1e-8)
 
 
-def test_weight_matching_undoes_planted_rotary_heads():
-    arch = build("mha")
+@pytest.mark.parametrize("name", ["mha", "gqa-grouped", "gqa-grouped-r4", "mqa-biases-tied"])
+def test_weight_matching_undoes_planted_rotary_heads(name):
+    """B = planted (head permutation × per-group Rotary maps, on the repeated ``q`` rows for G < H; with
+    permutations of the residual and MLP units) · A: weight matching recovers it, J → 0."""
+    arch = build(name)
     a = params_of(arch, seed=0)
+    ids = arch.example_inputs(2)
+    g, dh = arch.config["n_kv_heads"], arch.config["d_head"]
     qk = [f"layers.{i}.attn.qk" for i in range(2)]
-    planted = sy.tie_heads(arch.graph, {s: sy.HeadStructured(2, sy.Rotary()).random(16, seed=i) for i, s in enumerate(qk)})
+    els = {s: sy.HeadStructured(g, sy.Rotary()).random(g * dh, seed=i) for i, s in enumerate(qk)}
+    els.update({"residual": sy.Permutation().random(16, seed=5),
+                **{f"layers.{i}.mlp": sy.Permutation().random(24, seed=6 + i) for i in range(2)}})
+    planted = sy.tie_heads(arch.graph, els)
     b = sy.apply(arch.graph, a, planted)
-    sol = solvers.solve("weight_matching", arch.graph, a, b, seed=0,
-                        classes={"layers.0.attn.qk": sy.HeadStructured(2, sy.Rotary()),
-                                 "layers.1.attn.qk": sy.HeadStructured(2, sy.Rotary())})
+    sol = solvers.solve("weight_matching", arch.graph, a, b, seed=0)
     assert sol.objective_after < 1e-16 * sol.objective_before
     assert math.isfinite(sol.objective_after)
+    aligned = sy.apply(arch.graph, b, sol.transforms)
+    assert float((run(arch, aligned, ids) - run(arch, a, ids)).abs().max()) < 1e-10
+    undo = sy.apply(arch.graph, a, sol.transforms.inverse() if hasattr(sol.transforms, "inverse") else
+                    {k: v.inverse() for k, v in sol.transforms.items()})
+    assert max(float((undo[k] - b[k]).abs().max()) for k in a) < 1e-8

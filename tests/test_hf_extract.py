@@ -1,7 +1,7 @@
 """Hugging Face models as users hold them (from configs, random weights) through ``architectures.from_hf``:
 every admitted class keeps the output to float64 round-off, weight matching aligns two seeds with the
-function kept to 1e-12, and what extraction cannot handle exactly (Llama's rotary embeddings) is refused
-naming the node. Also the rules added for it, used through ``from_module``: ``F.batch_norm``, dropout
+function kept to 1e-12, and what extraction cannot handle exactly (Llama's grouped-query attention) is
+refused naming the node. Also the rules added for it, used through ``from_module``: ``F.batch_norm``, dropout
 variants (identity unless active) and a no-op reshape of attention heads."""
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_training_flags_are_restored():
     assert all(mod.training for mod in m.modules())
 
 
-# -- Llama: rotary embeddings are refused naming the node; the rest extracts with unknown="fixed" --------
+# -- Llama with grouped queries: refused naming the node; the rest extracts with unknown="fixed" -------
 LLAMA = dict(vocab_size=13, hidden_size=16, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
              intermediate_size=24, max_position_embeddings=32)
 LLAMA_IDS = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(0))
@@ -151,11 +151,11 @@ def exact_rmsnorm(monkeypatch):
     monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", forward)
 
 
-def test_llama_rotary_embeddings_are_refused_naming_the_node():
+def test_llama_grouped_query_attention_is_refused_naming_the_node():
     with pytest.raises(architectures.ExtractionError) as info:
         architectures.from_hf(llama(0), LLAMA_IDS)
-    assert info.value.node and info.value.node.startswith("mul"), info.value.node  # q · cos, inside the heads
-    assert "architectures.hf_llama" in str(info.value) and "rotary" in str(info.value)
+    assert info.value.node and info.value.node.startswith("unsqueeze"), info.value.node  # repeat_kv of the keys
+    assert "architectures.hf_llama" in str(info.value) and "grouped-query" in str(info.value)
 
 
 def test_llama_fixed_keeps_residual_and_mlp_exact(exact_rmsnorm):

@@ -8,6 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import architectures
+from architectures.llama import GQA
 import solvers
 import symmetries as sy
 
@@ -21,6 +22,7 @@ CASES = {
     "llama-tied": ("llama", dict(num_key_value_heads=2, tie_word_embeddings=True)),
     "mistral-window": ("mistral", dict(num_key_value_heads=2, sliding_window=4)),
     "qwen2": ("qwen2", dict(num_key_value_heads=4)),
+    "qwen2-gqa": ("qwen2", dict(num_key_value_heads=1)),
 }
 IDS = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(0))
 
@@ -66,7 +68,7 @@ def logits(arch, params, sdpa=False):
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31 - 1))
 def test_hf_logits_unchanged_by_every_admitted_class(case, seed, exact_hf):
-    for gqa in ("heads", "maps"):
+    for gqa in GQA:
         arch = make(case, gqa=gqa)
         p = state(arch, 0)
         y = logits(arch, p, sdpa=True)
@@ -106,9 +108,10 @@ def test_fold_from_hf(case, exact_hf):
         assert float((m(IDS) - y).abs().max()) < 1e-10 * (1 + float(y.abs().max()))
 
 
-@pytest.mark.parametrize("case", ["llama-gqa", "llama-mha-bias"])
-def test_weight_matching_aligns_two_seeds(case, exact_hf):
-    arch = make(case)
+@pytest.mark.parametrize("case, gqa", [("llama-gqa", "grouped"), ("llama-gqa", "heads"), ("llama-mha-bias", "grouped"),
+                                       ("mistral-window", "grouped"), ("qwen2-gqa", "grouped")])
+def test_weight_matching_aligns_two_seeds(case, gqa, exact_hf):
+    arch = make(case, gqa=gqa)
     a, b = state(arch, 0), state(arch, 1)
     sol = solvers.solve("weight_matching", arch.graph, a, b, seed=0)
     assert sol.objective_after < sol.objective_before

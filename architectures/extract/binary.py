@@ -15,10 +15,12 @@ import operator
 from numbers import Number
 
 import torch
+import torch.fx as fx
 
 from symmetries.classes import Permutation
 
 from architectures.extract.heads import bilinear, head_only_op, scores_times_values
+from architectures.extract.rotary import head_factor
 from architectures.extract.state import Feat, HeadOnly, ParamRef, hint_of
 
 __all__ = ["BINARY_FUNCTIONS", "BINARY_METHODS"]
@@ -65,9 +67,12 @@ def binary(ctx, node, kind: str, a, b):
             _restrict(ctx, base, PERM)
         return base.moved(out, D)
     other_first = ops[0] is not base
-    if base.hdim is not None and not isinstance(ops[1] if not other_first else ops[0], Number):
-        return ctx.opaque(node, f"an elementwise {kind} of features split into heads with a tensor")
     other = ops[0] if other_first else ops[1]
+    if base.hdim is not None and not isinstance(other, Number):  # cos/sin of rotary embeddings, masks
+        if other_first and kind == "div" or not isinstance(other, Feat):
+            return ctx.opaque(node, f"an elementwise {kind} of features split into heads with a tensor")
+        arg = node.args[0 if other_first else 1] if len(node.args) == 2 else None
+        return head_factor(ctx, node, kind, base, ctx.value(arg) if isinstance(arg, fx.Node) else arg, out)
     # the spaced operand is a denominator: 1/x is a nonlinearity, exact under permutations only
     nonlinear = kind == "div" and other_first
     if isinstance(other, Number) or (isinstance(other, torch.Tensor) and other.dim() == 0):
@@ -103,7 +108,10 @@ def _restrict(ctx, x: Feat, classes) -> None:
 
 
 def _neg(ctx, node, x):
-    return x.moved(ctx.shape(node), x.dim) if isinstance(x, Feat) else ctx.opaque(node, "negation")
+    if not isinstance(x, Feat):
+        return ctx.opaque(node, "negation")
+    y = x.moved(ctx.shape(node), x.dim)
+    return y if x.half is None else Feat(y.shape, y.dim, y.segs, y.hdim, (x.half[0], -x.half[1]))
 
 
 def matmul(ctx, node, a, b):

@@ -14,6 +14,7 @@ import math
 import torch
 
 from architectures.extract.heads import head_reshape
+from architectures.extract.rotary import half_slice, join_halves
 from architectures.extract.stacked import index_stack, packed_split, permuted, single, unbind
 from architectures.extract.state import Feat, ParamRef, Stacked
 
@@ -211,6 +212,8 @@ def getitem(ctx, node, x, index):
     if x.dim is None:
         return Feat(out)
     items = _items(index, x.ndim)
+    if x.hdim is not None:
+        return half_slice(ctx, node, x, items)
     d_in, d_out = 0, 0
     for item in items:
         if item is None:
@@ -261,6 +264,8 @@ def _cat(ctx, node, tensors, dim=0, **kwargs):
     if len({t.dim for t in spaced}) > 1:
         return ctx.opaque(node, "concatenation of tensors whose features lie on different dimensions")
     D = spaced[0].dim
+    if any(t.hdim is not None for t in spaced):
+        return join_halves(ctx, node, tensors, d)
     if d == D:
         segs = []
         for t in tensors:

@@ -86,11 +86,14 @@ class Feat:
     """A tensor value: ``shape``; ``dim`` is its feature dimension (``None``: it indexes no space)
     and ``segs`` the consecutive pieces of that dimension, ``(var id or None, length)``. When the
     features are split into heads (``view(b, t, H, d)``), ``hdim`` is the head dimension and
-    ``dim`` the within-head one (unit ``h·d + j``)."""
+    ``dim`` the within-head one (unit ``h·d + j``). ``half`` marks rotate_half's pieces of head
+    features: ``(0, sign)`` the lower half ``[:d/2]``, ``(1, sign)`` the upper, times ``sign``
+    (:mod:`architectures.extract.rotary`)."""
     shape: tuple[int, ...]
     dim: int | None = None
     segs: tuple[tuple[int | None, int], ...] = ()
     hdim: int | None = None
+    half: tuple[int, int] | None = None
 
     @property
     def ndim(self) -> int:
@@ -103,7 +106,9 @@ class Feat:
         """The same features on dimension ``dim`` of a tensor of ``shape`` (head split kept when
         the number of dimensions is unchanged)."""
         hdim = self.hdim if self.hdim is not None and len(shape) == self.ndim else None
-        return Feat(tuple(shape), dim, self.segs if dim is not None else (), hdim if dim is not None else None)
+        if dim is None:
+            return Feat(tuple(shape))
+        return Feat(tuple(shape), dim, self.segs, hdim, self.half)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from architectures.extract.aten import equivalent
 from architectures.extract.binary import BINARY_FUNCTIONS, BINARY_METHODS
 from architectures.extract.context import Context
 from architectures.extract.heads import HEAD_FUNCTIONS, HEAD_METHODS
+from architectures.extract.rotary import HALF_OPS
 from architectures.extract.rules import resolve_pending, rule_for
 from architectures.extract.stacked import stack_aware
 from architectures.extract.state import ExtractionError, Feat, HeadOnly, ParamRef, Sealed, Stacked, meet_sets
@@ -101,6 +102,10 @@ class _Walk(Context):
         args = fx.node.map_arg(node.args, lambda n: self._fresh(self.info[n]))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self._fresh(self.info[n]))
         element = node.target is operator.getitem and isinstance(args[0], (tuple, list))
+        if _has_halves((args, kwargs)) and not _half_op(node):
+            self.info[node] = self.opaque(node, "a half of each head's features (rotate_half's x[..., :d/2] or "
+                                                "x[..., d/2:]) used other than negated and concatenated back")
+            return
         if _has_heads((args, kwargs)) and not (element or _head_aware(node, self.root)):
             self.info[node] = self.opaque(node, "an op on features split into attention heads")
             return
@@ -159,7 +164,7 @@ class _Walk(Context):
     def _fresh(self, info):
         """``info`` with split candidates replaced by their pieces."""
         if isinstance(info, Feat) and info.segs:
-            return Feat(info.shape, info.dim, self.state.resolve(info.segs), info.hdim)
+            return Feat(info.shape, info.dim, self.state.resolve(info.segs), info.hdim, info.half)
         if isinstance(info, Stacked):
             return Stacked(info.shape, info.sdim, self._fresh(info.items))
         if isinstance(info, tuple):
@@ -317,10 +322,25 @@ class _Walk(Context):
         return g
 
 
-_HEAD_AWARE = {*BINARY_FUNCTIONS, *HEAD_FUNCTIONS, torch.softmax, torch.nn.functional.softmax, torch.transpose,
+_HEAD_AWARE = {*BINARY_FUNCTIONS, *HEAD_FUNCTIONS, operator.getitem, torch.cat, torch.concat, torch.softmax, torch.nn.functional.softmax, torch.transpose,
                torch.permute, torch.reshape, torch.flatten, torch.nn.functional.dropout}
 _HEAD_AWARE_METHODS = {*BINARY_METHODS, *HEAD_METHODS, "softmax", "view", "reshape", "transpose", "permute",
                        "contiguous", "flatten", "to", "float", "double", "type_as"}
+
+
+def _has_halves(args) -> bool:
+    found = []
+    fx.node.map_aggregate(args, lambda a: found.append(a) if isinstance(a, Feat) and a.half is not None else None)
+    return bool(found)
+
+
+def _half_op(node) -> bool:
+    if node.op not in ("call_function", "call_method"):
+        return False
+    try:
+        return (equivalent(node.target) if node.op == "call_function" else node.target) in HALF_OPS
+    except TypeError:
+        return False
 
 
 def _has_heads(args) -> bool:

@@ -34,7 +34,9 @@ for attention heads: the outputs of the modules whose weight meets the space on 
 (``qk``: the queries ``q`` and keys ``k``, ``vo``: the values ``v``; with packed Q/K/V the slices
 ``qkv[0:Hd]``, ``qkv[Hd:2Hd]``, ``qkv[2Hd:3Hd]`` of its output) (:func:`default_sites`). A site
 is a module name, optionally with a slice of its output features (``"blocks.0.attn.qkv[0:16]"``);
-pass ``sites={space: name or [names]}`` otherwise.
+pass ``sites={space: name or [names]}`` otherwise. A site whose weight produces the space on a
+repeated edge (grouped-query ``q``: ``repeat=(R, d)``) holds the space's units ``count`` times: each
+copy is one more sample of the space's activations.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from symmetries.blocks import split_copies
 from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
                                 PositiveScaling, SignedPermutation, SignFlip, Trivial)
 from symmetries.elements import DenseElement, GatherElement
@@ -154,6 +157,18 @@ def _parse_site(site: str) -> tuple[str, tuple[int, int] | None]:
     return (site, None) if found is None else (found.group(1), (int(found.group(2)), int(found.group(3))))
 
 
+def _site_repeat(graph, space: str, site: str) -> tuple[int, int] | None:
+    """The repeat of the edge by which ``site``'s module produces ``space`` (its ``.weight`` on axis 0 with
+    the site's slice), or ``None``: such a site's output holds the space's units repeated, each copy one
+    more sample of the space (:mod:`symmetries.blocks`)."""
+    module, cut = _parse_site(site)
+    for e in graph.edges_at(space):
+        if (e.repeat is not None and e.parameter == f"{module}.weight" and e.axis == 0 and e.slice == cut
+                and e.role is not Role.VAR):
+            return e.repeat
+    return None
+
+
 def _inside(module: str, outer: str) -> bool:
     return module == outer or module.startswith(outer + ".")
 
@@ -255,9 +270,14 @@ def collect(problem, sites: dict[str, list[str]], apply_activation: bool,
                 channel_first = isinstance(model.get_submodule(streams[s]) if s in streams else module,
                                            _CHANNEL_FIRST)
 
-                def hook(mod, inputs, out, k=k, s=s, i=i, channel_first=channel_first, cut=cut):
+                rep = _site_repeat(problem.graph if k == 0 else problem.graph_b, s, site)
+
+                def hook(mod, inputs, out, k=k, s=s, i=i, channel_first=channel_first, cut=cut, rep=rep):
                     z = _features(out, channel_first, acts[s])
-                    store[(k, s, i)] = z if cut is None else z[:, cut[0]:cut[1]]
+                    z = z if cut is None else z[:, cut[0]:cut[1]]
+                    if rep is not None and z.shape[1] % rep[0] == 0:  # each copy is a sample of the space
+                        z = split_copies(z, 1, *rep).reshape(-1, z.shape[1] // rep[0])
+                    store[(k, s, i)] = z
                 handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():

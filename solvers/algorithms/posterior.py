@@ -35,7 +35,7 @@ STD_SUFFIX = "::std"
 
 def w2_graph(graph: WeightGraph, classes: Mapping) -> WeightGraph:
     """``graph`` with every parameter doubled: ``p`` (the mean, its own edges) and ``p::std`` (the same
-    axes and slices in role ``var``, a tied axis once); each space admits only ``classes[space]``."""
+    axes, slices and repeats in role ``var``, a tied axis once); each space admits only ``classes[space]``."""
     g = WeightGraph(f"W2[{graph.name}]")
     for s in graph.spaces():
         g.add_space(s.name, s.size, classes[s.name], activation=s.activation)
@@ -45,10 +45,10 @@ def w2_graph(graph: WeightGraph, classes: Mapping) -> WeightGraph:
     for p in graph.parameters():
         seen = set()
         for e in graph.edges_of(p.name):
-            g.connect(p.name, e.space, axis=e.axis, role=e.role, slice=e.slice)
+            g.connect(p.name, e.space, axis=e.axis, role=e.role, slice=e.slice, repeat=e.repeat)
             if (e.axis, e.slice) not in seen:
                 seen.add((e.axis, e.slice))
-                g.connect(p.name + STD_SUFFIX, e.space, axis=e.axis, role=Role.VAR, slice=e.slice)
+                g.connect(p.name + STD_SUFFIX, e.space, axis=e.axis, role=Role.VAR, slice=e.slice, repeat=e.repeat)
     return g
 
 

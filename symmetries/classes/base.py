@@ -25,7 +25,7 @@ def _element_dtype(el: Element) -> torch.dtype:
     """The floating dtype an element stores its numbers in (the least precise of a head map's)."""
     if isinstance(el, HeadElement):
         return max((_element_dtype(e) for e in el.inner), key=lambda d: torch.finfo(d).eps)
-    for attr in ("matrix", "out_scale", "out_weight"):
+    for attr in ("matrix", "out_scale", "out_weight", "re"):
         v = getattr(el, attr, None)
         if isinstance(v, torch.Tensor) and v.is_floating_point():
             return v.dtype

@@ -41,6 +41,9 @@ def producers(model: nn.Module, graph, spaces: Sequence[str] | None = None) -> d
         if any(e.slice is not None for e in edges):
             raise GraphError(f"space {space!r} is a slice of a tensor axis; per-channel activations need a "
                              f"whole module output", space=space)
+        if any(e.repeat is not None for e in edges):
+            raise GraphError(f"space {space!r} is produced on a repeated axis (its units appear several times in "
+                             f"the module's output); per-channel activations need one channel per unit", space=space)
         mods = {e.parameter.rsplit(".", 1)[0] for e in edges if "." in e.parameter}
         weights = [e for e in edges if e.parameter.endswith(".weight") and e.axis == 0]
         if len(mods) != 1 or len(weights) != 1:

@@ -21,6 +21,7 @@ from typing import Mapping
 
 import torch
 
+from symmetries.blocks import unit_rows
 from symmetries.errors import GraphError
 from symmetries.graph import WeightGraph
 
@@ -47,7 +48,8 @@ class MatchedDimension:
 
 def neuron_cloud(graph: WeightGraph, params: Mapping, space: str) -> torch.Tensor:
     """``n × k`` float64: row ``j`` holds every weight of unit ``j`` of ``space`` (each tensor that meets
-    the space, its axis moved first and the rest flattened, concatenated; a tied axis counted once)."""
+    the space, its axis moved first and the rest — a repeated edge's copies too — flattened,
+    concatenated; a tied axis counted once)."""
     n = graph.space(space).size
     rows, seen = [], set()
     for e in graph.edges_at(space):
@@ -61,8 +63,7 @@ def neuron_cloud(graph: WeightGraph, params: Mapping, space: str) -> torch.Tenso
         if key in seen:
             continue
         seen.add(key)
-        rows.append(t.detach().narrow(axis, start, stop - start).movedim(axis, 0).reshape(n, -1)
-                    .to(torch.float64, copy=True).cpu())
+        rows.append(unit_rows(t.detach(), e, n, axis).to(torch.float64, copy=True).cpu())
     if not rows:
         raise GraphError(f"no tensor meets space {space!r}: it has no weight cloud", space=space)
     return torch.cat(rows, dim=1)

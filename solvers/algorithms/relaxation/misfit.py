@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from symmetries.assignment import solve_assignment
+from symmetries.blocks import expand_repeats
 from symmetries.classes import HeadStructured, Orthogonal, Permutation, Trivial
 from symmetries.roles import Role
 
@@ -203,6 +204,8 @@ def _add_terms(terms: list, name: str, a: np.ndarray, b: np.ndarray, edges: list
     the constant it adds (``‖A − B‖²`` when no searched space touches it)."""
     if not edges:
         return float(np.sum((a - b) ** 2))
+    if any(e.repeat is not None for e in edges):  # a repeat's copies: one more free axis
+        (a, _), (b, edges) = expand_repeats(a, edges), expand_repeats(b, edges)
     for e in edges:
         if e.role is Role.VAR and not isinstance(spaces[e.space][1], Permutation):
             raise SolverInputError(f"parameter {name!r}: a variance of space {e.space!r} under "

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from symmetries.action import apply
+from symmetries.blocks import expand_repeats
 from symmetries.classes import SemiPermutation
 from symmetries.elements import GatherElement
 from symmetries.roles import Role
@@ -68,6 +69,7 @@ def _fraction_quadratic(problem, transforms):
         if len(edges) > 1 or edges[0].role is Role.VAR or edges[0].slice is not None:
             raise SolverInputError(f"parameter {name!r}: fractions are fitted for one produced space per tensor on a "
                                    f"whole axis (no variances)", parameter=name)
+        (a, _), (c, edges) = expand_repeats(a, edges), expand_repeats(c, edges)  # a repeat's copies: free
         ax = edges[0].axis % a.ndim
         am = np.moveaxis(a, ax, 0).reshape(a.shape[ax], -1)
         cm = np.moveaxis(c, ax, 0).reshape(c.shape[ax], -1)
