@@ -145,3 +145,43 @@ def test_replacing_a_builtin_rule_and_putting_it_back():
     finally:
         architectures.register_rule(nn.Tanh, builtin, replace=True)
     assert architectures.graphs_equivalent(before, architectures.from_module(model, torch.randn(2, 3)))
+
+
+def test_a_rule_by_qualified_name_waits_for_its_module(monkeypatch):
+    """``register_rule("pkg.mod.Name", rule)``: nothing is imported; once the model's code imported
+    ``pkg.mod``, extraction registers the rule for the object the name holds."""
+    import sys
+    import types
+
+    mod = types.ModuleType("fakepkg_rules.layers")
+    exec("from torch import nn\n"
+         "class Scale(nn.Module):\n"
+         "    def forward(self, x):\n"
+         "        return x * 2.0 if x.shape[-1] > 100 else x.cumsum(-1)\n", mod.__dict__)
+    rule = architectures.register_rule("fakepkg_rules.layers.Scale", lambda ctx, node, m, x: ctx.elementwise(
+        node, x, "scale", (sy.PermutationScaling(),)))
+    model = nn.Sequential(nn.Linear(3, 4), mod.Scale(), nn.Linear(4, 2))
+    try:
+        with pytest.raises(architectures.ExtractionError, match="cumsum"):  # not imported yet: traced into
+            architectures.from_module(model, torch.randn(2, 3))
+        monkeypatch.setitem(sys.modules, "fakepkg_rules", types.ModuleType("fakepkg_rules"))
+        monkeypatch.setitem(sys.modules, "fakepkg_rules.layers", mod)
+        g = architectures.from_module(model, torch.randn(2, 3))  # now kept whole, with the rule
+        assert g.space("0").classes == (sy.PermutationScaling(),) and g.space("0").activation == "scale"
+    finally:
+        assert architectures.unregister_rule("fakepkg_rules.layers.Scale") is rule  # by name, once resolved
+
+
+def test_trace_named_for_something_that_is_not_a_module_type_is_refused(monkeypatch):
+    import sys
+    import types
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.ReLU()), nn.Linear(4, 2))
+    assert architectures.TRACE is architectures.extract.rules.TRACE
+    mod = types.ModuleType("fakepkg_trace")
+    mod.fn = lambda x: x
+    monkeypatch.setitem(sys.modules, "fakepkg_trace", mod)
+    architectures.register_rule("fakepkg_trace.fn", architectures.TRACE)
+    with pytest.raises(architectures.RuleError, match="not a module type"):
+        architectures.from_module(model, torch.randn(2, 3))
+    assert architectures.from_module(model, torch.randn(2, 3)).space("0").classes[0] == sy.PermutationScaling()

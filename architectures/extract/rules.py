@@ -156,8 +156,11 @@ def resolve_pending() -> None:
     for name in list(_PENDING):
         imported, obj = _lookup(name)
         if obj is not None:
-            table = _table(obj)
-            table.setdefault(obj, _PENDING[name])
+            if _PENDING[name] is TRACE and not isinstance(obj, type):
+                del _PENDING[name]
+                raise RuleError(f"TRACE was registered for {name!r}, which names {type(obj).__name__} {obj!r}, "
+                                f"not a module type", target=name)
+            _table(obj).setdefault(obj, _PENDING[name])
         if imported:
             del _PENDING[name]
 
