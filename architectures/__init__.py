@@ -9,7 +9,7 @@ from architectures.architecture import Architecture, ExampleInputsError
 from symmetries.graph import Edge, Parameter, Space, WeightGraph
 from architectures.mlp import MLP, mlp
 from architectures.equivalence import assert_graphs_equivalent, graph_difference, graphs_equivalent
-from architectures.extract import Context, ExtractionError, RuleError, from_module, register_rule, unregister_rule
+from architectures.extract import TRACE, Context, ExtractionError, RuleError, from_module, register_rule, unregister_rule
 from architectures.cnn import VGG, VGG_CONFIGS, vgg
 from architectures.gcn import GCN, gcn, normalized_adjacency
 from architectures.resnet import ResNet, resnet
@@ -17,7 +17,7 @@ from architectures.resnet import ResNet, resnet
 __all__ = ["WeightGraph", "Parameter", "Space", "Edge", "Architecture", "ExampleInputsError", "mlp", "MLP", "ACTIVATIONS",
            "Activation", "activation", "builder_activations", "representative_activations", "UnknownActivationError"]
 __all__ += ["vgg", "VGG", "VGG_CONFIGS", "resnet", "ResNet", "gcn", "GCN", "normalized_adjacency"]
-__all__ += ["from_module", "ExtractionError", "register_rule", "unregister_rule", "RuleError", "Context", "graphs_equivalent", "assert_graphs_equivalent", "graph_difference"]
+__all__ += ["from_module", "ExtractionError", "register_rule", "unregister_rule", "RuleError", "TRACE", "Context", "graphs_equivalent", "assert_graphs_equivalent", "graph_difference"]
 from architectures.transformer import RESIDUAL, gpt2, rebuild, vit
 from architectures.layernorm import rewrite_layernorm
 from architectures.hf_gpt2 import hf_gpt2, hf_gpt2_config, hf_to_gpt2  # imports transformers only when called

@@ -7,7 +7,9 @@
 2. One sweep's time against its floor: the matmuls ``Σ_e A_e B_eᵀ`` and the assignments it must do.
    Then the full ReLU group: ``Permutation()`` against ``PermutationScaling()`` (and the previous,
    all-eigenvalue scale solver with the plain loop, with ``--old-scaling``), float64, one run printing
-   both: wall and CPU time (best of N), sweeps, J.
+   both: wall and CPU time (best of N), sweeps, J — on the MLPs, and on two SqueezeNet-1.1-layout
+   convnets (fire modules: expands concatenated; graph by ``architectures.from_module``; 1000 classes;
+   independent random inits).
 3. A GPT-2-small-shaped pair (``architectures.gpt2``: 12 layers, d=768, MLP 3072, 12 heads,
    vocabulary 50257, context 1024, tied embeddings; random weights; LayerNorm rewritten to gain-free
    RMSNorm so the residual stream admits ``Orthogonal``):
@@ -66,12 +68,27 @@ def best_of_cpu(fn, repeat=3):
     return min(walls), min(cpus), out
 
 
-def scaling_section(widths, repeat, old: bool):
-    """Permutations against the full ReLU group on the same pair (float64), one run printing both."""
+def scaling_section(widths, repeat, old: bool, tiny: bool = False):
+    """Permutations against the full ReLU group on the same pair (float64), one run printing both: the
+    MLPs, then the SqueezeNet-1.1-layout convnets."""
     arch = architectures.mlp(widths)
     a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
     b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
     print(f"\n== 1b. permutation vs permutation × scaling, two {'-'.join(map(str, widths))} MLPs (float64) ==")
+    _scaling_rows(arch.graph, a, b, repeat, old)
+    width, classes = (0.25, 10) if tiny else (1.0, 1000)
+    torch.manual_seed(0)
+    net_a = SqueezeNet11(width, classes).double().eval()
+    torch.manual_seed(1)
+    net_b = SqueezeNet11(width, classes).double().eval()
+    graph = architectures.from_module(net_a, torch.zeros(1, 3, 64, 64, dtype=torch.float64))
+    n = sum(p.numel() for p in net_a.parameters())
+    print(f"\n== 1c. the same, two SqueezeNet-1.1-layout convnets ({len(list(graph.spaces()))} spaces, "
+          f"{n / 1e6:.2f} M parameters, float64) ==")
+    _scaling_rows(graph, net_a.state_dict(), net_b.state_dict(), repeat, False)
+
+
+def _scaling_rows(graph, a, b, repeat, old: bool):
     print(f"{'classes':<34} {'wall [s]':>9} {'CPU [s]':>8} {'sweeps':>6} {'J before':>10} {'J after':>10}  status")
     rows = [("permutation", {}), ("permutation_scaling", {})]
     if old:
@@ -79,17 +96,17 @@ def scaling_section(widths, repeat, old: bool):
     base = None
     for cls, kw in rows:
         if kw.pop("_old", False):
-            run = _old_scaling_run(arch, a, b)
+            run = _old_scaling_run(graph, a, b)
             wall, cpu, sol = best_of_cpu(run, 1)
         else:
-            wall, cpu, sol = best_of_cpu(lambda: solvers.solve("weight_matching", arch.graph, a, b,
+            wall, cpu, sol = best_of_cpu(lambda: solvers.solve("weight_matching", graph, a, b,
                                                                classes=cls.split()[0], seed=0, **kw), repeat)
         base = base or (wall, cpu)
         print(f"{cls:<34} {wall:9.3f} {cpu:8.3f} {sol.iterations:6d} {sol.objective_before:10.2f} "
               f"{sol.objective_after:10.2f}  {status(sol)}  ({wall / base[0]:.1f}× wall, {cpu / base[1]:.1f}× CPU)")
 
 
-def _old_scaling_run(arch, a, b):
+def _old_scaling_run(graph, a, b):
     """The previous method: every scale by companion-matrix eigenvalues, no staged start or scale descent."""
     import solvers.subproblems as sp
     from solvers.scaling import best_scale_eig
@@ -99,10 +116,44 @@ def _old_scaling_run(arch, a, b):
         sp.best_scale, wm._monomial_descent = best_scale_eig, (lambda *args, **kw: None)
         wm.PermutationScaling = type("NoStage", (), {})  # the staged start looks for this class
         try:
-            return solvers.solve("weight_matching", arch.graph, a, b, classes="permutation_scaling", seed=0)
+            return solvers.solve("weight_matching", graph, a, b, classes="permutation_scaling", seed=0)
         finally:
             sp.best_scale, wm._monomial_descent, wm.PermutationScaling = saved
     return run
+
+
+class Fire(torch.nn.Module):
+    """SqueezeNet's fire module: a 1×1 squeeze, then 1×1 and 3×3 expands, concatenated."""
+
+    def __init__(self, c_in, squeeze, expand):
+        super().__init__()
+        self.squeeze = torch.nn.Conv2d(c_in, squeeze, 1)
+        self.expand1x1 = torch.nn.Conv2d(squeeze, expand, 1)
+        self.expand3x3 = torch.nn.Conv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.squeeze(x))
+        return torch.cat([torch.relu(self.expand1x1(x)), torch.relu(self.expand3x3(x))], 1)
+
+
+class SqueezeNet11(torch.nn.Module):
+    """torchvision's ``squeezenet1_1`` layout (channel widths × ``width``), written out: no torchvision."""
+
+    def __init__(self, width=1.0, classes=1000):
+        super().__init__()
+        c = lambda v: max(1, round(v * width))  # noqa: E731
+        pool = lambda: torch.nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, c(64), 3, stride=2), torch.nn.ReLU(), pool(),
+            Fire(c(64), c(16), c(64)), Fire(c(128), c(16), c(64)), pool(),
+            Fire(c(128), c(32), c(128)), Fire(c(256), c(32), c(128)), pool(),
+            Fire(c(256), c(48), c(192)), Fire(c(384), c(48), c(192)),
+            Fire(c(384), c(64), c(256)), Fire(c(512), c(64), c(256)))
+        self.classifier = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Conv2d(c(512), classes, 1),
+                                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
 
 
 def mlp_section(widths):
@@ -303,7 +354,7 @@ def main():
     shape = (dict(layers=2, d=16, heads=4, d_mlp=32, vocab=50, ctx=8) if args.tiny else
              dict(layers=12, d=768, heads=12, d_mlp=3072, vocab=50257, ctx=1024))
     arch, a, b = mlp_section(widths)
-    scaling_section(widths, args.repeat, args.old_scaling)
+    scaling_section(widths, args.repeat, args.old_scaling, args.tiny)
     sweep_floor(arch, a, b)
     if not args.skip_gpt2:
         for n in args.gpt2_threads or [default_threads]:

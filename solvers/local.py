@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from symmetries.action import apply_axis
-from symmetries.blocks import split_copies, unit_rows
+from symmetries.blocks import unit_rows
 from symmetries.classes import HeadStructured
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
@@ -30,7 +30,7 @@ from symmetries.roles import Role
 from solvers.errors import SolverInputError
 from solvers.stream import row_chunk
 
-__all__ = ["Local", "Matcher", "ScaleViews", "search_units", "inner_product", "KEEP_BYTES"]
+__all__ = ["Local", "Matcher", "search_units", "inner_product", "KEEP_BYTES"]
 
 #: Most bytes of B rows :meth:`Matcher.local` keeps for its caller in one call (``keep=``).
 KEEP_BYTES = 1 << 27
@@ -131,12 +131,13 @@ class Local:
         return _gram([a for a, _ in self.pairs[role]], self.m)
 
     def row_norms(self, role: Role, side: str) -> torch.Tensor:
-        """``Σ_e ‖row_j‖²`` of A (``side='a'``) or B (``side='b'``)."""
-        idx, size = (0, self.m) if side == "a" else (1, self.n)
-        mats = [p[idx] for p in self.pairs[role]]
-        if not mats:
-            return torch.zeros(size, dtype=torch.float64)
-        return sum((x * x).sum(1) for x in mats)
+        """``Σ_e ‖row_j‖²`` of A (``side='a'``) or B (``side='b'``) (computed once, then cached)."""
+        key = ("row_norms", role, side)
+        if key not in self._cache:
+            idx, size = (0, self.m) if side == "a" else (1, self.n)
+            mats = [p[idx] for p in self.pairs[role]]
+            self._cache[key] = sum((x * x).sum(1) for x in mats) if mats else torch.zeros(size, dtype=torch.float64)
+        return self._cache[key]
 
     def loss(self, el: Element) -> float:
         """``L(T) = Σ_e ‖A_e − T·B_e‖²`` in each edge's role."""
@@ -315,74 +316,6 @@ def _rows(t: torch.Tensor, edge, m: int) -> torch.Tensor:
     """``t``'s span along ``edge``'s axis, that axis first, the others (and a repeat's copies) flattened
     (``m × k``)."""
     return unit_rows(t, edge, m)
-
-
-class ScaleViews:
-    """The positive-scale subproblems of ``spaces`` with their gathers (permutations) and every other
-    transform kept: per tensor touching them, ``E = Σ_free A∘B̃`` and ``F = Σ_free B̃∘B̃`` (``B̃``: B with the
-    gathers and other transforms applied, no scales), summed over the axes no polished space indexes.
-    A space's scale terms (:mod:`solvers.scaling`) are then ``E`` and ``F`` contracted with the other
-    polished axes' scale factors (``out``: ``c``, ``in``: ``1/c``, ``var``: ``c²``; squared for ``F``) —
-    mat-vecs instead of re-gathering the tensors (a repeated axis: its copies are one more free axis).
-    :meth:`build` returns ``None`` where a tensor's axis is split between spaces or one tensor meets a
-    polished space twice."""
-
-    def __init__(self, parts: dict, sizes: dict):
-        self.parts, self.sizes = parts, sizes  # space → [(E, F, position, [(other space, role)…], role)]
-
-    @classmethod
-    def build(cls, problem, spaces: list[str], transforms: dict) -> "ScaleViews | None":
-        polished = set(spaces)
-        gathers = {s: GatherElement(transforms[s].index, transforms[s].n) for s in spaces}
-        fixed = {**transforms, **gathers}
-        gb = problem.graph_b
-        parts: dict[str, list] = {s: [] for s in spaces}
-        names = {e.parameter for s in spaces for e in gb.edges_at(s)}
-        for name in names:
-            b, a = problem.params_b[name], problem.params_a[name]
-            by_axis = defaultdict(list)
-            for e in gb.edges_of(name):
-                if e.space in fixed:
-                    by_axis[e.axis % b.dim()].append(e)
-            axes = []  # (axis, space, role) of the polished axes
-            for ax, group in by_axis.items():
-                mine = [e for e in group if e.space in polished]
-                if mine and (len(group) > 1 or group[0].span(b.shape[ax]) != (0, b.shape[ax])):
-                    return None  # a split or tied axis: use the per-space path
-                if mine:
-                    axes.append((ax, mine[0].space, mine[0].role, mine[0].repeat))
-                b = apply_axis(b, ax, group, fixed)
-            if len({x[1] for x in axes}) < len(axes):
-                return None
-            repeats = {x[0]: x[3] for x in axes if x[3] is not None}
-            for ax in sorted(repeats, reverse=True):  # copies first, then the units: a free axis more
-                a, b = split_copies(a, ax, *repeats[ax]), split_copies(b, ax, *repeats[ax])
-            axes = sorted((ax + sum(r <= ax for r in repeats), sp, role) for ax, sp, role, _ in axes)
-            free = [ax for ax in range(b.dim()) if ax not in {x for x, _, _ in axes}]
-            e_ = (a.double() * b.double()).sum(free) if free else a.double() * b.double()
-            f_ = (b.double() ** 2).sum(free) if free else b.double() ** 2
-            for pos, (_, sp, role) in enumerate(axes):
-                others = [(o, r) for _, o, r in axes if o != sp]
-                parts[sp].append((e_, f_, pos, others, role))
-        return cls(parts, {s: problem.sizes[s][1] for s in spaces})
-
-    def terms(self, space: str, scales: dict) -> dict:
-        """``α, β, γ, δ, ζ, ε`` (float64 numpy, one per unit) of ``space`` for the other spaces' ``scales``."""
-        n = self.sizes[space]
-        out = {r: [torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)] for r in Role}
-        for e_, f_, pos, others, role in self.parts[space]:
-            weights = [_factor(scales[o], r) for o, r in others]
-            x, y = e_.movedim(pos, 0), f_.movedim(pos, 0)  # the others follow, in axis order
-            for w in weights[::-1]:  # contract them, last first
-                x, y = x @ w, y @ (w * w)
-            out[role][0] += x
-            out[role][1] += y
-        (a, b), (g, d), (z, e) = (out[r] for r in (Role.OUT, Role.IN, Role.VAR))
-        return {k: v.numpy() for k, v in dict(alpha=a, beta=b, gamma=g, delta=d, zeta=z, eps=e).items()}
-
-
-def _factor(c: torch.Tensor, role: Role) -> torch.Tensor:
-    return c if role is Role.OUT else (1.0 / c if role is Role.IN else c * c)
 
 
 def search_units(problem) -> list[list[str]]:

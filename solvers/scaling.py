@@ -10,19 +10,28 @@ with ``α, γ, ζ`` the cross products ``⟨a, b⟩`` and ``β, δ, ε`` the nor
 ``c³ f′(c)/2 = 2ε c⁶ + (β − 2ζ) c⁴ − α c³ + γ c − δ``; the minimiser is the best of those
 roots (and of the bounds ``[1e-8, 1e8]`` when ``f`` keeps decreasing).
 
-Two exact methods, one answer:
+Exact methods, one answer:
 
-* **the quartic** (no ``var`` edge, ``β, δ > 0`` — every pair of a plain ReLU layer):
-  ``p(c) = βc⁴ − αc³ + γc − δ``, ``p(0) = −δ < 0``, ``p(∞) = ∞``. ``p″(c) = 6c(2βc − α)``: ``p`` is
-  concave on ``(0, c_i)`` and convex on ``(c_i, ∞)``, ``c_i = max(α, 0)/(2β)``. The minimisers of
-  ``f`` are the roots where ``p`` crosses from − to +; there are at most two (Descartes: three
-  positive roots at most, the middle one a maximum of ``f``): the smallest root, which lies in the
-  concave part if anywhere, and the largest, in the convex part. Newton's method from ``0`` on the
-  concave part and from an upper bound ``B`` (``p(B) ≥ 0``: ``B = max(3α⁺/β, (3γ⁻/β)^⅓, (3δ/β)^¼)``)
-  on the convex part moves monotonically towards those roots and never steps over one (a tangent
-  lies above a concave and below a convex function); it leaves its part — the root is not there —
-  or converges. Vectorised in torch over the whole ``n × n`` grid, about 10 Newton steps.
-* **eigenvalues** (everything else, and any row the quartic cannot certify: a root outside
+* **the quartic** (no ``var`` edge, ``β, δ > 0`` — every pair of a plain ReLU layer): with
+  ``c = s t``, ``s = (δ/β)^¼``, ``κ = √(βδ)``: ``f = κ h(t)``, ``h = t² + t⁻² − 2At − 2G/t``,
+  ``A = αs/κ``, ``G = γ/(sκ)`` — two numbers per pair (``s, κ`` are per column of the ``n × n`` grid);
+  stationarity ``p(t) = t⁴ − At³ + Gt − 1 = 0``, ``p(0) = −1``. ``p″(t) = 6t(2t − A)``: ``p`` is
+  concave on ``(0, t_i)`` and convex on ``(t_i, ∞)``, ``t_i = A⁺/2``. The minimisers of ``f`` are the
+  roots where ``p`` crosses from − to +: at most two (Descartes: three positive roots at most, more
+  than one only if ``A, G > 0``), the smallest, in the concave part if anywhere, and the largest, in
+  the convex part. On the concave part ``p(t) ≤ −1 + Gt`` (below its tangent at 0): it holds a root
+  only if ``G t_i ≥ 1``. So a point ``t ≥ t_i`` where Newton has converged and ``p′(t) > 0`` is the
+  largest root (``p`` increases beyond it), and where ``G t_i < 1`` the global minimiser — a
+  certificate that does not depend on the path. **Fast path**: unguarded Newton from ``t = max(1, A)``
+  (the root when ``A = G = 0``), vectorised over cache-sized blocks of the grid, about five steps, then
+  that certificate. **Guarded path** for the rows it does not certify: monotone Newton from the right
+  on the convex part (from ``max(1, t_i)``, or its Newton step where that lies left of the root, or
+  the bound ``B = max(3A⁺, (3G⁻)^⅓, 3^¼)``, ``p(B) ≥ 0``) and from ``0`` on the concave part — a
+  tangent lies below a convex and above a concave function, so neither steps over a root; each
+  leaves its part (no root there) or converges.
+* **one role** (``γ = δ = 0`` or ``α = β = 0``, no ``var`` edge): a convex quadratic in ``c`` (in
+  ``1/c``), its minimiser clamped to the box.
+* **eigenvalues** (everything else, and any row the paths above cannot certify: a minimiser outside
   ``[1e-8, 1e8]``, no convergence in the step budget, non-finite numbers): the positive real roots of
   the sextic by batched companion-matrix eigenvalues, grouped by effective degree.
 """
@@ -31,34 +40,58 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["best_scale", "scale_loss"]
+__all__ = ["best_scale", "best_scale_eig", "scale_loss"]
 
 C_MIN, C_MAX = 1e-8, 1e8
 NEWTON_STEPS = 100  # per direction; rows not converged by then go to the eigenvalue path
-NEWTON_RTOL = 1e-11  # a step this small (relative): quadratic convergence puts the next iterate at round-off
+NEWTON_RTOL = 1e-9  # a step this small (relative): one more step puts the iterate at round-off (quadratic)
 
 
-def scale_loss(c, alpha, beta, gamma, delta, zeta, eps):
+def scale_loss(c, alpha, beta, gamma, delta, zeta=0.0, eps=0.0):
     """``f(c)`` (the local loss without the terms that do not depend on ``c``)."""
     return beta * c**2 - 2 * alpha * c + delta / c**2 - 2 * gamma / c + eps * c**4 - 2 * zeta * c**2
 
 
 def best_scale(alpha, beta, gamma, delta, zeta=0.0, eps=0.0) -> tuple[np.ndarray, np.ndarray]:
     """Elementwise ``(c*, f(c*))`` minimising ``f`` over ``c ∈ [1e-8, 1e8]`` (broadcast inputs: arrays or
-    tensors; float64 numpy results). The quartic rows by Newton, the rest by eigenvalues."""
-    arrays = np.broadcast_arrays(*(_numpy64(x) for x in (alpha, beta, gamma, delta, zeta, eps)))
-    shape = arrays[0].shape
-    a, b, g, d, z, e = (np.ascontiguousarray(x).reshape(-1) for x in arrays)
-    c, f = np.full(a.size, np.nan), np.full(a.size, np.nan)
-    quartic = np.flatnonzero((z == 0) & (e == 0) & (b > 0) & (d > 0) & np.isfinite(a) & np.isfinite(g)
-                             & np.isfinite(b) & np.isfinite(d))
-    if quartic.size:
-        cq, fq = _quartic_min(*(torch.from_numpy(x[quartic]) for x in (a, b, g, d)))
-        c[quartic], f[quartic] = cq.numpy(), fq.numpy()
+    tensors; float64 numpy results). The quartic rows by Newton, one-sided rows in closed form, the rest
+    by eigenvalues."""
+    a, b, g, d, z, e = (_numpy64(x) for x in (alpha, beta, gamma, delta, zeta, eps))
+    shape = np.broadcast_shapes(a.shape, b.shape, g.shape, d.shape, z.shape, e.shape)
+    if not z.any() and not e.any():  # no var edge anywhere: the quartic on the broadcast inputs
+        c, f = _quartic_min(a, b, g, d)
+        c, f = (x.reshape(-1) if x.shape == shape else np.broadcast_to(x, shape).reshape(-1).copy() for x in (c, f))
+        arrays = None
+    else:
+        arrays = [np.broadcast_to(x, shape).reshape(-1) for x in (a, b, g, d, z, e)]
+        c, f = np.full(int(np.prod(shape)), np.nan), np.full(int(np.prod(shape)), np.nan)
+        quartic = np.flatnonzero((arrays[4] == 0) & (arrays[5] == 0))
+        if quartic.size:
+            c[quartic], f[quartic] = _quartic_min(*(x[quartic] for x in arrays[:4]))
     rest = np.flatnonzero(np.isnan(c))
     if rest.size:
-        c[rest], f[rest] = best_scale_eig(a[rest], b[rest], g[rest], d[rest], z[rest], e[rest])
+        if arrays is None:
+            arrays = [np.broadcast_to(x, shape).reshape(-1) for x in (a, b, g, d, z, e)]
+        c[rest], f[rest] = _one_sided(*(x[rest] for x in arrays))
+        rest = rest[np.isnan(c[rest])]
+    if rest.size:
+        c[rest], f[rest] = best_scale_eig(*(x[rest] for x in arrays))
     return c.reshape(shape), f.reshape(shape)
+
+
+def _one_sided(a, b, g, d, z, e) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with one role only (``γ = δ = 0``: ``f = βc² − 2αc``, ``β > 0``; ``α = β = 0``: ``f = δ/c² − 2γ/c``,
+    ``δ > 0``; no ``var`` term): the convex quadratic in ``c`` (in ``1/c``) clamped to the box — exact;
+    ``nan`` elsewhere."""
+    c, f = np.full(a.shape, np.nan), np.full(a.shape, np.nan)
+    plain = (z == 0) & (e == 0) & np.isfinite(a) & np.isfinite(b) & np.isfinite(g) & np.isfinite(d)
+    out = np.flatnonzero(plain & (g == 0) & (d == 0) & (b > 0))
+    c[out] = np.clip(np.maximum(a[out], 0.0) / b[out], C_MIN, C_MAX)
+    inn = np.flatnonzero(plain & (a == 0) & (b == 0) & (d > 0))
+    c[inn] = 1.0 / np.clip(np.maximum(g[inn], 0.0) / d[inn], 1.0 / C_MAX, 1.0 / C_MIN)
+    both = np.concatenate([out, inn])
+    f[both] = scale_loss(c[both], a[both], b[both], g[both], d[both])
+    return c, f
 
 
 def _numpy64(x) -> np.ndarray:
@@ -68,82 +101,141 @@ def _numpy64(x) -> np.ndarray:
 
 
 # -- the quartic (no var edge) ---------------------------------------------------------------
-def _quartic_min(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, d: torch.Tensor):
-    """``(c*, f(c*))`` for ``β, δ > 0``, ``ε = ζ = 0``; ``nan`` where not certified (see module doc)."""
-    coeffs = a, b, g, d
-    s = torch.maximum(torch.maximum(a.abs(), g.abs()), torch.maximum(b, d))
-    a, b, g, d = a / s, b / s, g / s, d / s  # same roots, no overflow for c ≤ 2e8
-    infl = a.clamp_min(0) / (2 * b)  # c_i: concave below, convex above
-    bound = torch.maximum(torch.maximum(3 * a.clamp_min(0) / b, (3 * (-g).clamp_min(0) / b) ** (1 / 3)),
-                          (3 * d / b) ** 0.25)
-    start = bound.clamp_max(2 * C_MAX)
-    right, right_ok = _newton(a, b, g, d, start, infl, from_right=True)
-    left = torch.full_like(a, float("nan"))
-    left_ok = torch.ones_like(a, dtype=torch.bool)
-    two = torch.nonzero((a > 0) & (g > 0)).squeeze(1)  # else p′ ≤ 0 on the concave part: no smallest root there
-    if two.numel():
-        lv, lok = _newton(a[two], b[two], g[two], d[two], torch.zeros_like(a[two]), infl[two], from_right=False)
-        left[two], left_ok[two] = lv, lok
-    ok = right_ok & left_ok & ~(torch.isnan(left) & torch.isnan(right))
-    for root in (left, right):  # a minimiser outside the box: the box's answer may be an end (eigen path)
-        ok &= torch.isnan(root) | ((root >= C_MIN) & (root <= C_MAX))
-    fl, fr = (_quartic_loss(x, *coeffs) for x in (left, right))
-    fl, fr = torch.nan_to_num(fl, nan=float("inf")), torch.nan_to_num(fr, nan=float("inf"))
-    take_left = fl < fr
-    c = torch.where(take_left, left, right)
-    f = torch.where(take_left, fl, fr)
-    nan = torch.full_like(c, float("nan"))
-    return torch.where(ok, c, nan), torch.where(ok, f, nan)
+CHUNK = 32768  # grid entries per block: the block's temporaries stay in cache
+FAST_STEPS = 8  # unguarded Newton steps per block before the guarded path takes the rows left over
 
 
-def _quartic_loss(c, a, b, g, d):
-    return b * c**2 - 2 * a * c + d / c**2 - 2 * g / c
+def _quartic_min(a, b, g, d) -> tuple[np.ndarray, np.ndarray]:
+    """``(c*, f(c*))`` (broadcast shape) for ``ε = ζ = 0``; ``nan`` where not certified (``β ≤ 0`` or
+    ``δ ≤ 0`` included). ``β, δ`` enter only through ``s`` and ``κ`` (``1 × n`` on the ``n × n`` grid),
+    computed once; the grid is walked in blocks of rows, ``f = κ h(t)``, ``c = s t``."""
+    with np.errstate(all="ignore"):
+        rb, rd = np.sqrt(np.where(b > 0, b, np.nan)), np.sqrt(np.where(d > 0, d, np.nan))
+        s, k = np.sqrt(rd / rb), rb * rd
+        u, v = s / k, 1.0 / (s * k)
+        shape = np.broadcast_shapes(a.shape, b.shape, g.shape, d.shape)
+        size = int(np.prod(shape))
+        rows, cols = (size // shape[-1], shape[-1]) if len(shape) >= 2 and shape[-1] else (size, 1)
+        a2, g2, s2, u2, v2, k2 = (x.reshape(rows, cols) if x.shape == shape else
+                                  np.broadcast_to(x, shape).reshape(rows, cols) for x in (a, g, s, u, v, k))
+        c, f = np.empty((rows, cols)), np.empty((rows, cols))
+        step = max(1, CHUNK // max(cols, 1))
+        todo, todo_a, todo_g = [], [], []
+        for r in range(0, rows, step):
+            blk = slice(r, r + step)
+            big_a, big_g = a2[blk] * u2[blk], g2[blk] * v2[blk]
+            t, ok = _fast_root(big_a, big_g)
+            c[blk], f[blk] = s2[blk] * t, k2[blk] * _h(t, big_a, big_g)
+            bad = np.flatnonzero(~ok)
+            if bad.size:
+                todo.append(bad + r * cols)
+                todo_a.append(big_a.reshape(-1)[bad])
+                todo_g.append(big_g.reshape(-1)[bad])
+        if todo:
+            idx, ta, tg = np.concatenate(todo), np.concatenate(todo_a), np.concatenate(todo_g)
+            t = _careful_root(ta, tg)
+            c.reshape(-1)[idx] = s2.reshape(-1)[idx] * t
+            f.reshape(-1)[idx] = k2.reshape(-1)[idx] * _h(t, ta, tg)
+        if size and not (c.min() >= C_MIN and c.max() <= C_MAX):  # nan, or the box's answer may be an end
+            out = ~((c >= C_MIN) & (c <= C_MAX))
+            c[out], f[out] = np.nan, np.nan
+        return c.reshape(shape), f.reshape(shape)
 
 
-def _newton(a, b, g, d, x, infl, *, from_right: bool):
-    """Newton on ``p`` restricted to the convex part (``from_right``: from ``x`` with ``p(x) ≥ 0``,
-    decreasing) or the concave part (from ``x = 0``, increasing). Returns ``(root or nan, certified)``:
-    ``nan`` with ``certified`` where the iterate left its part (no root there); ``certified`` false
-    where the start was invalid or the step budget ran out."""
-    n = x.numel()
-    root = torch.full_like(x, float("nan"))
-    certified = torch.ones(n, dtype=torch.bool)
-    active = torch.arange(n)
-    if from_right:  # the start must be in the convex part with p ≥ 0 (else the root is above 2e8)
-        p0 = ((b * x - a) * x * x + g) * x - d
-        bad = (p0 < 0) | (x < infl) | ~torch.isfinite(p0)
-        certified[bad] = False
-        active = active[~bad]
-    a, b, g, d, x, infl = (t[active] for t in (a, b, g, d, x, infl))
-    a3, b4 = 3 * a, 4 * b
-    live = torch.ones(active.numel(), dtype=torch.bool)  # rows still iterating (compacted when half are done)
+def _fast_root(a: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest root of ``p`` by unguarded Newton from ``t = max(1, A)``, and where it is certified as the global
+    minimiser (path-independent): converged at ``t ≥ t_i`` with ``p′(t) > 0`` (``p`` increases beyond: no
+    larger root) and no root possible on the concave part (``G t_i < 1``: ``A ≤ 0``, ``G ≤ 0`` included)."""
+    a3 = 3.0 * a
+    x = np.maximum(a, 1.0)  # the root for A = G = 0, and p′ = t²(4t − 3A) + G > 0 there unless G ≪ 0
+    small, dp = np.zeros(x.shape, dtype=bool), x
+    for i in range(FAST_STEPS):
+        x2 = x * x
+        p = ((x - a) * x2 + g) * x - 1.0
+        dp = (4.0 * x - a3) * x2 + g
+        step = p / dp
+        x = x - step
+        if i >= 3:
+            small = np.abs(step) <= NEWTON_RTOL * x
+            if small.all():
+                break
+    infl = np.maximum(a, 0.0) * 0.5
+    ok = small & (dp > 0) & (x >= infl) & (g * infl < 1.0)
+    return x, ok
+
+
+def _careful_root(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The global minimiser ``t > 0`` of ``t² + t⁻² − 2at − 2g/t`` (1-D arrays) by monotone Newton on
+    both parts (module doc), ``nan`` where uncertified."""
+    infl = np.maximum(a, 0.0) * 0.5
+    x = np.maximum(infl, 1.0)
+    x2 = x * x
+    p = ((x - a) * x2 + g) * x - 1.0
+    dp = (4.0 * x - 3.0 * a) * x2 + g
+    # a valid right start: p ≥ 0 with p′ ≥ 0 (no root above), or the Newton step from a point left of
+    # the root with p′ > 0 (convexity: it lands at or above the root, p increasing beyond)
+    x = np.where(p >= 0, x, x - p / dp)
+    bad = np.flatnonzero(~(dp > 0) & ~((p >= 0) & (dp >= 0)))
+    if bad.size:
+        ab, gb = a[bad], g[bad]
+        x[bad] = np.maximum(np.maximum(3 * np.maximum(ab, 0.0), np.cbrt(3 * np.maximum(-gb, 0.0))), 3 ** 0.25)
+    right, ok = _newton(a, g, x, infl, from_right=True)
+    two = np.flatnonzero((a > 0) & (g > 0) & (g * infl >= 1.0))  # else p < 0 on the concave part
+    if two.size:
+        at, gt = a[two], g[two]
+        left, lok = _newton(at, gt, np.zeros(two.size), infl[two], from_right=False)
+        ok[two] &= lok
+        rt = right[two]
+        hl, hr = _h(left, at, gt), _h(rt, at, gt)
+        right[two] = np.where(np.isnan(rt) | (hl < hr), left, rt)  # nan left: hl < hr is false
+    return np.where(ok, right, np.nan)
+
+
+def _h(t, a, g):
+    """``f/κ = t² + t⁻² − 2At − 2G/t``."""
+    it = 1.0 / t
+    return t * (t - 2.0 * a) + it * (it - 2.0 * g)
+
+
+def _newton(a, g, x, infl, *, from_right: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Newton on ``p`` restricted to the convex part (``from_right``: from ``x`` with ``p(x) ≥ 0`` and no
+    root above, decreasing) or the concave part (from ``x = 0``, increasing). Returns ``(root or nan,
+    certified)``: ``nan`` and certified where the iterate left its part (no root there); not certified
+    where a number was not finite or the step budget ran out."""
+    n = x.size
+    root = np.full(n, np.nan)
+    certified = np.ones(n, dtype=bool)
+    idx = np.arange(n)
+    live = np.ones(n, dtype=bool)  # rows still iterating (compacted when half are done)
+    a3 = 3.0 * a
     for _ in range(NEWTON_STEPS):
         x2 = x * x
-        p = torch.addcmul(g, b * x - a, x2).mul_(x).sub_(d)  # ((βx − α)x² + γ)x − δ
-        dp = torch.addcmul(g, b4 * x - a3, x2)  # (4βx − 3α)x² + γ
+        p = ((x - a) * x2 + g) * x - 1.0
+        dp = (4.0 * x - a3) * x2 + g
         step = p / dp
         nx = x - step
-        if from_right:  # leaving the convex part (or p′ ≤ 0 there): no root ≥ c_i; p ≤ 0: at the root
+        if from_right:  # leaving the convex part (or p′ ≤ 0 there): no root ≥ t_i; p ≤ 0: at the root
             gone, at_root = (dp <= 0) | (nx < infl), p <= 0
         else:
             gone, at_root = (dp <= 0) | (nx > infl), p >= 0
-        done = (at_root | ((step.abs() <= NEWTON_RTOL * nx) & ~gone)) & live
-        stop = (done | gone) & live  # a non-finite step is neither: it runs out of steps (uncertified)
-        if bool(stop.any()):
-            idx = torch.nonzero(done).squeeze(1)
-            root[active[idx]] = torch.where(at_root[idx], x[idx], nx[idx])
-            live &= ~stop
-            nlive = int(live.sum())
+        small = np.abs(step) <= NEWTON_RTOL * nx
+        stop = (at_root | gone | small) & live  # a non-finite step is none: it runs out of steps
+        if stop.any():
+            j = np.flatnonzero(stop)
+            hit, conv = at_root[j], small[j] & ~gone[j]
+            root[idx[j]] = np.where(hit, x[j], np.where(conv, nx[j], np.nan))
+            live[j] = False
+            nlive = int(np.count_nonzero(live))
             if nlive == 0:
-                active = active[:0]
-                break
-            if 2 * nlive <= live.numel():
-                active, a, b, g, d, a3, b4, infl, nx = (t[live] for t in (active, a, b, g, d, a3, b4, infl, nx))
-                live = torch.ones(nlive, dtype=torch.bool)
+                return root, certified
+            if 2 * nlive <= live.size:
+                keep = np.flatnonzero(live)
+                idx, a, g, a3, infl, nx = (v[keep] for v in (idx, a, g, a3, infl, nx))
+                live = np.ones(nlive, dtype=bool)
         x = nx  # rows no longer live iterate on harmlessly (masked by live)
-    active = active[live] if active.numel() else active
-    certified[active] = False  # out of steps
-    root[active] = float("nan")
+    rest = idx[live]
+    certified[rest] = False
+    root[rest] = np.nan
     return root, certified
 
 

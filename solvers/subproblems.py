@@ -39,7 +39,7 @@ from solvers.scaling import best_scale, scale_loss
 from solvers.splits import split_update
 
 __all__ = ["solve_local", "subproblem", "has_subproblem", "subproblem_classes", "solve_heads", "solve_block",
-           "linear_classes", "gain", "score_matrices", "sylvester_psd", "head_blocks", "rescale", "repermute", "scaling_loss"]
+           "linear_classes", "gain", "score_matrices", "sylvester_psd", "head_blocks", "rescale", "scaling_loss"]
 
 OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
 
@@ -163,11 +163,15 @@ def dense_or(x: torch.Tensor, fallback: Element | None) -> Element:
 def _scale_terms(local: Local, diagonal: bool, index: torch.Tensor | None = None):
     """``α, β, γ, δ, ζ, ε`` of :mod:`solvers.scaling` (float64 numpy): for every pair ``(j, i)``
     (``m × n`` crosses, ``1 × n`` norms), or with ``diagonal`` for the pairs ``(j, index[j])``."""
-    def cross(role):
+    def cross(role):  # a role no edge plays: the scalar 0 (no m × n zeros to build and scan)
+        if not local.has(role):
+            return 0.0
         c = local.cross_pairs(role, index) if diagonal else local.cross(role)
         return c.double().cpu().numpy()
 
     def norms(role):
+        if not local.has(role):
+            return 0.0
         v = local.row_norms(role, "b").double().cpu()
         return (v if index is None else v[index.cpu()]).numpy() if diagonal else v.numpy()[None, :]
     return dict(alpha=cross(OUT), beta=norms(OUT), gamma=cross(IN), delta=norms(IN),
@@ -200,24 +204,6 @@ def scaling_loss(local: Local, el: Element) -> float | None:
     if c is None or local.m != local.n:
         return None
     return float(scale_loss(c, **_scale_terms(local, diagonal=True, index=el.index)).sum())
-
-
-def repermute(local: Local, current: GatherElement, backend: str = "auto") -> tuple[GatherElement, float] | None:
-    """The best ``P`` for the scales of ``current = D P`` kept on B's units (each B unit keeps its scale,
-    wherever it goes): LAP on ``f_ji(c_i)`` — a permutation subproblem of the rescaled B, an ``n × n``
-    evaluation of ``f`` instead of ``n²`` scalar minimisations — and the decrease of the local loss;
-    ``None`` if ``current`` is not a positive monomial."""
-    c_old = _monomial_scale(current, local.n)
-    if c_old is None or local.m != local.n:
-        return None
-    c_unit = np.empty_like(c_old)
-    c_unit[current.index.cpu().numpy()] = c_old
-    terms = _scale_terms(local, diagonal=False)
-    with np.errstate(over="ignore", invalid="ignore"):
-        u = scale_loss(c_unit[None, :], **terms)
-    perm = assignment_permutation(np.where(np.isfinite(u), u, np.inf), maximize=False, backend=backend)
-    new = GatherElement.monomial(perm, c_unit[perm])
-    return new, scaling_loss(local, current) - scaling_loss(local, new)
 
 
 def rescale(local: Local, current: GatherElement) -> tuple[GatherElement, float]:

@@ -140,3 +140,56 @@ def split_space(graph: WeightGraph, space: str, parameters) -> WeightGraph:
         g.connect(p, new, axis=d["axis"], role=d["role"], slice=d["slice"], repeat=d.get("repeat"))
     g.validate()
     return g
+
+
+def planted_alignment(model, graph, inputs, seed: int = 0, solver: str = "weight_matching") -> tuple[float, float]:
+    """Plant ``B = T·A`` (``A`` the model's parameters, ``T`` drawn in the classes ``solver`` searches),
+    align ``B`` back with ``solver`` and return ``(objective_after / objective_before, relative output
+    change of the aligned B against A)`` — both round-off when the graph is right and the solver
+    undoes the plant."""
+    import copy
+
+    import solvers
+    import symmetries as sy
+    a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    classes = sy.resolve_classes(graph, None, solver=solvers.get(solver))
+    b = sy.apply(graph, a, sy.random_transforms(graph, seed, classes=classes))
+    sol = solvers.solve(solver, graph, a, b, seed=seed)
+    aligned = sol.apply(b)
+    m = copy.deepcopy(model).eval()
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    with torch.no_grad():
+        y = m(*inputs)
+        m.load_state_dict(aligned)
+        y2 = m(*inputs)
+    return sol.objective_after / max(sol.objective_before, 1e-300), relative_change(y, y2)
+
+
+def perturb_norms(model):
+    """``model`` with non-trivial BatchNorm statistics and BatchNorm/LayerNorm gains and biases (in
+    place), so that a wrong action on any of them shows in the output; returns ``model``."""
+    from torch import nn
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
+                mod.running_mean.normal_()
+                mod.running_var.uniform_(0.5, 2.0)
+            if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)) and mod.weight is not None:
+                mod.weight.normal_()
+                mod.bias.normal_()
+    return model
+
+
+def output_change(model, graph, inputs, elements) -> float:
+    """The relative output change of ``model`` after ``elements`` (applied without the admission or tie
+    checks: to show that a map a graph does not admit breaks the function); the model is restored."""
+    import symmetries as sy
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    moved = sy.apply(graph, params, elements, check=False)
+    with torch.no_grad():
+        y = model(*inputs)
+        model.load_state_dict(moved)
+        y2 = model(*inputs)
+        model.load_state_dict(params)
+    return relative_change(y, y2)

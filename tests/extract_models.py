@@ -10,6 +10,7 @@ from torch import nn
 
 import symmetries as sy
 from architectures import from_module
+from arch_checks import perturb_norms
 
 
 # -- models no builder knows ---------------------------------------------------------------------------
@@ -269,10 +270,7 @@ def build_model(name, seed=0):
     with torch.no_grad():  # non-trivial BatchNorm statistics, so a wrong action on them shows
         for mod in m.modules():
             if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_()
-                mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.normal_()
-                mod.bias.normal_()
+                perturb_norms(mod)
     return m
 
 

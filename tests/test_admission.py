@@ -155,7 +155,7 @@ def test_index_form_elements_are_checked_without_a_dense_matrix(monkeypatch):
     [[1.0, 2.0], [2.0, 4.0]],                                   # exactly singular
     (torch.randn(5, 2, dtype=torch.float64) @ torch.randn(2, 5, dtype=torch.float64)).tolist(),  # rank 2
     [[1.0, 0.0], [0.0, float("nan")]],                          # not finite
-    (torch.randn(6, 2, dtype=torch.float64) @ torch.randn(2, 3, dtype=torch.float64)).tolist(),  # tall, rank 2
+    [[1.0, 2.0, 3.0], [0.0, 1.0, 1.0], [4.0, -1.0, 3.0], [2.0, 2.0, 4.0], [-3.0, 5.0, 2.0], [1.0, 0.0, 1.0]],  # tall, rank 2 exactly (c₃ = c₁ + c₂)
 ])
 def test_singular_dense_elements_are_typed_errors(matrix):
     with pytest.raises(InvalidElementError, match="dense element") as info:

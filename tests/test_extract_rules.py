@@ -1,6 +1,7 @@
-"""Extraction rules added through the public registry (architectures.register_rule): a GroupNorm rule
-and a custom function, using only public names. Without a rule extraction refuses (naming the fx
-node) or fixes the region; with it, random transforms of every admitted class keep the output."""
+"""Extraction rules added through the public registry (architectures.register_rule): a
+LocalResponseNorm rule and a custom function, using only public names. Without a rule extraction
+refuses (naming the fx node) or fixes the region; with it, random transforms of every admitted
+class keep the output."""
 from __future__ import annotations
 
 import contextlib
@@ -16,24 +17,21 @@ import symmetries as sy
 from symmetries.testing import check_invariance
 
 
-def group_norm_rule(ctx, node, mod, x):
-    """GroupNorm: statistics per group of C/G channels; a permutation of whole groups composed with
-    permutations inside each group keeps them, with the gain and bias following the channels."""
-    tensors = [(ctx.param(node.target, "weight", mod.affine), "out"),
-               (ctx.param(node.target, "bias", mod.affine), "out")]
-    return ctx.per_feature(node, x, tensors, (sy.HeadStructured(mod.num_groups, sy.Permutation()),),
-                           what="group normalisation", dim=1)
+def lrn_rule(ctx, node, mod, x):
+    """LocalResponseNorm: y_c = x_c / (k + α/n Σ_{c' near c} x_c'²)^β. The squares see no sign, so
+    flipping the sign of a channel flips its output; a permutation breaks the channel windows."""
+    return ctx.per_feature(node, x, [], (sy.SignFlip(),), what="local response normalisation", dim=1)
 
 
-class GroupNormNet(nn.Module):
-    def __init__(self, groups: int, channels: int = 6):
+class LRNNet(nn.Module):
+    def __init__(self, size: int = 3, channels: int = 6):
         super().__init__()
         self.conv1 = nn.Conv2d(2, channels, 3, padding=1)
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.LocalResponseNorm(size, alpha=0.5, k=1.0)
         self.conv2 = nn.Conv2d(channels, 3, 3, padding=1)
 
     def forward(self, x):
-        return self.conv2(torch.relu(self.norm(self.conv1(x)))).mean(dim=(2, 3))
+        return self.conv2(torch.tanh(self.norm(self.conv1(x)))).mean(dim=(2, 3))
 
 
 def soft_clip(x):
@@ -51,20 +49,20 @@ class SoftClipNet(nn.Module):
 
 
 @contextlib.contextmanager
-def group_norm():
-    architectures.register_rule(nn.GroupNorm, group_norm_rule)
+def local_response_norm():
+    architectures.register_rule(nn.LocalResponseNorm, lrn_rule)
     try:
         yield
     finally:
-        architectures.unregister_rule(nn.GroupNorm)
+        architectures.unregister_rule(nn.LocalResponseNorm)
 
 
 def _inputs(seed=0):
     return torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def test_without_a_rule_groupnorm_is_refused_or_fixed():
-    model = GroupNormNet(2).double()
+def test_without_a_rule_local_response_norm_is_refused_or_fixed():
+    model = LRNNet().double()
     with pytest.raises(architectures.ExtractionError) as err:
         architectures.from_module(model, _inputs())
     assert err.value.node == "norm"
@@ -73,22 +71,20 @@ def test_without_a_rule_groupnorm_is_refused_or_fixed():
 
 
 @settings(max_examples=10, deadline=None)
-@given(groups=st.sampled_from([1, 2, 3, 6]), seed=st.integers(0, 2**16))
-def test_registered_groupnorm_rule_gives_exact_symmetries(groups, seed):
-    model = GroupNormNet(groups).double()
-    with group_norm():
+@given(size=st.sampled_from([1, 2, 3, 5]), seed=st.integers(0, 2**16))
+def test_registered_rule_gives_exact_symmetries(size, seed):
+    model = LRNNet(size).double()
+    with local_response_norm():
         g = architectures.from_module(model, _inputs())
-    space = g.space("conv1")
-    assert space.classes == (sy.HeadStructured(groups, sy.Permutation()),)
-    assert {e.parameter for e in g.edges_at("conv1")} >= {"norm.weight", "norm.bias"}
+    assert g.space("conv1").classes == (sy.SignFlip(),)
     report = check_invariance(model, g, _inputs(seed), examples=3, seed=seed, dtype=torch.float64)
     assert report.passed, report
 
 
-def test_a_plain_permutation_across_groups_changes_the_output():
-    """The rule's class is the right one: permuting channels across groups is not exact."""
-    model = GroupNormNet(2).double()
-    with group_norm():
+def test_a_plain_permutation_across_channel_windows_changes_the_output():
+    """The rule's class is the right one: a permutation of the channels is not exact."""
+    model = LRNNet().double()
+    with local_response_norm():
         g = architectures.from_module(model, _inputs())
     wrong = g.with_classes({"conv1": sy.Permutation()})
     assert not check_invariance(model, wrong, _inputs(), examples=5, widen=0, dtype=torch.float64).passed
@@ -109,24 +105,25 @@ def test_a_rule_for_a_custom_function_is_kept_whole_while_tracing():
 
 
 def test_decorator_form_registers_and_returns_the_rule():
-    @architectures.register_rule(nn.GroupNorm)
+    @architectures.register_rule(nn.LocalResponseNorm)
     def rule(ctx, node, mod, x):
-        return group_norm_rule(ctx, node, mod, x)
+        return lrn_rule(ctx, node, mod, x)
     try:
-        assert architectures.unregister_rule(nn.GroupNorm) is rule
+        assert architectures.unregister_rule(nn.LocalResponseNorm) is rule
     finally:
         with pytest.raises(architectures.RuleError):
-            architectures.unregister_rule(nn.GroupNorm)
+            architectures.unregister_rule(nn.LocalResponseNorm)
 
 
 @pytest.mark.parametrize("target, rule, says", [
-    (int, group_norm_rule, "nn.Module subclass"),
-    (3, group_norm_rule, "got int"),
-    ("not a name", group_norm_rule, "method name"),
-    (nn.GroupNorm, "not callable", "must be callable"),
-    (nn.Linear, group_norm_rule, "already has an extraction rule"),
-    ("relu", group_norm_rule, "already has an extraction rule"),
-    (torch.tanh, group_norm_rule, "already has an extraction rule"),
+    (int, lrn_rule, "nn.Module subclass"),
+    (3, lrn_rule, "got int"),
+    ("not a name", lrn_rule, "method name"),
+    (nn.LocalResponseNorm, "not callable", "must be callable"),
+    (torch.tanh, architectures.extract.rules.TRACE, "module types only"),
+    (nn.Linear, lrn_rule, "already has an extraction rule"),
+    ("relu", lrn_rule, "already has an extraction rule"),
+    (torch.tanh, lrn_rule, "already has an extraction rule"),
 ])
 def test_bad_registrations_are_typed_errors_naming_the_target(target, rule, says):
     with pytest.raises(architectures.RuleError, match=says) as err:
@@ -148,3 +145,43 @@ def test_replacing_a_builtin_rule_and_putting_it_back():
     finally:
         architectures.register_rule(nn.Tanh, builtin, replace=True)
     assert architectures.graphs_equivalent(before, architectures.from_module(model, torch.randn(2, 3)))
+
+
+def test_a_rule_by_qualified_name_waits_for_its_module(monkeypatch):
+    """``register_rule("pkg.mod.Name", rule)``: nothing is imported; once the model's code imported
+    ``pkg.mod``, extraction registers the rule for the object the name holds."""
+    import sys
+    import types
+
+    mod = types.ModuleType("fakepkg_rules.layers")
+    exec("from torch import nn\n"
+         "class Scale(nn.Module):\n"
+         "    def forward(self, x):\n"
+         "        return x * 2.0 if x.shape[-1] > 100 else x.cumsum(-1)\n", mod.__dict__)
+    rule = architectures.register_rule("fakepkg_rules.layers.Scale", lambda ctx, node, m, x: ctx.elementwise(
+        node, x, "scale", (sy.PermutationScaling(),)))
+    model = nn.Sequential(nn.Linear(3, 4), mod.Scale(), nn.Linear(4, 2))
+    try:
+        with pytest.raises(architectures.ExtractionError, match="cumsum"):  # not imported yet: traced into
+            architectures.from_module(model, torch.randn(2, 3))
+        monkeypatch.setitem(sys.modules, "fakepkg_rules", types.ModuleType("fakepkg_rules"))
+        monkeypatch.setitem(sys.modules, "fakepkg_rules.layers", mod)
+        g = architectures.from_module(model, torch.randn(2, 3))  # now kept whole, with the rule
+        assert g.space("0").classes == (sy.PermutationScaling(),) and g.space("0").activation == "scale"
+    finally:
+        assert architectures.unregister_rule("fakepkg_rules.layers.Scale") is rule  # by name, once resolved
+
+
+def test_trace_named_for_something_that_is_not_a_module_type_is_refused(monkeypatch):
+    import sys
+    import types
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.ReLU()), nn.Linear(4, 2))
+    assert architectures.TRACE is architectures.extract.rules.TRACE
+    mod = types.ModuleType("fakepkg_trace")
+    mod.fn = lambda x: x
+    monkeypatch.setitem(sys.modules, "fakepkg_trace", mod)
+    architectures.register_rule("fakepkg_trace.fn", architectures.TRACE)
+    with pytest.raises(architectures.RuleError, match="not a module type"):
+        architectures.from_module(model, torch.randn(2, 3))
+    assert architectures.from_module(model, torch.randn(2, 3)).space("0").classes[0] == sy.PermutationScaling()

@@ -34,19 +34,21 @@ class Interleave(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
-class GroupNormNet(nn.Module):
+class LRNNet(nn.Module):
+    """LocalResponseNorm normalises each channel by its neighbours' squares: no built-in rule."""
+
     def __init__(self):
         super().__init__()
-        self.conv, self.gn, self.conv2 = nn.Conv2d(3, 4, 1), nn.GroupNorm(2, 4), nn.Conv2d(4, 2, 1)
+        self.conv, self.lrn, self.conv2 = nn.Conv2d(3, 4, 1), nn.LocalResponseNorm(2), nn.Conv2d(4, 2, 1)
 
     def forward(self, x):
-        return self.conv2(torch.relu(self.gn(self.conv(x))))
+        return self.conv2(torch.relu(self.lrn(self.conv(x))))
 
 
 @pytest.mark.parametrize("model,inputs,node", [
     (Cumsum, torch.randn(3, 4), "cumsum"),
     (Interleave, torch.randn(2, 3, 6, 6), "flatten"),
-    (GroupNormNet, torch.randn(2, 3, 5, 5), "gn"),
+    (LRNNet, torch.randn(2, 3, 5, 5), "lrn"),
 ])
 def test_unsupported_ops_name_the_node(model, inputs, node):
     m = model()
@@ -65,7 +67,7 @@ def test_unknown_fixed_makes_the_region_fixed_and_stays_exact():
     T = sy.random_transforms(g, 3)
     y, y2 = run_model(m, m.state_dict(), (x,)), run_model(m, sy.apply(g, m.state_dict(), T), (x,))
     torch.testing.assert_close(y, y2, rtol=1e-10, atol=1e-10)
-    gn = from_module(GroupNormNet(), torch.randn(2, 3, 5, 5), unknown="fixed")
+    gn = from_module(LRNNet(), torch.randn(2, 3, 5, 5), unknown="fixed")
     assert gn.spaces() == [] and all(p.fixed for p in gn.parameters())
     with pytest.raises(ValueError, match="unknown must be"):
         from_module(m, torch.randn(3, 4), unknown="ignore")
@@ -224,7 +226,7 @@ def test_declaring_page_examples_run():
     page = Path(__file__).resolve().parents[1] / "docs" / "declaring.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     blocks = [b for b in blocks if "repeat=(" not in b]     # the repeated-edge example: tests/test_repeat_edge.py
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     outs = []
     for i, block in enumerate(blocks):
         buf = io.StringIO()
@@ -234,5 +236,8 @@ def test_declaring_page_examples_run():
     assert float(outs[0][-1]) < 1e-12
     assert outs[2] == ["wte.weight", "1", "stream"]
     assert outs[3] == ["cumsum", "['b']"]
-    assert outs[4][-4:] == ["('out.weight_mask',", "None),", "('out.weight_orig',", "None)]"]  # no tensor skipped
-    assert outs[5] == ["norm", "(HeadStructured(3,", "Permutation()),)"]  # the GroupNorm rule of the page
+    assert " ".join(outs[4]) == ("expand (HeadStructured(4, Trivial()),) grouped.groups grouped (HeadStructured(4, "
+                                 "Permutation()),) grouped.groups lstm.l0 (Permutation(),) None lstm.l1 "
+                                 "(Permutation(),) None")  # channel groups and an LSTM
+    assert outs[5][-4:] == ["('out.weight_mask',", "None),", "('out.weight_orig',", "None)]"]  # no tensor skipped
+    assert outs[6] == ["norm", "(SignFlip(),)"]  # the LocalResponseNorm rule of the page

@@ -1,14 +1,25 @@
-"""The exact positive scale (solvers.scaling): the quartic Newton path against the companion-matrix
-eigenvalue path (the previous method, kept as the reference and the fallback), and the staged
-permutation × scaling weight matching against the plain loop — float64, random and degenerate cases."""
+"""The exact positive scale (solvers.scaling): the quartic Newton paths and the one-sided closed form
+against the companion-matrix eigenvalue path (the reference and the fallback), on random, drawn
+(hypothesis) and degenerate coefficients; the scale descent (solvers.scale_descent) against the
+per-space views and the exact objective; staged permutation × scaling weight matching on MLPs and on
+a net with concatenations — float64."""
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+from torch import nn
 
 import architectures
 import solvers
+import solvers.scaling as scaling
+from solvers.local import Matcher
+from solvers.scale_descent import ScaleViews, balanced_scales, multipliers
 from solvers.scaling import C_MAX, C_MIN, best_scale, best_scale_eig, scale_loss
+from solvers.subproblems import _scale_terms
 from symmetries import PermutationScaling, PositiveScaling, apply, random_transforms
+from symmetries.elements import GatherElement
+from symmetries.transforms import TransformSet
 
 
 def _agree(terms, rtol=1e-9):
@@ -100,10 +111,9 @@ def test_grid_broadcast_and_tensors():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_permutation_scaling_staged(seed):
-    """The staged solve (permutations, then scales and permutations at fixed scales, then full D P
-    sweeps) converges, never increases J, ends at or below the permutation optimum it starts from, and
-    is a fixed point of the exact D P subproblem: one more plain sweep from it accepts nothing. (Its J
-    against the plain loop's is a different local optimum: lower on 6 of 10 seeds of this shape.)"""
+    """The staged solve (permutations on balanced B, then scales, then full D P sweeps with the scales
+    polished in between) converges, never increases J, ends at or below the permutation optimum, and
+    is a fixed point of the exact D P subproblem: one more plain sweep from it accepts nothing."""
     arch = architectures.mlp([12, 24, 24, 6])
     a = {k: v.double() for k, v in arch.module(seed=2 * seed).state_dict().items()}
     b = {k: v.double() for k, v in arch.module(seed=2 * seed + 1).state_dict().items()}
@@ -138,3 +148,258 @@ def test_positive_scaling_planted():
     b = apply(arch.graph, a, t)
     sol = solvers.solve("weight_matching", arch.graph, a, b, classes="positive_scaling")
     assert sol.status == "converged" and sol.objective_after < 1e-10 * sol.objective_before
+
+
+# -- drawn coefficients: the fast paths never worse than the eigenvalue reference ------------------------
+CROSS = st.one_of(st.just(0.0), st.floats(-50, 50), st.floats(-1e-6, 1e-6))
+NORM = st.one_of(st.just(0.0), st.floats(1e-6, 50), st.floats(1e-9, 1e-6))
+
+
+def _check_not_worse(terms, c_new, f_new):
+    """``f(c_new) ≤ f(c_eig) + 1e-9·size`` (the exact minimum, to round-off relative to the terms), ``f_new``
+    is ``f`` at ``c_new``, ``c_new`` in the box — on every row the eigenvalue path solves."""
+    with np.errstate(all="ignore"):
+        c_old, f_old = best_scale_eig(**terms)
+    ok = np.isfinite(f_old)
+    assert np.array_equal(ok, np.isfinite(f_new))
+    size = sum(np.abs(np.broadcast_to(v, f_new.shape)) for v in terms.values())
+    bound = 1e-9 * size * np.maximum(c_old, 1 / c_old) ** 2 + 1e-300
+    assert np.all(f_new[ok] <= f_old[ok] + bound[ok])
+    assert np.all((c_new[ok] >= C_MIN) & (c_new[ok] <= C_MAX))
+    with np.errstate(all="ignore"):
+        again = scale_loss(c_new, *(np.broadcast_to(terms.get(k, 0.0), f_new.shape) for k in
+                                    ("alpha", "beta", "gamma", "delta", "zeta", "eps")))
+    np.testing.assert_allclose(f_new[ok], again[ok], rtol=1e-9, atol=1e-12 * float(size.max(initial=0.0)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 24).flatmap(lambda n: st.tuples(*(hnp.arrays(np.float64, n, elements=e) for e in
+                                                        (CROSS, NORM, CROSS, NORM, CROSS, NORM)))),
+       st.sampled_from(["none", "some", "all"]))
+def test_drawn_coefficients_never_worse_than_eigenvalues(arrays, var):
+    """Any sign, zeros (one-sided and empty rows), var edges on none, some or all rows."""
+    a, b, g, d, z, e = arrays
+    if var == "none":
+        z, e = np.zeros_like(z), np.zeros_like(e)
+    elif var == "some":
+        z, e = np.where(np.arange(z.size) % 2 == 0, z, 0.0), np.where(np.arange(e.size) % 2 == 0, e, 0.0)
+    terms = dict(alpha=a, beta=b, gamma=g, delta=d, zeta=z, eps=e)
+    with np.errstate(all="ignore"):
+        c_new, f_new = best_scale(**terms)
+    _check_not_worse(terms, c_new, f_new)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 2**32 - 1), st.floats(0.0, 1.0), st.floats(1e-3, 1e3))
+def test_drawn_unit_pairs_never_worse_than_eigenvalues(k, seed, planted, ratio):
+    """Coefficients from actual rows (Cauchy–Schwarz holds): A's unit a mix of a scaled copy of B's and
+    noise (``planted`` = 1: an exact D P pair), norms of the two roles ``ratio`` apart."""
+    g = np.random.default_rng(seed)
+    b_out, b_in = g.normal(size=(16, k)), g.normal(size=(16, k)) * ratio
+    c_true = np.exp(g.normal(size=16))
+    a_out = planted * c_true[:, None] * b_out + (1 - planted) * g.normal(size=(16, k))
+    a_in = planted * b_in / c_true[:, None] + (1 - planted) * g.normal(size=(16, k)) * ratio
+    terms = dict(alpha=(a_out * b_out).sum(1), beta=(b_out ** 2).sum(1), gamma=(a_in * b_in).sum(1),
+                 delta=(b_in ** 2).sum(1))
+    c_new, f_new = best_scale(**terms)
+    _check_not_worse(terms, c_new, f_new)
+    if planted == 1.0:
+        np.testing.assert_allclose(c_new, c_true, rtol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2])
+def test_guarded_path_alone_matches_eigenvalues(monkeypatch, steps):
+    """With the unguarded steps cut short every row goes to the guarded monotone Newton: same minima."""
+    monkeypatch.setattr(scaling, "FAST_STEPS", steps)
+    g = np.random.default_rng(7)
+    n = 3000
+    terms = dict(alpha=g.normal(size=n) * 3, beta=g.uniform(0.01, 5, n), gamma=g.normal(size=n) * 3,
+                 delta=g.uniform(0.01, 5, n))
+    c_new, f_new = best_scale(**terms)
+    _check_not_worse(terms, c_new, f_new)
+    np.testing.assert_allclose(f_new, best_scale_eig(**terms)[1], rtol=1e-10, atol=1e-10)
+
+
+def test_fast_path_certifies_typical_grids():
+    """The fast path's certificate holds where it should: no row of a typical grid needs the guarded path."""
+    g = np.random.default_rng(3)
+    a, gm = g.normal(size=(200, 200)) * 0.3, g.normal(size=(200, 200)) * 0.3
+    _, ok = scaling._fast_root(a, gm)
+    assert ok.mean() > 0.999
+    big, bad = np.array([2.5, 1.4, 0.5]), np.array([3.0, -2.0, 0.9])  # G t_i ≥ 1: a concave-part root possible
+    assert not scaling._fast_root(big, bad)[1][0]
+
+
+def test_one_sided_rows_closed_form():
+    """γ = δ = 0 (only producing tensors) and α = β = 0 (only consuming): the clamped quadratic, as eig."""
+    g = np.random.default_rng(4)
+    n = 400
+    for terms in (dict(alpha=g.normal(size=n), beta=g.uniform(1e-3, 2, n), gamma=0.0, delta=0.0),
+                  dict(alpha=0.0, beta=0.0, gamma=g.normal(size=n), delta=g.uniform(1e-3, 2, n)),
+                  dict(alpha=g.normal(size=n) * 1e12, beta=g.uniform(1e-3, 2, n), gamma=0.0, delta=0.0)):
+        c_new, f_new = best_scale(**terms)
+        _check_not_worse(terms, c_new, f_new)
+        one = scaling._one_sided(*(np.broadcast_to(np.asarray(terms[k], dtype=float), (n,)) for k in
+                                   ("alpha", "beta", "gamma", "delta")), np.zeros(n), np.zeros(n))
+        assert np.isfinite(one[0]).all()
+
+
+# -- the scale descent -----------------------------------------------------------------------------------
+class Fire(nn.Module):
+    """SqueezeNet's fire module: a 1×1 squeeze, then 1×1 and 3×3 expands concatenated."""
+
+    def __init__(self, c_in, squeeze, expand):
+        super().__init__()
+        self.squeeze = nn.Conv2d(c_in, squeeze, 1)
+        self.e1, self.e3 = nn.Conv2d(squeeze, expand, 1), nn.Conv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.squeeze(x))
+        return torch.cat([torch.relu(self.e1(x)), torch.relu(self.e3(x))], 1)
+
+
+class TinySqueeze(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2)
+        self.fire1, self.fire2 = Fire(8, 4, 6), Fire(12, 4, 6)
+        self.head = nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        x = self.fire2(self.fire1(torch.relu(self.stem(x))))
+        return torch.relu(self.head(x)).mean((2, 3))
+
+
+def _squeeze_pair():
+    torch.manual_seed(0)
+    m = TinySqueeze().double()
+    graph = architectures.from_module(m, torch.zeros(1, 3, 12, 12, dtype=torch.float64))
+    a = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    return graph, a
+
+
+def _random_monomials(problem, seed):
+    g = np.random.default_rng(seed)
+    return {s: GatherElement.monomial(torch.from_numpy(g.permutation(problem.sizes[s][1])),
+                                      torch.from_numpy(np.exp(g.normal(size=problem.sizes[s][1]) * 0.5)))
+            for s in problem.spaces}
+
+
+@pytest.mark.parametrize("net", ["mlp", "squeeze"])
+def test_scale_views_equal_per_space_terms_and_objective(net):
+    """Every space's scale terms from the views (split axes of a concatenation included) equal those of
+    the per-space subproblem; the per-block sums give J's change under per-space multipliers exactly."""
+    if net == "mlp":
+        arch = architectures.mlp([7, 9, 8, 3])
+        graph, a = arch.graph, {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+        b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+    else:
+        graph, a = _squeeze_pair()
+        b = {k: v + 0.3 * torch.randn_like(v) for k, v in a.items()}
+    problem = solvers.make_problem(graph, a, b, classes="permutation_scaling")
+    assert net == "mlp" or any(e.slice is not None for s in problem.spaces for e in graph.edges_at(s))
+    tr = _random_monomials(problem, 1)
+    views = ScaleViews.build(problem, problem.spaces, tr)
+    assert views is not None
+    matcher, scales = Matcher(problem), {s: tr[s].scales()[0].numpy() for s in problem.spaces}
+    for s in problem.spaces:
+        mine, ref = views.terms(s, scales), _scale_terms(matcher.local(s, tr), diagonal=True, index=tr[s].index)
+        for k, v in mine.items():
+            np.testing.assert_allclose(v, np.broadcast_to(ref[k], v.shape), rtol=1e-12, atol=1e-12)
+    lam = {s: float(np.exp(0.3 * (i - 1))) for i, s in enumerate(problem.spaces)}
+    moved = {s: GatherElement.monomial(tr[s].index, tr[s].scales()[0] * lam[s]) for s in problem.spaces}
+    exps = {}
+    for e, f, k in views.blocks(scales):
+        m = np.prod([lam[s] ** p for s, p in k.items()])
+        exps.setdefault("before", 0.0)
+        exps["before"] += -2 * e + f
+        exps["after"] = exps.get("after", 0.0) - 2 * e * m + f * m * m
+    change = problem.objective(TransformSet(moved)) - problem.objective(TransformSet(tr))
+    assert change == pytest.approx(exps["after"] - exps["before"], rel=1e-9, abs=1e-9)
+
+
+def test_multipliers_lower_j_by_the_reported_gain():
+    arch = architectures.mlp([10, 12, 12, 12, 4])
+    a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+    b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+    problem = solvers.make_problem(arch.graph, a, b, classes="permutation_scaling")
+    tr = _random_monomials(problem, 2)
+    views = ScaleViews.build(problem, problem.spaces, tr)
+    scales = {s: tr[s].scales()[0].numpy().copy() for s in problem.spaces}
+    gain = multipliers(views, scales, problem.spaces, 0.0)
+    new = {s: GatherElement.monomial(tr[s].index, torch.from_numpy(scales[s])) for s in problem.spaces}
+    before, after = problem.objective(TransformSet(tr)), problem.objective(TransformSet(new))
+    assert gain > 0 and before - after == pytest.approx(gain, rel=1e-9)
+    assert multipliers(views, scales, problem.spaces, 0.0) < 1e-9 * gain  # at the optimum: no second gain
+
+
+@pytest.mark.parametrize("net", ["mlp", "squeeze"])
+def test_balanced_scales_are_least_norm(net):
+    """After balancing, every unit's producing and consuming norms are equal (c = (δ/β)^¼ = 1 again) and
+    ‖D B‖² is below that of random nearby scales (the problem is convex)."""
+    if net == "mlp":
+        arch = architectures.mlp([7, 9, 8, 8, 3])
+        graph, b = arch.graph, {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+    else:
+        graph, b = _squeeze_pair()
+    problem = solvers.make_problem(graph, b, b, classes="permutation_scaling")
+    ident = {s: GatherElement.identity(problem.sizes[s][1]) for s in problem.spaces}
+    scales = balanced_scales(problem, problem.spaces, ident)
+    views = ScaleViews.build(problem, problem.spaces, ident)
+    for s in problem.spaces:
+        t = views.terms(s, {k: v.numpy() for k, v in scales.items()}, cross=False)
+        np.testing.assert_allclose(t["beta"] * scales[s].numpy() ** 2, t["delta"] / scales[s].numpy() ** 2,
+                                   rtol=1e-4)
+
+    def norm(sc):
+        tb = TransformSet({s: GatherElement.monomial(torch.arange(len(c)), c) for s, c in sc.items()})
+        return sum(float((v ** 2).sum()) for v in apply(graph, b, tb).values())
+    g = np.random.default_rng(0)
+    base = norm(scales)
+    for _ in range(5):
+        other = {s: c * torch.from_numpy(np.exp(0.05 * g.normal(size=len(c)))) for s, c in scales.items()}
+        assert norm(other) >= base
+
+
+def test_permutation_scaling_planted_with_noise():
+    """B = a random D P of A plus noise 1e-6 · scale: the permutations are recovered exactly, the scales to
+    the noise level, J at the noise floor."""
+    arch = architectures.mlp([10, 16, 16, 4])
+    a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+    t = random_transforms(arch.graph, 5, classes=PermutationScaling())
+    b = apply(arch.graph, a, t)
+    gen = torch.Generator().manual_seed(0)
+    b = {k: v + 1e-6 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in b.items()}
+    sol = solvers.solve("weight_matching", arch.graph, a, b, classes="permutation_scaling")
+    truth = t.inverse()
+    assert sol.status == "converged" and sol.objective_after < 1e-9 * sol.objective_before
+    for s in truth:
+        assert torch.equal(sol.transforms[s].index, truth[s].index)
+        torch.testing.assert_close(sol.transforms[s].as_matrix(), truth[s].as_matrix(), rtol=1e-4, atol=1e-6)
+
+
+def test_concatenation_net_planted_and_staged():
+    """A net with fire modules (concatenated expands: axes split between spaces). Planted: recovered
+    exactly; two independent inits: converged, J monotone, at or below the permutation optimum."""
+    graph, a = _squeeze_pair()
+    t = random_transforms(graph, 3, classes=PermutationScaling())
+    b = apply(graph, a, t)
+    sol = solvers.solve("weight_matching", graph, a, b, classes="permutation_scaling")
+    assert sol.status == "converged" and sol.objective_after < 1e-10 * sol.objective_before
+    torch.manual_seed(1)
+    b = {k: v.detach().clone() for k, v in TinySqueeze().double().state_dict().items()}
+    new = solvers.solve("weight_matching", graph, a, b, classes="permutation_scaling", seed=0)
+    perm = solvers.solve("weight_matching", graph, a, b, classes="permutation", seed=0)
+    assert new.status == "converged" and new.objective_after <= perm.objective_after
+    assert all(y <= x * (1 + 1e-12) for x, y in zip(new.history, new.history[1:]))
+
+
+def test_staged_start_with_init_keeps_b_as_is():
+    """An ``init`` (here the identity) turns the balancing off — the start is the permutation solve on B
+    itself; the solve still converges to a fixed point no worse than ``init``."""
+    arch = architectures.mlp([12, 24, 24, 6])
+    a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+    b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+    init = {s: GatherElement.identity(24) for s in ("hidden.0", "hidden.1")}
+    sol = solvers.solve("weight_matching", arch.graph, a, b, classes="permutation_scaling", init=init)
+    assert sol.status == "converged" and sol.objective_after <= sol.objective_before

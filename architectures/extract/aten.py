@@ -76,6 +76,13 @@ def _first(x, *args, **kwargs):
 _delegate(_overloads("linear", "default"), F.linear)
 _delegate(_overloads("conv1d", "default"), F.conv1d)
 _delegate(_overloads("conv2d", "default"), F.conv2d)
+_delegate(_overloads("conv3d", "default"), F.conv3d)
+for _d in (1, 2, 3):
+    _delegate(_overloads(f"conv_transpose{_d}d", "input"), getattr(F, f"conv_transpose{_d}d"))
+_delegate(_overloads("group_norm", "default"), F.group_norm,
+          lambda x, groups, weight=None, bias=None, eps=1e-5, *a, **k: ((x, groups, weight, bias, eps), {}))
+_delegate(_overloads("channel_shuffle", "default") + _overloads("native_channel_shuffle", "default"),
+          torch.channel_shuffle)
 _delegate(_overloads("layer_norm", "default"), F.layer_norm,
           lambda x, shape, weight=None, bias=None, eps=1e-5, *a, **k: ((x, shape, weight, bias, eps), {}))
 _delegate(_overloads("embedding", "default"), F.embedding, lambda weight, idx, *a, **k: ((idx, weight), {}))
@@ -105,6 +112,7 @@ _delegate(_overloads("expand", "default"), "expand")
 _delegate(_overloads("cat", "default"), torch.cat)
 _delegate(_overloads("split", "Tensor") + _overloads("split_with_sizes", "default"), torch.split)
 _delegate(_overloads("chunk", "default"), torch.chunk)
+_delegate(_overloads("unbind", "int"), torch.unbind)
 
 # elementwise functions of the activation table (gelu's approximation does not change its classes)
 for _name, _fn in (("relu", torch.relu), ("gelu", F.gelu), ("silu", F.silu), ("tanh", torch.tanh),

@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from architectures.extract.derived import Derivation, derivation
-from architectures.extract.state import ExtractionError, Feat, HeadOnly, ParamRef, State
+from architectures.extract.state import ExtractionError, Feat, HeadOnly, ParamRef, Stacked, State
 
 __all__ = ["Context"]
 
@@ -137,6 +137,8 @@ class Context:
                 vars_.append(a.var)
             elif isinstance(a, ParamRef):
                 params.append(a.name)
+            elif isinstance(a, Stacked):
+                collect(a.items)
             elif isinstance(a, (tuple, list)):
                 for b in a:
                     collect(b)

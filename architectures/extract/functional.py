@@ -20,27 +20,23 @@ from symmetries.classes import Orthogonal, SemiPermutation, SignedPermutation
 from architectures.extract.binary import BINARY_FUNCTIONS, BINARY_METHODS
 from architectures.extract.heads import HEAD_FUNCTIONS, HEAD_METHODS
 from architectures.extract import activation_rules as _activation_rules  # noqa: F401  (registers them)
-from architectures.extract.ops import (PERM, RELU_LIKE, _channel_map, _embedding, _linear, _passthrough, _pool, _softmax,
-                                       _unbatched, last_dim_norm)
+from architectures.extract import grouped as _grouped  # noqa: F401  (convolutions, GroupNorm, channel shuffle)
+from architectures.extract.ops import (PERM, RELU_LIKE, _embedding, _linear, _passthrough, _pool, _softmax,
+                                       last_dim_norm, vector)
 from architectures.extract.rules import register_rule
 from architectures.extract.shapes import SHAPE_FUNCTIONS, SHAPE_METHODS, getitem
 from architectures.extract.state import Feat, ParamRef, hint_of
 
 __all__: list[str] = []
 
-def _vector(t) -> bool:
-    """``t`` is absent or a whole one-axis parameter seen as it is (a bias, a gain)."""
-    return t is None or (isinstance(t, ParamRef) and t.axes == (0,) and t.whole)
-
-
 def _f_linear(ctx, node, x, weight, bias=None):
-    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not weight.whole or not _vector(bias):
+    if not isinstance(weight, ParamRef) or weight.axes != (0, 1) or not weight.whole or not vector(bias):
         return ctx.opaque(node, "F.linear with weights that are not parameters of the module")
     return _linear(ctx, node, x, weight.name, None if bias is None else bias.name, hint_of(weight.name))
 
 
 def _f_layer_norm(ctx, node, x, shape, weight=None, bias=None, eps=1e-5):
-    if not (_vector(weight) and _vector(bias)):
+    if not (vector(weight) and vector(bias)):
         return ctx.opaque(node, "F.layer_norm with gains that are not parameters of the module")
     tensors = [(None if t is None else t.name, "out") for t in (weight, bias)]
     return last_dim_norm(ctx, node, x, shape, "layer normalisation", tensors, PERM)
@@ -51,20 +47,6 @@ def _f_embedding(ctx, node, idx, weight, *args, **kwargs):
             or kwargs.get("max_norm") is not None:
         return ctx.opaque(node, "F.embedding with a table that is not a parameter of the module")
     return _embedding(ctx, node, idx, weight.name, hint_of(weight.name))
-
-
-def _f_conv(ctx, node, x, weight, bias=None, *args, **kwargs):
-    groups = kwargs.get("groups", args[3] if len(args) > 3 else 1)
-    if not isinstance(weight, ParamRef) or weight.axes != tuple(range(len(weight.shape))) or not weight.whole \
-            or groups != 1 or not _vector(bias):
-        return ctx.opaque(node, "a functional convolution with weights that are not parameters, or groups")
-    if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
-        return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")
-    why = _unbatched(x, len(weight.shape) - 2, "a convolution")
-    if why:
-        return ctx.opaque(node, why)
-    return _channel_map(ctx, node, x, weight.name, None if bias is None else bias.name, hint_of(weight.name),
-                        consumed=1, produced=0)
 
 
 def _norm2(ctx, node, x, *args, **kwargs):
@@ -162,8 +144,8 @@ for _target, _rule in {
         F.adaptive_avg_pool2d: _pool_function((), 2), F.avg_pool2d: _pool_function((), 2),
         F.adaptive_avg_pool1d: _pool_function((), 1), F.avg_pool1d: _pool_function((), 1),
         F.max_pool2d: _pool_function(RELU_LIKE, 2), F.max_pool1d: _pool_function(RELU_LIKE, 1),
-        operator.getitem: getitem, F.layer_norm: _f_layer_norm, F.embedding: _f_embedding, F.conv1d: _f_conv,
-        F.conv2d: _f_conv, F.pad: _pad, F.interpolate: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, (), None),
+        operator.getitem: getitem, F.layer_norm: _f_layer_norm, F.embedding: _f_embedding, F.pad: _pad,
+        F.interpolate: lambda ctx, node, x, *a, **k: _pool(ctx, node, x, (), None),
         torch.norm: _norm2, torch.linalg.vector_norm: _norm2, torch.linalg.norm: _norm2,
         "sum": _reduce, "mean": _reduce, "softmax": _softmax, "pow": _pow, "norm": _norm2,
         **SHAPE_FUNCTIONS, **BINARY_FUNCTIONS, **HEAD_FUNCTIONS, **SHAPE_METHODS, **BINARY_METHODS,

@@ -73,10 +73,9 @@ def split_features(ctx, node, x, dim=0):
 
 
 def head_reshape(x: Feat, out) -> Feat | None:
-    """``(…, C) → (…, H, d)`` (features split into heads) or back; ``None`` if neither applies."""
+    """``(…, C) → (…, H, d)`` (features split into heads, or into channel groups: then ``x`` may
+    hold several spaces, which attention refuses) or back; ``None`` if neither applies."""
     if x.hdim is None:
-        if len(x.segs) != 1:
-            return None
         pre, size = math.prod(x.shape[:x.dim]), x.shape[x.dim]
         p = 1
         for d in range(len(out) - 1):

@@ -4,6 +4,10 @@
   their modules ``nn.Dropout3d``, ``nn.AlphaDropout``, ``nn.FeatureAlphaDropout``): the identity
   when ``training`` is false or ``p = 0`` (extraction traces in eval mode); a dropout called with
   ``training=True`` is random and is refused naming the node.
+* Stochastic depth (torchvision's ``torchvision.ops.stochastic_depth`` and ``StochasticDepth``; timm's
+  ``drop_path`` and ``DropPath``): a whole residual branch dropped at random in training, the
+  identity in eval mode (``training`` false) or with ``p = 0``. Registered by qualified name, so
+  neither package is imported here: the rules take effect once the model's own code imported it.
 * ``F.batch_norm`` and ``aten.batch_norm`` in inference mode (``training=False``): per-channel on
   dimension 1; the gain, bias and running mean follow the channel (``out``), the running variance
   by squares (``var``); exact for permutations only, as ``nn.BatchNorm*``.
@@ -42,6 +46,23 @@ for _f in (F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alp
     register_rule(_f, _dropout)
 for _m in (nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout):
     register_rule(_m, _module_dropout)
+
+
+def _stochastic_depth(ctx, node, x, p, mode="row", training=True):
+    """``torchvision.ops.stochastic_depth(input, p, mode, training=True)``."""
+    return _dropout(ctx, node, x, p, training)
+
+
+def _drop_path(ctx, node, x, drop_prob=0.0, training=False, scale_by_keep=True):
+    """timm's ``drop_path(x, drop_prob=0., training=False, scale_by_keep=True)``."""
+    return _dropout(ctx, node, x, drop_prob, training)
+
+
+register_rule("torchvision.ops.stochastic_depth", _stochastic_depth)
+register_rule("torchvision.ops.StochasticDepth", _module_dropout)
+for _package in ("timm.layers", "timm.models.layers"):  # timm ≥ 0.9, and its older home
+    register_rule(f"{_package}.drop_path", _drop_path)
+    register_rule(f"{_package}.DropPath", _module_dropout)
 
 
 def batch_norm(ctx, node, x, weight=None, bias=None, running_mean=None, running_var=None, training=False,

@@ -13,17 +13,22 @@ from __future__ import annotations
 from torch import nn
 
 from symmetries.classes import (HeadStructured, Invertible, Permutation, PermutationScaling, SemiPermutation,
-                                SignedPermutation)
+                                SignedPermutation, Trivial)
 
 from architectures.extract.heads import softmax_heads
 from architectures.extract.rules import register_rule
 from architectures.extract.shapes import move_feature
-from architectures.extract.state import Feat, HeadOnly, ParamRef
+from architectures.extract.state import Feat, HeadOnly, ParamRef, piece_classes
 
-__all__ = ["PERM", "RELU_LIKE", "last_dim_norm"]
+__all__ = ["PERM", "RELU_LIKE", "last_dim_norm", "vector"]
 
 PERM = (Permutation(),)
 RELU_LIKE = (PermutationScaling(), SemiPermutation())
+
+
+def vector(t) -> bool:
+    """``t`` is absent or a whole one-axis parameter seen as it is (a bias, a gain)."""
+    return t is None or (isinstance(t, ParamRef) and t.axes == (0,) and t.whole)
 
 
 # -- parameterised ops -----------------------------------------------------------------------------
@@ -56,38 +61,6 @@ def _linear(ctx, node, x, weight: str, bias: str | None, hint: str):
 def _module_linear(ctx, node, mod, x):
     return _linear(ctx, node, x, ctx.param(node.target, "weight"), ctx.param(node.target, "bias", mod.bias),
                    node.target)
-
-
-def _module_conv(ctx, node, mod, x):
-    """Conv weight (out, in, k…): axis 1 consumes the channel space (dim 1), axis 0 produces one.
-    A depthwise conv (groups = in = out channels) keeps the space: each channel's filter follows
-    it (``out``), exact for permutations only."""
-    if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
-        return ctx.opaque(node, "a convolution whose input channels are not on dimension 1")
-    why = _unbatched(x, len(mod.kernel_size), "a convolution")
-    if why:
-        return ctx.opaque(node, why)
-    if mod.groups != 1 and mod.groups == mod.in_channels == mod.out_channels:
-        return ctx.per_feature(node, x, [(ctx.param(node.target, "weight"), "out"),
-                                         (ctx.param(node.target, "bias", mod.bias), "out")], PERM,
-                               what="a depthwise convolution")
-    if mod.groups != 1:
-        return ctx.opaque(node, f"a grouped convolution (groups={mod.groups})")
-    return _channel_map(ctx, node, x, ctx.param(node.target, "weight"), ctx.param(node.target, "bias", mod.bias),
-                        node.target, consumed=1, produced=0)
-
-
-def _module_conv_transpose(ctx, node, mod, x):
-    """Transposed conv weight (in, out, k…): axis 0 consumes the channel space, axis 1 produces one."""
-    if mod.groups != 1:
-        return ctx.opaque(node, f"a grouped transposed convolution (groups={mod.groups})")
-    if not isinstance(x, Feat) or (x.spaced() and x.dim != 1):
-        return ctx.opaque(node, "a transposed convolution whose input channels are not on dimension 1")
-    why = _unbatched(x, len(mod.kernel_size), "a transposed convolution")
-    if why:
-        return ctx.opaque(node, why)
-    return _channel_map(ctx, node, x, ctx.param(node.target, "weight"), ctx.param(node.target, "bias", mod.bias),
-                        node.target, consumed=0, produced=1)
 
 
 def _channel_map(ctx, node, x, weight: str, bias: str | None, hint: str, consumed: int, produced: int):
@@ -245,7 +218,28 @@ def _softmax(ctx, node, x, *args, **kwargs):
     if isinstance(x, HeadOnly):  # attention weights: per head, over the keys
         res = softmax_heads(ctx, node, x, *args, **kwargs)
         return res if res is not NotImplemented else ctx.opaque(node, "a softmax over the heads")
+    if isinstance(x, Feat) and x.hdim is not None and x.spaced():
+        return _softmax_split(ctx, node, x, kwargs.get("dim", args[0] if args else None))
     return ctx.elementwise(node, x, "softmax", PERM)
+
+
+def _softmax_split(ctx, node, x: Feat, dim):
+    """A softmax of features split into ``H`` groups (``view(…, H, d)``): over the within-group
+    dimension it normalises each group apart — whole groups and units inside each may move,
+    ``HeadStructured(H, Permutation())``; over the group dimension it normalises across groups unit
+    by unit — whole groups may move, nothing inside (``HeadStructured(H, Trivial())``); over any
+    other dimension it acts unit by unit (permutations). A space holding part of the features keeps
+    the whole groups it holds (:func:`~architectures.extract.state.piece_classes`)."""
+    if dim is None:
+        return ctx.opaque(node, "a softmax without a dimension of features split into groups")
+    d, H = dim % x.ndim, x.shape[x.hdim]
+    inner = {x.dim: Permutation(), x.hdim: Trivial()}.get(d)
+    pos, size = 0, H * x.shape[x.dim]
+    for var, n in x.segs:
+        classes = PERM if inner is None else piece_classes((HeadStructured(H, inner),), size, pos, n)
+        ctx.state.restrict(var, classes, "softmax")
+        pos += n
+    return x.moved(ctx.shape(node), x.dim)
 
 
 def _pool_module(classes, spatial: int):
@@ -256,9 +250,7 @@ def _pool_module(classes, spatial: int):
 _INSTANCE_NORM_SPATIAL = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2}
 for _types, _rule in [
     (nn.Linear, _module_linear),
-    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _module_conv),
     (nn.PReLU, _module_prelu),
-    ((nn.ConvTranspose1d, nn.ConvTranspose2d), _module_conv_transpose),
     (nn.Upsample, lambda ctx, node, mod, x: _pool(ctx, node, x, (), None)),
     (nn.Embedding, _module_embedding),
     ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d), _module_batchnorm),

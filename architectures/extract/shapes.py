@@ -15,7 +15,8 @@ import torch
 
 from architectures.extract.heads import head_reshape
 from architectures.extract.rotary import half_slice, join_halves
-from architectures.extract.state import Feat, ParamRef
+from architectures.extract.stacked import index_stack, packed_split, permuted, single, unbind
+from architectures.extract.state import Feat, ParamRef, Stacked
 
 __all__ = ["SHAPE_FUNCTIONS", "SHAPE_METHODS", "getitem", "move_feature", "map_dim"]
 
@@ -37,6 +38,10 @@ def map_dim(in_shape, dim: int, out_shape) -> int | None:
 def move_feature(ctx, node, x, *args, **kwargs):
     """Any reshape (view, reshape, flatten, unflatten, squeeze, unsqueeze, contiguous)."""
     out = ctx.shape(node)
+    if isinstance(x, Stacked):  # a stack of one: drop its stack dimension, then reshape the item
+        if single(x) is None:
+            return ctx.opaque(node, "a reshape of a stack of tensors")
+        x = single(x)
     if isinstance(x, (Feat, ParamRef)) and tuple(out) == tuple(x.shape):  # a no-op reshape keeps everything
         return x
     if isinstance(x, ParamRef):
@@ -46,14 +51,39 @@ def move_feature(ctx, node, x, *args, **kwargs):
     if x.dim is None:
         return Feat(out)
     if x.hdim is not None or (map_dim(x.shape, x.dim, out) is None and x.spaced()):
-        split = head_reshape(x, out)
+        split = head_reshape(x, out) or (packed_split(ctx, x, out) if x.hdim is None else None)
         if split is not None:
             return split
+        if x.hdim is not None and _interleaves(x, out):
+            return interleave(ctx, node, x, "the channels of groups interleaved (a channel shuffle)")
     d = None if x.hdim is not None else map_dim(x.shape, x.dim, out)
     if d is None:
         return ctx.opaque(node, f"a reshape {x.shape} → {out} that splits or interleaves the feature dimension "
                                 f"{x.dim} (size {x.shape[x.dim]})")
     return x.moved(out, d)
+
+
+def _interleaves(x: Feat, out) -> bool:
+    """``x`` split into groups with the within-group dimension *before* the group one (a transpose of
+    ``(…, g, C/g)``), merged back into one dimension: unit ``j·g + i`` is group ``i``'s unit ``j``."""
+    if x.hdim != x.dim + 1:
+        return False
+    pre, size = math.prod(x.shape[:x.dim]), x.shape[x.dim] * x.shape[x.hdim]
+    p = 1
+    for s in out:
+        if p == pre and s == size:
+            return True
+        p *= s
+    return False
+
+
+def interleave(ctx, node, x: Feat, why: str) -> Feat:
+    """A fixed permutation of the units that are not a relabelling any class expresses (a channel
+    shuffle): the spaces on both sides keep no symmetry (``why`` is recorded), and the result indexes
+    no space — exact, never more."""
+    for var, _ in x.segs:
+        ctx.state.kill(var, f"{why} at fx node {node.name!r}")
+    return Feat(ctx.shape(node))
 
 
 def _spans(spans) -> tuple | None:
@@ -94,6 +124,8 @@ def _expand(ctx, node, x, *sizes):
 def _perm(ctx, node, x, order):
     out = ctx.shape(node)
     order = [d % len(order) for d in order]
+    if isinstance(x, Stacked):
+        return permuted(x, order, out)
     if isinstance(x, ParamRef):
         return ParamRef(x.name, tuple(out), tuple(x.axes[d] for d in order), _spans(x.span(d) for d in order))
     if not isinstance(x, Feat):
@@ -111,7 +143,7 @@ def _permute(ctx, node, x, *dims, **kwargs):
 
 
 def _transpose(ctx, node, x, a=None, b=None, **kwargs):
-    if not isinstance(x, (Feat, ParamRef)):
+    if not isinstance(x, (Feat, ParamRef, Stacked)):
         return ctx.opaque(node, "a transpose of something that is not a tensor")
     nd = len(x.shape)
     if nd < 2:
@@ -172,6 +204,8 @@ def getitem(ctx, node, x, index):
         return x[index]
     if isinstance(x, ParamRef):
         return _getitem_param(ctx, node, x, index)
+    if isinstance(x, Stacked):
+        return index_stack(ctx, node, x, _items(index, x.ndim), lambda item, rest: getitem(ctx, node, item, rest))
     if not isinstance(x, Feat):
         return ctx.value(node)
     out = ctx.shape(node)
@@ -211,7 +245,11 @@ def _getattr(ctx, node, x, attr):
 
 
 def _contiguous(ctx, node, x, *args, **kwargs):
-    return x if isinstance(x, (Feat, ParamRef)) else ctx.opaque(node, "not a tensor")
+    return x if isinstance(x, (Feat, ParamRef, Stacked)) else ctx.opaque(node, "not a tensor")
+
+
+def _unbind(ctx, node, x, dim=0):
+    return unbind(ctx, node, x, dim)
 
 
 def _cat(ctx, node, tensors, dim=0, **kwargs):
@@ -252,7 +290,7 @@ SHAPE_METHODS = {m: move_feature for m in ("view", "reshape", "flatten", "unflat
 SHAPE_METHODS.update({"contiguous": _contiguous, "to": _contiguous, "float": _contiguous, "double": _contiguous,
                       "type_as": _contiguous, "clone": _contiguous, "detach": _contiguous,
                       "expand": _expand, "expand_as": _expand, "permute": _permute, "transpose": _transpose,
-                      "t": _transpose})
+                      "t": _transpose, "unbind": _unbind})
 SHAPE_FUNCTIONS = {torch.flatten: move_feature, torch.reshape: move_feature, torch.squeeze: move_feature,
                    torch.unsqueeze: move_feature, torch.permute: _permute, torch.transpose: _transpose,
-                   torch.t: _transpose, torch.cat: _cat, torch.concat: _cat, getattr: _getattr}
+                   torch.t: _transpose, torch.cat: _cat, torch.concat: _cat, getattr: _getattr, torch.unbind: _unbind}

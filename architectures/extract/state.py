@@ -18,7 +18,8 @@ from symmetries.errors import SymmetryError
 from symmetries.lattice import is_subclass, meet
 from symmetries.roles import Role
 
-__all__ = ["ExtractionError", "Sealed", "Var", "Feat", "HeadOnly", "ParamRef", "State", "meet_sets", "hint_of"]
+__all__ = ["ExtractionError", "Sealed", "Var", "Feat", "HeadOnly", "Stacked", "ParamRef", "State", "meet_sets",
+           "piece_classes", "hint_of"]
 
 
 class Sealed(Exception):
@@ -124,6 +125,21 @@ class HeadOnly:
 
 
 @dataclass(frozen=True)
+class Stacked:
+    """A tensor whose dimension ``sdim`` stacks separately described tensors: ``items[i]`` (a
+    :class:`Feat`, of the shape without ``sdim``) describes ``x.select(sdim, i)`` — fused q/k/v
+    reshaped to ``(3, B, H, T, d)``, or a recurrent layer's final states ``(layers·directions, B, H)``.
+    Only indexing or unbinding ``sdim``, moving dimensions and copies know it; other ops refuse it."""
+    shape: tuple[int, ...]
+    sdim: int
+    items: tuple[Feat, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
 class ParamRef:
     """A state-dict tensor ``name`` viewed with ``shape``; ``axes[d]`` is the tensor axis behind
     dimension ``d`` of the view (``None`` for a broadcast dimension); ``spans[d]`` the slice
@@ -144,6 +160,24 @@ class ParamRef:
         return self.spans is None or all(s is None for s in self.spans)
 
 
+def piece_classes(classes, size: int, start: int, n: int) -> tuple[SymmetryClass, ...]:
+    """The classes of units ``[start, start + n)`` of a space of ``size`` units admitting ``classes``:
+    a head-structured class keeps the whole heads the piece holds (``HeadStructured(k, inner)``,
+    ``inner`` for one head) and nothing if the piece cuts a head; other classes are kept."""
+    out = []
+    for c in classes:
+        if isinstance(c, HeadStructured):
+            width = size // c.num_heads
+            if start % width or n % width:
+                c = Trivial()
+            else:
+                c = c.inner if n == width else HeadStructured(n // width, c.inner)
+        if c not in out:
+            out.append(c)
+    kept = tuple(c for c in out if not any(c != d and is_subclass(c, d) for d in out))
+    return kept or (Trivial(),)
+
+
 def hint_of(param: str) -> str:
     """A space name for the units a parameter produces: its module's path (``layers.0``), or
     ``<name>.units`` for a parameter of the root module (which would clash with the tensor's name)."""
@@ -160,6 +194,7 @@ class State:
         self.refined: dict[int, list[tuple[int, int]]] = {}  # split candidate → its pieces
         self.touched: list[str] = []  # every tensor name connected or poisoned, in order (see walk.visit)
         self.pinned: list[tuple[str, int, Role, tuple[int, int] | None]] = []  # edges on features of no space
+        self.open_groups: set[str] = set()  # head groups a joined space may enter (channel groups)
 
     def new(self, size: int, hint: str, classes=None, head_group: str | None = None) -> int:
         i = len(self.parent)
@@ -185,15 +220,31 @@ class State:
             raise Sealed(node)
         if va.size != vb.size:
             raise ExtractionError(f"fx node {node!r} joins feature spaces of sizes {va.size} and {vb.size}", node=node)
+        group = va.head_group
         if va.head_group != vb.head_group:  # an attention head space joined with another space
-            raise Sealed(node)
+            group = self._merge_groups(va.head_group, vb.head_group, node)
         keep, drop = (ra, rb) if ra < rb else (rb, ra)
         vk, vd = self.vars[keep], self.vars.pop(drop)
         self.parent[drop] = keep
+        vk.head_group = group
         vk.classes = meet_sets(vk.classes, vd.classes)
         vk.activations += [a for a in vd.activations if a not in vk.activations]
         vk.dead = vk.dead or vd.dead
         vk.edges += vd.edges
+        return keep
+
+    def _merge_groups(self, a: str | None, b: str | None, node: str) -> str:
+        """The head group of two joined spaces: open groups (channel groups, :attr:`open_groups`)
+        take in a space of no group and merge with each other (one group permutation for all);
+        an attention's group joins nothing (:class:`Sealed`)."""
+        if not {a, b} - {None} <= self.open_groups:
+            raise Sealed(node)
+        keep, drop = (a, b) if a is not None else (b, a)
+        if drop is not None:
+            for v in self.vars.values():
+                if v.head_group == drop:
+                    v.head_group = keep
+            self.open_groups.discard(drop)
         return keep
 
     def restrict(self, i: int | None, classes, activation: str | None = None) -> None:
@@ -237,15 +288,16 @@ class State:
 
     def refine(self, i: int, sizes) -> list[int]:
         """Split candidate ``i`` into consecutive pieces of ``sizes`` (a block-diagonal map of the
-        same class is an element of the class, so the pieces keep its classes); its edges become
-        slices of the pieces."""
+        same class is an element of the class, so the pieces keep its classes — a head-structured
+        class the whole heads each piece holds: :func:`piece_classes`); its edges become slices of
+        the pieces."""
         r = self.find(i)
         v = self.vars[r]
         if v.sealed or v.head_group is not None:
             raise Sealed(i)
         pieces, pos = [], 0
         for n in sizes:
-            j = self.new(n, v.hint, v.classes)
+            j = self.new(n, v.hint, piece_classes(v.classes, v.size, pos, n))
             pj = self.vars[j]
             pj.activations, pj.dead = list(v.activations), v.dead
             for p, axis, role, span in v.edges:

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from architectures.extract.rules import keeps_whole, plain_functions
+from architectures.extract.rules import keeps_whole, plain_functions, resolve_pending, traced_into
 from architectures.extract.state import ExtractionError
 
 __all__ = ["trace"]
@@ -105,11 +105,19 @@ class _Tracer(fx.Tracer):
         self.materialized: set[fx.Node] = set()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        """fx's leaves (``torch.nn`` modules), and every module whose own class has an extraction rule."""
+        """fx's leaves (``torch.nn`` modules), and every module whose own class has an extraction rule —
+        except those whose rule is ``TRACE`` (traced into)."""
+        if traced_into(m):
+            return False
         return keeps_whole(m) or super().is_leaf_module(m, module_qualified_name)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """``if`` on a traced value that is not a :class:`_Proxy` (an attribute such as ``x.is_nested``):
+        answered from its value, as :meth:`_Proxy.__bool__` does."""
+        return bool(self._value_of(obj.node))
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
@@ -199,6 +207,7 @@ def trace(module: nn.Module, example_inputs) -> tuple[fx.Graph, dict, set]:
     if isinstance(example_inputs, (torch.Tensor,)) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     inputs = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs)
+    resolve_pending()  # rules registered by the qualified name of a package imported since
     modes = {m: m.training for m in module.modules()}
     before = set(vars(module))
     tracer = _Tracer(inputs)

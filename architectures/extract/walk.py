@@ -32,13 +32,16 @@ from symmetries.roles import Role
 
 from architectures.extract import functional as _functional  # noqa: F401  (registers the built-in rules)
 from architectures.extract import identity_rules as _identity_rules  # noqa: F401  (registers them)
+from architectures.extract import recurrent as _recurrent  # noqa: F401  (registers them)
+from architectures.extract import attention_modules as _attention_modules  # noqa: F401  (registers them)
 from architectures.extract.aten import equivalent
 from architectures.extract.binary import BINARY_FUNCTIONS, BINARY_METHODS
 from architectures.extract.context import Context
 from architectures.extract.heads import HEAD_FUNCTIONS, HEAD_METHODS
 from architectures.extract.rotary import HALF_OPS
-from architectures.extract.rules import rule_for
-from architectures.extract.state import ExtractionError, Feat, HeadOnly, ParamRef, Sealed, meet_sets
+from architectures.extract.rules import resolve_pending, rule_for
+from architectures.extract.stacked import stack_aware
+from architectures.extract.state import ExtractionError, Feat, HeadOnly, ParamRef, Sealed, Stacked, meet_sets
 from architectures.extract.trace import trace
 from symmetries.graph import WeightGraph
 
@@ -67,6 +70,7 @@ def walk_graph(module: nn.Module, graph: fx.Graph, values: dict, *, unknown: str
     nodes whose target is a state-dict key of ``module`` are its tensors."""
     if unknown not in ("error", "fixed"):
         raise ValueError(f"unknown must be 'error' or 'fixed', got {unknown!r}")
+    resolve_pending()
     ctx = _Walk(module, values, unknown)
     for node in graph.nodes:
         ctx.visit(node)
@@ -105,6 +109,10 @@ class _Walk(Context):
         if _has_heads((args, kwargs)) and not (element or _head_aware(node, self.root)):
             self.info[node] = self.opaque(node, "an op on features split into attention heads")
             return
+        if _has_stacked((args, kwargs)) and not (element or stack_aware(node)):
+            self.info[node] = self.opaque(node, "an op on a stack of separately described tensors (fused q/k/v "
+                                                "reshaped together, or a recurrent layer's final states)")
+            return
         module = self.root.get_submodule(node.target) if node.op == "call_module" else None
         rule = rule_for(node.target if module is None else module)
         mark = len(self.state.touched)
@@ -116,7 +124,8 @@ class _Walk(Context):
             else:
                 result = rule(self, node, *args, **kwargs)
         except Sealed:
-            result = self.opaque(node, "it uses query/key features after their pairing in attention scores")
+            result = self.opaque(node, "it splits, joins or reuses features tied as attention heads (query/key "
+                                       "features after their pairing in scores) or as channel groups")
         if result is NotImplemented:
             result = self.opaque(node, "no rule for this op")
         self.info[node] = self._described(node, module, (args, kwargs), result, mark)
@@ -156,6 +165,8 @@ class _Walk(Context):
         """``info`` with split candidates replaced by their pieces."""
         if isinstance(info, Feat) and info.segs:
             return Feat(info.shape, info.dim, self.state.resolve(info.segs), info.hdim, info.half)
+        if isinstance(info, Stacked):
+            return Stacked(info.shape, info.sdim, self._fresh(info.items))
         if isinstance(info, tuple):
             return tuple(self._fresh(i) for i in info)
         return info
@@ -169,6 +180,8 @@ class _Walk(Context):
                     self.state.kill(v, "reaches the model's output")
             elif isinstance(item, ParamRef):
                 self.state.poisoned.setdefault(item.name, "output")
+            elif isinstance(item, Stacked):
+                self._kill_outputs(item.items)
             elif isinstance(item, (tuple, list)):
                 self._kill_outputs(item)
             elif isinstance(item, dict):
@@ -334,6 +347,12 @@ def _has_heads(args) -> bool:
     found = []
     fx.node.map_aggregate(args, lambda a: found.append(a) if isinstance(a, HeadOnly) or (
         isinstance(a, Feat) and a.hdim is not None) else None)
+    return bool(found)
+
+
+def _has_stacked(args) -> bool:
+    found = []
+    fx.node.map_aggregate(args, lambda a: found.append(a) if isinstance(a, Stacked) else None)
     return bool(found)
 
 

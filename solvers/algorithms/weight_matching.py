@@ -17,7 +17,6 @@ a sweep in which no space improved ``⟨P, cost⟩`` by more than ``1e-12``; cap
 """
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 
 import numpy as np
@@ -30,14 +29,13 @@ from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError
-from solvers.local import Matcher, ScaleViews, inner_product, search_units
+from solvers.local import Matcher, inner_product, search_units
 from solvers.reuse import TensorObjective, VisitLog
-from solvers.scaling import best_scale, scale_loss
+from solvers.scale_descent import polish_scales, staged_start
 from solvers.registry import Solver, register
 from solvers.solution import Solution
-from solvers.subproblems import (dense_or, gain, has_subproblem, linear_classes, repermute, rescale,
-                                 score_matrices, solve_block, solve_heads, solve_local, subproblem,
-                                 subproblem_classes)
+from solvers.subproblems import (dense_or, gain, has_subproblem, linear_classes, score_matrices, solve_block,
+                                 solve_heads, solve_local, subproblem, subproblem_classes)
 
 __all__ = ["WeightMatching"]
 
@@ -125,7 +123,8 @@ class WeightMatching(Solver):
         ``⟨P, cost⟩``); ``backend``: the LAP backend (:mod:`symmetries.assignment`); ``start``:
         ``"forward"`` (default: a first pass in graph order in which each space sees only the tensors
         whose other axes are settled; kept if it lowers ``J`` or widths change — with ``PermutationScaling``
-        spaces, the whole permutation solve with ``Permutation`` there instead) or ``"identity"``
+        spaces, the whole permutation solve with ``Permutation`` there, on B balanced —
+        :func:`~solvers.scale_descent.staged_start` — instead) or ``"identity"``
         (start the sweeps from ``init`` or the identity). ``history``: ``J`` at the start, after the
         first pass (if kept) and after every sweep."""
         if mode not in ("default", "rebasin"):
@@ -169,12 +168,9 @@ class WeightMatching(Solver):
                   if not c and isinstance(problem.classes[u[0]], (PositiveScaling, PermutationScaling))]
         staged = start == "forward" and not rebasin and any(isinstance(problem.classes[s], PermutationScaling)
                                                              for s in scaled)
-        if staged:  # permutations first (cheap, few sweeps), their scales next, then the full group
-            perms = dataclasses.replace(problem, classes={s: Permutation() if isinstance(c, PermutationScaling) else c
-                                                          for s, c in problem.classes.items()})
-            first = self.solve(perms, mode=mode, max_iter=max_iter, tol=tol, backend=backend, start=start)
-            candidate = dict(first.transforms)
-            value = first.objective_after
+        if staged:  # permutations first on balanced B (solvers.scale_descent), their scales next, then D P
+            candidate, value = staged_start(self.solve, problem, transforms, scaled, mode=mode, max_iter=max_iter,
+                                            tol=tol, backend=backend, start=start)
         elif start == "forward":
             candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled, objective)
             value = objective(candidate)
@@ -286,55 +282,11 @@ class WeightMatching(Solver):
         return settled
 
 
-def _monomial_descent(problem, matcher, spaces, transforms, threshold, backend, max_rounds: int = 100) -> None:
-    """Between full sweeps, block coordinate descent on ``T = D P`` split in its two factors, each block
-    solved exactly and kept only if it lowers ``J`` by more than ``threshold`` (so ``J`` never increases):
-    the scales ``D`` with every permutation kept (:func:`_polish_scales`), then for ``PermutationScaling``
-    spaces the permutation with the scales kept on B's units (:func:`~solvers.subproblems.repermute`: one
-    LAP on ``f`` at fixed scales, not ``n²`` scalar minimisations), until no permutation moves. The
-    full sweep that follows (the exact ``D P`` subproblem) then certifies — or leaves this loop."""
-    perms = [s for s in spaces if isinstance(problem.classes[s], PermutationScaling)]
-    for _ in range(max_rounds):
-        _polish_scales(problem, matcher, spaces, transforms, threshold)
-        moved = False
-        for space in perms:
-            step = repermute(matcher.local(space, transforms), transforms[space], backend)
-            if step is not None and _finite(step[0]) and step[1] > threshold:
-                transforms[space] = step[0]
-                moved = True
-        if not moved:
-            return
-
-
-def _polish_scales(problem, matcher, spaces, transforms, threshold, max_sweeps: int = 500) -> None:
-    """Coordinate descent on the positive scales alone, each space's gather (its permutation) kept —
-    ``n`` scalar problems per space instead of ``n²`` and an assignment, from :class:`ScaleViews`
-    (mat-vecs; per-space views where those do not apply) — forward and backward over ``spaces``
-    until a pass accepts no step lowering ``J`` by more than ``threshold``."""
-    spaces = [s for s in spaces if isinstance(transforms[s], GatherElement) and transforms[s].bijective]
-    views = ScaleViews.build(problem, spaces, transforms) if spaces else None
-    scales = {s: transforms[s].scales()[0].clone() for s in spaces}
-    last = None
-    for k in range(max_sweeps):
-        accepted = False
-        for space in (spaces if k % 2 == 0 else spaces[::-1]):
-            if space == last:  # just solved, nothing it reads has moved
-                continue
-            cur = transforms[space]
-            if views is None:
-                new, g = rescale(matcher.local(space, transforms), cur)
-            else:
-                terms = views.terms(space, scales)
-                c, f = best_scale(**terms)
-                g = float(scale_loss(scales[space].numpy(), **terms).sum() - f.sum())
-                new = GatherElement.monomial(cur.index, c)
-            last = space
-            if _finite(new) and g > threshold:
-                transforms[space] = new
-                scales[space] = new.scales()[0]
-                accepted = True
-        if not accepted:
-            return
+def _monomial_descent(problem, matcher, spaces, transforms, threshold, backend) -> None:
+    """Between full sweeps: the positive scales alone, every gather (permutation) kept
+    (:func:`~solvers.scale_descent.polish_scales`), ``J`` never increasing. The full sweep that follows
+    (the exact ``D P`` subproblem of every space) moves the permutations — or certifies the fixed point."""
+    polish_scales(problem, matcher, spaces, transforms, threshold)
 
 
 def _finite(el: Element) -> bool:

@@ -1,0 +1,325 @@
+"""Positive scales of ``T = D P`` with every gather (permutation) kept: the scale subproblem of weight
+matching over ``PositiveScaling`` / ``PermutationScaling``, and its staged start.
+
+* :class:`ScaleViews` — ``J`` as a function of the scales, from per-tensor sums (mat-vecs).
+* :func:`polish_scales` — the scales alone by two-level coordinate descent: each space's ``n`` scalar
+  problems (exact, :mod:`solvers.scaling`), alternated with the exact best multiplier per space (a
+  Newton solve in as many variables as spaces). Plain coordinate descent moves the layers' mean
+  scales along a chain of spaces like Gauss–Seidel on a 1-D Laplacian — slowly: on a 25-space
+  SqueezeNet-like net ~50 sweeps per polish and over 100 to balance; the multipliers take that mode
+  in one small solve (~33 sweeps in all, balancing included).
+* :func:`balanced_scales` — B's least-norm scales ``argmin_D Σ_e ‖D·B_e‖²`` (each unit's producing and
+  consuming norms equal: ``c = (δ/β)^¼`` per unit), by the same two-level descent.
+* :func:`staged_start` — permutations first, on B balanced: the exact pair loss of the ``D P``
+  subproblem is ``min_c f = κ(2 − 2A − 2G) + O((A − G)²)`` (:mod:`solvers.scaling`), i.e.
+  ``2κ − 2⟨a, b_s⟩`` with ``b_s`` B's unit scaled by ``s = (δ/β)^¼`` — to first order in the cross
+  terms the ``D P`` assignment is the permutation assignment against balanced B (``s = 1`` there,
+  whatever the neighbours' permutations). One permutation solve thus lands at or next to a fixed
+  point of the exact ``D P`` sweeps; ``T = P D_bal`` then has its scales polished.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from symmetries.action import apply, apply_axis
+from symmetries.blocks import split_copies
+from symmetries.classes import Permutation, PermutationScaling
+from symmetries.elements import GatherElement
+from symmetries.roles import Role
+from symmetries.transforms import TransformSet
+
+from solvers.scaling import best_scale, scale_loss
+from solvers.subproblems import rescale
+
+__all__ = ["ScaleViews", "polish_scales", "balanced_scales", "staged_start"]
+
+MAX_SWEEPS = 500
+BALANCE_RTOL = 1e-6  # balancing stops when no scale moves by more than this (relative)
+NEWTON_STEPS = 30
+
+
+class ScaleViews:
+    """The positive-scale subproblems of ``spaces`` with their gathers (permutations) and every other
+    transform kept: per tensor touching them, ``E = Σ_free A∘B̃`` and ``F = Σ_free B̃∘B̃`` (``B̃``: B with the
+    gathers and other transforms applied, no scales), summed over the axes no polished space indexes
+    (float64 numpy). ``J = Σ‖A‖² − 2⟨E, w⟩ + ⟨F, w²⟩`` with ``w`` the outer product of the polished axes'
+    scale factors (``out``: ``c``, ``in``: ``1/c``, ``var``: ``c²``; ``1`` on the parts of an axis no polished
+    space covers — a concatenation splits an axis between spaces). A space's scale terms
+    (:mod:`solvers.scaling`) are ``E`` and ``F`` contracted with the other axes' factors and restricted
+    to the space's span (:meth:`terms`); the same contractions per block give ``J`` as a function of one
+    multiplier per space (:meth:`blocks`) — mat-vecs instead of re-gathering the tensors. :meth:`build`
+    returns ``None`` where one tensor meets a polished space twice (a tied axis, ``W ← T W Tᵀ``)."""
+
+    def __init__(self, tensors: list, parts: dict, sizes: dict):
+        self.tensors = tensors  # [(E, F, [(axis size, [(space, role, start, stop)…])…])] per tensor
+        self.parts = parts  # space → [(tensor, position, (start, stop), role)]
+        self.sizes = sizes
+
+    @classmethod
+    def build(cls, problem, spaces: list[str], transforms: dict) -> "ScaleViews | None":
+        polished = set(spaces)
+        gathers = {s: GatherElement(transforms[s].index, transforms[s].n) for s in spaces}
+        fixed = {**transforms, **gathers}
+        gb = problem.graph_b
+        tensors, parts = [], {s: [] for s in spaces}
+        names = sorted({e.parameter for s in spaces for e in gb.edges_at(s)})
+        for name in names:
+            b, a = problem.params_b[name], problem.params_a[name]
+            by_axis = defaultdict(list)
+            for e in gb.edges_of(name):
+                if e.space in fixed:
+                    by_axis[e.axis % b.dim()].append(e)
+            axes = []  # (axis, size, [(space, role, start, stop)…]) of the axes a polished space indexes
+            repeats = {}  # axis → (count, block) of a repeated polished edge (the axis's only edge)
+            for ax, group in sorted(by_axis.items()):
+                mine = [(e.space, e.role, *e.span(b.shape[ax])) for e in group if e.space in polished]
+                rep = [e.repeat for e in group if e.space in polished and e.repeat is not None]
+                if rep:
+                    if len(group) > 1 or group[0].span(b.shape[ax]) != (0, b.shape[ax]):
+                        return None  # a repeated edge beside others on one axis: use the per-space path
+                    repeats[ax] = rep[0]
+                if mine:
+                    axes.append((ax, b.shape[ax], sorted(mine, key=lambda x: x[2])))
+                b = apply_axis(b, ax, group, fixed)
+            met = [sp for _, _, spans in axes for sp, *_ in spans]
+            if len(set(met)) < len(met):
+                return None  # a space met twice (tied axis): use the per-space path
+            for ax in sorted(repeats, reverse=True):  # the copies become one more free axis, before the units
+                a, b = split_copies(a, ax, *repeats[ax]), split_copies(b, ax, *repeats[ax])
+            shift = lambda ax: ax + sum(r <= ax for r in repeats)  # noqa: E731
+            axes = [(shift(ax), size // repeats[ax][0], [(sp, role, 0, size // repeats[ax][0]) for sp, role, *_ in spans])
+                    if ax in repeats else (shift(ax), size, spans) for ax, size, spans in axes]
+            free = [ax for ax in range(b.dim()) if ax not in {x for x, _, _ in axes}]
+            a64, b64 = a.detach().cpu().double(), b.detach().cpu().double()
+            e_ = ((a64 * b64).sum(free) if free else a64 * b64).numpy()
+            f_ = ((b64 * b64).sum(free) if free else b64 * b64).numpy()
+            tensors.append((e_, f_, [(size, spans) for _, size, spans in axes]))
+            for pos, (_, _, spans) in enumerate(axes):
+                for sp, role, start, stop in spans:
+                    parts[sp].append((len(tensors) - 1, pos, (start, stop), role))
+        return cls(tensors, parts, {s: problem.sizes[s][1] for s in spaces})
+
+    def terms(self, space: str, scales: dict, cross: bool = True) -> dict:
+        """``α, β, γ, δ, ζ, ε`` (float64 numpy, one per unit) of ``space`` for the other spaces' ``scales``
+        (numpy; without ``cross``: the norms ``β, δ, ε`` only)."""
+        n = self.sizes[space]
+        out = {r: [np.zeros(n), np.zeros(n)] for r in Role}
+        for t, pos, (start, stop), role in self.parts[space]:
+            e_, f_, axes = self.tensors[t]
+            x, y = np.moveaxis(e_, pos, 0), np.moveaxis(f_, pos, 0)  # the others follow, in axis order
+            for i in range(len(axes) - 1, -1, -1):  # contract them, last first
+                if i != pos:
+                    w = _weights(*axes[i], scales)
+                    x, y = (x @ w if cross else x), y @ (w * w)
+            if cross:
+                out[role][0] += x[start:stop]
+            out[role][1] += y[start:stop]
+        (a, b), (g, d), (z, e) = (out[r] for r in (Role.OUT, Role.IN, Role.VAR))
+        names = dict(alpha=a, beta=b, gamma=g, delta=d, zeta=z, eps=e)
+        return {k: v for k, v in names.items() if cross or k in ("beta", "delta", "eps")}
+
+    def blocks(self, scales: dict, cross: bool = True) -> list[tuple[float, float, dict]]:
+        """``J − Σ‖A‖² = Σ_b (−2 e_b m_b + f_b m_b²)`` with ``m_b = Π_s λ_s^{k_s}`` when every space's scales are
+        multiplied by ``λ_s``: ``(e_b, f_b, {space: k_s})`` per block of every tensor (one span per polished
+        axis; ``k``: ``out`` 1, ``in`` −1, ``var`` 2; ``e_b = 0`` without ``cross``)."""
+        out = []
+        for e_, f_, axes in self.tensors:
+            choices = []  # per axis: (weights, {space: k}) of each span and of the rest of the axis
+            for size, spans in axes:
+                full = _weights(size, spans, scales)
+                opts, rest = [], np.ones(size, dtype=bool)
+                for sp, role, start, stop in spans:
+                    w = np.zeros(size)
+                    w[start:stop] = full[start:stop]
+                    rest[start:stop] = False
+                    opts.append((w, {sp: _EXPONENT[role]}))
+                if rest.any():
+                    opts.append((rest.astype(np.float64), {}))
+                choices.append(opts)
+            for combo in itertools.product(*choices):
+                x, y = e_, f_
+                for w, _ in combo[::-1]:
+                    x, y = (x @ w if cross else x), y @ (w * w)
+                k: dict = {}
+                for _, ks in combo:
+                    for sp, v in ks.items():
+                        k[sp] = k.get(sp, 0) + v
+                out.append((float(x) if cross else 0.0, float(y), k))
+        return out
+
+
+_EXPONENT = {Role.OUT: 1, Role.IN: -1, Role.VAR: 2}
+
+
+def _weights(size: int, spans, scales: dict) -> np.ndarray:
+    """One axis's scale factors: each polished space's on its span, ``1`` elsewhere."""
+    if len(spans) == 1 and spans[0][2:] == (0, size):
+        return _factor(scales[spans[0][0]], spans[0][1])
+    w = np.ones(size)
+    for sp, role, start, stop in spans:
+        w[start:stop] = _factor(scales[sp], role)
+    return w
+
+
+def _factor(c: np.ndarray, role: Role) -> np.ndarray:
+    return c if role is Role.OUT else (1.0 / c if role is Role.IN else c * c)
+
+
+def multipliers(views: ScaleViews, scales: dict, spaces: list[str], threshold: float, cross: bool = True) -> float:
+    """Multiply every space's scales by the ``λ_s`` minimising ``J`` (:meth:`ScaleViews.blocks`; without
+    ``cross``: ``Σ‖D·B‖²``) — damped Newton in ``v = log λ`` (the Hessian's eigenvalues taken in absolute
+    value, a backtracking line search on the exact value) — when that lowers it by more than
+    ``threshold``; returns the decrease (``0.0`` if nothing was changed). ``scales``: numpy, in place."""
+    blocks = views.blocks(scales, cross)
+    index = {s: i for i, s in enumerate(spaces)}
+    e = np.array([b[0] for b in blocks])
+    f = np.array([b[1] for b in blocks])
+    k = np.zeros((len(blocks), len(spaces)))
+    for row, (_, _, ks) in enumerate(blocks):
+        for sp, v in ks.items():
+            k[row, index[sp]] = v
+
+    def value(v):
+        m = np.exp(k @ v)
+        out = float((-2 * e * m + f * m * m).sum())
+        return out if np.isfinite(out) else np.inf
+    v = np.zeros(len(spaces))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        start = current = value(v)
+        for _ in range(NEWTON_STEPS):
+            m = np.exp(k @ v)
+            grad = k.T @ (-2 * e * m + 2 * f * m * m)
+            lam, vec = np.linalg.eigh(k.T @ ((-2 * e * m + 4 * f * m * m)[:, None] * k))
+            lam = np.maximum(np.abs(lam), 1e-12 * max(float(np.abs(lam).max()), 1e-300))
+            step = -vec @ ((vec.T @ grad) / lam)
+            t, slope = 1.0, float(grad @ step)
+            while t > 1e-10 and value(v + t * step) > current + 1e-4 * t * slope:
+                t *= 0.5
+            new = value(v + t * step)
+            if not (new < current and np.isfinite(step).all()):
+                break
+            v, current = v + t * step, new
+            if float(np.abs(t * step).max()) < 1e-12:
+                break
+    gain = start - current
+    if gain > threshold and np.isfinite(v).all():
+        for sp, i in index.items():
+            scales[sp] = scales[sp] * np.exp(v[i])
+        return gain
+    return 0.0
+
+
+def polish_scales(problem, matcher, spaces, transforms, threshold) -> None:
+    """The positive scales alone, each space's gather kept, until a pass lowers ``J`` by no step of more
+    than ``threshold``: the best multiplier per space (:func:`multipliers`), then each space's exact
+    per-unit scales (``n`` scalar problems, :class:`ScaleViews` mat-vecs) forward and backward over
+    ``spaces``; ``J`` never increases. Per-space views (:func:`~solvers.subproblems.rescale`) where
+    :class:`ScaleViews` does not apply."""
+    spaces = [s for s in spaces if isinstance(transforms[s], GatherElement) and transforms[s].bijective]
+    views = ScaleViews.build(problem, spaces, transforms) if spaces else None
+    if views is None:
+        return _polish_per_space(matcher, spaces, transforms, threshold)
+    scales = {s: transforms[s].scales()[0].numpy().copy() for s in spaces}
+    changed, last = set(), None
+    for k in range(MAX_SWEEPS):
+        accepted = multipliers(views, scales, spaces, threshold) > 0
+        if accepted:
+            changed.update(spaces)
+            last = None
+        for space in (spaces if k % 2 == 0 else spaces[::-1]):
+            if space == last:  # just solved, nothing it reads has moved
+                continue
+            terms = views.terms(space, scales)
+            c, f = best_scale(**terms)
+            g = float(scale_loss(scales[space], **terms).sum() - f.sum())
+            last = space
+            if np.isfinite(c).all() and g > threshold:
+                scales[space] = c
+                changed.add(space)
+                accepted = True
+        if not accepted:
+            break
+    for s in changed:
+        transforms[s] = GatherElement.monomial(transforms[s].index, torch.from_numpy(scales[s]))
+
+
+def _polish_per_space(matcher, spaces, transforms, threshold) -> None:
+    last = None
+    for k in range(MAX_SWEEPS):
+        accepted = False
+        for space in (spaces if k % 2 == 0 else spaces[::-1]):
+            if space == last:
+                continue
+            new, g = rescale(matcher.local(space, transforms), transforms[space])
+            last = space
+            if g > threshold and all(v is None or bool(torch.isfinite(v).all()) for v in (new.out_scale, new.in_scale)):
+                transforms[space] = new
+                accepted = True
+        if not accepted:
+            return
+
+
+def balanced_scales(problem, spaces: list[str], transforms: dict) -> dict[str, torch.Tensor] | None:
+    """Per space in ``spaces`` the scales ``c`` (B's units, identity gathers; the other spaces' transforms
+    from ``transforms``) minimising ``Σ_e ‖D·B_e‖²`` — per unit ``c = (δ/β)^¼`` (with ``var`` edges the
+    minimiser of ``βc² + δ/c² + εc⁴``), per space the best multiplier — by the two-level descent of
+    :func:`polish_scales` (a convex problem in ``log c``); units without producing or consuming weights
+    keep ``1``. ``None`` where :class:`ScaleViews` does not apply (a tied axis)."""
+    sizes = {s: problem.sizes[s][1] for s in spaces}
+    views = ScaleViews.build(problem, spaces, {**transforms, **{s: GatherElement.identity(n) for s, n in sizes.items()}})
+    if views is None:
+        return None
+    scales = {s: np.ones(n) for s, n in sizes.items()}
+    for k in range(MAX_SWEEPS):
+        before = {s: c.copy() for s, c in scales.items()}
+        multipliers(views, scales, spaces, 0.0, cross=False)
+        for space in (spaces if k % 2 == 0 else spaces[::-1]):
+            t = views.terms(space, scales, cross=False)
+            beta, delta, eps = t["beta"], t["delta"], t["eps"]
+            ok = (beta + eps > 0) & (delta > 0) & np.isfinite(beta + delta + eps)
+            c = np.ones_like(beta)
+            if not eps.any():
+                c[ok] = np.sqrt(np.sqrt(delta[ok] / beta[ok]))
+            elif ok.any():
+                c[ok], _ = best_scale(0.0, beta[ok], 0.0, delta[ok], 0.0, eps[ok])
+            scales[space] = c
+        if max(float(np.abs(scales[s] / before[s] - 1).max()) for s in spaces) <= BALANCE_RTOL:
+            break
+    return {s: torch.from_numpy(c) for s, c in scales.items()}
+
+
+def staged_start(solve, problem, transforms: dict, scaled: list[str], **options):
+    """``(candidate transforms, their J)``: the problem solved with ``Permutation`` at its
+    ``PermutationScaling`` spaces (``solve``: the weight-matching solver's ``solve``, ``options`` its
+    options) on B balanced at the scaled spaces (module doc) and in float32 (a start: the float64 ``D P``
+    sweeps that follow decide), the scales put back as ``T = D P D_bal``; on B as it is where balancing
+    does not apply (``init`` given, widths changing, a tied axis)."""
+    classes = {s: Permutation() if isinstance(c, PermutationScaling) else c for s, c in problem.classes.items()}
+    square = all(problem.sizes[s][0] == problem.sizes[s][1] for s in scaled)
+    scales = (balanced_scales(problem, scaled, transforms) if problem.init is None and not problem.lazy and square
+              and all(s in transforms for s in scaled) else None)
+    if scales is not None:
+        tb = TransformSet({s: GatherElement.monomial(torch.arange(len(c)), c) for s, c in scales.items()})
+        low = torch.float32 if problem.dtype == torch.float64 else problem.dtype
+        if low != problem.dtype:  # gains below float32 round-off are not progress
+            options = {**options, "tol": max(options.get("tol") or 0.0, 1e-6)}
+        params_b = apply(problem.graph_b, problem.params_b, tb, check=False)
+        first = solve(dataclasses.replace(problem, classes=classes, dtype=low, params_a=_cast(problem.params_a, low),
+                                          params_b=_cast(params_b, low)), **options)
+        candidate = dict(first.transforms)
+        if all(isinstance(candidate[s], GatherElement) and candidate[s].bijective for s in scales):
+            for s, c in scales.items():  # (D P · D_bal B)[j] = d[j] c[π(j)] B[π(j)]
+                el = candidate[s]
+                candidate[s] = GatherElement.monomial(el.index, c[el.index] * el.scales()[0])
+            return candidate, problem.objective(TransformSet(candidate))
+    first = solve(dataclasses.replace(problem, classes=classes), **options)
+    return dict(first.transforms), first.objective_after
+
+
+def _cast(params: dict, dtype: torch.dtype) -> dict:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in params.items()}
