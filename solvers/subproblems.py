@@ -21,6 +21,7 @@ Each is registered with the generic function :func:`subproblem` by class type
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -238,8 +239,17 @@ def _invertible(local: Local, current: Element | None) -> torch.Tensor:
     x = sylvester_psd(local.gram_a(IN).double().to(cout), c, cout + cin)
     starts = [x] + ([current.as_matrix().to(x)] if current is not None and tuple(current.shape) == tuple(x.shape)
                     else [])
-    values = [float(invertible_loss(s, cout, c, cin, gin)) for s in starts]
+    values = [_loss_or_inf(s, cout, c, cin, gin) for s in starts]
     return polish_invertible(starts[int(np.nanargmin(values))], cout, c, cin, gin)
+
+
+def _loss_or_inf(x, cout, c, cin, gin) -> float:
+    """:func:`invertible_loss`, or ``inf`` for a singular ``x`` (a singular Sylvester start: the caller
+    then keeps its current map — ``dense_or`` refuses the singular one)."""
+    try:
+        return float(invertible_loss(x, cout, c, cin, gin))
+    except RuntimeError:  # torch.linalg.LinAlgError: singular
+        return math.inf
 
 
 def invertible_loss(x, cout, c, cin, gin) -> torch.Tensor:

@@ -401,3 +401,14 @@ def test_input_errors_are_typed():
     assert sol.objective_after == sol.objective_before and sol.iterations == 0
     with pytest.raises(ValueError, match="start"):
         solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), start="random")
+
+
+def test_a_singular_invertible_start_keeps_the_current_map():
+    """Seed 611 of the two-axes test: the forward pass's Sylvester start for the RNN's hidden space is
+    singular; it scored as infinite (no LinAlgError) and the descent goes on."""
+    g = _rnn_graph(cls=Invertible(), activation="identity")
+    gen = torch.Generator().manual_seed(611)
+    a = {p.name: torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in g.parameters()}
+    b = {p.name: torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in g.parameters()}
+    sol = solvers.solve("weight_matching", g, a, b, classes=Invertible(), seed=611, max_iter=5)
+    _assert_monotone_and_converged(sol, g, a, b, converged=False)
