@@ -303,8 +303,13 @@ def _heads_linear(inner, local: Local, h: int, backend: str):
         m, v = m + v, None
     mb = head_blocks(m, h)
     vb = None if v is None else head_blocks(v, h)
-    best = [[solve_block(inner, mb[i, j], None if vb is None else vb[i, j], backend) for j in range(h)]
-            for i in range(h)]
+    if type(inner) is Permutation and vb is None and m.device.type == "cpu":  # h² LAPs on one numpy view of M
+        blocks, n = mb.detach().numpy(), mb.shape[-1]  # (what Permutation.project hands each one: the same LAPs)
+        best = [[GatherElement(assignment_permutation(blocks[i, j], backend=backend), n) for j in range(h)]
+                for i in range(h)]
+    else:
+        best = [[solve_block(inner, mb[i, j], None if vb is None else vb[i, j], backend) for j in range(h)]
+                for i in range(h)]
     loss = torch.tensor([[-2 * (inner_product(best[i][j], mb[i, j])
                                 + (0.0 if vb is None else inner_product(best[i][j], vb[i, j], squared=True)))
                           for j in range(h)] for i in range(h)], dtype=torch.float64)

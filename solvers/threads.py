@@ -19,7 +19,8 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["SINGLE_THREAD_WORK", "SINGLE_THREAD_ENTRIES", "work", "threads_for", "threads_for_inputs", "thread_budget"]
+__all__ = ["SINGLE_THREAD_WORK", "SINGLE_THREAD_ENTRIES", "SINGLE_THREAD_WIDTH", "work", "threads_for",
+           "threads_for_inputs", "solve_threads", "thread_budget"]
 
 #: Multiply-adds per sweep below which one thread is used (about a second of one core). Measured
 #: (benchmarks/bench_threads.py, 2 cores): the 784-512-512-512-10 MLP (1e9 per sweep) takes 0.15 s on
@@ -31,6 +32,12 @@ SINGLE_THREAD_WORK = int(os.environ.get("SYMMETRIES_SINGLE_THREAD_WORK", 5 * 10*
 #: Entries of the two models below which checking them at the door (norms, extremes: a pass each over
 #: memory) runs on one thread: 16 M entries take a few ms on one core.
 SINGLE_THREAD_ENTRIES = 1 << 24
+
+
+#: Widths up to which a unit's subproblem (an assignment, a polar factor, per-head blocks) is solved on one
+#: thread inside a solve that uses more: an SVD of 768² gains little from a second thread on a quiet machine
+#: and took 6 s instead of 0.25 s beside a busy neighbour (benchmarks/bench_solvers.py, GPT-2-small shape).
+SINGLE_THREAD_WIDTH = 2048
 
 
 def work(problem) -> int:
@@ -51,6 +58,13 @@ def work(problem) -> int:
 def threads_for(problem) -> int:
     """1 for small work, else the caller's current ``torch.get_num_threads()``."""
     return 1 if work(problem) < SINGLE_THREAD_WORK else torch.get_num_threads()
+
+
+def solve_threads(locals_) -> int:
+    """1 when every space of a unit (its :class:`~solvers.local.Local` views) is at most
+    :data:`SINGLE_THREAD_WIDTH` wide, else the caller's current ``torch.get_num_threads()``."""
+    small = all(max(loc.m, loc.n) <= SINGLE_THREAD_WIDTH for loc in locals_)
+    return 1 if small else torch.get_num_threads()
 
 
 def threads_for_inputs(*param_sets) -> int:

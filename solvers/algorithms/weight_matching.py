@@ -34,6 +34,7 @@ from solvers.reuse import TensorObjective, VisitLog
 from solvers.scale_descent import polish_scales, staged_start
 from solvers.registry import Solver, register
 from solvers.solution import Solution
+from solvers.threads import solve_threads, thread_budget
 from solvers.subproblems import (dense_or, gain, has_subproblem, linear_classes, score_matrices, solve_block,
                                  solve_heads, solve_local, subproblem, subproblem_classes)
 
@@ -224,9 +225,10 @@ class WeightMatching(Solver):
 
     @staticmethod
     def _step(problem, spaces, classes, locals_, transforms, coupled, rebasin, tol, history, backend) -> bool:
-        new = (solve_heads(classes, locals_, backend=backend)
-               if isinstance(classes[0], HeadStructured)
-               else [solve_local(classes[0], locals_[0], backend=backend, current=transforms[spaces[0]])])
+        with thread_budget(solve_threads(locals_)):
+            new = (solve_heads(classes, locals_, backend=backend)
+                   if isinstance(classes[0], HeadStructured)
+                   else [solve_local(classes[0], locals_[0], backend=backend, current=transforms[spaces[0]])])
         if rebasin:
             space, loc, el = spaces[0], locals_[0], new[0]
             score = loc.cross(Role.OUT, Role.IN)
@@ -269,8 +271,9 @@ class WeightMatching(Solver):
                     continue
                 raise SolverInputError(f"space {spaces[0]!r} has no settled tensor to start from; pass init=",
                                        space=spaces[0])
-            new = (solve_heads(classes, locals_, backend=backend) if isinstance(classes[0], HeadStructured)
-                   else [solve_local(classes[0], locals_[0], backend=backend)])
+            with thread_budget(solve_threads(locals_)):
+                new = (solve_heads(classes, locals_, backend=backend) if isinstance(classes[0], HeadStructured)
+                       else [solve_local(classes[0], locals_[0], backend=backend)])
             if not all(_finite(el) for el in new):
                 new, complete = [transforms[s] for s in spaces], False
             settled.update(zip(spaces, new))
