@@ -59,7 +59,11 @@ def solve_assignment(score, *, maximize: bool = True, backend: str = "auto") -> 
     m = np.asarray(score.detach().cpu().numpy() if hasattr(score, "detach") else score)
     if m.ndim != 2:
         raise ValueError(f"assignment needs a 2-D score matrix, got shape {m.shape}")
-    if not np.isfinite(m).all():
+    # a finite float64 sum means finite entries (NaN and ±inf propagate); only otherwise (an overflow, or a
+    # bad entry) check entry by entry — no m-sized boolean mask beside a large score
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(m, axis=None, dtype=np.float64) if m.dtype != object else np.nan
+    if not np.isfinite(total) and not np.isfinite(m).all():
         raise ValueError("assignment score matrix contains NaN or infinite entries")
     table = backends()
     name = next(iter(table)) if backend == "auto" else backend

@@ -113,6 +113,13 @@ def test_assignment_rejects_bad_input():
         solve_assignment(np.eye(3), backend="hungarian9000")
     with pytest.raises(ValueError, match="NaN"):
         solve_assignment(np.array([[np.nan, 1.0], [0.0, 1.0]]))
+    for bad in (np.inf, -np.inf):  # also in float32, and beside entries whose sum overflows
+        with pytest.raises(ValueError, match="infinite"):
+            solve_assignment(np.array([[bad, 1.0], [0.0, 1.0]], dtype=np.float32))
+        with pytest.raises(ValueError, match="infinite"):
+            solve_assignment(np.array([[1e308, 1e308], [bad, 1.0]]))
+    rows, cols = solve_assignment(np.array([[1e308, 1e308], [1e308, 0.0]]))  # finite entries, an infinite sum
+    assert cols.tolist() == [1, 0]
 
 
 def test_membership_rejects_non_members():

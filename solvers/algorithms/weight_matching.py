@@ -319,11 +319,9 @@ def _note_terms(objective, keep, transforms) -> None:
     """Hand ``objective`` each kept tensor's term ``‖A_e − T·B_e‖²`` under ``transforms`` (B's rows already
     carry the other spaces' elements)."""
     for space, edge, a, b in keep or ():
-        moved = transforms[space].act(b, edge.role)
-        step = max(1, (1 << 20) // max(1, moved.shape[1]))  # rows per chunk: float64 squares of ~1 M entries
-        objective.prefill(edge.parameter, transforms, sum(
-            float(torch.linalg.vector_norm(a[i:i + step] - moved[i:i + step], dtype=torch.float64) ** 2)
-            for i in range(0, moved.shape[0], step)))
+        diff = a - transforms[space].act(b, edge.role)
+        objective.prefill(edge.parameter, transforms, float(torch.linalg.vector_norm(diff, dtype=torch.float64) ** 2))
+        del diff
 
 
 def _same(a: Element, b: Element) -> bool:
