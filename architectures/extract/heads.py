@@ -103,11 +103,11 @@ def bilinear(ctx, node, q: Feat, kt: Feat):
     st = ctx.state
     qa, ka = st.find(q.segs[0][0]), st.find(kt.segs[0][0])
     vq, vk = st.vars[qa], st.vars[ka]
-    if qa == ka or vq.sealed or vk.sealed or any(role is not Role.OUT for _, _, role, _ in vk.edges):
+    if qa == ka or vq.sealed or vk.sealed or any(e.role is not Role.OUT for e in vk.edges):
         return ctx.opaque(node, "query/key features that are also used elsewhere")
     if vq.head_group is not None or vk.head_group is not None:
         return ctx.opaque(node, "query/key features already tied to other heads")
-    vk.edges = [(p, a, Role.IN, s) for p, a, _, s in vk.edges]
+    vk.edges = [e._replace(role=Role.IN) for e in vk.edges]
     r = st.union(qa, ka, node.name)
     H = q.shape[q.hdim]
     st.restrict(r, (HeadStructured(H, Invertible()),))
