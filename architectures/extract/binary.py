@@ -117,8 +117,8 @@ def _neg(ctx, node, x):
 def matmul(ctx, node, a, b):
     """``a @ b``: data times features (graph propagation) or features times a parameter (a layer)."""
     out = ctx.shape(node)
-    if isinstance(b, Feat) and b.rep is not None or isinstance(a, Feat) and a.rep is not None and not (
-            isinstance(b, ParamRef) and b.whole and len(b.shape) == 2 and None not in b.axes):
+    flat = [isinstance(t, Feat) and t.rep is not None and t.hdim is None for t in (a, b)]  # a flatten's repeats
+    if flat[1] or flat[0] and not (isinstance(b, ParamRef) and b.whole and len(b.shape) == 2 and None not in b.axes):
         return ctx.opaque(node, "a matrix product of a flatten's repeated features with something other than a "
                                 "weight matrix")
     if isinstance(a, HeadOnly) and isinstance(b, Feat):

@@ -26,14 +26,43 @@ from architectures.extract.aten import equivalent
 from architectures.extract.rules import registered_module, rule_for
 from architectures.extract.state import Feat
 
-__all__ = ["has_repeats", "repeat_aware"]
+__all__ = ["has_repeats", "repeat_aware", "has_copies", "copies_aware"]
+
+
+def _flat(a) -> bool:
+    return isinstance(a, Feat) and a.rep is not None and a.hdim is None and a.rdim is None
+
+
+def _copies(a) -> bool:
+    return isinstance(a, Feat) and (a.rdim is not None or (a.rep is not None and a.hdim is not None))
 
 
 def has_repeats(args) -> bool:
-    """Some argument carries a flatten's repeated features."""
+    """Some argument carries a flatten's repeated features (or attention output heads merged back)."""
     found = []
-    fx.node.map_aggregate(args, lambda a: found.append(a) if isinstance(a, Feat) and a.rep is not None else None)
+    fx.node.map_aggregate(args, lambda a: found.append(a) if _flat(a) else None)
     return bool(found)
+
+
+def has_copies(args) -> bool:
+    """Some argument carries key/value heads repeated for grouped queries (:mod:`architectures.extract.gqa`)."""
+    found = []
+    fx.node.map_aggregate(args, lambda a: found.append(a) if _copies(a) else None)
+    return bool(found)
+
+
+_COPY_TARGETS = ("transpose", "permute", "view", "reshape", "contiguous", "to", "float", "double", "type_as",
+                 "clone", "detach", "expand", "matmul", operator.matmul, torch.matmul, torch.transpose,
+                 torch.permute, torch.reshape, F.scaled_dot_product_attention)
+
+
+def copies_aware(node: fx.Node) -> bool:
+    """``node`` may be given grouped-query copies of heads: its rule (as registered now) moves
+    dimensions, expands or merges the copies, copies, or is attention (``q @ kᵀ``, ``att @ v``, SDPA)."""
+    if node.op not in ("call_function", "call_method"):
+        return False
+    rule = rule_for(equivalent(node.target))
+    return rule is not None and any(rule is rule_for(t) for t in _COPY_TARGETS)
 
 
 def _allowed_targets():

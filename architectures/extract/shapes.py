@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from architectures.extract.gqa import expand_copies, insert_copies, merge_copies, merge_heads
 from architectures.extract.heads import head_reshape
 from architectures.extract.rotary import half_slice, join_halves
 from architectures.extract.stacked import index_stack, packed_split, permuted, single, unbind
@@ -51,6 +52,13 @@ def move_feature(ctx, node, x, *args, **kwargs):
         return ctx.opaque(node, "a reshape of something that is not a tensor")
     if x.dim is None:
         return Feat(out)
+    if x.rdim is not None:
+        return merge_copies(ctx, node, x, out)
+    if x.rep is not None and x.hdim is not None:
+        return merge_heads(ctx, node, x, out, head_reshape(x, out))
+    copies = insert_copies(x, out)
+    if copies is not None:
+        return copies
     if x.rep is not None:
         return ctx.opaque(node, f"a reshape {x.shape} → {out} of a flatten's features (a channel space repeated "
                                 f"over positions)")
@@ -151,6 +159,10 @@ def _expand(ctx, node, x, *sizes):
         return ctx.opaque(node, "expand of something that is not a tensor")
     if x.dim is None:
         return Feat(out)
+    if x.rdim is not None:
+        return expand_copies(ctx, node, x)
+    if x.hdim is not None and (shift or out[x.hdim] != x.shape[x.hdim]):
+        return ctx.opaque(node, "an expand of head features other than along positions")
     if out[x.dim + shift] != x.shape[x.dim]:
         return ctx.opaque(node, "expand along the feature dimension")
     return x.moved(out, x.dim + shift)
@@ -167,7 +179,9 @@ def _perm(ctx, node, x, order):
         return ctx.opaque(node, "a permutation of dimensions of something that is not a tensor")
     if x.dim is None:
         return Feat(out)
-    return Feat(out, order.index(x.dim), x.segs, None if x.hdim is None else order.index(x.hdim))
+    if x.rdim is not None:
+        return ctx.opaque(node, "moving dimensions of key/value heads before their copies are merged")
+    return Feat(out, order.index(x.dim), x.segs, None if x.hdim is None else order.index(x.hdim), rep=x.rep)
 
 
 def _permute(ctx, node, x, *dims, **kwargs):
@@ -248,7 +262,8 @@ def getitem(ctx, node, x, index):
         return Feat(out)
     items = _items(index, x.ndim)
     if x.hdim is not None:
-        return half_slice(ctx, node, x, items)
+        copies = insert_copies(x, out) if all(i is None or i == slice(None) for i in items) else None
+        return copies if copies is not None else half_slice(ctx, node, x, items)
     d_in, d_out = 0, 0
     for item in items:
         if item is None:

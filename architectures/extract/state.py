@@ -20,7 +20,7 @@ from symmetries.lattice import is_subclass, meet
 from symmetries.roles import Role
 
 __all__ = ["ExtractionError", "Sealed", "Claim", "Var", "Feat", "HeadOnly", "Stacked", "ParamRef", "State", "meet_sets",
-           "piece_classes", "hint_of"]
+           "piece_classes", "hint_of", "common_prefix"]
 
 
 class Sealed(Exception):
@@ -103,13 +103,16 @@ class Feat:
     (:mod:`architectures.extract.rotary`). ``rep = (count, block)`` marks a flatten's features: the
     feature dimension holds ``count`` copies of the segments' units laid out ``(n/block, count,
     block)`` — channel-major ``(S, 1)``, channels-last ``(S, C)`` (only the ops of
-    :mod:`architectures.extract.repeat` may see them)."""
+    :mod:`architectures.extract.repeat` may see them). On head features ``rep = (R, d)`` marks
+    grouped-query copies (``repeat_kv``: head ``g·R + r`` is head ``g``), and ``rdim`` the dimension of
+    the copies before they merge with the heads (``(B, G, R, L, d)``; :mod:`architectures.extract.gqa`)."""
     shape: tuple[int, ...]
     dim: int | None = None
     segs: tuple[tuple[int | None, int], ...] = ()
     hdim: int | None = None
     half: tuple[int, int] | None = None
     rep: tuple[int, int] | None = None
+    rdim: int | None = None
 
     @property
     def ndim(self) -> int:
@@ -140,10 +143,12 @@ class Feat:
 @dataclass(frozen=True)
 class HeadOnly:
     """Attention scores ``q kᵀ`` per head: no feature dimension left, but dimension ``hdim``
-    indexes the heads of the query/key space ``var`` (its head permutation acts there)."""
+    indexes the heads of the query/key space ``var`` (its head permutation acts there); ``rep``
+    query heads share each key head (grouped-query attention: head ``g·rep + r`` reads key head ``g``)."""
     shape: tuple[int, ...]
     hdim: int
     var: int
+    rep: int = 1
 
     @property
     def ndim(self) -> int:
@@ -202,6 +207,17 @@ def piece_classes(classes, size: int, start: int, n: int) -> tuple[SymmetryClass
             out.append(c)
     kept = tuple(c for c in out if not any(c != d and is_subclass(c, d) for d in out))
     return kept or (Trivial(),)
+
+
+def common_prefix(a: str, b: str) -> str:
+    """A head group's name: the common module path of the query and key producers."""
+    pa, pb = a.split("."), b.split(".")
+    common = []
+    for x, y in zip(pa, pb):
+        if x != y:
+            break
+        common.append(x)
+    return ".".join(common) if common else f"{a}.heads"
 
 
 def hint_of(param: str) -> str:

@@ -38,7 +38,7 @@ from architectures.extract.aten import equivalent
 from architectures.extract.binary import BINARY_FUNCTIONS, BINARY_METHODS
 from architectures.extract.context import Context
 from architectures.extract.heads import HEAD_FUNCTIONS, HEAD_METHODS
-from architectures.extract.repeat import has_repeats, repeat_aware
+from architectures.extract.repeat import copies_aware, has_copies, has_repeats, repeat_aware
 from architectures.extract.rotary import HALF_OPS
 from architectures.extract.rules import resolve_pending, rule_for
 from architectures.extract.stacked import stack_aware
@@ -111,6 +111,11 @@ class _Walk(Context):
             self.info[node] = self.opaque(node, "an op on a flatten's features (a channel space repeated over "
                                                 "positions) other than a linear map, an activation or dropout")
             return
+        if has_copies((args, kwargs)) and not (element or copies_aware(node)):
+            self.info[node] = self.opaque(node, "an op on key/value heads repeated for grouped queries "
+                                                "(repeat_kv) other than moving dimensions, merging the copies "
+                                                "and attention")
+            return
         if _has_heads((args, kwargs)) and not (element or _head_aware(node, self.root)):
             self.info[node] = self.opaque(node, "an op on features split into attention heads")
             return
@@ -169,7 +174,7 @@ class _Walk(Context):
     def _fresh(self, info):
         """``info`` with split candidates replaced by their pieces."""
         if isinstance(info, Feat) and info.segs:
-            return Feat(info.shape, info.dim, self.state.resolve(info.segs), info.hdim, info.half, info.rep)
+            return Feat(info.shape, info.dim, self.state.resolve(info.segs), info.hdim, info.half, info.rep, info.rdim)
         if isinstance(info, Stacked):
             return Stacked(info.shape, info.sdim, self._fresh(info.items))
         if isinstance(info, tuple):
@@ -328,9 +333,9 @@ class _Walk(Context):
 
 
 _HEAD_AWARE = {*BINARY_FUNCTIONS, *HEAD_FUNCTIONS, operator.getitem, torch.cat, torch.concat, torch.softmax, torch.nn.functional.softmax, torch.transpose,
-               torch.permute, torch.reshape, torch.flatten, torch.nn.functional.dropout}
+               torch.permute, torch.reshape, torch.flatten, torch.unsqueeze, torch.nn.functional.dropout}
 _HEAD_AWARE_METHODS = {*BINARY_METHODS, *HEAD_METHODS, "softmax", "view", "reshape", "transpose", "permute",
-                       "contiguous", "flatten", "to", "float", "double", "type_as"}
+                       "contiguous", "flatten", "to", "float", "double", "type_as", "unsqueeze", "expand"}
 
 
 def _has_halves(args) -> bool:
