@@ -12,6 +12,7 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import architectures
@@ -96,6 +97,24 @@ def test_hand_written_grouped_query_attention(variant):
         assert float((m(X) - y).abs().max()) > 1e-3
 
 
+@settings(max_examples=8, deadline=None)
+@given(shape=st.sampled_from([(4, 2), (6, 2), (6, 3), (6, 6)]), dh=st.sampled_from([2, 3]),
+       variant=st.sampled_from(["repeat_kv", "sdpa"]), seed=st.integers(0, 2**16))
+def test_random_transforms_keep_the_function(shape, dh, variant, seed):
+    heads, kv = shape
+    torch.manual_seed(seed % 97)
+    m = GQA(d=8, heads=heads, kv=kv, dh=dh, variant=variant).double().eval()
+    g = from_module(m, X)
+    r = heads // kv
+    assert {e.repeat for e in g.edges_at(next(s.name for s in g.spaces() if s.name.endswith(".qk")))} == \
+        ({None, (r, dh)} if r > 1 else {None})
+    p = dict(m.state_dict())
+    with torch.no_grad():
+        y = m(X)
+        m.load_state_dict(sy.apply(g, p, sy.random_transforms(g, seed=seed)))
+        assert float((m(X) - y).abs().max()) < 1e-9 * (1 + float(y.abs().max()))
+
+
 def test_the_two_forms_extract_the_same_graph():
     torch.manual_seed(0)
     a = from_module(GQA().double().eval(), X)
@@ -126,6 +145,16 @@ def test_departures_from_repeat_kv_are_refused_naming_the_node(variant, node):
     assert not any(s.head_group for s in g.spaces())
     report = check_invariance(m, g, X, examples=2)
     assert report.passed, [str(c) for c in report.failures]
+
+
+@pytest.mark.parametrize("variant", ["repeat_kv", "sdpa"])
+def test_one_key_value_head_is_refused_naming_the_node(variant):
+    """Multi-query attention (``G = 1``): ``view(b, n, 1, d)`` is not read as a split into heads, so
+    the keys meet the queries' heads unsplit — refused at the pairing, never guessed."""
+    m = GQA(heads=4, kv=1, variant=variant).double().eval()
+    with pytest.raises(ExtractionError) as info:
+        from_module(m, X)
+    assert info.value.node in ("matmul", "scaled_dot_product_attention"), info.value.node
 
 
 # -- Hugging Face Llama, Mistral and Qwen2 with grouped queries, through from_hf ---------------------------
