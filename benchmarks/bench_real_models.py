@@ -354,7 +354,7 @@ def run_case(name: str, opts: dict, results) -> None:
             seconds = time.perf_counter() - t
         model_b.load_state_dict(sy.apply(g, pb, sol.transforms))
         kept = float((_outputs(model_b, x) - y).abs().max())
-        profile = timer.report(g, pa) if name in opts["profile"] else []
+        profile = timer.report(g, pa, opts["top"]) if name in opts["profile"] else []
         if profile:
             profile.append("  J: " + " → ".join(f"{v:.6g}" for v in sol.history) + f"  ({sol.message})")
         results.put(("align", dict(seconds=seconds, sweeps=sol.iterations, status=sol.status, kept=kept,
@@ -456,11 +456,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-align", dest="align", action="store_false")
     ap.add_argument("--align-dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--profile", nargs="*", default=(), help="models whose per-space times to print")
+    ap.add_argument("--top", type=int, default=12, help="spaces listed per profile (default 12)")
     ap.add_argument("--out", default=None, help="also write the table (Markdown) to this file")
     args = ap.parse_args(argv)
     names = [n for n in MODELS if args.k is None or any(k in n for k in args.k)]
     opts = dict(timeout=args.timeout, invariance=args.invariance, align=args.align, align_dtype=args.align_dtype,
-                profile=set(args.profile))
+                profile=set(args.profile), top=args.top)
     print(f"torch {torch.__version__}; images {IMG}×{IMG}, batch 2 (ViTs {VIT}, batch 1); weight matching in "
           f"{args.align_dtype}, invariance and function kept in float64; timeout {args.timeout:.0f} s per model")
     print(HEADER, flush=True)
