@@ -118,17 +118,14 @@ def from_hf(model: nn.Module, example_inputs: Any = None, *, unknown: str = "err
     try:
         return walk_graph(model, gm.graph, recorder.values, unknown=unknown, name=name or type(model).__name__)
     except ExtractionError as err:
-        config = getattr(model, "config", None)
-        kv, heads = getattr(config, "num_key_value_heads", None), getattr(config, "num_attention_heads", None)
-        if type(model).__name__.startswith(_ROTARY_FAMILIES) and kv is not None and heads is not None and kv < heads:
-            raise ExtractionError(f"{err} [{type(model).__name__} uses grouped-query attention ({kv} key/value heads "
-                                  f"for {heads} query heads), which extraction does not reason about: "
-                                  f"architectures.hf_llama(model.config) declares its full graph, or pass "
-                                  f"unknown='fixed' for the residual stream and MLP spaces only]", node=err.node) from err
+        if type(model).__name__.startswith(_ROTARY_FAMILIES):
+            raise ExtractionError(f"{err} [{type(model).__name__}: architectures.hf_llama(model.config) declares the "
+                                  f"full graph of this family (grouped-query attention included), or pass "
+                                  f"unknown='fixed' to leave the region without symmetry]", node=err.node) from err
         raise
 
 
-#: Model families whose grouped-query graph ``architectures.hf_llama`` declares.
+#: Model families whose graph ``architectures.hf_llama`` declares (named in a refusal).
 _ROTARY_FAMILIES = ("Llama", "Mistral", "Qwen2")
 
 

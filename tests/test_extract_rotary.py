@@ -165,8 +165,17 @@ def test_hf_rotary_models_extract_as_the_hand_written_binding(family, exact_rmsn
     assert sol.objective_after < sol.objective_before
 
 
-def test_grouped_query_attention_is_refused_naming_the_node():
+def test_grouped_query_attention_extracts_and_a_departure_names_hf_llama(monkeypatch):
+    """Grouped queries extract (tests/test_extract_repeat_gqa.py); a refusal inside a Llama-family
+    model names the hand-written binding."""
+    g = architectures.from_hf(hf("llama", 0, kv=2), IDS)
+    assert {str(c) for s in g.spaces() for c in s.classes} >= {"HeadStructured(2, Rotary())"}
+    from transformers.integrations import sdpa_attention
+    from transformers.models.llama import modeling_llama
+
+    for module in (modeling_llama, sdpa_attention):  # a tile (head h reads key head h mod G): refused
+        monkeypatch.setattr(module, "repeat_kv", lambda x, n: x.repeat(1, n, 1, 1))
     with pytest.raises(ExtractionError) as info:
         architectures.from_hf(hf("llama", 0, kv=2), IDS)
     assert info.value.node, str(info.value)
-    assert "grouped-query" in str(info.value) and "architectures.hf_llama" in str(info.value)
+    assert "architectures.hf_llama" in str(info.value)

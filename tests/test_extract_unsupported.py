@@ -31,7 +31,8 @@ class Interleave(nn.Module):
         self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 4 * 4, 2)
 
     def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
+        # (N, H, C, W) → (N, H·C·W): each channel's copies are strided by C·W and W: no repeat says that
+        return self.fc(torch.relu(self.conv(x)).transpose(1, 2).flatten(1))
 
 
 class LRNNet(nn.Module):

@@ -77,6 +77,9 @@ _delegate(_overloads("linear", "default"), F.linear)
 _delegate(_overloads("conv1d", "default"), F.conv1d)
 _delegate(_overloads("conv2d", "default"), F.conv2d)
 _delegate(_overloads("conv3d", "default"), F.conv3d)
+for _d in (1, 2):  # pooling channel by channel (the variants returning indices are not delegated)
+    for _name in ("avg_pool", "max_pool", "adaptive_avg_pool", "_adaptive_avg_pool"):
+        _delegate(_overloads(f"{_name}{_d}d", "default"), getattr(F, f"{_name.lstrip('_')}{_d}d"), _first)
 for _d in (1, 2, 3):
     _delegate(_overloads(f"conv_transpose{_d}d", "input"), getattr(F, f"conv_transpose{_d}d"))
 _delegate(_overloads("group_norm", "default"), F.group_norm,
@@ -161,10 +164,8 @@ def _addmm(ctx, node, bias, x, weight, *, beta=1, alpha=1):
         return ctx.opaque(node, "addmm whose weight and bias are not whole parameters of the module")
     if not isinstance(x, Feat) or x.hdim is not None or (x.spaced() and x.dim != x.ndim - 1):
         return ctx.opaque(node, "addmm over a dimension that is not the features")
-    pos = 0
-    for var, n in x.segs or ((None, 0),):  # features of no space pin the axis
-        ctx.state.connect(var, weight.name, weight.axes[0], "in", None if len(x.segs) <= 1 else (pos, pos + n))
-        pos += n
+    for var, span, repeat in x.pieces():  # features of no space pin the axis
+        ctx.state.connect(var, weight.name, weight.axes[0], "in", span, repeat)
     out = ctx.shape(node)
     v = ctx.state.new(out[-1], hint_of(weight.name))
     ctx.state.connect(v, weight.name, weight.axes[1], "out")

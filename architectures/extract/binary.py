@@ -117,6 +117,10 @@ def _neg(ctx, node, x):
 def matmul(ctx, node, a, b):
     """``a @ b``: data times features (graph propagation) or features times a parameter (a layer)."""
     out = ctx.shape(node)
+    flat = [isinstance(t, Feat) and t.rep is not None and t.hdim is None for t in (a, b)]  # a flatten's repeats
+    if flat[1] or flat[0] and not (isinstance(b, ParamRef) and b.whole and len(b.shape) == 2 and None not in b.axes):
+        return ctx.opaque(node, "a matrix product of a flatten's repeated features with something other than a "
+                                "weight matrix")
     if isinstance(a, HeadOnly) and isinstance(b, Feat):
         return scores_times_values(ctx, node, a, b)
     if isinstance(a, Feat) and isinstance(b, Feat) and a.spaced() and b.spaced():
@@ -125,10 +129,8 @@ def matmul(ctx, node, a, b):
             and b.whole:
         if a.spaced() and a.dim != a.ndim - 1:
             return ctx.opaque(node, "a matrix product over a dimension that is not the features")
-        pos = 0
-        for var, n in a.segs or ((None, 0),):  # features of no space pin the axis
-            ctx.state.connect(var, b.name, b.axes[0], "in", None if len(a.segs) <= 1 else (pos, pos + n))
-            pos += n
+        for var, span, repeat in a.pieces():  # features of no space pin the axis
+            ctx.state.connect(var, b.name, b.axes[0], "in", span, repeat)
         v = ctx.state.new(out[-1], hint_of(b.name))
         ctx.state.connect(v, b.name, b.axes[1], "out")
         return Feat(out, len(out) - 1, ((v, out[-1]),))

@@ -167,15 +167,13 @@ class Context:
 
     def follow(self, x: Feat, tensors, axis: int = 0) -> None:
         """Tensors ``[(name, role)]`` index ``x``'s features on their ``axis``, segment by segment (a
-        split feature dimension gives each piece a slice); ``None`` names are skipped. Features of no
+        split feature dimension gives each piece a slice, a flatten's repeated features a repeated
+        edge: :meth:`Feat.pieces`); ``None`` names are skipped. Features of no
         space pin the axis (no space may transform it)."""
-        pos = 0
-        for var, n in x.segs or ((None, None),):
-            span = None if len(x.segs) <= 1 else (pos, pos + n)
+        for var, span, repeat in x.pieces():
             for name, role in tensors:
                 if name is not None:
-                    self.state.connect(var, name, axis, role, span)
-            pos += n or 0
+                    self.state.connect(var, name, axis, role, span, repeat)
 
     def per_feature(self, node: fx.Node, x, tensors, classes, *, what: str = "this op", dim: int | None = None):
         """An op acting feature by feature on ``x`` with per-feature tensors ``[(name, role)]`` (axis 0

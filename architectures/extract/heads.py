@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from symmetries.classes import HeadStructured, Invertible
 from symmetries.roles import Role
 
-from architectures.extract.state import Feat, HeadOnly
+from architectures.extract.gqa import gqa_inputs, grouped_values, pair_grouped
+from architectures.extract.state import Feat, HeadOnly, common_prefix
 
 __all__ = ["cut", "split_features", "head_reshape", "bilinear", "scores_times_values", "head_only_op", "sdpa",
            "HEAD_FUNCTIONS", "HEAD_METHODS"]
@@ -100,37 +101,34 @@ def bilinear(ctx, node, q: Feat, kt: Feat):
         return ctx.opaque(node, "a product of features that are not split into matching heads")
     if q.dim != q.ndim - 1 or kt.dim != kt.ndim - 2 or len(q.segs) != 1 or len(kt.segs) != 1:
         return ctx.opaque(node, "a product of head features that is not q @ kᵀ over the head dimension")
+    if q.rep is not None:
+        return ctx.opaque(node, "queries repeated for grouped heads (only keys and values are)")
+    if kt.rep is not None:
+        return pair_grouped(ctx, node, q, kt)
     st = ctx.state
     qa, ka = st.find(q.segs[0][0]), st.find(kt.segs[0][0])
     vq, vk = st.vars[qa], st.vars[ka]
-    if qa == ka or vq.sealed or vk.sealed or any(role is not Role.OUT for _, _, role, _ in vk.edges):
+    if qa == ka or vq.sealed or vk.sealed or any(e.role is not Role.OUT for e in vk.edges):
         return ctx.opaque(node, "query/key features that are also used elsewhere")
     if vq.head_group is not None or vk.head_group is not None:
         return ctx.opaque(node, "query/key features already tied to other heads")
-    vk.edges = [(p, a, Role.IN, s) for p, a, _, s in vk.edges]
+    vk.edges = [e._replace(role=Role.IN) for e in vk.edges]
     r = st.union(qa, ka, node.name)
     H = q.shape[q.hdim]
     st.restrict(r, (HeadStructured(H, Invertible()),))
-    group = _common_prefix(vq.hint, vk.hint)
+    group = common_prefix(vq.hint, vk.hint)
     v = st.vars[r]
     v.head_group, v.hint, v.sealed = group, f"{group}.qk", True
     return HeadOnly(ctx.shape(node), q.hdim, r)
-
-
-def _common_prefix(a: str, b: str) -> str:
-    pa, pb = a.split("."), b.split(".")
-    common = []
-    for x, y in zip(pa, pb):
-        if x != y:
-            break
-        common.append(x)
-    return ".".join(common) if common else f"{a}.heads"
 
 
 def scores_times_values(ctx, node, s: HeadOnly, v: Feat):
     """``softmax(scores) @ v`` per head: the value space joins the scores' head group."""
     if v.hdim is None or v.hdim != s.hdim or v.ndim != s.ndim or v.dim != v.ndim - 1 or len(v.segs) != 1:
         return ctx.opaque(node, "attention weights applied to values that are not split into matching heads")
+    if v.rep is not None or s.rep != 1:
+        return grouped_values(ctx, node, s, v) if v.rep is not None else ctx.opaque(
+            node, "attention weights of grouped queries applied to values that are not repeated alike")
     st = ctx.state
     qk, va = st.var(s.var), st.find(v.segs[0][0])
     vv = st.vars[va]
@@ -159,21 +157,27 @@ def head_only_op(ctx, node, args) -> HeadOnly | None:
             if k < 0 or a.shape[k] == 1:
                 continue
         return None
-    return HeadOnly(out, s.hdim, s.var)
+    return HeadOnly(out, s.hdim, s.var, s.rep)
 
 
 def sdpa(ctx, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """``F.scaled_dot_product_attention``: ``softmax(q kᵀ · scale + mask) v`` per head — the same
     pairing of query/key spaces and tie of the value space as the written-out form."""
-    if enable_gqa or not all(isinstance(t, Feat) for t in (q, k, v)):
-        return ctx.opaque(node, "scaled_dot_product_attention with grouped queries or non-tensor inputs")
+    if not all(isinstance(t, Feat) for t in (q, k, v)):
+        return ctx.opaque(node, "scaled_dot_product_attention with non-tensor inputs")
+    if enable_gqa and q.hdim is not None and k.hdim is not None:
+        kv = gqa_inputs(q, k, v)
+        if kv is None:
+            return ctx.opaque(node, "scaled_dot_product_attention with grouped queries whose keys and values are "
+                                    "not plain head features")
+        k, v = kv
     if isinstance(attn_mask, Feat) and attn_mask.spaced() or not (attn_mask is None or isinstance(attn_mask, Feat)):
         return ctx.opaque(node, "scaled_dot_product_attention with a mask that depends on transformed features")
     if k.hdim is None or k.dim != k.ndim - 1:
         return ctx.opaque(node, "scaled_dot_product_attention on keys that are not split into heads")
     shape = list(k.shape)
     shape[-1], shape[-2] = shape[-2], shape[-1]
-    kt = Feat(tuple(shape), k.ndim - 2, k.segs, k.hdim)
+    kt = Feat(tuple(shape), k.ndim - 2, k.segs, k.hdim, rep=k.rep)
     scores = bilinear(ctx, node, q, kt)
     if not isinstance(scores, HeadOnly):
         return scores
@@ -196,7 +200,7 @@ def _masked_fill(ctx, node, x, mask, value):
 def softmax_heads(ctx, node, x, *args, **kwargs):
     dim = kwargs.get("dim", args[0] if args else None)
     if isinstance(x, HeadOnly) and dim is not None and dim % x.ndim != x.hdim:
-        return HeadOnly(ctx.shape(node), x.hdim, x.var)
+        return HeadOnly(ctx.shape(node), x.hdim, x.var, x.rep)
     return NotImplemented
 
 

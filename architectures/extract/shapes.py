@@ -1,9 +1,10 @@
 """Shape ops for :func:`architectures.from_module`: where the feature dimension goes.
 
-A reshape keeps a space only when the feature dimension survives whole: its size and the
-product of the dimensions before it are unchanged (``(N, C, 1, 1) → (N, C)`` keeps it;
-``(N, C, H, W) → (N, C·H·W)`` with ``H·W > 1`` interleaves channels with positions, which no
-edge can express, and is refused). Transposes and permutes move it; indexing along other
+A reshape keeps a space when the feature dimension survives whole: its size and the
+product of the dimensions before it are unchanged (``(N, C, 1, 1) → (N, C)`` keeps it);
+``(N, C, H, W) → (N, C·H·W)`` with ``H·W > 1`` repeats each channel over the positions (a
+repeated edge, :func:`flatten_repeat`; which ops may see such features:
+:mod:`architectures.extract.repeat`); other merges or splits are refused. Transposes and permutes move it; indexing along other
 dimensions keeps it; concatenation along it lays spaces side by side (slices); along another
 dimension it joins them.
 """
@@ -13,12 +14,13 @@ import math
 
 import torch
 
+from architectures.extract.gqa import expand_copies, insert_copies, merge_copies, merge_heads
 from architectures.extract.heads import head_reshape
 from architectures.extract.rotary import half_slice, join_halves
 from architectures.extract.stacked import index_stack, packed_split, permuted, single, unbind
 from architectures.extract.state import Feat, ParamRef, Stacked
 
-__all__ = ["SHAPE_FUNCTIONS", "SHAPE_METHODS", "getitem", "move_feature", "map_dim"]
+__all__ = ["SHAPE_FUNCTIONS", "SHAPE_METHODS", "getitem", "move_feature", "map_dim", "flatten_repeat"]
 
 
 def map_dim(in_shape, dim: int, out_shape) -> int | None:
@@ -50,10 +52,23 @@ def move_feature(ctx, node, x, *args, **kwargs):
         return ctx.opaque(node, "a reshape of something that is not a tensor")
     if x.dim is None:
         return Feat(out)
+    if x.rdim is not None:
+        return merge_copies(ctx, node, x, out)
+    if x.rep is not None and x.hdim is not None:
+        return merge_heads(ctx, node, x, out, head_reshape(x, out))
+    copies = insert_copies(x, out)
+    if copies is not None:
+        return copies
+    if x.rep is not None:
+        return ctx.opaque(node, f"a reshape {x.shape} → {out} of a flatten's features (a channel space repeated "
+                                f"over positions)")
     if x.hdim is not None or (map_dim(x.shape, x.dim, out) is None and x.spaced()):
         split = head_reshape(x, out) or (packed_split(ctx, x, out) if x.hdim is None else None)
         if split is not None:
             return split
+        merged = flatten_repeat(x, out) if x.hdim is None and x.half is None else None
+        if merged is not None:
+            return _flattened(ctx, node, x, out, *merged)
         if x.hdim is not None and _interleaves(x, out):
             return interleave(ctx, node, x, "the channels of groups interleaved (a channel shuffle)")
     d = None if x.hdim is not None else map_dim(x.shape, x.dim, out)
@@ -61,6 +76,34 @@ def move_feature(ctx, node, x, *args, **kwargs):
         return ctx.opaque(node, f"a reshape {x.shape} → {out} that splits or interleaves the feature dimension "
                                 f"{x.dim} (size {x.shape[x.dim]})")
     return x.moved(out, d)
+
+
+def flatten_repeat(x: Feat, out) -> tuple[int, tuple[int, int]] | None:
+    """``(d, (count, block))`` when reshaping ``x`` to ``out`` merges its feature dimension with the
+    dimensions right after it (channel-major: ``(S, 1)``) or right before it (channels-last:
+    ``(S, C)``) into dimension ``d``; ``None`` for any other reshape."""
+    D, shape, C = x.dim, x.shape, x.shape[x.dim]
+    for d in range(len(out)):
+        pre = math.prod(out[:d])
+        if pre == math.prod(shape[:D]):
+            for j in range(D + 2, len(shape) + 1):
+                S = math.prod(shape[D + 1:j])
+                if S > 1 and out[d] == C * S:
+                    return d, (S, 1)
+        for i in range(D):
+            S = math.prod(shape[i:D])
+            if S > 1 and pre == math.prod(shape[:i]) and out[d] == S * C:
+                return d, (S, C)
+    return None
+
+
+def _flattened(ctx, node, x: Feat, out, d: int, rep: tuple[int, int]):
+    """The features of ``x`` merged with positions into dimension ``d``: each unit repeated ``rep``
+    (:mod:`architectures.extract.repeat`); channels-last with the features split into pieces puts
+    each piece's copies apart, which no edge expresses."""
+    if rep[1] > 1 and len(x.segs) > 1:
+        return ctx.opaque(node, f"a channels-last flatten {x.shape} → {out} of features split into pieces")
+    return Feat(tuple(out), d, x.segs, rep=rep)
 
 
 def _interleaves(x: Feat, out) -> bool:
@@ -116,6 +159,10 @@ def _expand(ctx, node, x, *sizes):
         return ctx.opaque(node, "expand of something that is not a tensor")
     if x.dim is None:
         return Feat(out)
+    if x.rdim is not None:
+        return expand_copies(ctx, node, x)
+    if x.hdim is not None and (shift or out[x.hdim] != x.shape[x.hdim]):
+        return ctx.opaque(node, "an expand of head features other than along positions")
     if out[x.dim + shift] != x.shape[x.dim]:
         return ctx.opaque(node, "expand along the feature dimension")
     return x.moved(out, x.dim + shift)
@@ -132,7 +179,9 @@ def _perm(ctx, node, x, order):
         return ctx.opaque(node, "a permutation of dimensions of something that is not a tensor")
     if x.dim is None:
         return Feat(out)
-    return Feat(out, order.index(x.dim), x.segs, None if x.hdim is None else order.index(x.hdim))
+    if x.rdim is not None:
+        return ctx.opaque(node, "moving dimensions of key/value heads before their copies are merged")
+    return Feat(out, order.index(x.dim), x.segs, None if x.hdim is None else order.index(x.hdim), rep=x.rep)
 
 
 def _permute(ctx, node, x, *dims, **kwargs):
@@ -213,7 +262,8 @@ def getitem(ctx, node, x, index):
         return Feat(out)
     items = _items(index, x.ndim)
     if x.hdim is not None:
-        return half_slice(ctx, node, x, items)
+        copies = insert_copies(x, out) if all(i is None or i == slice(None) for i in items) else None
+        return copies if copies is not None else half_slice(ctx, node, x, items)
     d_in, d_out = 0, 0
     for item in items:
         if item is None:

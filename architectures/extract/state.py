@@ -11,6 +11,7 @@ tensor, possibly broadcast or viewed).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
                                 SemiPermutation, SignedPermutation, SymmetryClass, Trivial)
@@ -18,8 +19,8 @@ from symmetries.errors import SymmetryError
 from symmetries.lattice import is_subclass, meet
 from symmetries.roles import Role
 
-__all__ = ["ExtractionError", "Sealed", "Var", "Feat", "HeadOnly", "Stacked", "ParamRef", "State", "meet_sets",
-           "piece_classes", "hint_of"]
+__all__ = ["ExtractionError", "Sealed", "Claim", "Var", "Feat", "HeadOnly", "Stacked", "ParamRef", "State", "meet_sets",
+           "piece_classes", "hint_of", "common_prefix"]
 
 
 class Sealed(Exception):
@@ -68,6 +69,17 @@ def meet_sets(a: tuple[SymmetryClass, ...], b: tuple[SymmetryClass, ...]) -> tup
     return tuple(c for c in out if not any(c != d and is_subclass(c, d) for d in out))
 
 
+class Claim(NamedTuple):
+    """An edge of a candidate space: ``param``'s ``axis`` (``span`` of it, ``None``: all) in ``role``;
+    ``repeat = (count, block)``: the span holds ``count`` copies of the space's units laid out
+    ``(size/block, count, block)`` (:meth:`symmetries.graph.WeightGraph.connect`)."""
+    param: str
+    axis: int
+    role: Role
+    span: tuple[int, int] | None
+    repeat: tuple[int, int] | None = None
+
+
 @dataclass
 class Var:
     """A candidate space: its size, the classes still exact, the edges that index it."""
@@ -77,7 +89,7 @@ class Var:
     activations: list[str] = field(default_factory=list)
     dead: str | None = None
     head_group: str | None = None
-    edges: list[tuple[str, int, Role, tuple[int, int] | None]] = field(default_factory=list)
+    edges: list[Claim] = field(default_factory=list)
     sealed: bool = False
 
 
@@ -88,12 +100,19 @@ class Feat:
     features are split into heads (``view(b, t, H, d)``), ``hdim`` is the head dimension and
     ``dim`` the within-head one (unit ``h·d + j``). ``half`` marks rotate_half's pieces of head
     features: ``(0, sign)`` the lower half ``[:d/2]``, ``(1, sign)`` the upper, times ``sign``
-    (:mod:`architectures.extract.rotary`)."""
+    (:mod:`architectures.extract.rotary`). ``rep = (count, block)`` marks a flatten's features: the
+    feature dimension holds ``count`` copies of the segments' units laid out ``(n/block, count,
+    block)`` — channel-major ``(S, 1)``, channels-last ``(S, C)`` (only the ops of
+    :mod:`architectures.extract.repeat` may see them). On head features ``rep = (R, d)`` marks
+    grouped-query copies (``repeat_kv``: head ``g·R + r`` is head ``g``), and ``rdim`` the dimension of
+    the copies before they merge with the heads (``(B, G, R, L, d)``; :mod:`architectures.extract.gqa`)."""
     shape: tuple[int, ...]
     dim: int | None = None
     segs: tuple[tuple[int | None, int], ...] = ()
     hdim: int | None = None
     half: tuple[int, int] | None = None
+    rep: tuple[int, int] | None = None
+    rdim: int | None = None
 
     @property
     def ndim(self) -> int:
@@ -108,16 +127,28 @@ class Feat:
         hdim = self.hdim if self.hdim is not None and len(shape) == self.ndim else None
         if dim is None:
             return Feat(tuple(shape))
-        return Feat(tuple(shape), dim, self.segs, hdim, self.half)
+        return Feat(tuple(shape), dim, self.segs, hdim, self.half, self.rep)
+
+    def pieces(self):
+        """``(var, span, repeat)`` per segment: the slice of the feature axis its units occupy
+        (``None``: one segment, the whole axis) and their repeat; features of no space give
+        ``(None, None, None)``."""
+        count = 1 if self.rep is None else self.rep[0]
+        pos = 0
+        for var, n in self.segs or ((None, None),):
+            yield var, None if len(self.segs) <= 1 else (pos * count, (pos + n) * count), self.rep
+            pos += n or 0
 
 
 @dataclass(frozen=True)
 class HeadOnly:
     """Attention scores ``q kᵀ`` per head: no feature dimension left, but dimension ``hdim``
-    indexes the heads of the query/key space ``var`` (its head permutation acts there)."""
+    indexes the heads of the query/key space ``var`` (its head permutation acts there); ``rep``
+    query heads share each key head (grouped-query attention: head ``g·rep + r`` reads key head ``g``)."""
     shape: tuple[int, ...]
     hdim: int
     var: int
+    rep: int = 1
 
     @property
     def ndim(self) -> int:
@@ -178,6 +209,17 @@ def piece_classes(classes, size: int, start: int, n: int) -> tuple[SymmetryClass
     return kept or (Trivial(),)
 
 
+def common_prefix(a: str, b: str) -> str:
+    """A head group's name: the common module path of the query and key producers."""
+    pa, pb = a.split("."), b.split(".")
+    common = []
+    for x, y in zip(pa, pb):
+        if x != y:
+            break
+        common.append(x)
+    return ".".join(common) if common else f"{a}.heads"
+
+
 def hint_of(param: str) -> str:
     """A space name for the units a parameter produces: its module's path (``layers.0``), or
     ``<name>.units`` for a parameter of the root module (which would clash with the tensor's name)."""
@@ -193,7 +235,7 @@ class State:
         self.poisoned: dict[str, str] = {}   # tensor name → fx node that used it opaquely
         self.refined: dict[int, list[tuple[int, int]]] = {}  # split candidate → its pieces
         self.touched: list[str] = []  # every tensor name connected or poisoned, in order (see walk.visit)
-        self.pinned: list[tuple[str, int, Role, tuple[int, int] | None]] = []  # edges on features of no space
+        self.pinned: list[Claim] = []  # edges on features of no space
         self.open_groups: set[str] = set()  # head groups a joined space may enter (channel groups)
 
     def new(self, size: int, hint: str, classes=None, head_group: str | None = None) -> int:
@@ -263,17 +305,18 @@ class State:
             v.dead = v.dead or reason
 
     def connect(self, i: int | None, param: str, axis: int, role: Role | str,
-                span: tuple[int, int] | None = None) -> None:
-        """``param``'s ``axis`` (``span`` of it) indexes candidate ``i`` in ``role``; with ``i`` ``None``
+                span: tuple[int, int] | None = None, repeat: tuple[int, int] | None = None) -> None:
+        """``param``'s ``axis`` (``span`` of it, ``repeat``: :class:`Claim`) indexes candidate ``i`` in
+        ``role``; with ``i`` ``None``
         it reads or writes features of no space, so those indices are *pinned*: no space may
         transform them (a layer applied to the model's input and again to a hidden space)."""
         self.touched.append(param)
         if i is None:
-            self.pinned.append((param, int(axis), Role.parse(role), span))
+            self.pinned.append(Claim(param, int(axis), Role.parse(role), span, repeat))
             return
         if self.var(i).sealed:
             raise Sealed(i)
-        self.var(i).edges.append((param, int(axis), Role.parse(role), span))
+        self.var(i).edges.append(Claim(param, int(axis), Role.parse(role), span, repeat))
 
     def resolve(self, segs) -> tuple:
         """Segments with every split candidate replaced by its pieces."""
@@ -300,9 +343,14 @@ class State:
             j = self.new(n, v.hint, piece_classes(v.classes, v.size, pos, n))
             pj = self.vars[j]
             pj.activations, pj.dead = list(v.activations), v.dead
-            for p, axis, role, span in v.edges:
+            for p, axis, role, span, repeat in v.edges:
                 start = 0 if span is None else span[0]
-                pj.edges.append((p, axis, role, (start + pos, start + pos + n)))
+                count, block = repeat or (1, 1)
+                if pos % block or n % block:  # the piece's copies interleave with the others'
+                    pj.edges.append(Claim(p, axis, role, span, repeat))
+                    pj.dead = pj.dead or "split inside the blocks of a repeated edge"
+                    continue
+                pj.edges.append(Claim(p, axis, role, (start + pos * count, start + (pos + n) * count), repeat))
             pieces.append((j, n))
             pos += n
         v.edges, v.dead = [], v.dead or "split into pieces"

@@ -38,6 +38,7 @@ from architectures.extract.aten import equivalent
 from architectures.extract.binary import BINARY_FUNCTIONS, BINARY_METHODS
 from architectures.extract.context import Context
 from architectures.extract.heads import HEAD_FUNCTIONS, HEAD_METHODS
+from architectures.extract.repeat import copies_aware, has_copies, has_repeats, repeat_aware
 from architectures.extract.rotary import HALF_OPS
 from architectures.extract.rules import resolve_pending, rule_for
 from architectures.extract.stacked import stack_aware
@@ -106,6 +107,15 @@ class _Walk(Context):
             self.info[node] = self.opaque(node, "a half of each head's features (rotate_half's x[..., :d/2] or "
                                                 "x[..., d/2:]) used other than negated and concatenated back")
             return
+        if has_repeats((args, kwargs)) and not (element or repeat_aware(node, self.root)):
+            self.info[node] = self.opaque(node, "an op on a flatten's features (a channel space repeated over "
+                                                "positions) other than a linear map, an activation or dropout")
+            return
+        if has_copies((args, kwargs)) and not (element or copies_aware(node)):
+            self.info[node] = self.opaque(node, "an op on key/value heads repeated for grouped queries "
+                                                "(repeat_kv) other than moving dimensions, merging the copies "
+                                                "and attention")
+            return
         if _has_heads((args, kwargs)) and not (element or _head_aware(node, self.root)):
             self.info[node] = self.opaque(node, "an op on features split into attention heads")
             return
@@ -164,7 +174,7 @@ class _Walk(Context):
     def _fresh(self, info):
         """``info`` with split candidates replaced by their pieces."""
         if isinstance(info, Feat) and info.segs:
-            return Feat(info.shape, info.dim, self.state.resolve(info.segs), info.hdim, info.half)
+            return Feat(info.shape, info.dim, self.state.resolve(info.segs), info.hdim, info.half, info.rep, info.rdim)
         if isinstance(info, Stacked):
             return Stacked(info.shape, info.sdim, self._fresh(info.items))
         if isinstance(info, tuple):
@@ -192,13 +202,13 @@ class _Walk(Context):
     # -- assembling the weight graph ---------------------------------------------------------------------
     def _sources(self, edges):
         """``edges`` with every edge on a derived tensor replaced by the edges on its sources."""
-        for p, axis, role, span in edges:
+        for p, axis, role, span, repeat in edges:
             d = self.derived.get(p)
             if d is None:
-                yield p, axis, role, span
-            else:
+                yield p, axis, role, span, repeat
+            else:  # the sources share the derived tensor's layout along the axis: the same repeat
                 carried = d.expand(axis, role, span)
-                yield from carried[0] if carried is not None else ()
+                yield from ((*e, repeat) for e in carried[0]) if carried is not None else ()
 
     def _edges(self, r: int) -> list:
         """The edges of candidate ``r``, on every state-dict key of a shared tensor, without repeats."""
@@ -206,9 +216,9 @@ class _Walk(Context):
 
     def _edges_of(self, raw) -> list:
         seen, es = set(), []
-        for p, axis, role, span in self._sources(raw):
+        for p, axis, role, span, repeat in self._sources(raw):
             for alias in self.aliases.get(p, [p]):
-                key = (alias, axis % self.tensors[alias].dim(), role, span)
+                key = (alias, axis % self.tensors[alias].dim(), role, span, repeat)
                 if key not in seen:
                     seen.add(key)
                     es.append(key)
@@ -221,7 +231,7 @@ class _Walk(Context):
         while changed:
             changed, owner = False, {}
             for r in sorted({st.find(i) for i in st.vars}):
-                for p, axis, _, span in self._edges(r):
+                for p, axis, _, span, _ in self._edges(r):
                     other = owner.setdefault((p, axis, span), r)
                     if st.find(other) != st.find(r):
                         try:
@@ -241,7 +251,7 @@ class _Walk(Context):
         st = self.state
         for r in roots:
             v = st.vars[r]
-            for p, axis, role, span in v.edges:
+            for p, axis, role, span, _ in v.edges:
                 d = self.derived.get(p)
                 carried = None if d is None else d.expand(axis, role, span)
                 if d is not None and carried is None:
@@ -257,7 +267,7 @@ class _Walk(Context):
         st = self.state
         claims = defaultdict(list)
         for r, es in [*edges.items(), (None, self._edges_of(st.pinned))]:
-            for p, axis, _, span in es:
+            for p, axis, _, span, _ in es:
                 n = self.tensors[p].shape[axis]
                 claims[(p, axis)].append((r, span or (0, n)))
         for (p, axis), cl in claims.items():
@@ -297,8 +307,8 @@ class _Walk(Context):
             v = st.vars[r]
             classes = v.classes
             claims = defaultdict(set)
-            for p, axis, role, span in edges[r]:
-                claims[(p, axis, span)].add(role)
+            for p, axis, role, span, repeat in edges[r]:
+                claims[(p, axis, span, repeat)].add(role)
             if any({Role.OUT, Role.IN} <= roles for roles in claims.values()):
                 classes = _tied(classes)
             classes = tuple(c for c in classes if c != Trivial())
@@ -316,16 +326,16 @@ class _Walk(Context):
             used.add(sname)
             g.add_space(sname, v.size, classes, activation="+".join(v.activations) or None,
                         head_group=v.head_group)
-            for p, axis, role, span in edges[r]:
-                g.connect(p, sname, axis=axis, role=role, slice=span)
+            for p, axis, role, span, repeat in edges[r]:
+                g.connect(p, sname, axis=axis, role=role, slice=span, repeat=repeat)
         g.validate()
         return g
 
 
 _HEAD_AWARE = {*BINARY_FUNCTIONS, *HEAD_FUNCTIONS, operator.getitem, torch.cat, torch.concat, torch.softmax, torch.nn.functional.softmax, torch.transpose,
-               torch.permute, torch.reshape, torch.flatten, torch.nn.functional.dropout}
+               torch.permute, torch.reshape, torch.flatten, torch.unsqueeze, torch.nn.functional.dropout}
 _HEAD_AWARE_METHODS = {*BINARY_METHODS, *HEAD_METHODS, "softmax", "view", "reshape", "transpose", "permute",
-                       "contiguous", "flatten", "to", "float", "double", "type_as"}
+                       "contiguous", "flatten", "to", "float", "double", "type_as", "unsqueeze", "expand"}
 
 
 def _has_halves(args) -> bool:
