@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from symmetries.assignment import assignment_permutation
+from symmetries.assignment import assignment_permutation, assignment_permutations
 from symmetries.classes import (HeadStructured, Invertible, Orthogonal, Permutation, PermutationScaling,
                                 PositiveScaling, SemiPermutation, SignedPermutation, SignFlip, SymmetryClass,
                                 Trivial)
@@ -303,17 +303,23 @@ def _heads_linear(inner, local: Local, h: int, backend: str):
         m, v = m + v, None
     mb = head_blocks(m, h)
     vb = None if v is None else head_blocks(v, h)
-    if type(inner) is Permutation and vb is None and m.device.type == "cpu":  # h² LAPs on one numpy view of M
-        blocks, n = mb.detach().numpy(), mb.shape[-1]  # (what Permutation.project hands each one: the same LAPs)
-        best = [[GatherElement(assignment_permutation(blocks[i, j], backend=backend), n) for j in range(h)]
-                for i in range(h)]
-    else:
-        best = [[solve_block(inner, mb[i, j], None if vb is None else vb[i, j], backend) for j in range(h)]
-                for i in range(h)]
+    if type(inner) is Permutation and vb is None and m.device.type == "cpu" and mb.shape[-1] == mb.shape[-2]:
+        return _heads_permutation(mb.detach().numpy(), backend)
+    best = [[solve_block(inner, mb[i, j], None if vb is None else vb[i, j], backend) for j in range(h)]
+            for i in range(h)]
     loss = torch.tensor([[-2 * (inner_product(best[i][j], mb[i, j])
                                 + (0.0 if vb is None else inner_product(best[i][j], vb[i, j], squared=True)))
                           for j in range(h)] for i in range(h)], dtype=torch.float64)
     return loss, _pick(best)
+
+
+def _heads_permutation(blocks: np.ndarray, backend: str):
+    """Permutation heads on the CPU: the h² block assignments in one batch (what ``Permutation.project``
+    solves block by block: the same optima), pair loss ``−2 Σ_r M_ij[r, π_ij(r)]`` summed in float64."""
+    h, _, d, _ = blocks.shape
+    perms = assignment_permutations(blocks.reshape(h * h, d, d), backend=backend).reshape(h, h, d)
+    loss = -2 * np.take_along_axis(blocks, perms[..., None], axis=-1)[..., 0].sum(-1, dtype=np.float64)
+    return torch.from_numpy(loss), lambda perm: [GatherElement(perms[i, int(j)].copy(), d) for i, j in enumerate(perm)]
 
 
 def solve_block(inner, m: torch.Tensor, v: torch.Tensor | None, backend: str) -> Element:

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["solve_assignment", "assignment_permutation", "backends", "default_backend"]
+__all__ = ["solve_assignment", "assignment_permutation", "assignment_permutations", "backends", "default_backend"]
 
 
 def _scipy(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,23 +59,32 @@ def solve_assignment(score, *, maximize: bool = True, backend: str = "auto") -> 
     m = np.asarray(score.detach().cpu().numpy() if hasattr(score, "detach") else score)
     if m.ndim != 2:
         raise ValueError(f"assignment needs a 2-D score matrix, got shape {m.shape}")
+    _check_finite(m)
+    run = _backend(backend)
+    if m.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # one float64 cost matrix (negated in the same pass when maximising): a 4096² float32 score costs
+    # 128 MiB here, not 256 — the peak of a streamed alignment
+    cost = np.negative(m, dtype=np.float64) if maximize else np.asarray(m, dtype=np.float64)
+    rows, cols = run(cost)
+    return np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+
+
+def _check_finite(m: np.ndarray) -> None:
     # a finite float64 sum means finite entries (NaN and ±inf propagate); only otherwise (an overflow, or a
     # bad entry) check entry by entry — no m-sized boolean mask beside a large score
     with np.errstate(over="ignore", invalid="ignore"):
         total = np.add.reduce(m, axis=None, dtype=np.float64) if m.dtype != object else np.nan
     if not np.isfinite(total) and not np.isfinite(m).all():
         raise ValueError("assignment score matrix contains NaN or infinite entries")
+
+
+def _backend(backend: str) -> Callable:
     table = backends()
     name = next(iter(table)) if backend == "auto" else backend
     if name not in table:
         raise ValueError(f"unknown or uninstalled assignment backend {backend!r}; available: {sorted(table)}")
-    if m.size == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    # one float64 cost matrix (negated in the same pass when maximising): a 4096² float32 score costs
-    # 128 MiB here, not 256 — the peak of a streamed alignment
-    cost = np.negative(m, dtype=np.float64) if maximize else np.asarray(m, dtype=np.float64)
-    rows, cols = table[name](cost)
-    return np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    return table[name]
 
 
 def assignment_permutation(score, *, maximize: bool = True, backend: str = "auto") -> np.ndarray:
@@ -84,3 +93,19 @@ def assignment_permutation(score, *, maximize: bool = True, backend: str = "auto
     perm = np.empty(score.shape[0], dtype=np.int64)
     perm[rows] = cols
     return perm
+
+
+def assignment_permutations(scores, *, maximize: bool = True, backend: str = "auto") -> np.ndarray:
+    """:func:`assignment_permutation` of every square matrix of a stack ``scores`` (``b × n × n``) →
+    ``b × n``: the same optima, one check and one backend lookup for the whole stack (the h² head-pair
+    blocks of an attention space are thousands of small assignments a solve)."""
+    m = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores)
+    if m.ndim != 3 or m.shape[1] != m.shape[2]:
+        raise ValueError(f"assignment_permutations needs a stack of square score matrices, got shape {m.shape}")
+    _check_finite(m)
+    run = _backend(backend)
+    perms = np.empty(m.shape[:2], dtype=np.int64)
+    for k in range(m.shape[0] if m.shape[1] else 0):  # one small float64 cost at a time: no stack-sized copy
+        rows, cols = run(np.negative(m[k], dtype=np.float64) if maximize else np.array(m[k], dtype=np.float64))
+        perms[k, rows] = cols
+    return perms
