@@ -37,7 +37,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import architectures  # noqa: E402
 import solvers  # noqa: E402
 import solvers.algorithms.weight_matching as wm  # noqa: E402
+from solvers import memory  # noqa: E402
 from solvers.local import Matcher, search_units  # noqa: E402
+from solvers.memory import release_free_memory  # noqa: E402
 from symmetries import HeadStructured, Permutation, apply, random_transforms  # noqa: E402
 from symmetries.assignment import backends, default_backend, solve_assignment  # noqa: E402
 from symmetries.roles import Role  # noqa: E402
@@ -307,6 +309,7 @@ def gpt2_section(shape: dict):
     for v in b.values():
         v.add_(1e-3 * torch.randn(v.shape, generator=gen))
     gc.collect()
+    release_free_memory()  # the set-up's freed blocks go back: the base is what is live (A, B, torch)
     base = rss_mb()
     split = SpaceSplit()
     with PeakRSS() as sampler, split:
@@ -329,9 +332,11 @@ def gpt2_section(shape: dict):
     split.report(classes)
     print(f"recovered: MLP permutations {perm_ok}/{len(perms)}, head permutations {heads_ok}/{len(heads)}, "
           f"{'/'.join(dense)} max |O − O_true| {dense_err:.2e}")
-    print(f"RSS before solve (interpreter, torch, A, B) {base:.0f} MiB, peak during solve {peak:.0f} MiB: the "
-          f"solver's extra {peak - base:.0f} MiB = {(peak - base) / model_mb:.2f} × one model; A + B + extra = "
-          f"{(2 * model_mb + peak - base) / model_mb:.2f} × one model")
+    trimmed = memory.TRIM_BYTES >= 0
+    print(f"RSS before solve (interpreter, torch, A, B; heap trimmed) {base:.0f} MiB, peak during solve {peak:.0f} MiB: "
+          f"the solver's extra {peak - base:.0f} MiB = {(peak - base) / model_mb:.2f} × one model; A + B + extra = "
+          f"{(2 * model_mb + peak - base) / model_mb:.2f} × one model (heap trimmed between visits: "
+          f"{'yes' if trimmed else 'no, SYMMETRIES_TRIM_BYTES < 0'})")
 
 
 def main():

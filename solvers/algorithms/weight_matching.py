@@ -29,6 +29,7 @@ from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError
+from solvers import memory
 from solvers.local import Matcher, inner_product, search_units
 from solvers.reuse import TensorObjective, VisitLog
 from solvers.scale_descent import polish_scales, staged_start
@@ -149,6 +150,7 @@ class WeightMatching(Solver):
         objective = TensorObjective(problem, identities) if _REUSE else (
             lambda t: problem.objective(TransformSet(t)))
         log = VisitLog(problem, units)
+        trim = memory.release_free_memory if 0 <= memory.TRIM_BYTES <= memory.problem_bytes(problem) else _nothing
         if start is None:
             start = "identity" if rebasin else "forward"
         if start not in ("identity", "forward"):
@@ -173,7 +175,8 @@ class WeightMatching(Solver):
             candidate, value = staged_start(self.solve, problem, transforms, scaled, mode=mode, max_iter=max_iter,
                                             tol=tol, backend=backend, start=start)
         elif start == "forward":
-            candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled, objective)
+            candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled, objective, trim)
+            trim()
             value = objective(candidate)
         if start == "forward" and (objective_before is None or value < objective_before):
             transforms = candidate
@@ -192,12 +195,14 @@ class WeightMatching(Solver):
                 spaces = units[u]
                 classes = [problem.classes[s] for s in spaces]
                 before = [transforms[s] for s in spaces]
+                trim()  # the last visit's blocks go back to the OS before this one's are built (solvers.memory)
                 progress = self._visit(problem, matcher, spaces, classes, transforms, coupled[u], rebasin, tol,
                                        history, backend, objective) or progress
                 changed = any(transforms[s] is not el for s, el in zip(spaces, before))
                 log.record(u, transforms, not changed or (not coupled[u] and _ignores_current(classes[0])))
             if progress and scaled and not rebasin:
                 _monomial_descent(problem, matcher, scaled, transforms, threshold, backend)
+            trim()
             history.append(objective(transforms))
             if not progress:
                 status = "converged"
@@ -251,11 +256,12 @@ class WeightMatching(Solver):
         return False
 
     @staticmethod
-    def _forward(problem, matcher, units, transforms, backend, log, coupled, objective) -> dict:
+    def _forward(problem, matcher, units, transforms, backend, log, coupled, objective, trim=None) -> dict:
         """A first pass in graph order where each space sees only the tensors whose other axes are
         already settled (``init`` counts as settled); returns the complete candidate set. A unit that saw
         every tensor solved the subproblem a sweep would solve from these transforms: ``log`` notes it."""
         settled = {s: el for s, el in transforms.items() if problem.init is not None and s in problem.init}
+        trim = trim or _nothing
         for u, spaces in enumerate(units):
             if all(s in settled for s in spaces):
                 continue
@@ -263,6 +269,7 @@ class WeightMatching(Solver):
             classes = [problem.classes[s] for s in spaces]
             keep = [] if hasattr(objective, "prefill") and not coupled[u] and _index_form(classes[0]) else None
             locals_ = new = None  # the last unit's scores go before this unit's are built
+            trim()
             locals_ = [matcher.local(s, settled, settled_only=True, stream=linear_classes(c), keep=keep)
                        for s, c in zip(spaces, classes)]
             if any(loc.empty for loc in locals_):
@@ -290,6 +297,10 @@ def _monomial_descent(problem, matcher, spaces, transforms, threshold, backend) 
     (:func:`~solvers.scale_descent.polish_scales`), ``J`` never increasing. The full sweep that follows
     (the exact ``D P`` subproblem of every space) moves the permutations — or certifies the fixed point."""
     polish_scales(problem, matcher, spaces, transforms, threshold)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _finite(el: Element) -> bool:
