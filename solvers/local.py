@@ -27,7 +27,9 @@ from symmetries.classes import HeadStructured
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
 
+from solvers import cross_cache
 from solvers.errors import SolverInputError
+from solvers.memory import problem_bytes
 from solvers.stream import row_chunk
 
 __all__ = ["Local", "Matcher", "search_units", "inner_product", "KEEP_BYTES"]
@@ -62,6 +64,17 @@ class Local:
             if self._acc:
                 raise ValueError("a Local is either streamed or not")
             self.pairs[role].append((a, b))
+
+    def add_product(self, role: Role, product: torch.Tensor) -> None:
+        """Add an edge of a streamed Local by its ``A_e B_eᵀ``, computed elsewhere (:mod:`solvers.cross_cache`);
+        the sum is a copy, so ``product`` may change afterwards."""
+        self._cache.clear()
+        if self.pairs[Role.OUT] or self.pairs[Role.IN] or self.pairs[Role.VAR] or self._merged:
+            raise ValueError("a product can only be added to a streamed Local before its roles are summed")
+        if role in self._acc:
+            self._acc[role].add_(product)
+        else:
+            self._acc[role] = product.clone()
 
     @property
     def streamed(self) -> bool:
@@ -174,6 +187,9 @@ class Matcher:
         self.chunks: dict[str, int | None] = {}  # rows per chunk of a tensor streamed in row blocks
         self.fixed: dict[str, int] = {}  # leading edges whose B rows no transform changes (see _fixed_lead)
         self._fixed_acc: dict[str, dict] = {}  # a streamed Local's sums after those edges, once computed
+        #: products kept between visits (solvers.cross_cache), within an eighth of the models' bytes; None: off
+        budget = min(cross_cache.CACHE_BYTES, problem_bytes(problem) // 8)
+        self.cache = cross_cache.CrossCache(budget) if budget > 0 else None
         for space in problem.spaces:
             m, n = problem.sizes[space]
             pairs, seen = [], {}
@@ -272,6 +288,11 @@ class Matcher:
             if (lead and i < lead and space in self._fixed_acc) or (settled_only and not self.usable(eb, transforms)):
                 continue
             step = self.chunks[ea.parameter] if stream else None
+            if step is None and stream and self.cache is not None and self._whole(ea, eb):
+                product = self._cached_cross(space, i, ea, eb, transforms, m, n)
+                if product is not None:
+                    loc.add_product(ea.role, product)
+                    continue
             if step is None:
                 a, b = self.a_row(space, i), self.b_rows(space, eb, transforms, n)
                 if keep is not None and self._whole(ea, eb) and \
@@ -286,6 +307,20 @@ class Matcher:
         if lead == len(self.edges[space]) and space not in self._fixed_acc:
             self._fixed_acc[space] = {r: x.clone() for r, x in loc._acc.items()}
         return loc
+
+    def _cached_cross(self, space: str, i: int, ea, eb, transforms: dict, m: int, n: int) -> torch.Tensor | None:
+        """``A_e B̃_eᵀ`` from :attr:`cache` where the edge qualifies (:meth:`CrossCache.eligible`), else ``None``."""
+        t = self.problem.params_b[eb.parameter]
+        axis = eb.axis % t.dim()
+        other: dict[int, list] = defaultdict(list)
+        for f in self.by_param_b[eb.parameter]:
+            if f.axis % t.dim() != axis and f.space in transforms:
+                other[f.axis % t.dim()].append(f)
+        ax = self.cache.eligible(tuple(t.shape), eb, other, transforms, m, n)
+        if ax is None:
+            return None
+        return self.cache.cross((space, i), self.problem.params_a[ea.parameter], t, ea, eb, ax, other[ax],
+                                transforms, m, n)
 
     def _whole(self, ea, eb) -> bool:
         """Whether the edges' rows hold their whole tensors (in A and in B) exactly once."""

@@ -1,0 +1,112 @@
+"""solvers.cross_cache: a kept ``A_e B̃_eᵀ`` updated where the neighbour's permutation moved equals the product
+recomputed whole — plain edges, a repeated (flatten) edge, both roles — and weight matching finds the same
+alignment with the cache on and off."""
+import pytest
+import torch
+from torch import nn
+
+import architectures
+import solvers
+from solvers import cross_cache
+from solvers.local import Matcher
+from solvers.problem import make_problem
+from symmetries import Permutation
+from symmetries.elements import GatherElement
+from symmetries.roles import Role
+
+
+class ConvFlat(nn.Module):
+    """conv → ReLU → conv → ReLU → flatten (channels × 3 × 3 positions: a repeated edge) → fc → ReLU → fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 6, 3), nn.Conv2d(6, 5, 3)
+        self.f1, self.f2 = nn.Linear(45, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.f2(torch.relu(self.f1(h.flatten(1))))
+
+
+def _problem(graph, seed_a=0, seed_b=1, module=None):
+    if module is None:
+        arch = graph
+        a = {k: v.double() for k, v in arch.module(seed=seed_a).state_dict().items()}
+        b = {k: v.double() for k, v in arch.module(seed=seed_b).state_dict().items()}
+        return make_problem(arch.graph, a, b, classes="permutation", dtype=torch.float64)
+    torch.manual_seed(seed_a)
+    a = {k: v.double() for k, v in module().state_dict().items()}
+    torch.manual_seed(seed_b)
+    b = {k: v.double() for k, v in module().state_dict().items()}
+    return make_problem(graph, a, b, classes="permutation", dtype=torch.float64)
+
+
+def _moves(n, gen):
+    """Permutations of ``n`` as a visit sequence: a start, one swap, the same again, a few more, all new."""
+    p = torch.randperm(n, generator=gen)
+    q = p.clone()
+    q[[0, n - 1]] = q[[n - 1, 0]]
+    r = q.clone()
+    r[[1, 2]] = r[[2, 1]]
+    return [p, q, q.clone(), r, torch.randperm(n, generator=gen)]
+
+
+def _check_space(problem, space, neighbour):
+    """Visit ``space`` under a sequence of permutations at ``neighbour``: the cached cross products equal
+    those built from scratch, and the cache took each path (whole, updated, reused)."""
+    cached, plain = Matcher(problem), Matcher(problem)
+    plain.cache = None
+    assert cached.cache is not None
+    n = problem.sizes[neighbour][1]
+    others = {s: GatherElement.identity(problem.sizes[s][1]) for s in problem.spaces if s not in (space, neighbour)}
+    for perm in _moves(n, torch.Generator().manual_seed(0)):
+        transforms = {**others, neighbour: GatherElement(perm, n)}
+        got = cached.local(space, transforms, stream=True).cross(Role.OUT, Role.IN)
+        want = plain.local(space, transforms, stream=True).cross(Role.OUT, Role.IN)
+        assert torch.allclose(got, want, rtol=0, atol=1e-12 * float(want.abs().max()))
+    return cached.cache.stats
+
+
+def test_updated_products_equal_whole_ones_on_an_mlp(monkeypatch):
+    arch = architectures.mlp([4, 32, 8, 4])  # the 8-wide space reads 32-long rows of the 32-wide one's weights
+    problem = _problem(arch)
+    spaces = problem.spaces
+    stats = _check_space(problem, spaces[1], spaces[0])
+    assert stats["whole"] >= 1 and stats["updated"] >= 2 and stats["reused"] >= 1, stats
+
+
+def test_updated_products_equal_whole_ones_through_a_flatten():
+    graph = architectures.from_module(ConvFlat().double(), torch.zeros(1, 2, 7, 7, dtype=torch.float64))
+    problem = _problem(graph, module=ConvFlat)
+    repeated = [e for e in graph.edges_of("f1.weight") if e.repeat is not None]
+    assert repeated, "the flatten should give f1.weight a repeated edge"
+    conv_space, fc_space = repeated[0].space, next(e.space for e in graph.edges_of("f1.weight") if e.repeat is None)
+    stats = _check_space(problem, fc_space, conv_space)  # out rows of f1 (4 × 45): the conv's 5 channels × 9 moved
+    assert stats["updated"] >= 2, stats
+
+
+def test_weight_matching_is_the_same_with_and_without_the_cache(monkeypatch):
+    torch.manual_seed(0)
+    net_a = ConvFlat().double()
+    torch.manual_seed(1)
+    net_b = ConvFlat().double()
+    graph = architectures.from_module(net_a, torch.zeros(1, 2, 7, 7, dtype=torch.float64))
+    a, b = net_a.state_dict(), net_b.state_dict()
+    monkeypatch.setattr(cross_cache, "CACHE_BYTES", 0)
+    off = solvers.solve("weight_matching", graph, a, b, classes=Permutation(), seed=0, mode="rebasin")
+    monkeypatch.setattr(cross_cache, "CACHE_BYTES", 1 << 30)
+    paths = []
+    cross = cross_cache.CrossCache.cross
+
+    def counted(self, *args, **kw):
+        before = dict(self.stats)
+        out = cross(self, *args, **kw)
+        paths.extend(k for k in self.stats if self.stats[k] != before[k])
+        return out
+    monkeypatch.setattr(cross_cache.CrossCache, "cross", counted)
+    on = solvers.solve("weight_matching", graph, a, b, classes=Permutation(), seed=0, mode="rebasin")
+    assert "updated" in paths or "reused" in paths, paths  # the cache served some visits
+    assert on.iterations == off.iterations > 1
+    assert on.history == pytest.approx(off.history, rel=1e-12)
+    for s in off.transforms:
+        assert torch.equal(on.transforms[s].as_matrix(), off.transforms[s].as_matrix()), s
