@@ -11,8 +11,8 @@ axis re-indexed by a source map ``σ``: ``B̃[…, p, …] = B[…, σ(p), …]`
 (``A_P``: A's entries at positions ``P`` of that axis, flattened into columns like ``A_e``). That costs
 ``|P|/L`` of the product. It pays where the product is large against what it holds: the inner size
 ``k`` at least :data:`MIN_DEPTH` × the space's width (VGG's 4096-wide classifier reads 25 088 inputs; a
-transformer's residual reads every MLP's 3072 rows), within an eighth of the two models' bytes and at
-most :data:`CACHE_BYTES` in all (0: off). Every
+transformer's residual reads every MLP's 3072 rows), within the bytes of the largest score matrix the
+solve builds anyway, an eighth of the two models' bytes, and :data:`CACHE_BYTES` (0: off). Every
 :data:`REFRESH` updates the product is recomputed whole, so round-off never accumulates further.
 """
 from __future__ import annotations

@@ -187,9 +187,11 @@ class Matcher:
         self.chunks: dict[str, int | None] = {}  # rows per chunk of a tensor streamed in row blocks
         self.fixed: dict[str, int] = {}  # leading edges whose B rows no transform changes (see _fixed_lead)
         self._fixed_acc: dict[str, dict] = {}  # a streamed Local's sums after those edges, once computed
-        #: products kept between visits (solvers.cross_cache), within an eighth of the models' bytes; None: off
-        budget = min(cross_cache.CACHE_BYTES, problem_bytes(problem) // 8)
-        self.cache = cross_cache.CrossCache(budget) if budget > 0 else None
+        #: products kept between visits (solvers.cross_cache); None: off
+        self.cache = None
+        budget = min(cross_cache.CACHE_BYTES, problem_bytes(problem) // 8, self._largest_score(problem))
+        if budget > 0:
+            self.cache = cross_cache.CrossCache(budget)
         for space in problem.spaces:
             m, n = problem.sizes[space]
             pairs, seen = [], {}
@@ -224,6 +226,13 @@ class Matcher:
                 continue
             for i, (ea, _) in enumerate(pairs):
                 self.a_rows[(space, i)] = _rows(problem.params_a[ea.parameter], ea, m)
+
+    @staticmethod
+    def _largest_score(problem) -> int:
+        """Bytes of the largest ``m × n`` score a visit builds: what the products kept may hold in all (a solve
+        that builds that score anyway can keep that much more)."""
+        size = torch.empty((), dtype=problem.dtype).element_size()
+        return max((m * n * size for m, n in problem.sizes.values()), default=0)
 
     def _fixed_lead(self, pairs, width: int) -> int:
         """How many leading edges meet tensors on which no other axis is searched (an embedding, a first
