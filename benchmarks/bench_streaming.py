@@ -99,7 +99,7 @@ def generate(args, folder: Path) -> None:
     for side, fn in (("a", lambda n: _tensor_a(n, shapes[n], args.seed)), ("b", b_tensor)):
         (folder / side).mkdir(parents=True, exist_ok=True)
         write_sharded(folder / side, layout, info, fn, index_metadata={"generator": "bench_streaming"})
-        (folder / side / "config.json").write_text(json.dumps(vars(args), sort_keys=True))
+        (folder / side / "config.json").write_text(json.dumps(vars(args), sort_keys=True, default=str))
 
 
 def align(args, folder: Path) -> dict:

@@ -17,6 +17,8 @@ solve builds anyway, an eighth of the two models' bytes, and :data:`CACHE_BYTES`
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from symmetries.action import apply_axis
@@ -27,8 +29,8 @@ __all__ = ["CrossCache", "MIN_DEPTH", "CACHE_BYTES", "REFRESH", "MAX_CHANGED"]
 
 #: An edge is cached only if its rows are at least this many times longer than the space is wide.
 MIN_DEPTH = 4
-#: Most bytes of cached products per solve.
-CACHE_BYTES = 256 << 20
+#: Most bytes of cached products per solve (``SYMMETRIES_CROSS_CACHE_BYTES`` overrides it; 0: off).
+CACHE_BYTES = int(os.environ.get("SYMMETRIES_CROSS_CACHE_BYTES", 256 << 20))
 #: Updates between two whole recomputations of one product.
 REFRESH = 8
 #: Above this fraction of moved positions the product is recomputed whole.

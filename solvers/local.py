@@ -29,7 +29,7 @@ from symmetries.roles import Role
 
 from solvers import cross_cache
 from solvers.errors import SolverInputError
-from solvers.memory import problem_bytes
+from solvers.memory import problem_bytes, release_free_memory
 from solvers.stream import row_chunk
 
 __all__ = ["Local", "Matcher", "search_units", "inner_product", "KEEP_BYTES"]
@@ -282,9 +282,12 @@ class Matcher:
         problem always streams: one tensor pair in memory at a time). ``keep``: a list to which
         ``(space, edge, A_e, B_e)`` is appended for each edge that is a whole tensor (full span, no repeat,
         not read in row blocks), up to :data:`KEEP_BYTES` of B rows in all — the caller may then read
-        ``‖A_e − T·B_e‖²``, that tensor's term of ``J``, without applying the other transforms again."""
+        ``‖A_e − T·B_e‖²``, that tensor's term of ``J``, without applying the other transforms again (not for a
+        lazy problem: its rows are copies read from disk, not views)."""
         m, n = self.problem.sizes[space]
         loc = Local(m, n)
+        if self.problem.lazy:  # kept rows would be fresh copies of A's and B's tensors beside the scores: none
+            keep = None
         if self.problem.lazy and not stream:
             raise SolverInputError(f"space {space!r}: a lazy problem keeps only cross products; its class "
                                    f"{self.problem.classes[space]!r} needs the tensors", space=space)
@@ -292,6 +295,8 @@ class Matcher:
         if lead and space in self._fixed_acc:
             loc._acc = {r: x.clone() for r, x in self._fixed_acc[space].items()}
         for i, (ea, eb) in enumerate(self.edges[space]):
+            if self.problem.lazy:  # the last edge's tensors (read from disk) go back to the OS before the next
+                release_free_memory()
             if lead and i == lead and space not in self._fixed_acc:
                 self._fixed_acc[space] = {r: x.clone() for r, x in loc._acc.items()}
             if (lead and i < lead and space in self._fixed_acc) or (settled_only and not self.usable(eb, transforms)):
@@ -345,6 +350,7 @@ class Matcher:
         for start in range(0, rows, step):
             stop = min(rows, start + step)
             if p.lazy:
+                release_free_memory()
                 ta, tb = p.params_a.rows(ea.parameter, start, stop), p.params_b.rows(eb.parameter, start, stop)
             else:
                 ta = p.params_a[ea.parameter].narrow(0, start, stop - start)

@@ -363,6 +363,7 @@ def align_checkpoints(a, b, output, architecture, *, solver: str = "weight_match
     import time
 
     import solvers
+    from solvers.memory import release_free_memory
     from solvers.stream import row_chunk
     from symmetries.action import apply
 
@@ -390,6 +391,7 @@ def align_checkpoints(a, b, output, architecture, *, solver: str = "weight_match
     sums = {"before": 0.0, "after": 0.0}
 
     def part(name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        release_free_memory()  # the last tensor's blocks go back to the OS (solvers.memory: heap fragmentation)
         tb, ta = (cb[name], ca[name]) if start is None else (cb.rows(name, start, stop), ca.rows(name, start, stop))
         t = apply(graph, {name: tb}, sol.transforms, check=False)[name].to(tb.dtype)
         sums["before"] += _squared_distance(ta, tb)
