@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -44,6 +45,17 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
+    """This process's peak RSS. ``VmHWM`` (Linux): the high-water mark of the current address space, which
+    starts afresh at ``exec`` — ``ru_maxrss`` keeps the forking parent's resident set (``exec_mmap`` folds the
+    old address space's peak into it), so after generating the pair in the parent it reported the parent's
+    peak, not the alignment's."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
@@ -109,12 +121,21 @@ def align(args, folder: Path) -> dict:
 
     arch = _arch(args)
     base = _rss_mb()
+    sampled, done = [base], threading.Event()
+
+    def sample():  # a cross-check of VmHWM: the resident set every 5 ms
+        while not done.wait(0.005):
+            sampled[0] = max(sampled[0], _rss_mb())
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     out = align_checkpoints(folder / "a", folder / "b", folder / "out", arch, max_iter=args.max_iter)
     wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     sol = out["solution"]
     model = ShardedCheckpoint(folder / "b").total_size / 2**20
-    return dict(model_mb=model, baseline_rss_mb=base, peak_rss_mb=_peak_mb(), wall_s=wall,
+    return dict(model_mb=model, baseline_rss_mb=base, peak_rss_mb=_peak_mb(), sampled_peak_mb=sampled[0], wall_s=wall,
                 solve_s=out["solve_seconds"], write_s=out["write_seconds"], sweeps=sol.iterations, status=sol.status,
                 history=sol.history, l2_before=out["l2_before"], l2_after=out["l2_after"],
                 shards=len(ShardedCheckpoint(folder / "b").shards), threads=torch.get_num_threads())
@@ -155,7 +176,8 @@ def main() -> None:
               f"{r['status']}; write {r['write_s']:.1f} s) on {r['threads']} torch thread(s)")
         print(f"peak RSS {r['peak_rss_mb']:.0f} MiB = {100 * r['peak_rss_mb'] / r['model_mb']:.1f}% of one model "
               f"(after imports: {r['baseline_rss_mb']:.0f} MiB; above it: "
-              f"{100 * (r['peak_rss_mb'] - r['baseline_rss_mb']) / r['model_mb']:.1f}%)")
+              f"{100 * (r['peak_rss_mb'] - r['baseline_rss_mb']) / r['model_mb']:.1f}%; sampled every 5 ms: "
+              f"{r['sampled_peak_mb']:.0f} MiB)")
         print(f"L2(A, B) {r['l2_before']:.2f} -> {r['l2_after']:.2f} (noise alone: "
               f"{args.noise * params ** 0.5:.2f}); J history {[round(h, 2) for h in r['history']]}")
     finally:
