@@ -69,7 +69,7 @@ class Local:
         """Add an edge of a streamed Local by its ``A_e B_eᵀ``, computed elsewhere (:mod:`solvers.cross_cache`);
         the sum is a copy, so ``product`` may change afterwards."""
         self._cache.clear()
-        if self.pairs[Role.OUT] or self.pairs[Role.IN] or self.pairs[Role.VAR] or self._merged:
+        if any(self.pairs.values()) or self._merged:
             raise ValueError("a product can only be added to a streamed Local before its roles are summed")
         if role in self._acc:
             self._acc[role].add_(product)

@@ -7,7 +7,6 @@ the output, weight matching of two seeds keeps the logits, and departures from t
 ``k.repeat``, queries repeated, values repeated otherwise than keys) are refused naming the node."""
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -159,34 +158,11 @@ def test_one_key_value_head_is_refused_naming_the_node(variant):
 
 # -- Hugging Face Llama, Mistral and Qwen2 with grouped queries, through from_hf ---------------------------
 T = pytest.importorskip("transformers")
-FAMILIES = {"llama": ("LlamaConfig", "LlamaForCausalLM", "modeling_llama", "LlamaRMSNorm"),
-            "mistral": ("MistralConfig", "MistralForCausalLM", "modeling_mistral", "MistralRMSNorm"),
-            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "modeling_qwen2", "Qwen2RMSNorm")}
-IDS = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(0))
+from hf_tiny_llama import IDS, exact_rmsnorm, tiny  # noqa: E402,F401 - a fixture, used by name
 
 
 def hf(family, seed, impl="sdpa"):
-    conf, cls, _, _ = FAMILIES[family]
-    cfg = getattr(T, conf)(vocab_size=13, hidden_size=16, num_attention_heads=4, num_key_value_heads=2,
-                           num_hidden_layers=2, intermediate_size=24, max_position_embeddings=32,
-                           attn_implementation=impl)
-    torch.manual_seed(seed)
-    m = getattr(T, cls)(cfg).double().eval()
-    with torch.no_grad():  # non-trivial RMSNorm gains (HF initialises them to 1)
-        for k, v in m.state_dict().items():
-            if k.endswith("norm.weight"):
-                v.add_(0.3 * torch.randn(v.shape, dtype=v.dtype))
-    return m
-
-
-@pytest.fixture
-def exact_rmsnorm(monkeypatch):
-    """HF computes RMSNorm in float32 even in a float64 model; keep the model's dtype (same formula)."""
-    def forward(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-    for family, (_, _, module, norm) in FAMILIES.items():
-        mod = importlib.import_module(f"transformers.models.{family}.{module}")
-        monkeypatch.setattr(getattr(mod, norm), "forward", forward)
+    return tiny(family, seed, kv=2, impl=impl)
 
 
 @pytest.mark.parametrize("family,impl", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),

@@ -109,35 +109,7 @@ def test_departures_from_rotate_half_are_refused_naming_the_node(variant, node):
 
 # -- Hugging Face Llama, Mistral and Qwen2 through from_hf -------------------------------------------------
 T = pytest.importorskip("transformers")
-FAMILIES = {"llama": ("LlamaConfig", "LlamaForCausalLM", "modeling_llama", "LlamaRMSNorm"),
-            "mistral": ("MistralConfig", "MistralForCausalLM", "modeling_mistral", "MistralRMSNorm"),
-            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "modeling_qwen2", "Qwen2RMSNorm")}
-IDS = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(0))
-
-
-def hf(family, seed, kv=4):
-    conf, cls, _, _ = FAMILIES[family]
-    cfg = getattr(T, conf)(vocab_size=13, hidden_size=16, num_attention_heads=4, num_key_value_heads=kv,
-                           num_hidden_layers=2, intermediate_size=24, max_position_embeddings=32)
-    torch.manual_seed(seed)
-    m = getattr(T, cls)(cfg).double().eval()
-    with torch.no_grad():  # non-trivial RMSNorm gains (HF initialises them to 1)
-        for k, v in m.state_dict().items():
-            if k.endswith("norm.weight"):
-                v.add_(0.3 * torch.randn(v.shape, dtype=v.dtype))
-    return m
-
-
-@pytest.fixture
-def exact_rmsnorm(monkeypatch):
-    """HF computes RMSNorm in float32 even in a float64 model; keep the model's dtype (same formula)."""
-    import importlib
-
-    def forward(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-    for family, (_, _, module, norm) in FAMILIES.items():
-        mod = importlib.import_module(f"transformers.models.{family}.{module}")
-        monkeypatch.setattr(getattr(mod, norm), "forward", forward)
+from hf_tiny_llama import FAMILIES, IDS, exact_rmsnorm, tiny as hf  # noqa: E402,F401 - a fixture, used by name
 
 
 def _shape(g):

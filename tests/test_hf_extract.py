@@ -125,30 +125,11 @@ def test_training_flags_are_restored():
 
 
 # -- Llama with grouped queries: extracts as architectures.hf_llama declares it ------------------------
-LLAMA = dict(vocab_size=13, hidden_size=16, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-             intermediate_size=24, max_position_embeddings=32)
-LLAMA_IDS = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(0))
+from hf_tiny_llama import IDS as LLAMA_IDS, exact_rmsnorm, tiny  # noqa: E402,F401 - a fixture, used by name
 
 
 def llama(seed):
-    torch.manual_seed(seed)
-    m = T.LlamaForCausalLM(T.LlamaConfig(**LLAMA)).double().eval()
-    with torch.no_grad():  # non-trivial RMSNorm gains (HF initialises them to 1)
-        for k, v in m.state_dict().items():
-            if k.endswith("norm.weight"):
-                v.add_(0.3 * torch.randn(v.shape, dtype=v.dtype))
-    return m
-
-
-@pytest.fixture
-def exact_rmsnorm(monkeypatch):
-    """HF computes RMSNorm in float32 even in a float64 model; keep the model's dtype (same formula)
-    so that invariance can be checked to float64 round-off."""
-    from transformers.models.llama import modeling_llama
-
-    def forward(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", forward)
+    return tiny("llama", seed, kv=2)
 
 
 def test_llama_grouped_query_attention_extracts_as_hf_llama(exact_rmsnorm):
