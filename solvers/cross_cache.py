@@ -12,7 +12,9 @@ axis re-indexed by a source map ``σ``: ``B̃[…, p, …] = B[…, σ(p), …]`
 ``|P|/L`` of the product. It pays where the product is large against what it holds: the inner size
 ``k`` at least :data:`MIN_DEPTH` × the space's width (VGG's 4096-wide classifier reads 25 088 inputs; a
 transformer's residual reads every MLP's 3072 rows), within the bytes of the largest score matrix the
-solve builds anyway, an eighth of the two models' bytes, and :data:`CACHE_BYTES` (0: off). Every
+solve builds anyway, an eighth of the two models' bytes, and :data:`CACHE_BYTES` (0: off) — or, where every
+product the solve could keep fits in :data:`SMALL_BYTES`, all of them whatever their depth (an MLP's hidden
+layers: memory is no concern there, and each revisit then costs the moved columns only). Every
 :data:`REFRESH` updates the product is recomputed whole, so round-off never accumulates further.
 """
 from __future__ import annotations
@@ -25,12 +27,14 @@ from symmetries.action import apply_axis
 from symmetries.blocks import unit_rows
 from symmetries.elements import GatherElement, HeadElement
 
-__all__ = ["CrossCache", "MIN_DEPTH", "CACHE_BYTES", "REFRESH", "MAX_CHANGED"]
+__all__ = ["CrossCache", "MIN_DEPTH", "CACHE_BYTES", "SMALL_BYTES", "REFRESH", "MAX_CHANGED"]
 
 #: An edge is cached only if its rows are at least this many times longer than the space is wide.
 MIN_DEPTH = 4
 #: Most bytes of cached products per solve (``SYMMETRIES_CROSS_CACHE_BYTES`` overrides it; 0: off).
 CACHE_BYTES = int(os.environ.get("SYMMETRIES_CROSS_CACHE_BYTES", 256 << 20))
+#: If all the products a solve could keep fit in this many bytes, every eligible edge is kept, at any depth.
+SMALL_BYTES = min(CACHE_BYTES, 32 << 20)
 #: Updates between two whole recomputations of one product.
 REFRESH = 8
 #: Above this fraction of moved positions the product is recomputed whole.
@@ -40,8 +44,9 @@ MAX_CHANGED = 0.4
 class CrossCache:
     """Per (space, edge) the last ``M_e`` and the source map it was built with (:meth:`cross`)."""
 
-    def __init__(self, budget: int = CACHE_BYTES):
+    def __init__(self, budget: int = CACHE_BYTES, min_depth: int = MIN_DEPTH):
         self.budget = budget
+        self.min_depth = min_depth
         self.used = 0
         self._entries: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self.stats = {"whole": 0, "updated": 0, "reused": 0}
@@ -62,7 +67,7 @@ class CrossCache:
         k = numel // max(shape_b[eb.axis % len(shape_b)], 1)
         if eb.repeat is not None:
             k *= eb.repeat[0]
-        if k < MIN_DEPTH * max(m, n):
+        if k < self.min_depth * max(m, n):
             return None
         return ax
 

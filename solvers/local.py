@@ -48,10 +48,12 @@ class Local:
     _cache: dict = field(default_factory=dict, repr=False)
     _acc: dict = field(default_factory=dict, repr=False)
     _merged: set = field(default_factory=set, repr=False)  # streamed roles summed into one cached matrix
+    _norms: dict = field(default_factory=dict, repr=False)  # streamed: B's row norms per role (add(norms=True))
 
-    def add(self, role: Role, a: torch.Tensor, b: torch.Tensor, *, stream: bool = False) -> None:
+    def add(self, role: Role, a: torch.Tensor, b: torch.Tensor, *, stream: bool = False, norms: bool = False) -> None:
         """Add an edge; with ``stream`` only ``A_e B_eᵀ`` is accumulated and ``B_e`` is dropped (enough
-        for norm-keeping classes, whose loss is ``const − 2⟨T, M⟩``; memory: one ``m × n`` per role)."""
+        for norm-keeping classes, whose loss is ``const − 2⟨T, M⟩``; memory: one ``m × n`` per role) — with
+        ``norms`` also B's row norms ``‖B_e[i]‖²`` (the scale terms ``β, δ, ε`` of :mod:`solvers.scaling`)."""
         self._cache.clear()
         if stream:
             if self._merged:
@@ -60,14 +62,18 @@ class Local:
                 self._acc[role].addmm_(a, b.T)
             else:
                 self._acc[role] = a @ b.T
+            if norms:
+                sq = torch.linalg.vector_norm(b, dim=1).square_()
+                self._norms[role] = self._norms[role].add_(sq) if role in self._norms else sq
         else:
             if self._acc:
                 raise ValueError("a Local is either streamed or not")
             self.pairs[role].append((a, b))
 
-    def add_product(self, role: Role, product: torch.Tensor) -> None:
-        """Add an edge of a streamed Local by its ``A_e B_eᵀ``, computed elsewhere (:mod:`solvers.cross_cache`);
-        the sum is a copy, so ``product`` may change afterwards."""
+    def add_product(self, role: Role, product: torch.Tensor, norms: torch.Tensor | None = None) -> None:
+        """Add an edge of a streamed Local by its ``A_e B_eᵀ`` (and B's row norms), computed elsewhere
+        (:mod:`solvers.cross_cache`, a space's fixed edges); the sums are copies, so ``product`` may change
+        afterwards."""
         self._cache.clear()
         if any(self.pairs.values()) or self._merged:
             raise ValueError("a product can only be added to a streamed Local before its roles are summed")
@@ -75,10 +81,17 @@ class Local:
             self._acc[role].add_(product)
         else:
             self._acc[role] = product.clone()
+        if norms is not None:
+            self._norms[role] = self._norms[role].add_(norms) if role in self._norms else norms.clone()
 
     @property
     def streamed(self) -> bool:
         return bool(self._acc) or bool(self._merged)
+
+    @property
+    def keeps_norms(self) -> bool:
+        """Whether B's row norms are at hand: a Local with its rows, or streamed with ``norms=True``."""
+        return not self.streamed or bool(self._norms) or not any(self.has(r) for r in Role)
 
     @property
     def empty(self) -> bool:
@@ -144,10 +157,16 @@ class Local:
         return _gram([a for a, _ in self.pairs[role]], self.m)
 
     def row_norms(self, role: Role, side: str) -> torch.Tensor:
-        """``Σ_e ‖row_j‖²`` of A (``side='a'``) or B (``side='b'``) (computed once, then cached)."""
+        """``Σ_e ‖row_j‖²`` of A (``side='a'``) or B (``side='b'``) (computed once, then cached). A streamed
+        Local has B's, where its edges were added with ``norms=True``."""
         key = ("row_norms", role, side)
         if key not in self._cache:
             idx, size = (0, self.m) if side == "a" else (1, self.n)
+            if self.streamed and self.has(role):
+                if side != "b" or role not in self._norms:
+                    raise ValueError(f"a streamed Local keeps B's row norms only, and only when added with "
+                                     f"norms=True; {side!r} norms of role {role} were asked")
+                return self._norms[role]
             mats = [p[idx] for p in self.pairs[role]]
             self._cache[key] = sum((x * x).sum(1) for x in mats) if mats else torch.zeros(size, dtype=torch.float64)
         return self._cache[key]
@@ -185,13 +204,18 @@ class Matcher:
         self.edges: dict[str, list] = {}
         self.a_rows: dict[tuple[str, int], torch.Tensor] = {}
         self.chunks: dict[str, int | None] = {}  # rows per chunk of a tensor streamed in row blocks
-        self.fixed: dict[str, int] = {}  # leading edges whose B rows no transform changes (see _fixed_lead)
-        self._fixed_acc: dict[str, dict] = {}  # a streamed Local's sums after those edges, once computed
+        self.fixed: dict[str, tuple[int, ...]] = {}  # edges whose B rows no transform changes (_fixed_edges)
+        self._fixed_acc: dict[str, tuple[dict, dict]] = {}  # their sums and B row norms per role, once computed
         #: products kept between visits (solvers.cross_cache); None: off
         self.cache = None
-        budget = min(cross_cache.CACHE_BYTES, problem_bytes(problem) // 8, self._largest_score(problem))
-        if budget > 0:
-            self.cache = cross_cache.CrossCache(budget)
+        size = torch.empty((), dtype=problem.dtype).element_size()
+        every = sum(len(problem.graph_b.edges_at(s)) * m * n * size for s, (m, n) in problem.sizes.items())
+        if 0 < every <= cross_cache.SMALL_BYTES:  # every product fits: kept at any depth
+            self.cache = cross_cache.CrossCache(every, min_depth=1)
+        else:
+            budget = min(cross_cache.CACHE_BYTES, problem_bytes(problem) // 8, self._largest_score(problem))
+            if budget > 0:
+                self.cache = cross_cache.CrossCache(budget)
         for space in problem.spaces:
             m, n = problem.sizes[space]
             pairs, seen = [], {}
@@ -216,7 +240,7 @@ class Matcher:
                 seen[key] = len(pairs)
                 pairs.append((ea, eb))
             self.edges[space] = pairs
-            self.fixed[space] = self._fixed_lead(pairs, max(m, n))
+            self.fixed[space] = self._fixed_edges(pairs, max(m, n))
             for ea, _ in pairs:
                 if ea.parameter not in self.chunks:
                     step = row_chunk(ga, ea.parameter, problem.shape(ea.parameter, "a"))
@@ -234,19 +258,21 @@ class Matcher:
         size = torch.empty((), dtype=problem.dtype).element_size()
         return max((m * n * size for m, n in problem.sizes.values()), default=0)
 
-    def _fixed_lead(self, pairs, width: int) -> int:
-        """How many leading edges meet tensors on which no other axis is searched (an embedding, a first
-        layer): their sum ``Σ A_e B_eᵀ`` never changes, and a streamed Local starts from it once computed —
-        the same sums in the same order. 0 unless those tensors have at least ``width`` columns in all (the
-        cached ``m × n`` sum must save more than it holds)."""
-        lead, cols = 0, 0
-        for _, eb in pairs:
+    def _fixed_edges(self, pairs, width: int) -> tuple[int, ...]:
+        """The edges meeting tensors on which no other axis is searched (an embedding, a first layer, a
+        classifier read by the last layer): their sums ``Σ A_e B_eᵀ`` (and B's row norms) never change, and a
+        streamed Local starts from them, once computed — summed first, in edge order, on every visit alike.
+        None unless those tensors have at least ``width`` columns in all (the cached ``m × n`` sums must save
+        more than they hold)."""
+        fixed, cols = [], 0
+        for i, (_, eb) in enumerate(pairs):
             shape = self.problem.shape(eb.parameter, "b")
             if any(f.space in self.searched and f.axis % len(shape) != eb.axis % len(shape)
                    for f in self.by_param_b[eb.parameter]):
-                break
-            lead, cols = lead + 1, cols + math.prod(shape) // max(shape[eb.axis], 1)
-        return lead if cols >= width else 0
+                continue
+            fixed.append(i)
+            cols += math.prod(shape) // max(shape[eb.axis], 1)
+        return tuple(fixed) if cols >= width else ()
 
     def a_row(self, space: str, i: int) -> torch.Tensor:
         """A's rows of the space's ``i``-th edge (kept in memory, or read now for a lazy problem)."""
@@ -277,50 +303,70 @@ class Matcher:
         return True
 
     def local(self, space: str, transforms: dict, settled_only: bool = False, stream: bool = False,
-              keep: list | None = None) -> Local:
+              keep: list | None = None, norms: bool = False) -> Local:
         """The space's subproblem data; ``stream`` keeps only cross products (norm-keeping classes; a lazy
         problem always streams: one tensor pair in memory at a time). ``keep``: a list to which
         ``(space, edge, A_e, B_e)`` is appended for each edge that is a whole tensor (full span, no repeat,
         not read in row blocks), up to :data:`KEEP_BYTES` of B rows in all — the caller may then read
         ``‖A_e − T·B_e‖²``, that tensor's term of ``J``, without applying the other transforms again (not for a
-        lazy problem: its rows are copies read from disk, not views)."""
+        lazy problem: its rows are copies read from disk, not views). ``norms`` (with ``stream``): B's row
+        norms are summed too (:meth:`Local.row_norms`: the scale terms of ``PermutationScaling``)."""
         m, n = self.problem.sizes[space]
         loc = Local(m, n)
         if self.problem.lazy:  # kept rows would be fresh copies of A's and B's tensors beside the scores: none
             keep = None
-        if self.problem.lazy and not stream:
+        if self.problem.lazy and (not stream or norms):
             raise SolverInputError(f"space {space!r}: a lazy problem keeps only cross products; its class "
                                    f"{self.problem.classes[space]!r} needs the tensors", space=space)
-        lead = self.fixed[space] if stream else 0
-        if lead and space in self._fixed_acc:
-            loc._acc = {r: x.clone() for r, x in self._fixed_acc[space].items()}
+        fixed = self.fixed[space] if stream else ()
+        if fixed:
+            if space not in self._fixed_acc or (norms and self._fixed_acc[space][1] is None):
+                part = Local(m, n)
+                for i in fixed:
+                    self._add_edge(part, space, i, transforms, True, norms, None)
+                self._fixed_acc[space] = (part._acc, part._norms if norms else None)
+            sums, sq = self._fixed_acc[space]
+            for role, product in sums.items():
+                loc.add_product(role, product, sq[role] if norms else None)
+            for i in fixed if keep is not None else ():  # their rows: views of the tensors, no transform applied
+                ea, eb = self.edges[space][i]
+                if self._whole(ea, eb):
+                    self._keep(keep, space, ea, self.a_row(space, i), self.b_rows(space, eb, {}, n))
         for i, (ea, eb) in enumerate(self.edges[space]):
-            if self.problem.lazy:  # the last edge's tensors (read from disk) go back to the OS before the next
-                release_free_memory()
-            if lead and i == lead and space not in self._fixed_acc:
-                self._fixed_acc[space] = {r: x.clone() for r, x in loc._acc.items()}
-            if (lead and i < lead and space in self._fixed_acc) or (settled_only and not self.usable(eb, transforms)):
+            if i in fixed or (settled_only and not self.usable(eb, transforms)):
                 continue
-            step = self.chunks[ea.parameter] if stream else None
-            if step is None and stream and self.cache is not None and self._whole(ea, eb):
-                product = self._cached_cross(space, i, ea, eb, transforms, m, n)
-                if product is not None:
-                    loc.add_product(ea.role, product)
-                    continue
-            if step is None:
-                a, b = self.a_row(space, i), self.b_rows(space, eb, transforms, n)
-                if keep is not None and self._whole(ea, eb) and \
-                        sum(x[3].numel() * x[3].element_size() for x in keep) + b.numel() * b.element_size() <= KEEP_BYTES:
-                    keep.append((space, ea, a, b))
-                loc.add(ea.role, a, b, stream=stream)
-                del a, b
-                continue
-            for a, b in self.row_blocks(ea, eb, transforms, m, n, step):  # Σ_e A_e B_eᵀ a block of columns at a time
-                loc.add(ea.role, a, b, stream=True)
-                del a, b
-        if lead == len(self.edges[space]) and space not in self._fixed_acc:
-            self._fixed_acc[space] = {r: x.clone() for r, x in loc._acc.items()}
+            self._add_edge(loc, space, i, transforms, stream, norms, keep)
         return loc
+
+    def _add_edge(self, loc: Local, space: str, i: int, transforms: dict, stream: bool, norms: bool,
+                  keep: list | None) -> None:
+        """Add the space's ``i``-th edge to ``loc``: its kept product (:mod:`solvers.cross_cache`), its rows
+        whole, or — a tensor streamed in row blocks — block by block."""
+        m, n = loc.m, loc.n
+        ea, eb = self.edges[space][i]
+        if self.problem.lazy:  # the last edge's tensors (read from disk) go back to the OS before the next
+            release_free_memory()
+        step = self.chunks[ea.parameter] if stream else None
+        if step is None and stream and not norms and self.cache is not None and self._whole(ea, eb):
+            product = self._cached_cross(space, i, ea, eb, transforms, m, n)
+            if product is not None:
+                loc.add_product(ea.role, product)
+                return
+        if step is None:
+            a, b = self.a_row(space, i), self.b_rows(space, eb, transforms, n)
+            if keep is not None and self._whole(ea, eb):
+                self._keep(keep, space, ea, a, b)
+            loc.add(ea.role, a, b, stream=stream, norms=norms)
+            return
+        for a, b in self.row_blocks(ea, eb, transforms, m, n, step):  # Σ_e A_e B_eᵀ a block of columns at a time
+            loc.add(ea.role, a, b, stream=True, norms=norms)
+            del a, b
+
+    @staticmethod
+    def _keep(keep: list, space: str, ea, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Append ``(space, edge, A_e, B_e)`` to ``keep`` while its B rows stay within :data:`KEEP_BYTES`."""
+        if sum(x[3].numel() * x[3].element_size() for x in keep) + b.numel() * b.element_size() <= KEEP_BYTES:
+            keep.append((space, ea, a, b))
 
     def _cached_cross(self, space: str, i: int, ea, eb, transforms: dict, m: int, n: int) -> torch.Tensor | None:
         """``A_e B̃_eᵀ`` from :attr:`cache` where the edge qualifies (:meth:`CrossCache.eligible`), else ``None``."""

@@ -59,6 +59,11 @@ class ScaleViews:
         self.tensors = tensors  # [(E, F, [(axis size, [(space, role, start, stop)…])…])] per tensor
         self.parts = parts  # space → [(tensor, position, (start, stop), role)]
         self.sizes = sizes
+        #: per part: E and F with the part's axis first (views), and the other axes to contract, last first
+        self._moved = {sp: [(np.moveaxis(self.tensors[t][0], pos, 0), np.moveaxis(self.tensors[t][1], pos, 0),
+                             [self.tensors[t][2][i] for i in range(len(self.tensors[t][2]) - 1, -1, -1) if i != pos])
+                            for t, pos, _, _ in ps] for sp, ps in parts.items()}
+        self._plan: list | None = None  # the blocks' structure (_block_plan), built on first use
 
     @classmethod
     def build(cls, problem, spaces: list[str], transforms: dict) -> "ScaleViews | None":
@@ -109,13 +114,10 @@ class ScaleViews:
         (numpy; without ``cross``: the norms ``β, δ, ε`` only)."""
         n = self.sizes[space]
         out = {r: [np.zeros(n), np.zeros(n)] for r in Role}
-        for t, pos, (start, stop), role in self.parts[space]:
-            e_, f_, axes = self.tensors[t]
-            x, y = np.moveaxis(e_, pos, 0), np.moveaxis(f_, pos, 0)  # the others follow, in axis order
-            for i in range(len(axes) - 1, -1, -1):  # contract them, last first
-                if i != pos:
-                    w = _weights(*axes[i], scales)
-                    x, y = (x @ w if cross else x), y @ (w * w)
+        for (_, _, (start, stop), role), (x, y, others) in zip(self.parts[space], self._moved[space]):
+            for axis in others:  # the other axes, in axis order after the part's: contracted last first
+                w = _weights(*axis, scales)
+                x, y = (x @ w if cross else x), y @ (w * w)
             if cross:
                 out[role][0] += x[start:stop]
             out[role][1] += y[start:stop]
@@ -123,34 +125,67 @@ class ScaleViews:
         names = dict(alpha=a, beta=b, gamma=g, delta=d, zeta=z, eps=e)
         return {k: v for k, v in names.items() if cross or k in ("beta", "delta", "eps")}
 
+    def colours(self, spaces: list[str]) -> list[list[str]]:
+        """``spaces`` split into classes no tensor joins (greedy, in order): the scale problems of one class
+        are independent, so solving them together is the same as one after another."""
+        touching: dict[str, set] = {s: set() for s in spaces}
+        for t, (_, _, axes) in enumerate(self.tensors):
+            met = [sp for _, spans in axes for sp, *_ in spans]
+            for sp in met:
+                if sp in touching:
+                    touching[sp].update(x for x in met if x != sp)
+        colour: dict[str, int] = {}
+        for sp in spaces:
+            taken = {colour[x] for x in touching[sp] if x in colour}
+            colour[sp] = next(c for c in range(len(spaces) + 1) if c not in taken)
+        return [[sp for sp in spaces if colour[sp] == c] for c in range(max(colour.values(), default=-1) + 1)]
+
     def blocks(self, scales: dict, cross: bool = True) -> list[tuple[float, float, dict]]:
         """``J − Σ‖A‖² = Σ_b (−2 e_b m_b + f_b m_b²)`` with ``m_b = Π_s λ_s^{k_s}`` when every space's scales are
         multiplied by ``λ_s``: ``(e_b, f_b, {space: k_s})`` per block of every tensor (one span per polished
         axis; ``k``: ``out`` 1, ``in`` −1, ``var`` 2; ``e_b = 0`` without ``cross``)."""
         out = []
-        for e_, f_, axes in self.tensors:
-            choices = []  # per axis: (weights, {space: k}) of each span and of the rest of the axis
-            for size, spans in axes:
-                full = _weights(size, spans, scales)
-                opts, rest = [], np.ones(size, dtype=bool)
-                for sp, role, start, stop in spans:
-                    w = np.zeros(size)
-                    w[start:stop] = full[start:stop]
-                    rest[start:stop] = False
-                    opts.append((w, {sp: _EXPONENT[role]}))
-                if rest.any():
-                    opts.append((rest.astype(np.float64), {}))
-                choices.append(opts)
-            for combo in itertools.product(*choices):
+        for (e_, f_, axes), combos in zip(self.tensors, self._block_plan()):
+            fulls = [_weights(size, spans, scales) for size, spans in axes]
+            for picks, k in combos:
                 x, y = e_, f_
-                for w, _ in combo[::-1]:
+                for i in range(len(picks) - 1, -1, -1):  # contract the last axis first
+                    pick, full = picks[i], fulls[i]
+                    if isinstance(pick, tuple):  # a span: its factors, zero elsewhere on the axis
+                        start, stop = pick
+                        if (start, stop) != (0, full.shape[0]):
+                            x, y, full = x[..., start:stop], y[..., start:stop], full[start:stop]
+                        w = full
+                    else:  # the rest of the axis: factor 1 there
+                        w = pick
                     x, y = (x @ w if cross else x), y @ (w * w)
-                k: dict = {}
-                for _, ks in combo:
-                    for sp, v in ks.items():
-                        k[sp] = k.get(sp, 0) + v
                 out.append((float(x) if cross else 0.0, float(y), k))
         return out
+
+    def _block_plan(self) -> list:
+        """Per tensor its blocks, which do not depend on the scales: for each, per polished axis a span
+        ``(start, stop)`` or the rest of the axis (a 0/1 mask), and ``{space: k_s}``."""
+        if self._plan is None:
+            self._plan = []
+            for _, _, axes in self.tensors:
+                choices = []
+                for size, spans in axes:
+                    opts, rest = [], np.ones(size, dtype=bool)
+                    for sp, role, start, stop in spans:
+                        rest[start:stop] = False
+                        opts.append(((start, stop), {sp: _EXPONENT[role]}))
+                    if rest.any():
+                        opts.append((rest.astype(np.float64), {}))
+                    choices.append(opts)
+                combos = []
+                for combo in itertools.product(*choices):
+                    k: dict = {}
+                    for _, ks in combo:
+                        for sp, v in ks.items():
+                            k[sp] = k.get(sp, 0) + v
+                    combos.append(([pick for pick, _ in combo], k))
+                self._plan.append(combos)
+        return self._plan
 
 
 _EXPONENT = {Role.OUT: 1, Role.IN: -1, Role.VAR: 2}
@@ -225,27 +260,33 @@ def polish_scales(problem, matcher, spaces, transforms, threshold) -> None:
     if views is None:
         return _polish_per_space(matcher, spaces, transforms, threshold)
     scales = {s: transforms[s].scales()[0].numpy().copy() for s in spaces}
-    changed, last = set(), None
+    colours, changed = views.colours(spaces), set()
     for k in range(MAX_SWEEPS):
         accepted = multipliers(views, scales, spaces, threshold) > 0
         if accepted:
             changed.update(spaces)
-            last = None
-        for space in (spaces if k % 2 == 0 else spaces[::-1]):
-            if space == last:  # just solved, nothing it reads has moved
-                continue
-            terms = views.terms(space, scales)
-            c, f = best_scale(**terms)
-            g = float(scale_loss(scales[space], **terms).sum() - f.sum())
-            last = space
-            if np.isfinite(c).all() and g > threshold:
-                scales[space] = c
-                changed.add(space)
-                accepted = True
+        for group in (colours if k % 2 == 0 else colours[::-1]):
+            for space, c, g in _solve_colour(views, group, scales):
+                if np.isfinite(c).all() and g > threshold:
+                    scales[space] = c
+                    changed.add(space)
+                    accepted = True
         if not accepted:
             break
     for s in changed:
         transforms[s] = GatherElement.monomial(transforms[s].index, torch.from_numpy(scales[s]))
+
+
+def _solve_colour(views: ScaleViews, group: list[str], scales: dict):
+    """``(space, exact per-unit scales, decrease of J)`` for every space of one colour class: their scale
+    terms under the current ``scales``, solved in one :func:`~solvers.scaling.best_scale` call."""
+    terms = [views.terms(space, scales) for space in group]
+    joined = {k: np.concatenate([t[k] for t in terms]) for k in terms[0]}
+    c, f = best_scale(**joined)
+    old = scale_loss(np.concatenate([scales[sp] for sp in group]), **joined)
+    stops = np.cumsum([len(scales[sp]) for sp in group])[:-1]
+    for space, cs, fs, olds in zip(group, np.split(c, stops), np.split(f, stops), np.split(old, stops)):
+        yield space, cs, float(olds.sum() - fs.sum())
 
 
 def _polish_per_space(matcher, spaces, transforms, threshold) -> None:
@@ -275,22 +316,29 @@ def balanced_scales(problem, spaces: list[str], transforms: dict) -> dict[str, t
     if views is None:
         return None
     scales = {s: np.ones(n) for s, n in sizes.items()}
+    colours = views.colours(spaces)
     for k in range(MAX_SWEEPS):
         before = {s: c.copy() for s, c in scales.items()}
         multipliers(views, scales, spaces, 0.0, cross=False)
-        for space in (spaces if k % 2 == 0 else spaces[::-1]):
-            t = views.terms(space, scales, cross=False)
-            beta, delta, eps = t["beta"], t["delta"], t["eps"]
-            ok = (beta + eps > 0) & (delta > 0) & np.isfinite(beta + delta + eps)
-            c = np.ones_like(beta)
-            if not eps.any():
-                c[ok] = np.sqrt(np.sqrt(delta[ok] / beta[ok]))
-            elif ok.any():
-                c[ok], _ = best_scale(0.0, beta[ok], 0.0, delta[ok], 0.0, eps[ok])
-            scales[space] = c
+        for group in (colours if k % 2 == 0 else colours[::-1]):
+            terms = [views.terms(space, scales, cross=False) for space in group]  # one class: independent
+            for space, t in zip(group, terms):
+                scales[space] = _least_norm_scales(t["beta"], t["delta"], t["eps"])
         if max(float(np.abs(scales[s] / before[s] - 1).max()) for s in spaces) <= BALANCE_RTOL:
             break
     return {s: torch.from_numpy(c) for s, c in scales.items()}
+
+
+def _least_norm_scales(beta: np.ndarray, delta: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """Per unit the ``c`` minimising ``βc² + δ/c² + εc⁴`` (``(δ/β)^¼`` without ``var`` edges); ``1`` for units
+    without producing or consuming weights."""
+    ok = (beta + eps > 0) & (delta > 0) & np.isfinite(beta + delta + eps)
+    c = np.ones_like(beta)
+    if not eps.any():
+        c[ok] = np.sqrt(np.sqrt(delta[ok] / beta[ok]))
+    elif ok.any():
+        c[ok], _ = best_scale(0.0, beta[ok], 0.0, delta[ok], 0.0, eps[ok])
+    return c
 
 
 def staged_start(solve, problem, transforms: dict, scaled: list[str], **options):

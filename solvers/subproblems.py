@@ -40,7 +40,7 @@ from solvers.scaling import best_scale, scale_loss
 from solvers.splits import split_update
 
 __all__ = ["solve_local", "subproblem", "has_subproblem", "subproblem_classes", "solve_heads", "solve_block",
-           "linear_classes", "gain", "score_matrices", "sylvester_psd", "head_blocks", "rescale", "scaling_loss"]
+           "linear_classes", "streamed_classes", "scale_grid_class", "gain", "score_matrices", "sylvester_psd", "head_blocks", "rescale", "scaling_loss"]
 
 OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
 
@@ -48,6 +48,18 @@ def linear_classes(cls: SymmetryClass) -> bool:
     """Classes whose elements keep norms (the local loss is ``const − 2⟨T, M⟩``)."""
     c = cls.inner if isinstance(cls, HeadStructured) else cls
     return isinstance(c, (Trivial, Permutation, SignFlip, SignedPermutation, Orthogonal))
+
+
+def streamed_classes(cls: SymmetryClass) -> bool:
+    """Classes whose built-in subproblem reads only ``Σ_e A_e B_eᵀ`` per role (and B's row norms): the
+    norm-keeping ones, and ``D P`` (its ``n × n`` scale terms, :func:`_scale_terms`) — their visits may
+    stream the tensors (:meth:`~solvers.local.Matcher.local` ``stream=True``, with ``norms`` for ``D P``)."""
+    return linear_classes(cls) or scale_grid_class(cls)
+
+
+def scale_grid_class(cls: SymmetryClass) -> bool:
+    """``PermutationScaling`` solved by the built-in subproblem: its visits need B's row norms streamed too."""
+    return isinstance(cls, PermutationScaling) and subproblem.dispatch(type(cls)) is _scalings
 
 
 def score_matrices(local: Local) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -66,7 +78,7 @@ def gain(cls, local: Local, old: Element, new: Element) -> float:
         if v is not None:
             g += 2 * (inner_product(new, v, squared=True) - inner_product(old, v, squared=True))
         return g
-    if isinstance(cls, (PositiveScaling, PermutationScaling)) and not local.streamed:
+    if isinstance(cls, (PositiveScaling, PermutationScaling)) and local.keeps_norms:
         before, after = scaling_loss(local, old), scaling_loss(local, new)
         if before is not None and after is not None:
             return before - after
@@ -183,7 +195,9 @@ def _scaling(cls, local: Local, backend: str) -> GatherElement:
     if isinstance(cls, PositiveScaling):
         c, _ = best_scale(**_scale_terms(local, diagonal=True))
         return GatherElement.monomial(np.arange(local.n), c)
-    c, f = best_scale(**_scale_terms(local, diagonal=False))
+    terms = _scale_terms(local, diagonal=False)
+    c, f = best_scale(**terms)
+    local._cache["scale_grid"] = terms  # scaling_loss reads the pairs' terms from here (no second pass)
     perm = assignment_permutation(f, maximize=False, backend=backend)
     return GatherElement.monomial(perm, c[np.arange(local.n), perm])
 
@@ -200,11 +214,19 @@ def _monomial_scale(el: Element, n: int) -> np.ndarray | None:
 
 def scaling_loss(local: Local, el: Element) -> float | None:
     """``L(T) − Σ_e ‖A_e‖²`` for a positive monomial ``T = D P`` as ``Σ_j f_j(c_j)`` from the scale terms
-    of the pairs ``(j, P(j))`` (``O(n)`` with the crosses cached, else ``O(n k)``); ``None`` otherwise."""
+    of the pairs ``(j, P(j))`` (``O(n)`` from the ``m × n`` terms of the last ``D P`` solve or the cached crosses,
+    else ``O(n k)``); ``None`` otherwise."""
     c = _monomial_scale(el, local.n)
     if c is None or local.m != local.n:
         return None
-    return float(scale_loss(c, **_scale_terms(local, diagonal=True, index=el.index)).sum())
+    grid = local._cache.get("scale_grid")
+    if grid is not None:
+        rows, cols = np.arange(local.m), el.index.cpu().numpy()
+        terms = {k: (v[rows, cols] if v.shape[0] == local.m else v[0, cols]) if isinstance(v, np.ndarray) else v
+                 for k, v in grid.items()}
+    else:
+        terms = _scale_terms(local, diagonal=True, index=el.index)
+    return float(scale_loss(c, **terms).sum())
 
 
 def rescale(local: Local, current: GatherElement) -> tuple[GatherElement, float]:

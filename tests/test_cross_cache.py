@@ -110,3 +110,22 @@ def test_weight_matching_is_the_same_with_and_without_the_cache(monkeypatch):
     assert on.history == pytest.approx(off.history, rel=1e-12)
     for s in off.transforms:
         assert torch.equal(on.transforms[s].as_matrix(), off.transforms[s].as_matrix()), s
+
+
+def test_a_small_problem_keeps_every_product_whatever_its_depth():
+    """When every product a solve could keep fits in SMALL_BYTES (a small MLP), the cache takes edges whose
+    rows are shorter than MIN_DEPTH × the width too — and the updated products still equal whole ones."""
+    arch = architectures.mlp([6, 16, 16, 5])  # hidden rows are 16 + 5 long: below MIN_DEPTH × 16
+    problem = _problem(arch)
+    matcher = Matcher(problem)
+    assert matcher.cache is not None and matcher.cache.min_depth == 1
+    stats = _check_space(problem, problem.spaces[1], problem.spaces[0])
+    assert stats["updated"] >= 2, stats
+
+
+def test_a_large_problem_keeps_only_deep_edges(monkeypatch):
+    """Past SMALL_BYTES the depth rule holds: the budget goes to edges long against the width."""
+    monkeypatch.setattr(cross_cache, "SMALL_BYTES", 0)
+    problem = _problem(architectures.mlp([6, 16, 16, 5]))
+    matcher = Matcher(problem)
+    assert matcher.cache is None or matcher.cache.min_depth == cross_cache.MIN_DEPTH

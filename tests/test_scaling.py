@@ -403,3 +403,45 @@ def test_staged_start_with_init_keeps_b_as_is():
     init = {s: GatherElement.identity(24) for s in ("hidden.0", "hidden.1")}
     sol = solvers.solve("weight_matching", arch.graph, a, b, classes="permutation_scaling", init=init)
     assert sol.status == "converged" and sol.objective_after <= sol.objective_before
+
+
+@pytest.mark.parametrize("net", ["mlp", "squeeze"])
+def test_streamed_permutation_scaling_visit_equals_the_in_memory_one(net):
+    """A ``D P`` visit reads only the role crosses and B's row norms: streamed (products summed, fixed edges'
+    sums kept between visits) it gives the element, the scale terms and the loss change of the visit
+    that holds the tensors."""
+    from solvers.subproblems import gain, solve_local
+    if net == "mlp":
+        arch = architectures.mlp([30, 9, 8, 20])  # the classifier's 20 outputs: a fixed edge of the last space
+        graph, a = arch.graph, {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+        b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+    else:
+        graph, a = _squeeze_pair()
+        b = {k: v + 0.3 * torch.randn_like(v) for k, v in a.items()}
+    problem = solvers.make_problem(graph, a, b, classes="permutation_scaling")
+    matcher, tr = Matcher(problem), _random_monomials(problem, 3)
+    assert any(matcher.fixed[s] for s in problem.spaces)
+    for s in problem.spaces:
+        cls, rows = problem.classes[s], matcher.local(s, tr)
+        for _ in range(2):  # the second visit starts from the kept sums of the fixed edges
+            streamed = matcher.local(s, tr, stream=True, norms=True)
+            assert streamed.streamed and streamed.keeps_norms
+            want, got = solve_local(cls, rows), solve_local(cls, streamed)
+            assert torch.equal(want.index, got.index), s
+            torch.testing.assert_close(got.scales()[0], want.scales()[0], rtol=1e-10, atol=0)
+            assert gain(cls, streamed, tr[s], got) == pytest.approx(gain(cls, rows, tr[s], want), rel=1e-9, abs=1e-9)
+
+
+def test_colour_classes_share_no_tensor():
+    """Spaces solved together in the scale polish meet no common tensor (their problems are independent),
+    and every space is in exactly one class."""
+    graph, a = _squeeze_pair()
+    b = {k: v + 0.3 * torch.randn_like(v) for k, v in a.items()}
+    problem = solvers.make_problem(graph, a, b, classes="permutation_scaling")
+    views = ScaleViews.build(problem, problem.spaces, _random_monomials(problem, 0))
+    colours = views.colours(problem.spaces)
+    assert sorted(s for c in colours for s in c) == sorted(problem.spaces) and len(colours) > 1
+    for group in colours:
+        for name in problem.params_a:
+            met = {e.space for e in graph.edges_of(name)} & set(group)
+            assert len(met) <= 1, (name, met)

@@ -119,17 +119,40 @@ def test_objective_of_a_float32_problem_is_summed_in_float64():
     assert problem.objective(TransformSet({"hidden.0": Permutation().identity(2048)})) == pytest.approx(want, rel=1e-7)
 
 
-def test_a_spaces_fixed_leading_edges_are_summed_once_and_give_the_same_scores():
+def test_a_spaces_fixed_edges_are_summed_once_and_give_the_same_scores():
     """The residual's embedding rows (and an MLP's first layer) meet no other searched axis: a streamed Local
-    starts from their cached sum — bitwise the scores a fresh Matcher computes."""
+    starts from their cached sums — bitwise the scores (and B's row norms) a fresh Matcher computes."""
     arch = architectures.gpt2(60, 8, 16, 4, 2, 24, norm="rms", tie_embeddings=True)
     a, b = (_double(arch.module(seed=k).state_dict()) for k in (0, 1))
     problem = solvers.make_problem(arch.graph, a, b)
     matcher = Matcher(problem)
-    assert matcher.fixed["residual"] >= 1 and matcher.fixed["blocks.0.mlp"] == 0
+    assert len(matcher.fixed["residual"]) >= 1 and matcher.fixed["blocks.0.mlp"] == ()
     for step in range(3):
         transforms = dict(random_transforms(arch.graph, step, classes=problem.classes))
-        got = matcher.local("residual", transforms, stream=True).cross(Role.OUT, Role.IN)
-        fresh = Matcher(problem).local("residual", transforms, stream=True)
+        loc = matcher.local("residual", transforms, stream=True, norms=True)
+        fresh = Matcher(problem).local("residual", transforms, stream=True, norms=True)
+        rows = Matcher(problem).local("residual", transforms)  # the tensors themselves, nothing cached
+        for role in (Role.OUT, Role.IN):
+            assert torch.allclose(loc.row_norms(role, "b"), rows.row_norms(role, "b"), rtol=1e-12, atol=0)
+            assert torch.equal(loc.row_norms(role, "b"), fresh.row_norms(role, "b"))
+        got = loc.cross(Role.OUT, Role.IN)
         assert torch.equal(got, fresh.cross(Role.OUT, Role.IN))
+        assert torch.allclose(got, rows.cross(Role.OUT, Role.IN), rtol=1e-12, atol=1e-12)
     assert "residual" in matcher._fixed_acc
+
+
+def test_fixed_edges_after_searched_ones_are_cached_too():
+    """An MLP's last hidden layer is read by the classifier, whose other axis (the classes) is not searched:
+    with enough classes that edge's product is kept — and a streamed Local refuses A's row norms it never
+    summed."""
+    arch = architectures.mlp([12, 16, 16, 40])
+    a, b = (_double(arch.module(seed=k).state_dict()) for k in (0, 1))
+    problem = solvers.make_problem(arch.graph, a, b)
+    matcher = Matcher(problem)
+    last = list(problem.spaces)[-1]
+    in_edges = [i for i, (ea, _) in enumerate(matcher.edges[last]) if ea.role is Role.IN]
+    assert in_edges and set(in_edges) <= set(matcher.fixed[last])
+    transforms = dict(random_transforms(arch.graph, 0, classes=problem.classes))
+    loc = matcher.local(last, transforms, stream=True, norms=True)
+    with pytest.raises(ValueError, match="row norms"):
+        loc.row_norms(Role.OUT, "a")

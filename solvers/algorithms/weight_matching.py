@@ -36,8 +36,9 @@ from solvers.scale_descent import polish_scales, staged_start
 from solvers.registry import Solver, register
 from solvers.solution import Solution
 from solvers.threads import solve_threads, thread_budget
-from solvers.subproblems import (dense_or, gain, has_subproblem, linear_classes, score_matrices, solve_block,
-                                 solve_heads, solve_local, subproblem, subproblem_classes)
+from solvers.subproblems import (dense_or, gain, has_subproblem, linear_classes, scale_grid_class, score_matrices,
+                                 solve_block, solve_heads, solve_local, streamed_classes, subproblem,
+                                 subproblem_classes)
 
 __all__ = ["WeightMatching"]
 
@@ -221,7 +222,8 @@ class WeightMatching(Solver):
         always take it); returns whether it counts as progress. Index-form units hand ``objective`` the
         terms ``‖A_e − T·B_e‖²`` of their tensors from the rows just built (:func:`_note_terms`)."""
         keep = [] if hasattr(objective, "prefill") and not coupled and _index_form(classes[0]) else None
-        locals_ = [matcher.local(s, transforms, stream=linear_classes(c), keep=keep) for s, c in zip(spaces, classes)]
+        locals_ = [matcher.local(s, transforms, stream=streamed_classes(c), norms=scale_grid_class(c), keep=keep)
+                   for s, c in zip(spaces, classes)]
         progress = WeightMatching._step(problem, spaces, classes, locals_, transforms, coupled, rebasin, tol,
                                         history, backend)
         del locals_  # the scores go before the terms are read
@@ -270,8 +272,8 @@ class WeightMatching(Solver):
             keep = [] if hasattr(objective, "prefill") and not coupled[u] and _index_form(classes[0]) else None
             locals_ = new = None  # the last unit's scores go before this unit's are built
             trim()
-            locals_ = [matcher.local(s, settled, settled_only=True, stream=linear_classes(c), keep=keep)
-                       for s, c in zip(spaces, classes)]
+            locals_ = [matcher.local(s, settled, settled_only=True, stream=streamed_classes(c),
+                                     norms=scale_grid_class(c), keep=keep) for s, c in zip(spaces, classes)]
             if any(loc.empty for loc in locals_):
                 if all(s in transforms for s in spaces):  # nothing to go on: keep the start
                     settled.update((s, transforms[s]) for s in spaces)
