@@ -32,6 +32,7 @@ from solvers.errors import SolverInputError
 from solvers import memory
 from solvers.local import Matcher, inner_product, search_units
 from solvers.reuse import TensorObjective, VisitLog
+from solvers.stability import StableAssignments
 from solvers.scale_descent import polish_scales, staged_start
 from solvers.registry import Solver, register
 from solvers.solution import Solution
@@ -151,6 +152,8 @@ class WeightMatching(Solver):
         objective = TensorObjective(problem, identities) if _REUSE else (
             lambda t: problem.objective(TransformSet(t)))
         log = VisitLog(problem, units)
+        stable = StableAssignments(problem, matcher, units, log.reads, coupled) if _REUSE else None
+        stable = stable if stable is not None and stable.active else None
         trim = memory.release_free_memory if 0 <= memory.TRIM_BYTES <= memory.problem_bytes(problem) else _nothing
         if start is None:
             start = "identity" if rebasin else "forward"
@@ -176,7 +179,8 @@ class WeightMatching(Solver):
             candidate, value = staged_start(self.solve, problem, transforms, scaled, mode=mode, max_iter=max_iter,
                                             tol=tol, backend=backend, start=start)
         elif start == "forward":
-            candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled, objective, trim)
+            candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled, objective, trim,
+                                      stable)
             trim()
             value = objective(candidate)
         if start == "forward" and (objective_before is None or value < objective_before):
@@ -185,7 +189,7 @@ class WeightMatching(Solver):
         threshold = tol * max(history[0], 1e-300) if history else 0.0
         if scaled and not rebasin and history:
             _monomial_descent(problem, matcher, scaled, transforms, threshold, backend)
-        status, iterations, skipped = "max_iter", 0, 0
+        status, iterations, skipped, certified = "max_iter", 0, 0, 0
         for it in range(int(max_iter)):
             iterations = it + 1
             progress = False
@@ -193,12 +197,15 @@ class WeightMatching(Solver):
                 if _REUSE and log.repeats(u, transforms):  # same data, same current: the last visit again
                     skipped += 1
                     continue
+                if stable is not None and stable.holds(u, transforms):  # the scores moved too little to matter
+                    certified += 1
+                    continue
                 spaces = units[u]
                 classes = [problem.classes[s] for s in spaces]
                 before = [transforms[s] for s in spaces]
                 trim()  # the last visit's blocks go back to the OS before this one's are built (solvers.memory)
                 progress = self._visit(problem, matcher, spaces, classes, transforms, coupled[u], rebasin, tol,
-                                       history, backend, objective) or progress
+                                       history, backend, objective, (stable, u)) or progress
                 changed = any(transforms[s] is not el for s, el in zip(spaces, before))
                 log.record(u, transforms, not changed or (not coupled[u] and _ignores_current(classes[0])))
             if progress and scaled and not rebasin:
@@ -213,19 +220,23 @@ class WeightMatching(Solver):
         return Solution(TransformSet(transforms), objective_before, history[-1], iterations=iterations,
                         status=status, history=history,
                         message=f"{iterations} sweep(s), {len(units)} unit(s), mode={mode}, start={start}"
-                                + (f", {skipped} visit(s) skipped (inputs unchanged)" if skipped else ""))
+                                + (f", {skipped} visit(s) skipped (inputs unchanged)" if skipped else "")
+                                + (f", {certified} visit(s) skipped (assignment certified by its margin)"
+                                   if certified else ""))
 
     @staticmethod
     def _visit(problem, matcher, spaces, classes, transforms, coupled, rebasin, tol, history, backend,
-               objective) -> bool:
+               objective, certify=(None, None)) -> bool:
         """Solve one unit with every other transform fixed and keep the step if it lowers ``J`` (``rebasin``:
         always take it); returns whether it counts as progress. Index-form units hand ``objective`` the
-        terms ``‖A_e − T·B_e‖²`` of their tensors from the rows just built (:func:`_note_terms`)."""
+        terms ``‖A_e − T·B_e‖²`` of their tensors from the rows just built (:func:`_note_terms`); ``certify``:
+        ``(StableAssignments, unit)`` notes the visit's margin."""
         keep = [] if hasattr(objective, "prefill") and not coupled and _index_form(classes[0]) else None
         locals_ = [matcher.local(s, transforms, stream=streamed_classes(c), norms=scale_grid_class(c), keep=keep)
                    for s, c in zip(spaces, classes)]
         progress = WeightMatching._step(problem, spaces, classes, locals_, transforms, coupled, rebasin, tol,
                                         history, backend)
+        _note_margin(certify, spaces, locals_, transforms)
         del locals_  # the scores go before the terms are read
         _note_terms(objective, keep, transforms)
         return progress
@@ -258,7 +269,8 @@ class WeightMatching(Solver):
         return False
 
     @staticmethod
-    def _forward(problem, matcher, units, transforms, backend, log, coupled, objective, trim=None) -> dict:
+    def _forward(problem, matcher, units, transforms, backend, log, coupled, objective, trim=None,
+                 stable=None) -> dict:
         """A first pass in graph order where each space sees only the tensors whose other axes are
         already settled (``init`` counts as settled); returns the complete candidate set. A unit that saw
         every tensor solved the subproblem a sweep would solve from these transforms: ``log`` notes it."""
@@ -288,6 +300,7 @@ class WeightMatching(Solver):
             settled.update(zip(spaces, new))
             if complete and not coupled[u] and _ignores_current(classes[0]):  # a sweep's visit would keep it
                 log.record(u, settled, True)
+                _note_margin((stable, u), spaces, locals_, settled)
             locals_ = None
             _note_terms(objective, keep, settled)
             keep = None
@@ -303,6 +316,14 @@ def _monomial_descent(problem, matcher, spaces, transforms, threshold, backend) 
 
 def _nothing() -> None:
     pass
+
+
+def _note_margin(certify, spaces, locals_, transforms) -> None:
+    """Hand :class:`~solvers.stability.StableAssignments` the score of a permutation unit just solved."""
+    stable, u = certify
+    if stable is not None and u in stable.eligible:
+        m, v = score_matrices(locals_[0])
+        stable.note(u, spaces[0], m if v is None else m + v, transforms)
 
 
 def _finite(el: Element) -> bool:
