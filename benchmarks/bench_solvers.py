@@ -114,13 +114,13 @@ def _old_scaling_run(graph, a, b):
     from solvers.scaling import best_scale_eig
 
     def run():
-        saved = (sp.best_scale, wm._monomial_descent, wm.PermutationScaling)
-        sp.best_scale, wm._monomial_descent = best_scale_eig, (lambda *args, **kw: None)
+        saved = (sp.best_scale, wm._MonomialDescent.__call__, wm.PermutationScaling)
+        sp.best_scale, wm._MonomialDescent.__call__ = best_scale_eig, (lambda *args, **kw: None)
         wm.PermutationScaling = type("NoStage", (), {})  # the staged start looks for this class
         try:
             return solvers.solve("weight_matching", graph, a, b, classes="permutation_scaling", seed=0)
         finally:
-            sp.best_scale, wm._monomial_descent, wm.PermutationScaling = saved
+            sp.best_scale, wm._MonomialDescent.__call__, wm.PermutationScaling = saved
     return run
 
 

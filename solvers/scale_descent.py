@@ -55,10 +55,14 @@ class ScaleViews:
     multiplier per space (:meth:`blocks`) — mat-vecs instead of re-gathering the tensors. :meth:`build`
     returns ``None`` where one tensor meets a polished space twice (a tied axis, ``W ← T W Tᵀ``)."""
 
-    def __init__(self, tensors: list, parts: dict, sizes: dict):
+    def __init__(self, tensors: list, parts: dict, sizes: dict, names: list | None = None, keys: list | None = None,
+                 a_norms: list | None = None):
         self.tensors = tensors  # [(E, F, [(axis size, [(space, role, start, stop)…])…])] per tensor
         self.parts = parts  # space → [(tensor, position, (start, stop), role)]
         self.sizes = sizes
+        self.names = names or []  # the tensors' names, their inputs (build's reuse key) and ‖A‖² (float64)
+        self.keys = keys or []
+        self.a_norms = a_norms or []
         #: per part: E and F with the part's axis first (views), and the other axes to contract, last first
         self._moved = {sp: [(np.moveaxis(self.tensors[t][0], pos, 0), np.moveaxis(self.tensors[t][1], pos, 0),
                              [self.tensors[t][2][i] for i in range(len(self.tensors[t][2]) - 1, -1, -1) if i != pos])
@@ -66,48 +70,41 @@ class ScaleViews:
         self._plan: list | None = None  # the blocks' structure (_block_plan), built on first use
 
     @classmethod
-    def build(cls, problem, spaces: list[str], transforms: dict) -> "ScaleViews | None":
+    def build(cls, problem, spaces: list[str], transforms: dict, previous: "ScaleViews | None" = None
+              ) -> "ScaleViews | None":
+        """The views of ``spaces`` under ``transforms``; a tensor whose inputs (the gathers of the polished
+        spaces, the other elements) are those it had in ``previous`` keeps its ``E``, ``F`` from there."""
         polished = set(spaces)
         gathers = {s: GatherElement(transforms[s].index, transforms[s].n) for s in spaces}
         fixed = {**transforms, **gathers}
         gb = problem.graph_b
-        tensors, parts = [], {s: [] for s in spaces}
+        tensors, parts, keys, a_norms = [], {s: [] for s in spaces}, [], []
         names = sorted({e.parameter for s in spaces for e in gb.edges_at(s)})
+        kept = dict(zip(previous.names, zip(previous.keys, previous.tensors, previous.a_norms))) if previous else {}
         for name in names:
-            b, a = problem.params_b[name], problem.params_a[name]
-            by_axis = defaultdict(list)
-            for e in gb.edges_of(name):
-                if e.space in fixed:
-                    by_axis[e.axis % b.dim()].append(e)
-            axes = []  # (axis, size, [(space, role, start, stop)…]) of the axes a polished space indexes
-            repeats = {}  # axis → (count, block) of a repeated polished edge (the axis's only edge)
-            for ax, group in sorted(by_axis.items()):
-                mine = [(e.space, e.role, *e.span(b.shape[ax])) for e in group if e.space in polished]
-                rep = [e.repeat for e in group if e.space in polished and e.repeat is not None]
-                if rep:
-                    if len(group) > 1 or group[0].span(b.shape[ax]) != (0, b.shape[ax]):
-                        return None  # a repeated edge beside others on one axis: use the per-space path
-                    repeats[ax] = rep[0]
-                if mine:
-                    axes.append((ax, b.shape[ax], sorted(mine, key=lambda x: x[2])))
-                b = apply_axis(b, ax, group, fixed)
-            met = [sp for _, _, spans in axes for sp, *_ in spans]
-            if len(set(met)) < len(met):
-                return None  # a space met twice (tied axis): use the per-space path
-            for ax in sorted(repeats, reverse=True):  # the copies become one more free axis, before the units
-                a, b = split_copies(a, ax, *repeats[ax]), split_copies(b, ax, *repeats[ax])
-            shift = lambda ax: ax + sum(r <= ax for r in repeats)  # noqa: E731
-            axes = [(shift(ax), size // repeats[ax][0], [(sp, role, 0, size // repeats[ax][0]) for sp, role, *_ in spans])
-                    if ax in repeats else (shift(ax), size, spans) for ax, size, spans in axes]
-            free = [ax for ax in range(b.dim()) if ax not in {x for x, _, _ in axes}]
-            a64, b64 = a.detach().cpu().double(), b.detach().cpu().double()
-            e_ = ((a64 * b64).sum(free) if free else a64 * b64).numpy()
-            f_ = ((b64 * b64).sum(free) if free else b64 * b64).numpy()
-            tensors.append((e_, f_, [(size, spans) for _, size, spans in axes]))
-            for pos, (_, _, spans) in enumerate(axes):
+            key = tuple((e.space, fixed[e.space].index if e.space in polished else fixed[e.space])
+                        for e in gb.edges_of(name) if e.space in fixed)
+            old = kept.get(name)
+            if old is not None and _same_inputs(old[0], key):
+                entry, a_norm = old[1], old[2]
+            else:
+                entry = _tensor_view(problem, name, polished, fixed)
+                if entry is None:
+                    return None
+                a_norm = old[2] if old is not None else float(torch.linalg.vector_norm(
+                    problem.params_a[name].detach().cpu(), dtype=torch.float64) ** 2)
+            tensors.append(entry)
+            keys.append(key)
+            a_norms.append(a_norm)
+            for pos, (_, spans) in enumerate(entry[2]):
                 for sp, role, start, stop in spans:
                     parts[sp].append((len(tensors) - 1, pos, (start, stop), role))
-        return cls(tensors, parts, {s: problem.sizes[s][1] for s in spaces})
+        return cls(tensors, parts, {s: problem.sizes[s][1] for s in spaces}, names, keys, a_norms)
+
+    def tensor_objectives(self, scales: dict) -> dict[str, float]:
+        """``J_p = ‖A_p − w∘B̃_p‖² = ‖A_p‖² − 2⟨E, w⟩ + ⟨F, w²⟩`` of every tensor under ``scales``."""
+        return {name: a_norm + sum(f - 2 * e for e, f, _ in blocks)
+                for name, a_norm, blocks in zip(self.names, self.a_norms, self._blocks_by_tensor(scales, True))}
 
     def terms(self, space: str, scales: dict, cross: bool = True) -> dict:
         """``α, β, γ, δ, ζ, ε`` (float64 numpy, one per unit) of ``space`` for the other spaces' ``scales``
@@ -144,9 +141,13 @@ class ScaleViews:
         """``J − Σ‖A‖² = Σ_b (−2 e_b m_b + f_b m_b²)`` with ``m_b = Π_s λ_s^{k_s}`` when every space's scales are
         multiplied by ``λ_s``: ``(e_b, f_b, {space: k_s})`` per block of every tensor (one span per polished
         axis; ``k``: ``out`` 1, ``in`` −1, ``var`` 2; ``e_b = 0`` without ``cross``)."""
+        return [b for blocks in self._blocks_by_tensor(scales, cross) for b in blocks]
+
+    def _blocks_by_tensor(self, scales: dict, cross: bool) -> list[list[tuple[float, float, dict]]]:
         out = []
         for (e_, f_, axes), combos in zip(self.tensors, self._block_plan()):
             fulls = [_weights(size, spans, scales) for size, spans in axes]
+            mine = []
             for picks, k in combos:
                 x, y = e_, f_
                 for i in range(len(picks) - 1, -1, -1):  # contract the last axis first
@@ -159,7 +160,8 @@ class ScaleViews:
                     else:  # the rest of the axis: factor 1 there
                         w = pick
                     x, y = (x @ w if cross else x), y @ (w * w)
-                out.append((float(x) if cross else 0.0, float(y), k))
+                mine.append((float(x) if cross else 0.0, float(y), k))
+            out.append(mine)
         return out
 
     def _block_plan(self) -> list:
@@ -186,6 +188,51 @@ class ScaleViews:
                     combos.append(([pick for pick, _ in combo], k))
                 self._plan.append(combos)
         return self._plan
+
+
+def _tensor_view(problem, name: str, polished: set, fixed: dict):
+    """``(E, F, [(axis size, spans)…])`` of one tensor (:class:`ScaleViews`), or ``None`` where a polished
+    space meets it twice or a repeated polished edge shares its axis."""
+    gb = problem.graph_b
+    b, a = problem.params_b[name], problem.params_a[name]
+    by_axis = defaultdict(list)
+    for e in gb.edges_of(name):
+        if e.space in fixed:
+            by_axis[e.axis % b.dim()].append(e)
+    axes = []  # (axis, size, [(space, role, start, stop)…]) of the axes a polished space indexes
+    repeats = {}  # axis → (count, block) of a repeated polished edge (the axis's only edge)
+    for ax, group in sorted(by_axis.items()):
+        mine = [(e.space, e.role, *e.span(b.shape[ax])) for e in group if e.space in polished]
+        rep = [e.repeat for e in group if e.space in polished and e.repeat is not None]
+        if rep:
+            if len(group) > 1 or group[0].span(b.shape[ax]) != (0, b.shape[ax]):
+                return None  # a repeated edge beside others on one axis: use the per-space path
+            repeats[ax] = rep[0]
+        if mine:
+            axes.append((ax, b.shape[ax], sorted(mine, key=lambda x: x[2])))
+        b = apply_axis(b, ax, group, fixed)
+    met = [sp for _, _, spans in axes for sp, *_ in spans]
+    if len(set(met)) < len(met):
+        return None  # a space met twice (tied axis): use the per-space path
+    for ax in sorted(repeats, reverse=True):  # the copies become one more free axis, before the units
+        a, b = split_copies(a, ax, *repeats[ax]), split_copies(b, ax, *repeats[ax])
+    shift = lambda ax: ax + sum(r <= ax for r in repeats)  # noqa: E731
+    axes = [(shift(ax), size // repeats[ax][0], [(sp, role, 0, size // repeats[ax][0]) for sp, role, *_ in spans])
+            if ax in repeats else (shift(ax), size, spans) for ax, size, spans in axes]
+    free = [ax for ax in range(b.dim()) if ax not in {x for x, _, _ in axes}]
+    a64, b64 = a.detach().cpu().double(), b.detach().cpu().double()
+    e_ = ((a64 * b64).sum(free) if free else a64 * b64).numpy()
+    f_ = ((b64 * b64).sum(free) if free else b64 * b64).numpy()
+    return e_, f_, [(size, spans) for _, size, spans in axes]
+
+
+def _same_inputs(old: tuple, new: tuple) -> bool:
+    """Whether two build keys name the same inputs: equal gathers of the polished spaces, the same other
+    elements."""
+    return len(old) == len(new) and all(
+        s0 == s1 and (x0 is x1 or (isinstance(x0, torch.Tensor) and isinstance(x1, torch.Tensor)
+                                   and x0.shape == x1.shape and torch.equal(x0, x1)))
+        for (s0, x0), (s1, x1) in zip(old, new))
 
 
 _EXPONENT = {Role.OUT: 1, Role.IN: -1, Role.VAR: 2}
@@ -249,16 +296,19 @@ def multipliers(views: ScaleViews, scales: dict, spaces: list[str], threshold: f
     return 0.0
 
 
-def polish_scales(problem, matcher, spaces, transforms, threshold) -> None:
+def polish_scales(problem, matcher, spaces, transforms, threshold, previous: ScaleViews | None = None
+                  ) -> tuple[ScaleViews, dict[str, float]] | None:
     """The positive scales alone, each space's gather kept, until a pass lowers ``J`` by no step of more
     than ``threshold``: the best multiplier per space (:func:`multipliers`), then each space's exact
-    per-unit scales (``n`` scalar problems, :class:`ScaleViews` mat-vecs) forward and backward over
-    ``spaces``; ``J`` never increases. Per-space views (:func:`~solvers.subproblems.rescale`) where
-    :class:`ScaleViews` does not apply."""
+    per-unit scales (``n`` scalar problems, :class:`ScaleViews` mat-vecs) colour class by colour class,
+    forward and backward; ``J`` never increases. Returns the views (``previous`` for the next call: tensors
+    whose gathers did not move keep their sums) and ``J_p`` of each tensor they cover under the final
+    scales; ``None`` where they do not apply (then per-space views, :func:`~solvers.subproblems.rescale`)."""
     spaces = [s for s in spaces if isinstance(transforms[s], GatherElement) and transforms[s].bijective]
-    views = ScaleViews.build(problem, spaces, transforms) if spaces else None
+    views = ScaleViews.build(problem, spaces, transforms, previous) if spaces else None
     if views is None:
-        return _polish_per_space(matcher, spaces, transforms, threshold)
+        _polish_per_space(matcher, spaces, transforms, threshold)
+        return None
     scales = {s: transforms[s].scales()[0].numpy().copy() for s in spaces}
     colours, changed = views.colours(spaces), set()
     for k in range(MAX_SWEEPS):
@@ -275,6 +325,7 @@ def polish_scales(problem, matcher, spaces, transforms, threshold) -> None:
             break
     for s in changed:
         transforms[s] = GatherElement.monomial(transforms[s].index, torch.from_numpy(scales[s]))
+    return views, views.tensor_objectives(scales)
 
 
 def _solve_colour(views: ScaleViews, group: list[str], scales: dict):

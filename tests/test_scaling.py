@@ -445,3 +445,29 @@ def test_colour_classes_share_no_tensor():
         for name in problem.params_a:
             met = {e.space for e in graph.edges_of(name)} & set(group)
             assert len(met) <= 1, (name, met)
+
+
+def test_views_reused_from_a_previous_build_equal_fresh_ones_and_give_each_tensors_j():
+    """A rebuild after one space's permutation moved keeps the sums of tensors that space does not touch and
+    recomputes the others: the same E, F as a fresh build; each tensor's J_p from the views equals the
+    problem's objective over that tensor."""
+    graph, a = _squeeze_pair()
+    b = {k: v + 0.3 * torch.randn_like(v) for k, v in a.items()}
+    problem = solvers.make_problem(graph, a, b, classes="permutation_scaling")
+    tr = _random_monomials(problem, 0)
+    first = ScaleViews.build(problem, problem.spaces, tr)
+    moved_space = problem.spaces[1]
+    n = problem.sizes[moved_space][1]
+    moved = dict(tr)
+    moved[moved_space] = GatherElement.monomial(torch.roll(tr[moved_space].index, 1), tr[moved_space].scales()[0])
+    reused = ScaleViews.build(problem, problem.spaces, moved, first)
+    fresh = ScaleViews.build(problem, problem.spaces, moved)
+    touched = {e.parameter for e in graph.edges_at(moved_space)}
+    assert n > 1 and touched and set(reused.names) > touched
+    for name, (e1, f1, _), (e0, f0, _), (e2, f2, _) in zip(reused.names, reused.tensors, first.tensors, fresh.tensors):
+        np.testing.assert_array_equal(e1, e2)
+        np.testing.assert_array_equal(f1, f2)
+        assert (e1 is e0) == (name not in touched), name  # kept exactly where nothing moved
+    scales = {s: moved[s].scales()[0].numpy() for s in problem.spaces}
+    for name, value in reused.tensor_objectives(scales).items():
+        assert value == pytest.approx(problem.objective(TransformSet(moved), (name,)), rel=1e-10, abs=1e-10), name

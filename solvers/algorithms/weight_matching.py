@@ -187,8 +187,9 @@ class WeightMatching(Solver):
             transforms = candidate
             history.append(value)
         threshold = tol * max(history[0], 1e-300) if history else 0.0
+        polish = _MonomialDescent(problem, matcher, objective)
         if scaled and not rebasin and history:
-            _monomial_descent(problem, matcher, scaled, transforms, threshold, backend)
+            polish(scaled, transforms, threshold)
         status, iterations, skipped, certified = "max_iter", 0, 0, 0
         for it in range(int(max_iter)):
             iterations = it + 1
@@ -209,7 +210,7 @@ class WeightMatching(Solver):
                 changed = any(transforms[s] is not el for s, el in zip(spaces, before))
                 log.record(u, transforms, not changed or (not coupled[u] and _ignores_current(classes[0])))
             if progress and scaled and not rebasin:
-                _monomial_descent(problem, matcher, scaled, transforms, threshold, backend)
+                polish(scaled, transforms, threshold)
             trim()
             history.append(objective(transforms))
             if not progress:
@@ -307,11 +308,23 @@ class WeightMatching(Solver):
         return settled
 
 
-def _monomial_descent(problem, matcher, spaces, transforms, threshold, backend) -> None:
+class _MonomialDescent:
     """Between full sweeps: the positive scales alone, every gather (permutation) kept
-    (:func:`~solvers.scale_descent.polish_scales`), ``J`` never increasing. The full sweep that follows
-    (the exact ``D P`` subproblem of every space) moves the permutations — or certifies the fixed point."""
-    polish_scales(problem, matcher, spaces, transforms, threshold)
+    (:func:`~solvers.scale_descent.polish_scales`), ``J`` never increasing; the views of one call are handed
+    to the next (tensors whose gathers did not move keep their sums), and the tensors' ``J_p`` under the
+    polished scales go to ``objective`` (no second pass over them). The full sweep that follows (the exact
+    ``D P`` subproblem of every space) moves the permutations — or certifies the fixed point."""
+
+    def __init__(self, problem, matcher, objective):
+        self.problem, self.matcher, self.objective = problem, matcher, objective
+        self.views = None
+
+    def __call__(self, spaces, transforms, threshold) -> None:
+        out = polish_scales(self.problem, self.matcher, spaces, transforms, threshold, self.views)
+        self.views = None if out is None else out[0]
+        if out is not None and hasattr(self.objective, "prefill"):
+            for name, value in out[1].items():
+                self.objective.prefill(name, transforms, value)
 
 
 def _nothing() -> None:
