@@ -393,11 +393,12 @@ def _least_norm_scales(beta: np.ndarray, delta: np.ndarray, eps: np.ndarray) -> 
 
 
 def staged_start(solve, problem, transforms: dict, scaled: list[str], **options):
-    """``(candidate transforms, their J)``: the problem solved with ``Permutation`` at its
+    """``(candidate transforms, their J, (views, J_p per tensor) or None)``: the problem solved with ``Permutation`` at its
     ``PermutationScaling`` spaces (``solve``: the weight-matching solver's ``solve``, ``options`` its
     options) on B balanced at the scaled spaces (module doc) and in float32 (a start: the float64 ``D P``
     sweeps that follow decide), the scales put back as ``T = D P D_bal``; on B as it is where balancing
-    does not apply (``init`` given, widths changing, a tied axis)."""
+    does not apply (``init`` given, widths changing, a tied axis). ``J`` of the candidate comes from its
+    :class:`ScaleViews` (which the first polish then reuses) and the objective of the tensors they miss."""
     classes = {s: Permutation() if isinstance(c, PermutationScaling) else c for s, c in problem.classes.items()}
     square = all(problem.sizes[s][0] == problem.sizes[s][1] for s in scaled)
     scales = (balanced_scales(problem, scaled, transforms) if problem.init is None and not problem.lazy and square
@@ -415,9 +416,15 @@ def staged_start(solve, problem, transforms: dict, scaled: list[str], **options)
             for s, c in scales.items():  # (D P · D_bal B)[j] = d[j] c[π(j)] B[π(j)]
                 el = candidate[s]
                 candidate[s] = GatherElement.monomial(el.index, c[el.index] * el.scales()[0])
-            return candidate, problem.objective(TransformSet(candidate))
+            views = ScaleViews.build(problem, list(scales), candidate)
+            if views is None:
+                return candidate, problem.objective(TransformSet(candidate)), None
+            terms = views.tensor_objectives({s: candidate[s].scales()[0].numpy() for s in scales})
+            rest = [name for name in problem.params_a if name not in terms]
+            value = sum(terms.values()) + (problem.objective(TransformSet(candidate), rest) if rest else 0.0)
+            return candidate, value, (views, terms)
     first = solve(dataclasses.replace(problem, classes=classes), **options)
-    return dict(first.transforms), first.objective_after
+    return dict(first.transforms), first.objective_after, None
 
 
 def _cast(params: dict, dtype: torch.dtype) -> dict:

@@ -175,9 +175,11 @@ class WeightMatching(Solver):
                   if not c and isinstance(problem.classes[u[0]], (PositiveScaling, PermutationScaling))]
         staged = start == "forward" and not rebasin and any(isinstance(problem.classes[s], PermutationScaling)
                                                              for s in scaled)
+        polish = _MonomialDescent(problem, matcher, objective)
+        seeded = None
         if staged:  # permutations first on balanced B (solvers.scale_descent), their scales next, then D P
-            candidate, value = staged_start(self.solve, problem, transforms, scaled, mode=mode, max_iter=max_iter,
-                                            tol=tol, backend=backend, start=start)
+            candidate, value, seeded = staged_start(self.solve, problem, transforms, scaled, mode=mode,
+                                                    max_iter=max_iter, tol=tol, backend=backend, start=start)
         elif start == "forward":
             candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled, objective, trim,
                                       stable)
@@ -186,8 +188,9 @@ class WeightMatching(Solver):
         if start == "forward" and (objective_before is None or value < objective_before):
             transforms = candidate
             history.append(value)
+            if seeded is not None:  # the candidate's views and tensor terms: the first polish starts from them
+                polish.seed(transforms, *seeded)
         threshold = tol * max(history[0], 1e-300) if history else 0.0
-        polish = _MonomialDescent(problem, matcher, objective)
         if scaled and not rebasin and history:
             polish(scaled, transforms, threshold)
         status, iterations, skipped, certified = "max_iter", 0, 0, 0
@@ -319,12 +322,21 @@ class _MonomialDescent:
         self.problem, self.matcher, self.objective = problem, matcher, objective
         self.views = None
 
+    def seed(self, transforms, views, terms: dict) -> None:
+        """Views built elsewhere under ``transforms`` (the staged start's) and their tensors' ``J_p``."""
+        self.views = views
+        self._prefill(transforms, terms)
+
+    def _prefill(self, transforms, terms: dict) -> None:
+        if hasattr(self.objective, "prefill"):
+            for name, value in terms.items():
+                self.objective.prefill(name, transforms, value)
+
     def __call__(self, spaces, transforms, threshold) -> None:
         out = polish_scales(self.problem, self.matcher, spaces, transforms, threshold, self.views)
         self.views = None if out is None else out[0]
-        if out is not None and hasattr(self.objective, "prefill"):
-            for name, value in out[1].items():
-                self.objective.prefill(name, transforms, value)
+        if out is not None:
+            self._prefill(transforms, out[1])
 
 
 def _nothing() -> None:
