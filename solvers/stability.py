@@ -43,13 +43,14 @@ class StableAssignments:
         self.problem, self.matcher = problem, matcher
         self.reads = reads
         dense = {s for s, c in problem.classes.items() if isinstance(c, Orthogonal)}
-        self.eligible = [u for u, spaces in enumerate(units)
-                         if not problem.lazy and len(spaces) == 1 and not coupled[u] and _plain_permutation(problem.classes[spaces[0]])
+        self.eligible = {u for u, spaces in enumerate(units)
+                         if not problem.lazy and len(spaces) == 1 and not coupled[u]
+                         and _plain_permutation(problem.classes[spaces[0]])
                          and problem.sizes[spaces[0]][0] == problem.sizes[spaces[0]][1]
                          and any(s in dense for s in reads[u])
-                         and all(linear_classes(problem.classes[s]) for s in reads[u] if s in problem.classes)]
+                         and all(linear_classes(problem.classes[s]) for s in reads[u] if s in problem.classes)}
         self._last: dict[int, tuple[float, dict]] = {}  # unit → (margin, elements read at that visit)
-        self._edges: dict[int, list] = {}  # unit → per edge (max ‖a_j‖ · max ‖b_i‖, k, {axis: space})
+        self._edges: dict[int, list] = {}  # unit → per edge (max ‖a_j‖ · max ‖b_i‖, k, {axis: (space, role)})
 
     @property
     def active(self) -> bool:
