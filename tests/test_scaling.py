@@ -285,18 +285,24 @@ def _random_monomials(problem, seed):
             for s in problem.spaces}
 
 
-@pytest.mark.parametrize("net", ["mlp", "squeeze"])
-def test_scale_views_equal_per_space_terms_and_objective(net):
-    """Every space's scale terms from the views (split axes of a concatenation included) equal those of
-    the per-space subproblem; the per-block sums give J's change under per-space multipliers exactly."""
+def _scaling_problem(net: str, widths: list[int]):
+    """``(graph, problem)`` for ``PermutationScaling``: two seeds of an MLP of ``widths``, or the convnet with
+    concatenations and a noisy copy of it (float64)."""
     if net == "mlp":
-        arch = architectures.mlp([7, 9, 8, 3])
+        arch = architectures.mlp(widths)
         graph, a = arch.graph, {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
         b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
     else:
         graph, a = _squeeze_pair()
         b = {k: v + 0.3 * torch.randn_like(v) for k, v in a.items()}
-    problem = solvers.make_problem(graph, a, b, classes="permutation_scaling")
+    return graph, solvers.make_problem(graph, a, b, classes="permutation_scaling")
+
+
+@pytest.mark.parametrize("net", ["mlp", "squeeze"])
+def test_scale_views_equal_per_space_terms_and_objective(net):
+    """Every space's scale terms from the views (split axes of a concatenation included) equal those of
+    the per-space subproblem; the per-block sums give J's change under per-space multipliers exactly."""
+    graph, problem = _scaling_problem(net, [7, 9, 8, 3])
     assert net == "mlp" or any(e.slice is not None for s in problem.spaces for e in graph.edges_at(s))
     tr = _random_monomials(problem, 1)
     views = ScaleViews.build(problem, problem.spaces, tr)
@@ -411,14 +417,7 @@ def test_streamed_permutation_scaling_visit_equals_the_in_memory_one(net):
     sums kept between visits) it gives the element, the scale terms and the loss change of the visit
     that holds the tensors."""
     from solvers.subproblems import gain, solve_local
-    if net == "mlp":
-        arch = architectures.mlp([30, 9, 8, 20])  # the classifier's 20 outputs: a fixed edge of the last space
-        graph, a = arch.graph, {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
-        b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
-    else:
-        graph, a = _squeeze_pair()
-        b = {k: v + 0.3 * torch.randn_like(v) for k, v in a.items()}
-    problem = solvers.make_problem(graph, a, b, classes="permutation_scaling")
+    _, problem = _scaling_problem(net, [30, 9, 8, 20])  # the classifier's 20 outputs: a fixed edge of the last space
     matcher, tr = Matcher(problem), _random_monomials(problem, 3)
     assert any(matcher.fixed[s] for s in problem.spaces)
     for s in problem.spaces:
