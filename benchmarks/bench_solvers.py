@@ -38,7 +38,7 @@ import architectures  # noqa: E402
 import solvers  # noqa: E402
 import solvers.algorithms.weight_matching as wm  # noqa: E402
 from solvers import memory  # noqa: E402
-from solvers.local import Matcher, search_units  # noqa: E402
+from solvers.matcher import Matcher, search_units  # noqa: E402
 from solvers.memory import release_free_memory  # noqa: E402
 from symmetries import HeadStructured, Permutation, apply, random_transforms  # noqa: E402
 from symmetries.assignment import backends, default_backend, solve_assignment  # noqa: E402

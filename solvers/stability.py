@@ -26,7 +26,7 @@ from symmetries.classes import HeadStructured, Orthogonal, Permutation
 from symmetries.elements import DenseElement, GatherElement
 from symmetries.roles import Role
 
-from solvers.local import Matcher
+from solvers.matcher import Matcher
 from solvers.subproblems import linear_classes, subproblem
 
 __all__ = ["StableAssignments"]

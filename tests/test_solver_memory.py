@@ -47,7 +47,7 @@ def test_a_streamed_alignment_trims_per_tensor_and_writes_the_same(tmp_path, mon
     edge's read and each written tensor; with trimming off the written checkpoint is bit for bit the same."""
     from safetensors.torch import load_file, save_file
 
-    import solvers.local
+    import solvers.matcher
     from symmetries.checkpoints import align_checkpoints
 
     arch = architectures.gpt2(40, 8, 16, 4, 2)
@@ -62,11 +62,11 @@ def test_a_streamed_alignment_trims_per_tensor_and_writes_the_same(tmp_path, mon
     def counted():
         calls.append(1)
         return real()
-    monkeypatch.setattr(solvers.local, "release_free_memory", counted)
+    monkeypatch.setattr(solvers.matcher, "release_free_memory", counted)
     on = align_checkpoints(tmp_path / "a", tmp_path / "b", tmp_path / "on", arch)
     edges = sum(1 for _ in arch.graph.edges())
     assert len(calls) >= edges  # every edge of the first visits at least
-    monkeypatch.setattr(solvers.local, "release_free_memory", lambda: False)
+    monkeypatch.setattr(solvers.matcher, "release_free_memory", lambda: False)
     off = align_checkpoints(tmp_path / "a", tmp_path / "b", tmp_path / "off", arch)
     assert on["solution"].history == off["solution"].history
     got, want = load_file(tmp_path / "on" / "model.safetensors"), load_file(tmp_path / "off" / "model.safetensors")

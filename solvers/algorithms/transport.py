@@ -33,7 +33,7 @@ from symmetries.transforms import TransformSet
 from solvers.errors import SolverInputError, UnsupportedClassError
 from solvers.registry import Solver, register
 from solvers.solution import Solution
-from solvers.local import Matcher, search_units
+from solvers.matcher import Matcher, search_units
 
 __all__ = ["OptimalTransport", "fuse"]
 

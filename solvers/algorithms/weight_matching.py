@@ -30,7 +30,8 @@ from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError
 from solvers import memory
-from solvers.local import Matcher, inner_product, search_units
+from solvers.local import inner_product
+from solvers.matcher import Matcher, search_units
 from solvers.reuse import TensorObjective, VisitLog
 from solvers.stability import StableAssignments
 from solvers.scale_descent import polish_scales, staged_start
