@@ -44,6 +44,14 @@ class TensorObjective:
             total += hit[1]
         return total
 
+    def holds(self, name: str, transforms: Mapping[str, Element]) -> bool:
+        """Whether tensor ``name``'s ``J_p`` under ``transforms`` is cached already."""
+        hit = self._cache.get(name)
+        if hit is None or name not in self.reads:
+            return False
+        key = tuple(self._acting(s, transforms) for s in self.reads[name])
+        return len(hit[0]) == len(key) and all(x is y for x, y in zip(hit[0], key))
+
     def prefill(self, name: str, transforms: Mapping[str, Element], value: float) -> None:
         """Note ``value`` as tensor ``name``'s ``J_p`` under ``transforms`` (computed by the caller from the
         same elements, e.g. from a visit's rows: ``‖A_e − T·B_e‖²``)."""

@@ -377,8 +377,10 @@ def _index_form(cls) -> bool:
 
 def _note_terms(objective, keep, transforms) -> None:
     """Hand ``objective`` each kept tensor's term ``‖A_e − T·B_e‖²`` under ``transforms`` (B's rows already
-    carry the other spaces' elements)."""
+    carry the other spaces' elements) — unless it holds that term already (the visit kept its element)."""
     for space, edge, a, b in keep or ():
+        if objective.holds(edge.parameter, transforms):
+            continue
         diff = a - transforms[space].act(b, edge.role)
         objective.prefill(edge.parameter, transforms, float(torch.linalg.vector_norm(diff, dtype=torch.float64) ** 2))
         del diff
