@@ -40,7 +40,8 @@ from solvers.scaling import best_scale, scale_loss
 from solvers.splits import split_update
 
 __all__ = ["solve_local", "subproblem", "has_subproblem", "subproblem_classes", "solve_heads", "solve_block",
-           "linear_classes", "streamed_classes", "scale_grid_class", "gain", "score_matrices", "sylvester_psd", "head_blocks", "rescale", "scaling_loss"]
+           "linear_classes", "streamed_classes", "scale_grid_class", "gain", "score_matrices", "sylvester_psd",
+           "head_blocks", "rescale", "scaling_loss"]
 
 OUT, IN, VAR = Role.OUT, Role.IN, Role.VAR
 
@@ -53,7 +54,7 @@ def linear_classes(cls: SymmetryClass) -> bool:
 def streamed_classes(cls: SymmetryClass) -> bool:
     """Classes whose built-in subproblem reads only ``Σ_e A_e B_eᵀ`` per role (and B's row norms): the
     norm-keeping ones, and ``D P`` (its ``n × n`` scale terms, :func:`_scale_terms`) — their visits may
-    stream the tensors (:meth:`~solvers.local.Matcher.local` ``stream=True``, with ``norms`` for ``D P``)."""
+    stream the tensors (:meth:`~solvers.matcher.Matcher.local` ``stream=True``, with ``norms`` for ``D P``)."""
     return linear_classes(cls) or scale_grid_class(cls)
 
 
