@@ -49,7 +49,8 @@ class CrossCache:
         self.min_depth = min_depth
         self.used = 0
         self._entries: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}
-        self.stats = {"whole": 0, "updated": 0, "reused": 0}
+        self._work: dict[tuple, int] = {}  # per entry: the multiply-adds of recomputing it whole
+        self.stats = {"whole": 0, "updated": 0, "reused": 0, "evicted": 0}
 
     def eligible(self, shape_b: tuple[int, ...], eb, other_axes: dict, transforms: dict, m: int,
                  n: int) -> int | None:
@@ -91,17 +92,39 @@ class CrossCache:
                 self.stats["updated"] += 1
                 return product
         b_rows = unit_rows(apply_axis(b_t, ax, group, transforms), eb, n)
-        product = unit_rows(a_t, ea, m) @ b_rows.T
-        del b_rows
+        a_rows = unit_rows(a_t, ea, m)
+        product = a_rows @ b_rows.T
+        work = a_rows.shape[0] * a_rows.shape[1] * b_rows.shape[0]  # multiply-adds a recomputation costs
+        del b_rows, a_rows
         size = product.numel() * product.element_size()
         if hit is not None:
             self.used -= hit[1].numel() * hit[1].element_size()
             del self._entries[key]
+            self._work.pop(key, None)
+        if self.used + size > self.budget:
+            self._make_room(size, work)
         if self.used + size <= self.budget:
             self._entries[key] = (sigma, product, 0)
+            self._work[key] = work
             self.used += size
         self.stats["whole"] += 1
         return product
+
+    def _make_room(self, size: int, work: int) -> None:
+        """Drop kept products that are cheaper to recompute than the new one (least work first) when that
+        frees room for it; else drop nothing. VGG's 4096 × 4096 classifier product (4·10¹¹ multiply-adds) thus
+        takes the place of a 512-wide conv's (2·10⁹) that came first."""
+        victims, free = [], self.budget - self.used
+        for w, key in sorted((w, k) for k, w in self._work.items() if w < work):
+            if free >= size:
+                break
+            victims.append(key)
+            free += self._entries[key][1].numel() * self._entries[key][1].element_size()
+        if free >= size:
+            for key in victims:
+                self.used -= self._entries[key][1].numel() * self._entries[key][1].element_size()
+                del self._entries[key], self._work[key]
+                self.stats["evicted"] += 1
 
 
 def _pure_gather(el) -> bool:

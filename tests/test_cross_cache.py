@@ -129,3 +129,25 @@ def test_a_large_problem_keeps_only_deep_edges(monkeypatch):
     problem = _problem(architectures.mlp([6, 16, 16, 5]))
     matcher = Matcher(problem)
     assert matcher.cache is None or matcher.cache.min_depth == cross_cache.MIN_DEPTH
+
+
+def test_a_full_budget_gives_way_to_a_product_that_costs_more_to_recompute():
+    """The budget holds one product: a later product whose recomputation costs more multiply-adds takes the
+    place of a cheaper one (VGG's classifier after a conv); a cheaper one never pushes out a costlier."""
+    graph = architectures.from_module(ConvFlat().double(), torch.zeros(1, 2, 7, 7, dtype=torch.float64))
+    problem = _problem(graph, module=ConvFlat)
+    out_space = {e.parameter: e.space for s in problem.spaces for e in graph.edges_at(s) if e.axis == 0}
+    conv, fc = out_space["c1.weight"], out_space["f1.weight"]  # 6 units reading c2's 5 × 9; 4 reading 5 × 9
+    transforms = {s: GatherElement.identity(problem.sizes[s][1]) for s in problem.spaces}
+    budget = 6 * 6 * 8  # the conv space's product, float64; the fc space's (4 × 4) is cheaper to recompute
+
+    def run(order):
+        matcher = Matcher(problem)
+        matcher.cache = cross_cache.CrossCache(budget, min_depth=1)
+        for space in order:
+            matcher.local(space, transforms, stream=True)
+        return {key[0] for key in matcher.cache._entries}, matcher.cache.stats["evicted"]
+
+    assert run([fc]) == ({fc}, 0)  # it fits alone
+    assert run([fc, conv]) == ({conv}, 1)
+    assert run([conv, fc]) == ({conv}, 0)
