@@ -26,6 +26,8 @@ __all__ = ["Matcher", "search_units", "KEEP_BYTES"]
 
 #: Most bytes of B rows :meth:`Matcher.local` keeps for its caller in one call (``keep=``).
 KEEP_BYTES = 1 << 27
+#: Fixed edges narrower than the space are summed once only if they hold at least this many columns.
+FIXED_MIN_COLS = 64
 
 
 class Matcher:
@@ -77,7 +79,7 @@ class Matcher:
                 seen[key] = len(pairs)
                 pairs.append((ea, eb))
             self.edges[space] = pairs
-            self.fixed[space] = self._fixed_edges(pairs, max(m, n))
+            self.fixed[space] = self._fixed_edges(pairs, m, n)
             for ea, _ in pairs:
                 if ea.parameter not in self.chunks:
                     step = row_chunk(ga, ea.parameter, problem.shape(ea.parameter, "a"))
@@ -95,12 +97,13 @@ class Matcher:
         size = torch.empty((), dtype=problem.dtype).element_size()
         return max((m * n * size for m, n in problem.sizes.values()), default=0)
 
-    def _fixed_edges(self, pairs, width: int) -> tuple[int, ...]:
+    def _fixed_edges(self, pairs, m: int, n: int) -> tuple[int, ...]:
         """The edges meeting tensors on which no other axis is searched (an embedding, a first layer, a
         classifier read by the last layer): their sums ``Σ A_e B_eᵀ`` (and B's row norms) never change, and a
         streamed Local starts from them, once computed — summed first, in edge order, on every visit alike.
-        None unless those tensors have at least ``width`` columns in all (the cached ``m × n`` sums must save
-        more than they hold)."""
+        None unless the cached ``m × n`` sums save more than they hold: those tensors have at least
+        ``max(m, n)`` columns in all, or at least :data:`FIXED_MIN_COLS` and the sums fit in
+        :data:`~solvers.cross_cache.SMALL_BYTES` (ResNeXt's 2048-wide last stage read by a 1000-class head)."""
         fixed, cols = [], 0
         for i, (_, eb) in enumerate(pairs):
             shape = self.problem.shape(eb.parameter, "b")
@@ -109,7 +112,9 @@ class Matcher:
                 continue
             fixed.append(i)
             cols += math.prod(shape) // max(shape[eb.axis], 1)
-        return tuple(fixed) if cols >= width else ()
+        size = torch.empty((), dtype=self.problem.dtype).element_size()
+        small = cols >= FIXED_MIN_COLS and m * n * size <= cross_cache.SMALL_BYTES
+        return tuple(fixed) if cols >= max(m, n) or small else ()
 
     def a_row(self, space: str, i: int) -> torch.Tensor:
         """A's rows of the space's ``i``-th edge (kept in memory, or read now for a lazy problem)."""

@@ -156,3 +156,16 @@ def test_fixed_edges_after_searched_ones_are_cached_too():
     loc = matcher.local(last, transforms, stream=True, norms=True)
     with pytest.raises(ValueError, match="row norms"):
         loc.row_norms(Role.OUT, "a")
+
+
+def test_a_narrower_fixed_edge_is_cached_only_where_it_pays():
+    """A 100-class head read by a 128-wide last layer: fewer columns than the width, but enough, and the sum
+    is small — kept; a 10-class head — not (an m × n sum per visit would cost what it saves)."""
+    for classes, kept in ((100, True), (10, False)):
+        arch = architectures.mlp([6, 128, classes])
+        a, b = (_double(arch.module(seed=k).state_dict()) for k in (0, 1))
+        problem = solvers.make_problem(arch.graph, a, b)
+        matcher = Matcher(problem)
+        (space,) = problem.spaces
+        head = [i for i, (ea, _) in enumerate(matcher.edges[space]) if ea.role is Role.IN]
+        assert bool(head) and (set(head) <= set(matcher.fixed[space])) == kept, classes
