@@ -96,9 +96,9 @@ class CrossCache:
         product = a_rows @ b_rows.T
         work = a_rows.shape[0] * a_rows.shape[1] * b_rows.shape[0]  # multiply-adds a recomputation costs
         del b_rows, a_rows
-        size = product.numel() * product.element_size()
+        size = _nbytes(product)
         if hit is not None:
-            self.used -= hit[1].numel() * hit[1].element_size()
+            self.used -= _nbytes(hit[1])
             del self._entries[key]
             self._work.pop(key, None)
         if self.used + size > self.budget:
@@ -119,12 +119,16 @@ class CrossCache:
             if free >= size:
                 break
             victims.append(key)
-            free += self._entries[key][1].numel() * self._entries[key][1].element_size()
+            free += _nbytes(self._entries[key][1])
         if free >= size:
             for key in victims:
-                self.used -= self._entries[key][1].numel() * self._entries[key][1].element_size()
+                self.used -= _nbytes(self._entries[key][1])
                 del self._entries[key], self._work[key]
                 self.stats["evicted"] += 1
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _pure_gather(el) -> bool:

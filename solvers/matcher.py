@@ -47,12 +47,13 @@ class Matcher:
         self._fixed_acc: dict[str, tuple[dict, dict]] = {}  # their sums and B row norms per role, once computed
         #: products kept between visits (solvers.cross_cache); None: off
         self.cache = None
-        size = torch.empty((), dtype=problem.dtype).element_size()
+        self.itemsize = size = torch.empty((), dtype=problem.dtype).element_size()
         every = sum(len(problem.graph_b.edges_at(s)) * m * n * size for s, (m, n) in problem.sizes.items())
         if 0 < every <= cross_cache.SMALL_BYTES:  # every product fits: kept at any depth
             self.cache = cross_cache.CrossCache(every, min_depth=1)
-        else:
-            budget = min(cross_cache.CACHE_BYTES, problem_bytes(problem) // 8, self._largest_score(problem))
+        else:  # at most the bytes of the largest m × n score a visit builds anyway, and an eighth of the models
+            budget = min(cross_cache.CACHE_BYTES, problem_bytes(problem) // 8,
+                         max((m * n * size for m, n in problem.sizes.values()), default=0))
             if budget > 0:
                 self.cache = cross_cache.CrossCache(budget)
         for space in problem.spaces:
@@ -90,13 +91,6 @@ class Matcher:
             for i, (ea, _) in enumerate(pairs):
                 self.a_rows[(space, i)] = _rows(problem.params_a[ea.parameter], ea, m)
 
-    @staticmethod
-    def _largest_score(problem) -> int:
-        """Bytes of the largest ``m × n`` score a visit builds: what the products kept may hold in all (a solve
-        that builds that score anyway can keep that much more)."""
-        size = torch.empty((), dtype=problem.dtype).element_size()
-        return max((m * n * size for m, n in problem.sizes.values()), default=0)
-
     def _fixed_edges(self, pairs, m: int, n: int) -> tuple[int, ...]:
         """The edges meeting tensors on which no other axis is searched (an embedding, a first layer, a
         classifier read by the last layer): their sums ``Σ A_e B_eᵀ`` (and B's row norms) never change, and a
@@ -112,8 +106,7 @@ class Matcher:
                 continue
             fixed.append(i)
             cols += math.prod(shape) // max(shape[eb.axis], 1)
-        size = torch.empty((), dtype=self.problem.dtype).element_size()
-        small = cols >= FIXED_MIN_COLS and m * n * size <= cross_cache.SMALL_BYTES
+        small = cols >= FIXED_MIN_COLS and m * n * self.itemsize <= cross_cache.SMALL_BYTES
         return tuple(fixed) if cols >= max(m, n) or small else ()
 
     def a_row(self, space: str, i: int) -> torch.Tensor:

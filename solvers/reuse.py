@@ -37,7 +37,7 @@ class TensorObjective:
         for name, spaces in self.reads.items():
             key = tuple(self._acting(s, transforms) for s in spaces)
             hit = self._cache.get(name)
-            if hit is None or len(hit[0]) != len(key) or any(x is not y for x, y in zip(hit[0], key)):
+            if not _same_key(hit, key):
                 used = TransformSet({s: el for s, el in zip(spaces, key) if el is not None})
                 hit = (key, self.problem.objective(used, (name,)))
                 self._cache[name] = hit
@@ -46,11 +46,9 @@ class TensorObjective:
 
     def holds(self, name: str, transforms: Mapping[str, Element]) -> bool:
         """Whether tensor ``name``'s ``J_p`` under ``transforms`` is cached already."""
-        hit = self._cache.get(name)
-        if hit is None or name not in self.reads:
+        if name not in self.reads:
             return False
-        key = tuple(self._acting(s, transforms) for s in self.reads[name])
-        return len(hit[0]) == len(key) and all(x is y for x, y in zip(hit[0], key))
+        return _same_key(self._cache.get(name), tuple(self._acting(s, transforms) for s in self.reads[name]))
 
     def prefill(self, name: str, transforms: Mapping[str, Element], value: float) -> None:
         """Note ``value`` as tensor ``name``'s ``J_p`` under ``transforms`` (computed by the caller from the
@@ -61,6 +59,11 @@ class TensorObjective:
     def _acting(self, space: str, transforms: Mapping[str, Element]) -> Element | None:
         el = transforms.get(space)
         return None if el is None or el is self.identities.get(space) else el
+
+
+def _same_key(hit: tuple | None, key: tuple) -> bool:
+    """Whether a cached ``(elements, J_p)`` was computed from exactly the element objects of ``key``."""
+    return hit is not None and len(hit[0]) == len(key) and all(x is y for x, y in zip(hit[0], key))
 
 
 class VisitLog:

@@ -154,7 +154,8 @@ class WeightMatching(Solver):
             lambda t: problem.objective(TransformSet(t)))
         log = VisitLog(problem, units)
         stable = StableAssignments(problem, matcher, units, log.reads, coupled) if _REUSE else None
-        stable = stable if stable is not None and stable.active else None
+        if stable is not None and not stable.active:  # no permutation unit reads a dense neighbour
+            stable = None
         trim = memory.release_free_memory if 0 <= memory.TRIM_BYTES <= memory.problem_bytes(problem) else _nothing
         if start is None:
             start = "identity" if rebasin else "forward"
