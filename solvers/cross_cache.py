@@ -27,7 +27,7 @@ from symmetries.action import apply_axis
 from symmetries.blocks import unit_rows
 from symmetries.elements import GatherElement, HeadElement
 
-__all__ = ["CrossCache", "MIN_DEPTH", "CACHE_BYTES", "SMALL_BYTES", "REFRESH", "MAX_CHANGED"]
+__all__ = ["CrossCache", "source_map", "MIN_DEPTH", "CACHE_BYTES", "SMALL_BYTES", "REFRESH", "MAX_CHANGED"]
 
 #: An edge is cached only if its rows are at least this many times longer than the space is wide.
 MIN_DEPTH = 4
@@ -76,7 +76,7 @@ class CrossCache:
               m: int, n: int) -> torch.Tensor:
         """``A_e B̃_eᵀ`` (``m × n``) for the edge, from the kept product where the source map along ``ax``
         moved at few positions. ``a_t``, ``b_t``: A's and B's whole tensors; ``group``: B's edges on ``ax``."""
-        sigma = _source_map(b_t, ax, group, transforms)
+        sigma = source_map(b_t, ax, group, transforms)
         hit = self._entries.get(key)
         if hit is not None and hit[0].shape == sigma.shape:
             old_sigma, product, age = hit
@@ -137,9 +137,24 @@ def _pure_gather(el) -> bool:
     return isinstance(el, GatherElement) and el.out_scale is None and el.in_scale is None
 
 
-def _source_map(b_t: torch.Tensor, ax: int, group, transforms: dict) -> torch.Tensor:
-    """``σ`` with ``B̃[…, p, …] = B[…, σ(p), …]`` along ``ax``: the transforms applied to a ruler."""
+def source_map(b_t: torch.Tensor, ax: int, group, transforms: dict) -> torch.Tensor:
+    """``σ`` with ``B̃[…, p, …] = B[…, σ(p), …]`` along ``ax``: square gathers without repeats read from their
+    index vectors (each on its span), anything else by applying the transforms to a ruler."""
+    size = b_t.shape[ax]
+    els = [transforms[f.space] for f in group]
+    if all(f.repeat is None for f in group) and all(isinstance(el, GatherElement) and el.shape[0] == el.shape[1]
+                                                    for el in els):
+        spans = {f.span(size): el for f, el in zip(group, els)}  # a tied axis names one span twice
+        if len(spans) == 1 and next(iter(spans)) == (0, size):
+            return next(iter(spans.values())).index.cpu()
+        sigma = torch.arange(size)
+        for (start, stop), el in spans.items():
+            if el.shape[0] != stop - start:
+                break
+            sigma[start:stop] = el.index.cpu() + start
+        else:
+            return sigma
     shape = [1] * b_t.dim()
-    shape[ax] = b_t.shape[ax]
-    ruler = torch.arange(b_t.shape[ax], dtype=torch.float64).reshape(shape)
+    shape[ax] = size
+    ruler = torch.arange(size, dtype=torch.float64).reshape(shape)
     return apply_axis(ruler, ax, group, transforms).flatten().round().to(torch.int64)

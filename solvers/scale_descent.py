@@ -38,6 +38,7 @@ __all__ = ["ScaleViews", "polish_scales", "balanced_scales", "staged_start"]
 
 MAX_SWEEPS = 500
 BALANCE_RTOL = 1e-6  # balancing stops when no scale moves by more than this (relative)
+START_BALANCE_RTOL = 1e-3  # the staged start's balancing: a start, the D P sweeps decide (1e-6 gives the same sweeps)
 NEWTON_STEPS = 30
 
 
@@ -145,14 +146,24 @@ def _polish_per_space(matcher, spaces, transforms, threshold) -> None:
             return
 
 
-def balanced_scales(problem, spaces: list[str], transforms: dict) -> dict[str, torch.Tensor] | None:
+def balanced_scales(problem, spaces: list[str], transforms: dict, rtol: float = BALANCE_RTOL
+                    ) -> dict[str, torch.Tensor] | None:
     """Per space in ``spaces`` the scales ``c`` (B's units, identity gathers; the other spaces' transforms
     from ``transforms``) minimising ``Σ_e ‖D·B_e‖²`` — per unit ``c = (δ/β)^¼`` (with ``var`` edges the
     minimiser of ``βc² + δ/c² + εc⁴``), per space the best multiplier — by the two-level descent of
     :func:`polish_scales` (a convex problem in ``log c``); units without producing or consuming weights
-    keep ``1``. ``None`` where :class:`ScaleViews` does not apply (a tied axis)."""
+    keep ``1``; stops when no scale moves by more than ``rtol`` (relative) in a pass. ``None`` where
+    :class:`ScaleViews` does not apply (a tied axis)."""
+    out = _balance(problem, spaces, transforms, rtol)
+    return None if out is None else out[0]
+
+
+def _balance(problem, spaces: list[str], transforms: dict, rtol: float
+             ) -> tuple[dict[str, torch.Tensor], ScaleViews] | None:
+    """:func:`balanced_scales` and the norm-only views it used (their ``Σ B∘B`` serve the next build)."""
     sizes = {s: problem.sizes[s][1] for s in spaces}
-    views = ScaleViews.build(problem, spaces, {**transforms, **{s: GatherElement.identity(n) for s, n in sizes.items()}})
+    views = ScaleViews.build(problem, spaces, {**transforms, **{s: GatherElement.identity(n) for s, n in sizes.items()}},
+                             cross=False)
     if views is None:
         return None
     scales = {s: np.ones(n) for s, n in sizes.items()}
@@ -164,9 +175,9 @@ def balanced_scales(problem, spaces: list[str], transforms: dict) -> dict[str, t
             terms = [views.terms(space, scales, cross=False) for space in group]  # one class: independent
             for space, t in zip(group, terms):
                 scales[space] = _least_norm_scales(t["beta"], t["delta"], t["eps"])
-        if max(float(np.abs(scales[s] / before[s] - 1).max()) for s in spaces) <= BALANCE_RTOL:
+        if max(float(np.abs(scales[s] / before[s] - 1).max()) for s in spaces) <= rtol:
             break
-    return {s: torch.from_numpy(c) for s, c in scales.items()}
+    return {s: torch.from_numpy(c) for s, c in scales.items()}, views
 
 
 def _least_norm_scales(beta: np.ndarray, delta: np.ndarray, eps: np.ndarray) -> np.ndarray:
@@ -190,9 +201,10 @@ def staged_start(solve, problem, transforms: dict, scaled: list[str], **options)
     :class:`ScaleViews` (which the first polish then reuses) and the objective of the tensors they miss."""
     classes = {s: Permutation() if isinstance(c, PermutationScaling) else c for s, c in problem.classes.items()}
     square = all(problem.sizes[s][0] == problem.sizes[s][1] for s in scaled)
-    scales = (balanced_scales(problem, scaled, transforms) if problem.init is None and not problem.lazy and square
-              and all(s in transforms for s in scaled) else None)
-    if scales is not None:
+    balanced = (_balance(problem, scaled, transforms, START_BALANCE_RTOL) if problem.init is None and not problem.lazy and square
+                and all(s in transforms for s in scaled) else None)
+    if balanced is not None:
+        scales, norm_views = balanced
         tb = TransformSet({s: GatherElement.monomial(torch.arange(len(c)), c) for s, c in scales.items()})
         low = torch.float32 if problem.dtype == torch.float64 else problem.dtype
         if low != problem.dtype:  # gains below float32 round-off are not progress
@@ -205,7 +217,7 @@ def staged_start(solve, problem, transforms: dict, scaled: list[str], **options)
             for s, c in scales.items():  # (D P · D_bal B)[j] = d[j] c[π(j)] B[π(j)]
                 el = candidate[s]
                 candidate[s] = GatherElement.monomial(el.index, c[el.index] * el.scales()[0])
-            views = ScaleViews.build(problem, list(scales), candidate)
+            views = ScaleViews.build(problem, list(scales), candidate, norm_views)  # B∘B sums from the balancing
             if views is None:
                 return candidate, problem.objective(TransformSet(candidate)), None
             terms = views.tensor_objectives({s: candidate[s].scales()[0].numpy() for s in scales})

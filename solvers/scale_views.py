@@ -7,7 +7,9 @@ scale terms and each space multiplier's effect are mat-vecs on them (the data of
 from __future__ import annotations
 
 import itertools
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,6 +18,8 @@ from symmetries.action import apply_axis
 from symmetries.blocks import split_copies
 from symmetries.elements import GatherElement
 from symmetries.roles import Role
+
+from solvers.cross_cache import source_map
 
 __all__ = ["ScaleViews"]
 
@@ -33,50 +37,56 @@ class ScaleViews:
     returns ``None`` where one tensor meets a polished space twice (a tied axis, ``W ← T W Tᵀ``)."""
 
     def __init__(self, tensors: list, parts: dict, sizes: dict, names: list | None = None, keys: list | None = None,
-                 a_norms: list | None = None):
+                 a_norms: list | None = None, states: list | None = None):
         self.tensors = tensors  # [(E, F, [(axis size, [(space, role, start, stop)…])…])] per tensor
         self.parts = parts  # space → [(tensor, position, (start, stop), role)]
         self.sizes = sizes
         self.names = names or []  # the tensors' names, their inputs (build's reuse key) and ‖A‖² (float64)
         self.keys = keys or []
         self.a_norms = a_norms or []
+        self.states = states or [None] * len(tensors)  # per tensor its _Gathered record (or None)
         #: per part: E and F with the part's axis first (views), and the other axes to contract, last first
-        self._moved = {sp: [(np.moveaxis(self.tensors[t][0], pos, 0), np.moveaxis(self.tensors[t][1], pos, 0),
+        self._moved = {sp: [(_front(self.tensors[t][0], pos), _front(self.tensors[t][1], pos),
                              [self.tensors[t][2][i] for i in range(len(self.tensors[t][2]) - 1, -1, -1) if i != pos])
                             for t, pos, _, _ in ps] for sp, ps in parts.items()}
         self._plan: list | None = None  # the blocks' structure (_block_plan), built on first use
 
     @classmethod
-    def build(cls, problem, spaces: list[str], transforms: dict, previous: "ScaleViews | None" = None
-              ) -> "ScaleViews | None":
+    def build(cls, problem, spaces: list[str], transforms: dict, previous: "ScaleViews | None" = None,
+              cross: bool = True) -> "ScaleViews | None":
         """The views of ``spaces`` under ``transforms``; a tensor whose inputs (the gathers of the polished
-        spaces, the other elements) are those it had in ``previous`` keeps its ``E``, ``F`` from there."""
+        spaces, the other elements) are those it had in ``previous`` keeps its ``E``, ``F`` from there, and one
+        whose gathers moved at a few positions has only those recomputed (:func:`_gathered_view`). Without
+        ``cross`` only ``F`` (and ``E = 0``: for :meth:`terms` and :meth:`blocks` with ``cross=False``)."""
         polished = set(spaces)
         gathers = {s: GatherElement(transforms[s].index, transforms[s].n) for s in spaces}
         fixed = {**transforms, **gathers}
         gb = problem.graph_b
-        tensors, parts, keys, a_norms = [], {s: [] for s in spaces}, [], []
+        tensors, parts, keys, a_norms, states = [], {s: [] for s in spaces}, [], [], []
         names = sorted({e.parameter for s in spaces for e in gb.edges_at(s)})
-        kept = dict(zip(previous.names, zip(previous.keys, previous.tensors, previous.a_norms))) if previous else {}
+        kept = (dict(zip(previous.names, zip(previous.keys, previous.tensors, previous.a_norms, previous.states)))
+                if previous else {})
         for name in names:
             key = tuple((e.space, fixed[e.space].index if e.space in polished else fixed[e.space])
                         for e in gb.edges_of(name) if e.space in fixed)
             old = kept.get(name)
-            if old is not None and _same_inputs(old[0], key):
-                entry, a_norm = old[1], old[2]
+            if old is not None and _same_inputs(old[0], key) and (not cross or old[3] is None or old[3].cross):
+                entry, a_norm, state = old[1], old[2], old[3]
             else:
-                entry = _tensor_view(problem, name, polished, fixed)
+                entry, state = _tensor_view(problem, name, polished, fixed, cross, old)
                 if entry is None:
                     return None
-                a_norm = old[2] if old is not None else float(torch.linalg.vector_norm(
-                    problem.params_a[name].detach().cpu(), dtype=torch.float64) ** 2)
+                a_norm = old[2] if old is not None and not math.isnan(old[2]) else (
+                    float(torch.linalg.vector_norm(problem.params_a[name].detach().cpu(), dtype=torch.float64) ** 2)
+                    if cross else math.nan)
             tensors.append(entry)
             keys.append(key)
             a_norms.append(a_norm)
+            states.append(state)
             for pos, (_, spans) in enumerate(entry[2]):
                 for sp, role, start, stop in spans:
                     parts[sp].append((len(tensors) - 1, pos, (start, stop), role))
-        return cls(tensors, parts, {s: problem.sizes[s][1] for s in spaces}, names, keys, a_norms)
+        return cls(tensors, parts, {s: problem.sizes[s][1] for s in spaces}, names, keys, a_norms, states)
 
     def tensor_objectives(self, scales: dict) -> dict[str, float]:
         """``J_p = ‖A_p − w∘B̃_p‖² = ‖A_p‖² − 2⟨E, w⟩ + ⟨F, w²⟩`` of every tensor under ``scales``."""
@@ -167,9 +177,108 @@ class ScaleViews:
         return self._plan
 
 
-def _tensor_view(problem, name: str, polished: set, fixed: dict):
-    """``(E, F, [(axis size, spans)…])`` of one tensor (:class:`ScaleViews`), or ``None`` where a polished
-    space meets it twice or a repeated polished edge shares its axis."""
+#: Above this fraction of moved positions (summed over a tensor's polished axes) its E is recomputed whole.
+MAX_MOVED = 0.5
+
+
+@dataclass
+class _Gathered:
+    """How a tensor's ``E``, ``F`` were made where its polished axes carry gathers only (:func:`_gathered_view`):
+    ``F`` is ``f_raw`` (``Σ_free B∘B`` before the gathers) re-indexed, and ``E`` changes only at the positions
+    whose source moved."""
+    layout: tuple  # ((axis, size, spans)…) of the polished axes
+    others: tuple  # ((space, element)…) the tensor's other transforms
+    sigma: tuple  # per polished axis the source map B̃[…, p, …] = B[…, σ(p), …]
+    f_raw: np.ndarray
+    cross: bool  # E was computed (else zeros)
+
+
+def _tensor_view(problem, name: str, polished: set, fixed: dict, cross: bool = True, old: tuple | None = None):
+    """``((E, F, [(axis size, spans)…]), _Gathered or None)`` of one tensor (:class:`ScaleViews`), ``(None, None)``
+    where a polished space meets it twice or a repeated polished edge shares its axis. ``old``: the
+    tensor's ``(key, entry, ‖A‖², state)`` in the previous views."""
+    b = problem.params_b[name]
+    by_axis = defaultdict(list)
+    for e in problem.graph_b.edges_of(name):
+        if e.space in fixed:
+            by_axis[e.axis % b.dim()].append(e)
+    layout = []
+    for ax, group in sorted(by_axis.items()):
+        mine = [e for e in group if e.space in polished]
+        if mine and (len(mine) < len(group) or any(e.repeat is not None for e in mine)):
+            return _general_view(problem, name, polished, fixed), None
+        if mine:
+            layout.append((ax, b.shape[ax], tuple(sorted(((e.space, e.role, *e.span(b.shape[ax])) for e in mine),
+                                                         key=lambda x: x[2]))))
+    met = [sp for _, _, spans in layout for sp, *_ in spans]
+    if len(set(met)) < len(met):
+        return (None, None)  # a space met twice (tied axis): use the per-space path
+    return _gathered_view(problem, name, by_axis, tuple(layout), fixed, cross, old)
+
+
+def _gathered_view(problem, name: str, by_axis: dict, layout: tuple, fixed: dict, cross: bool, old):
+    """A tensor whose polished axes carry gathers only: ``B̃ = base`` re-indexed along them (``base``: B with the
+    other transforms applied). ``F`` from ``f_raw`` (kept from ``old`` when the other transforms are the same);
+    ``E`` from ``old``'s where the sources moved at few positions — those slabs recomputed, exactly as a whole
+    recomputation would give them — else whole."""
+    pol = [ax for ax, _, _ in layout]
+    others = tuple((e.space, fixed[e.space]) for ax, g in sorted(by_axis.items()) if ax not in pol for e in g)
+    b = problem.params_b[name].detach()
+    sigma = tuple(source_map(b, ax, by_axis[ax], fixed) for ax in pol)
+    state = old[3] if old is not None else None
+    same = state is not None and state.layout == layout and _same_inputs(state.others, others)
+    free = [ax for ax in range(b.dim()) if ax not in pol]
+    base = None
+
+    def get_base():
+        nonlocal base
+        if base is None:
+            base = b
+            for ax, group in sorted(by_axis.items()):
+                if ax not in pol:
+                    base = apply_axis(base, ax, group, fixed)
+            base = base.cpu()
+        return base
+
+    f_raw = state.f_raw if same else _sum_free(get_base().double().square(), free)
+    f_ = f_raw[np.ix_(*(s.numpy() for s in sigma))]
+    if not cross:
+        e_ = np.zeros_like(f_)
+    else:
+        a = problem.params_a[name].detach().cpu()
+        moved = ([torch.nonzero(s0 != s1).flatten() for s0, s1 in zip(state.sigma, sigma)]
+                 if same and state.cross else None)
+        if moved is not None and sum(p.numel() / s.numel() for p, s in zip(moved, sigma)) <= MAX_MOVED:
+            e_ = old[1][0].copy()
+            for i, rows in enumerate(moved):
+                if rows.numel():
+                    at = [slice(None)] * e_.ndim
+                    at[i] = rows.numpy()
+                    e_[tuple(at)] = _cross_slab(a, get_base(), pol, sigma, free, i, rows)
+        else:
+            e_ = _cross_slab(a, get_base(), pol, sigma, free, None, None)
+    axes = [(size, list(spans)) for _, size, spans in layout]
+    return (e_, f_, axes), _Gathered(layout, others, sigma, f_raw, cross)
+
+
+def _cross_slab(a: torch.Tensor, base: torch.Tensor, pol: list, sigma: tuple, free: list, i, rows) -> np.ndarray:
+    """``Σ_free A∘B̃`` (float64) — restricted to positions ``rows`` of the ``i``-th polished axis when given."""
+    x, y = a, base
+    for j, (ax, s) in enumerate(zip(pol, sigma)):
+        if j == i:
+            x, y = x.index_select(ax, rows), y.index_select(ax, s[rows])
+        else:
+            y = y.index_select(ax, s)
+    return _sum_free(x.double() * y.double(), free)
+
+
+def _sum_free(x: torch.Tensor, free: list) -> np.ndarray:
+    return (x.sum(free) if free else x).numpy()
+
+
+def _general_view(problem, name: str, polished: set, fixed: dict):
+    """``(E, F, axes)`` of a tensor with a repeated polished edge or an axis polished spaces share with others:
+    the transforms applied to B, then the sums (``None`` where a repeated polished edge shares its axis)."""
     gb = problem.graph_b
     b, a = problem.params_b[name], problem.params_a[name]
     by_axis = defaultdict(list)
@@ -213,6 +322,11 @@ def _same_inputs(old: tuple, new: tuple) -> bool:
 
 
 _EXPONENT = {Role.OUT: 1, Role.IN: -1, Role.VAR: 2}
+
+
+def _front(x: np.ndarray, pos: int) -> np.ndarray:
+    """``x`` with axis ``pos`` first, the others in order (a view)."""
+    return x if pos == 0 else x.transpose([pos] + [i for i in range(x.ndim) if i != pos])
 
 
 def _weights(size: int, spans, scales: dict) -> np.ndarray:

@@ -200,23 +200,30 @@ def _scaling(cls, local: Local, backend: str) -> GatherElement:
     c, f = best_scale(**terms)
     local._cache["scale_grid"] = terms  # scaling_loss reads the pairs' terms from here (no second pass)
     perm = assignment_permutation(f, maximize=False, backend=backend)
-    return GatherElement.monomial(perm, c[np.arange(local.n), perm])
+    rows = np.arange(local.n)
+    el = GatherElement.monomial(perm, c[rows, perm])
+    local._cache["scale_solution"] = (el, float(f[rows, perm].sum()))  # its loss: the LAP's own cost
+    return el
 
 
 def _monomial_scale(el: Element, n: int) -> np.ndarray | None:
     """``c`` of a positive monomial ``D P`` (``in`` scale ``1/c``; ones when unscaled), else ``None``."""
     if not isinstance(el, GatherElement) or tuple(el.shape) != (n, n) or not el.bijective:
         return None
-    out, inv = el.scales()
-    if not bool((out > 0).all()) or not torch.allclose(inv * out, torch.ones_like(out), rtol=1e-12, atol=0):
+    out, inv = (np.ones(n) if v is None else v.detach().cpu().to(torch.float64).numpy()
+                for v in (el.out_scale, el.in_scale))
+    if not (out > 0).all() or not (np.abs(inv * out - 1.0) <= 1e-12).all():  # in = 1/out to round-off
         return None
-    return out.numpy()
+    return out
 
 
 def scaling_loss(local: Local, el: Element) -> float | None:
     """``L(T) − Σ_e ‖A_e‖²`` for a positive monomial ``T = D P`` as ``Σ_j f_j(c_j)`` from the scale terms
     of the pairs ``(j, P(j))`` (``O(n)`` from the ``m × n`` terms of the last ``D P`` solve or the cached crosses,
     else ``O(n k)``); ``None`` otherwise."""
+    solved = local._cache.get("scale_solution")
+    if solved is not None and solved[0] is el:  # the element this Local's D P solve returned
+        return solved[1]
     c = _monomial_scale(el, local.n)
     if c is None or local.m != local.n:
         return None

@@ -141,7 +141,10 @@ def _gather_fast_path(t: torch.Tensor, axis: int, edges, transforms) -> torch.Te
         index = repeat_index(index.cpu(), e.repeat[0], e.repeat[1], block)
         if scale is not None:
             scale = scale[repeat_units(el.shape[0], e.repeat[0], block).to(scale.device)]
-    y = t.index_select(axis, index.to(t.device))
+    if scale is not None and e.repeat is None and el.is_diagonal():  # a scaling: the product is the new tensor
+        y = t
+    else:
+        y = t.index_select(axis, index.to(t.device))
     if scale is not None:
         shape = [1] * t.dim()
         shape[axis] = -1

@@ -470,3 +470,47 @@ def test_views_reused_from_a_previous_build_equal_fresh_ones_and_give_each_tenso
     scales = {s: moved[s].scales()[0].numpy() for s in problem.spaces}
     for name, value in reused.tensor_objectives(scales).items():
         assert value == pytest.approx(problem.objective(TransformSet(moved), (name,)), rel=1e-10, abs=1e-10), name
+
+
+def test_views_after_a_few_moved_positions_recompute_only_those_slabs(monkeypatch):
+    """Two units swapped in three spaces (at most a third of any axis): each touched tensor's E is recomputed
+    at the moved positions only (slabs, not the whole tensor) and equals a fresh build's exactly; F is
+    re-indexed from the kept B∘B sums."""
+    import solvers.scale_views as sv
+    graph, a = _squeeze_pair()
+    b = {k: v + 0.3 * torch.randn_like(v) for k, v in a.items()}
+    problem = solvers.make_problem(graph, a, b, classes="permutation_scaling")
+    tr = _random_monomials(problem, 0)
+    first = ScaleViews.build(problem, problem.spaces, tr)
+    moved = dict(tr)
+    for s in ("stem", "fire1.e1", "fire2.e3"):
+        idx = tr[s].index.clone()
+        idx[[0, 1]] = idx[[1, 0]]
+        moved[s] = GatherElement.monomial(idx, tr[s].scales()[0])
+    calls = []
+    real = sv._cross_slab
+    monkeypatch.setattr(sv, "_cross_slab", lambda *args: calls.append(args[-1]) or real(*args))
+    reused = ScaleViews.build(problem, problem.spaces, moved, first)
+    monkeypatch.undo()
+    fresh = ScaleViews.build(problem, problem.spaces, moved)
+    assert calls and all(rows is not None and rows.numel() == 2 for rows in calls)  # slabs of two positions
+    for name, (e1, f1, _), (e2, f2, _) in zip(reused.names, reused.tensors, fresh.tensors):
+        np.testing.assert_array_equal(e1, e2, err_msg=name)
+        np.testing.assert_array_equal(f1, f2, err_msg=name)
+
+
+def test_norm_only_views_serve_a_full_build():
+    """Views built without cross terms hold F (E zero); a full build from them computes every E (none is taken
+    from the norm-only views) and equals a fresh build."""
+    graph, a = _squeeze_pair()
+    b = {k: v + 0.3 * torch.randn_like(v) for k, v in a.items()}
+    problem = solvers.make_problem(graph, a, b, classes="permutation_scaling")
+    tr = _random_monomials(problem, 0)
+    norms = ScaleViews.build(problem, problem.spaces, tr, cross=False)
+    full = ScaleViews.build(problem, problem.spaces, tr, norms)
+    fresh = ScaleViews.build(problem, problem.spaces, tr)
+    for (e0, f0, _), (e1, f1, _), (e2, f2, _) in zip(norms.tensors, full.tensors, fresh.tensors):
+        assert not e0.any() and e2.any()
+        np.testing.assert_array_equal(f0, f2)
+        np.testing.assert_array_equal(e1, e2)
+        np.testing.assert_array_equal(f1, f2)

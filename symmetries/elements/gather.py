@@ -39,7 +39,7 @@ def _mul(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
 class GatherElement(Element):
     """``T[j, index[j]] = out_scale[j]`` (index vector in the hot path, never a dense matrix)."""
 
-    __slots__ = ("index", "n", "out_scale", "in_scale", "_bijective")
+    __slots__ = ("index", "n", "out_scale", "in_scale", "_bijective", "_diagonal")
 
     def __init__(self, index, n: int | None = None, out_scale=None, in_scale=None):
         self.index = torch.as_tensor(index).to(torch.long).reshape(-1)
@@ -54,6 +54,7 @@ class GatherElement(Element):
             if v is not None and v.numel() != m:
                 raise ElementShapeError(f"{name} has {v.numel()} entries, index has {m}")
         self._bijective: bool | None = None
+        self._diagonal: bool | None = None
 
     # -- constructors --------------------------------------------------------------------
     @classmethod
@@ -95,9 +96,11 @@ class GatherElement(Element):
         return f(self.out_scale), f(self.in_scale)
 
     def is_diagonal(self) -> bool:
-        """Whether ``index`` is ``0, 1, …, n−1`` (a diagonal map: scalings, signs, the identity)."""
-        m, n = self.shape
-        return m == n and bool(torch.equal(self.index.cpu(), torch.arange(n)))
+        """Whether ``index`` is ``0, 1, …, n−1`` (a diagonal map: scalings, signs, the identity; computed once)."""
+        if self._diagonal is None:
+            m, n = self.shape
+            self._diagonal = m == n and bool(torch.equal(self.index.cpu(), torch.arange(n)))
+        return self._diagonal
 
     def undoes(self, atol: float) -> bool:
         """Whether the scales are finite and the ``in`` map undoes the ``out`` map, ``Q T = I``:
@@ -109,21 +112,21 @@ class GatherElement(Element):
         return bool(((sums - 1).abs() <= atol).all())
 
     # -- roles ---------------------------------------------------------------------------
-    @staticmethod
-    def _gather(x: torch.Tensor, index: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        y = x.index_select(0, index.to(x.device))
+    def _gather(self, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """``x`` re-indexed by ``index`` and row-scaled (a scaling only scales: the product is the new tensor)."""
+        y = x if scale is not None and self.is_diagonal() else x.index_select(0, self.index.to(x.device))
         if scale is not None:
             y = y * like(scale, y).unsqueeze(1)
         return y
 
     def _out(self, x):
-        return self._gather(x, self.index, self.out_scale)
+        return self._gather(x, self.out_scale)
 
     def _in(self, x):
-        return self._gather(x, self.index, self.in_scale)
+        return self._gather(x, self.in_scale)
 
     def _var(self, x):
-        return self._gather(x, self.index, None if self.out_scale is None else self.out_scale ** 2)
+        return self._gather(x, None if self.out_scale is None else self.out_scale ** 2)
 
     # -- algebra -------------------------------------------------------------------------
     def as_matrix(self) -> torch.Tensor:
@@ -163,6 +166,7 @@ class GatherElement(Element):
         g = GatherElement.__new__(GatherElement)
         g.index, g.n = self.index.to(device=device), self.n
         g.out_scale, g.in_scale, g._bijective = f(self.out_scale), f(self.in_scale), self._bijective
+        g._diagonal = self._diagonal
         return g
 
     def __repr__(self) -> str:
