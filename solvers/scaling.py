@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["best_scale", "best_scale_eig", "scale_loss"]
+__all__ = ["best_scale", "best_scale_eig", "pair_grid", "scale_loss"]
 
 C_MIN, C_MAX = 1e-8, 1e8
 NEWTON_STEPS = 100  # per direction; rows not converged by then go to the eigenvalue path
@@ -79,6 +79,22 @@ def best_scale(alpha, beta, gamma, delta, zeta=0.0, eps=0.0) -> tuple[np.ndarray
     return c.reshape(shape), f.reshape(shape)
 
 
+def pair_grid(alpha, beta, gamma, delta, zeta=0.0, eps=0.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`best_scale` for the ``n × n`` pair grid of the ``D P`` assignment, cheaper: quartic rows take the
+    certified root of :func:`_grid_root` (a float32 Newton root refined by one float64 step), where ``f`` — stationary
+    at the root — is exact to round-off and ``c`` to about 1e-9 (relative); other rows as :func:`best_scale`."""
+    a, b, g, d, z, e = (_numpy64(x) for x in (alpha, beta, gamma, delta, zeta, eps))
+    if z.any() or e.any():
+        return best_scale(a, b, g, d, z, e)
+    shape = np.broadcast_shapes(a.shape, b.shape, g.shape, d.shape)
+    c, f = _quartic_min(a, b, g, d, grid=True)
+    c, f = (x.reshape(-1) if x.shape == shape else np.broadcast_to(x, shape).reshape(-1).copy() for x in (c, f))
+    rest = np.flatnonzero(np.isnan(c))
+    if rest.size:  # one-sided rows and the rest: best_scale's own paths
+        c[rest], f[rest] = best_scale(*(np.broadcast_to(x, shape).reshape(-1)[rest] for x in (a, b, g, d)))
+    return c.reshape(shape), f.reshape(shape)
+
+
 def _one_sided(a, b, g, d, z, e) -> tuple[np.ndarray, np.ndarray]:
     """Rows with one role only (``γ = δ = 0``: ``f = βc² − 2αc``, ``β > 0``; ``α = β = 0``: ``f = δ/c² − 2γ/c``,
     ``δ > 0``; no ``var`` term): the convex quadratic in ``c`` (in ``1/c``) clamped to the box — exact;
@@ -106,10 +122,11 @@ FAST_STEPS = 8  # unguarded float64 Newton steps per block before the guarded pa
 FAST32_STEPS = 4  # float32 steps first (twice the SIMD width): to float32 accuracy, then two in float64 suffice
 
 
-def _quartic_min(a, b, g, d) -> tuple[np.ndarray, np.ndarray]:
+def _quartic_min(a, b, g, d, grid: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(c*, f(c*))`` (broadcast shape) for ``ε = ζ = 0``; ``nan`` where not certified (``β ≤ 0`` or
     ``δ ≤ 0`` included). ``β, δ`` enter only through ``s`` and ``κ`` (``1 × n`` on the ``n × n`` grid),
-    computed once; the grid is walked in blocks of rows, ``f = κ h(t)``, ``c = s t``."""
+    computed once; the grid is walked in blocks of rows, ``f = κ h(t)``, ``c = s t``. ``grid``: the roots by
+    :func:`_grid_root` first (``f`` exact, ``c`` to about 1e-9), :func:`_fast_root` where it does not certify."""
     with np.errstate(all="ignore"):
         rb, rd = np.sqrt(np.where(b > 0, b, np.nan)), np.sqrt(np.where(d > 0, d, np.nan))
         s, k = np.sqrt(rd / rb), rb * rd
@@ -125,7 +142,10 @@ def _quartic_min(a, b, g, d) -> tuple[np.ndarray, np.ndarray]:
         for r in range(0, rows, step):
             blk = slice(r, r + step)
             big_a, big_g = a2[blk] * u2[blk], g2[blk] * v2[blk]
-            t, ok = _fast_root(big_a, big_g)
+            t, ok = _grid_root(big_a, big_g) if grid else _fast_root(big_a, big_g)
+            if grid and not ok.all():  # far from the series' reach: the float64 fast path for those
+                miss = np.flatnonzero(~ok)
+                t.reshape(-1)[miss], ok.reshape(-1)[miss] = _fast_root(big_a.reshape(-1)[miss], big_g.reshape(-1)[miss])
             c[blk], f[blk] = s2[blk] * t, k2[blk] * _h(t, big_a, big_g)
             bad = np.flatnonzero(~ok)
             if bad.size:
@@ -162,6 +182,39 @@ def _fast_root(a: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 break
     infl = np.maximum(a, 0.0) * 0.5
     ok = small & (dp > 0) & (x >= infl) & (g * infl < 1.0)
+    return x, ok
+
+
+GRID32_STEPS = 3  # float32 steps from the second-order start: to float32 accuracy where |A| + |G| ≤ 2
+SERIES_RADIUS = 2.0  # |A| + |G| up to which the series start is used (else max(1, A))
+
+
+def _grid_root(a: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A root ``t`` of ``p`` where ``h(t)`` is the global minimum to round-off, and where that is certified:
+    float32 Newton from the series ``t = 1 + ε + ε((3A − G)/4 − 3ε/2)``, ``ε = (A − G)/4`` (the root to second
+    order in ``A, G``), then one float64 step ``s`` from the float32 root ``t₀``. Certified where ``|s| ≤ 1e-6 t``
+    and ``|p″(t₀)| |s| ≤ 1e-3 p′(t₀)`` (the step lands within ``~|s|²|p″|/p′ ≤ 1e-9 t`` of the root, and ``h`` —
+    stationary there — is exact to ``O(1e-18)``), with the path-independent conditions of :func:`_fast_root`
+    (``p′ > 0``, ``t ≥ t_i``, ``G t_i < 1``: the largest root, and the global minimiser)."""
+    a32, g32 = a.astype(np.float32), g.astype(np.float32)
+    e = (a32 - g32) * np.float32(0.25)
+    x = np.float32(1.0) + e + e * ((np.float32(3.0) * a32 - g32) * np.float32(0.25) - np.float32(1.5) * e)
+    far = np.abs(a32) + np.abs(g32) > np.float32(SERIES_RADIUS)
+    if far.any():
+        x = np.where(far, np.maximum(a32, np.float32(1.0)), x)
+    a3 = np.float32(3.0) * a32
+    for _ in range(GRID32_STEPS):
+        x2 = x * x
+        x = x - (((x - a32) * x2 + g32) * x - np.float32(1.0)) / ((np.float32(4.0) * x - a3) * x2 + g32)
+    x = x.astype(np.float64)
+    x2 = x * x
+    dp = (4.0 * x - 3.0 * a) * x2 + g
+    step = (((x - a) * x2 + g) * x - 1.0) / dp
+    ddp = (12.0 * x - 6.0 * a) * x
+    x = x - step
+    ast = np.abs(step)
+    infl = np.maximum(a, 0.0) * 0.5
+    ok = (ast <= 1e-6 * x) & (np.abs(ddp) * ast <= 1e-3 * dp) & (x >= infl) & (g * infl < 1.0)
     return x, ok
 
 

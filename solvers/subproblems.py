@@ -36,7 +36,7 @@ from symmetries.roles import Role
 
 from solvers.errors import UnsupportedClassError
 from solvers.local import Local, inner_product
-from solvers.scaling import best_scale, scale_loss
+from solvers.scaling import best_scale, pair_grid, scale_loss
 from solvers.splits import split_update
 
 __all__ = ["solve_local", "subproblem", "has_subproblem", "subproblem_classes", "solve_heads", "solve_block",
@@ -197,13 +197,20 @@ def _scaling(cls, local: Local, backend: str) -> GatherElement:
         c, _ = best_scale(**_scale_terms(local, diagonal=True))
         return GatherElement.monomial(np.arange(local.n), c)
     terms = _scale_terms(local, diagonal=False)
-    c, f = best_scale(**terms)
     local._cache["scale_grid"] = terms  # scaling_loss reads the pairs' terms from here (no second pass)
+    c, f = pair_grid(**terms)
     perm = assignment_permutation(f, maximize=False, backend=backend)
     rows = np.arange(local.n)
     el = GatherElement.monomial(perm, c[rows, perm])
     local._cache["scale_solution"] = (el, float(f[rows, perm].sum()))  # its loss: the LAP's own cost
     return el
+
+
+def _pairs(terms: dict, rows: np.ndarray, cols: np.ndarray) -> dict:
+    """The scale terms of the pairs ``(rows[k], cols[k])`` from those of the grid (crosses ``m × n``, norms ``1 × n``,
+    scalars)."""
+    return {k: (v[rows, cols] if v.shape[0] == len(rows) else v[0, cols]) if isinstance(v, np.ndarray) else v
+            for k, v in terms.items()}
 
 
 def _monomial_scale(el: Element, n: int) -> np.ndarray | None:
@@ -229,9 +236,7 @@ def scaling_loss(local: Local, el: Element) -> float | None:
         return None
     grid = local._cache.get("scale_grid")
     if grid is not None:
-        rows, cols = np.arange(local.m), el.index.cpu().numpy()
-        terms = {k: (v[rows, cols] if v.shape[0] == local.m else v[0, cols]) if isinstance(v, np.ndarray) else v
-                 for k, v in grid.items()}
+        terms = _pairs(grid, np.arange(local.m), el.index.cpu().numpy())
     else:
         terms = _scale_terms(local, diagonal=True, index=el.index)
     return float(scale_loss(c, **terms).sum())

@@ -96,6 +96,26 @@ def test_degenerate_and_extreme_rows():
         assert np.all(f_new[ok] <= f_old[ok] + 1e-9 * size[ok] * np.maximum(c_old[ok], 1 / c_old[ok]) ** 2)
 
 
+@pytest.mark.parametrize("spread", [0.05, 0.3, 3.0])
+def test_pair_grid_matches_best_scale(spread):
+    """The D P pair grid's cheaper root (float32 Newton from the series start, one float64 step, the
+    certificate): the same minimum values as best_scale to round-off and the minimisers to 1e-9, with
+    correlations small (the series' reach), moderate and large (the fast float64 path takes those), and
+    degenerate rows (zero norms, one-sided) handed on as best_scale hands them."""
+    g = np.random.default_rng(int(spread * 100))
+    n = 96
+    b, d = g.uniform(0.2, 3, (1, n)), g.uniform(0.2, 3, (1, n))
+    a, gm = g.normal(size=(n, n)) * spread * np.sqrt(b), g.normal(size=(n, n)) * spread * np.sqrt(d)
+    b[0, :3], a[:, 3] = 0.0, 0.0  # columns with no producing weights, or no cross term
+    c1, f1 = scaling.pair_grid(a, b, gm, d)
+    c2, f2 = best_scale(a, b, gm, d)
+    size = np.abs(a) + np.abs(b) + np.abs(gm) + np.abs(d)
+    np.testing.assert_allclose(f1, f2, rtol=0, atol=1e-13 * size.max())
+    np.testing.assert_allclose(c1, c2, rtol=1e-9)
+    c3, f3 = best_scale_eig(a, b, gm, d)
+    assert np.all(f1 <= f3 + 1e-9 * size * np.maximum(c3, 1 / c3) ** 2)
+
+
 def test_grid_broadcast_and_tensors():
     """The n × n grid of PermutationScaling (crosses m × n, norms 1 × n), numpy or torch inputs."""
     g = np.random.default_rng(2)
