@@ -31,6 +31,9 @@ class TensorObjective:
         gb = problem.graph_b
         self.reads = {name: tuple(dict.fromkeys(e.space for e in gb.edges_of(name))) for name in problem.params_a}
         self._cache: dict[str, tuple[tuple, float]] = {}
+        #: whether weight-matching visits hand their tensors' terms here (:meth:`prefill`): off for a solve that
+        #: reads ``J`` only at its start and end, where computing them per visit costs more than it saves
+        self.visit_terms = True
 
     def __call__(self, transforms: Mapping[str, Element]) -> float:
         total = 0.0

@@ -211,7 +211,7 @@ def staged_start(solve, problem, transforms: dict, scaled: list[str], **options)
             options = {**options, "tol": max(options.get("tol") or 0.0, 1e-6)}
         params_b = apply(problem.graph_b, problem.params_b, tb, check=False)
         first = solve(dataclasses.replace(problem, classes=classes, dtype=low, params_a=_cast(problem.params_a, low),
-                                          params_b=_cast(params_b, low)), **options)
+                                          params_b=_cast(params_b, low)), **options, record=False)
         candidate = dict(first.transforms)
         if all(isinstance(candidate[s], GatherElement) and candidate[s].bijective for s in scales):
             for s, c in scales.items():  # (D P · D_bal B)[j] = d[j] c[π(j)] B[π(j)]

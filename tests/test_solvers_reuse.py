@@ -169,3 +169,22 @@ def test_a_narrower_fixed_edge_is_cached_only_where_it_pays():
         (space,) = problem.spaces
         head = [i for i, (ea, _) in enumerate(matcher.edges[space]) if ea.role is Role.IN]
         assert bool(head) and (set(head) <= set(matcher.fixed[space])) == kept, classes
+
+
+@pytest.mark.parametrize("classes, widths", [("permutation", [30, 48, 48, 48, 48, 48, 8]),
+                                             ("permutation_scaling", [20, 24, 24, 24, 6])])
+def test_unrecorded_history_gives_the_same_solve(classes, widths):
+    """``record=False`` (the staged start's inner solve, whose per-sweep J nobody reads): the same transforms,
+    sweeps and final J as the recorded solve; the history keeps the start, the first pass and the end only."""
+    arch = architectures.mlp(widths)
+    a = _double(arch.module(seed=0).state_dict())
+    b = _double(arch.module(seed=1).state_dict())
+    problem = solvers.make_problem(arch.graph, a, b, classes=classes)
+    quiet = wm.WeightMatching().solve(problem, record=False)
+    loud = wm.WeightMatching().solve(problem)
+    assert quiet.iterations == loud.iterations > 1 and len(loud.history) == loud.iterations + 2
+    assert quiet.objective_after == pytest.approx(loud.objective_after, rel=1e-12)
+    assert quiet.history == pytest.approx([loud.history[0], loud.history[1], loud.history[-1]], rel=1e-12)
+    for s in problem.spaces:
+        assert torch.equal(quiet.transforms[s].index, loud.transforms[s].index)
+        assert torch.equal(quiet.transforms[s].scales()[0], loud.transforms[s].scales()[0])

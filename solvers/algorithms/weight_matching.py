@@ -122,7 +122,7 @@ class WeightMatching(Solver):
         return isinstance(cls, Trivial) or has_subproblem(cls)
 
     def solve(self, problem, *, mode: str = "default", max_iter: int = 100, tol: float | None = None,
-              backend: str = "auto", start: str | None = None) -> Solution:
+              backend: str = "auto", start: str | None = None, record: bool = True) -> Solution:
         """``mode``: ``"default"`` or ``"rebasin"``; ``tol``: an update is kept if it lowers ``J`` by more
         than ``tol·J_start`` (default 1e-12 in float64, 1e-6 in float32; ``rebasin``: absolute 1e-12 on
         ``⟨P, cost⟩``); ``backend``: the LAP backend (:mod:`symmetries.assignment`); ``start``:
@@ -131,7 +131,8 @@ class WeightMatching(Solver):
         spaces, the whole permutation solve with ``Permutation`` there, on B balanced —
         :func:`~solvers.scale_descent.staged_start` — instead) or ``"identity"``
         (start the sweeps from ``init`` or the identity). ``history``: ``J`` at the start, after the
-        first pass (if kept) and after every sweep."""
+        first pass (if kept) and after every sweep (``record=False``: after the last sweep only — one
+        evaluation of ``J`` per sweep saved, for a solve whose history nobody reads, like the staged start's)."""
         if mode not in ("default", "rebasin"):
             raise ValueError(f"mode must be 'default' or 'rebasin', got {mode!r}")
         if int(max_iter) < 0:
@@ -152,6 +153,8 @@ class WeightMatching(Solver):
         identities = {s: el for s, el in transforms.items() if problem.init is None or s not in problem.init}
         objective = TensorObjective(problem, identities) if _REUSE else (
             lambda t: problem.objective(TransformSet(t)))
+        if not record and _REUSE:  # J is read twice or three times: visits do not hand it their tensors' terms
+            objective.visit_terms = False
         log = VisitLog(problem, units)
         stable = StableAssignments(problem, matcher, units, log.reads, coupled) if _REUSE else None
         if stable is not None and not stable.active:  # no permutation unit reads a dense neighbour
@@ -217,7 +220,8 @@ class WeightMatching(Solver):
             if progress and scaled and not rebasin:
                 polish(scaled, transforms, threshold)
             trim()
-            history.append(objective(transforms))
+            if record or not progress or iterations == int(max_iter):
+                history.append(objective(transforms))
             if not progress:
                 status = "converged"
                 break
@@ -237,7 +241,7 @@ class WeightMatching(Solver):
         always take it); returns whether it counts as progress. Index-form units hand ``objective`` the
         terms ``‖A_e − T·B_e‖²`` of their tensors from the rows just built (:func:`_note_terms`); ``certify``:
         ``(StableAssignments, unit)`` notes the visit's margin."""
-        keep = [] if hasattr(objective, "prefill") and not coupled and _index_form(classes[0]) else None
+        keep = [] if _takes_terms(objective) and not coupled and _index_form(classes[0]) else None
         locals_ = [matcher.local(s, transforms, stream=streamed_classes(c), norms=scale_grid_class(c), keep=keep)
                    for s, c in zip(spaces, classes)]
         progress = WeightMatching._step(problem, spaces, classes, locals_, transforms, coupled, rebasin, tol,
@@ -287,7 +291,7 @@ class WeightMatching(Solver):
                 continue
             complete = all(matcher.usable(eb, settled) for s in spaces for _, eb in matcher.edges[s])
             classes = [problem.classes[s] for s in spaces]
-            keep = [] if hasattr(objective, "prefill") and not coupled[u] and _index_form(classes[0]) else None
+            keep = [] if _takes_terms(objective) and not coupled[u] and _index_form(classes[0]) else None
             locals_ = new = None  # the last unit's scores go before this unit's are built
             trim()
             locals_ = [matcher.local(s, settled, settled_only=True, stream=streamed_classes(c),
@@ -368,6 +372,11 @@ def _ignores_current(cls) -> bool:
     """Whether the unit's solve never reads its current element (head groups; the built-in norm-keeping
     subproblem): then, with the same data, it returns the same element whatever the last visit kept."""
     return isinstance(cls, HeadStructured) or subproblem.dispatch(type(cls)) is _NORM_KEEPING
+
+
+def _takes_terms(objective) -> bool:
+    """Whether visits hand ``objective`` their tensors' terms (:func:`_note_terms`)."""
+    return getattr(objective, "visit_terms", False)
 
 
 def _index_form(cls) -> bool:
