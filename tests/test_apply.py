@@ -172,3 +172,27 @@ def test_transform_set_algebra_and_repr():
     assert set(both) == {"x", "y"} and both["x"].allclose(a @ b) and both["y"] is a
     assert len(s.inverse()) == 1 and (s.inverse()["x"] @ a).is_identity()
     assert "TransformSet" in repr(s) and s.to(dtype=torch.float32)["x"].shape == (4, 4)
+
+
+@pytest.mark.parametrize("role", ["out", "in", "var"])
+def test_a_scaling_applies_without_a_gather_and_never_aliases(role):
+    """A diagonal element (a positive scaling) scales in place of gathering: the same values as the gather with
+    the identity index would give, in a new tensor — whole axis and a slice of one (a concatenation)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, dtype=torch.float64, generator=g)
+    c = torch.rand(5, dtype=torch.float64, generator=g) + 0.5
+    el = sy.GatherElement.monomial(torch.arange(5), c)
+    assert el.is_diagonal()
+    out = el.apply(x, 1, role)
+    factor = {"out": c, "in": 1 / c, "var": c * c}[role]
+    torch.testing.assert_close(out, x * factor, rtol=0, atol=0)
+    assert out.data_ptr() != x.data_ptr()
+    graph = WeightGraph("cat")
+    graph.add_space("s", 5, sy.PositiveScaling())
+    graph.add_parameter("w", (6, 8))
+    graph.connect("w", "s", axis=1, role=role, slice=(2, 7))
+    params = {"w": torch.randn(6, 8, dtype=torch.float64, generator=g)}
+    moved = sy.apply(graph, params, {"s": el}, check=False)["w"]
+    torch.testing.assert_close(moved[:, 2:7], params["w"][:, 2:7] * factor, rtol=0, atol=0)
+    torch.testing.assert_close(moved[:, :2], params["w"][:, :2], rtol=0, atol=0)
+    assert moved.data_ptr() != params["w"].data_ptr()
