@@ -45,6 +45,7 @@ class Matcher:
         self.chunks: dict[str, int | None] = {}  # rows per chunk of a tensor streamed in row blocks
         self.fixed: dict[str, tuple[int, ...]] = {}  # edges whose B rows no transform changes (_fixed_edges)
         self._fixed_acc: dict[str, tuple[dict, dict]] = {}  # their sums and B row norms per role, once computed
+        self._raw_sq: dict[tuple[str, int], torch.Tensor] = {}  # B's stored rows' squared norms per (space, edge)
         #: products kept between visits (solvers.cross_cache); None: off
         self.cache = None
         self.itemsize = size = torch.empty((), dtype=problem.dtype).element_size()
@@ -182,10 +183,10 @@ class Matcher:
         if self.problem.lazy:  # the last edge's tensors (read from disk) go back to the OS before the next
             release_free_memory()
         step = self.chunks[ea.parameter] if stream else None
-        if step is None and stream and not norms and self.cache is not None and self._whole(ea, eb):
+        if step is None and stream and self.cache is not None and self._whole(ea, eb):
             product = self._cached_cross(space, i, ea, eb, transforms, m, n)
-            if product is not None:
-                loc.add_product(ea.role, product)
+            if product is not None:  # the other axis moved by a gather only: B's row norms are the raw rows'
+                loc.add_product(ea.role, product, self._raw_norms(space, i, eb, n) if norms else None)
                 return
         if step is None:
             a, b = self.a_row(space, i), self.b_rows(space, eb, transforms, n)
@@ -196,6 +197,15 @@ class Matcher:
         for a, b in self.row_blocks(ea, eb, transforms, m, n, step):  # Σ_e A_e B_eᵀ a block of columns at a time
             loc.add(ea.role, a, b, stream=True, norms=norms)
             del a, b
+
+    def _raw_norms(self, space: str, i: int, eb, n: int) -> torch.Tensor:
+        """``‖B_e[i]‖²`` of the space's ``i``-th edge's rows as stored (computed once): the row norms of ``B̃_e``
+        too wherever the other axes are only re-indexed (a gather keeps each row's entries, moved)."""
+        key = (space, i)
+        if key not in self._raw_sq:
+            rows = self.b_rows(space, eb, {}, n)
+            self._raw_sq[key] = torch.linalg.vector_norm(rows, dim=1).square_()
+        return self._raw_sq[key]
 
     @staticmethod
     def _keep(keep: list, space: str, ea, a: torch.Tensor, b: torch.Tensor) -> None:

@@ -18,6 +18,7 @@ from solvers.scale_descent import ScaleViews, balanced_scales, multipliers
 from solvers.scaling import C_MAX, C_MIN, best_scale, best_scale_eig, scale_loss
 from solvers.subproblems import _scale_terms
 from symmetries import PermutationScaling, PositiveScaling, apply, random_transforms
+from symmetries.roles import Role
 from symmetries.elements import GatherElement
 from symmetries.transforms import TransformSet
 
@@ -534,3 +535,40 @@ def test_norm_only_views_serve_a_full_build():
         np.testing.assert_array_equal(f0, f2)
         np.testing.assert_array_equal(e1, e2)
         np.testing.assert_array_equal(f1, f2)
+
+
+def test_permutation_scaling_visit_reads_kept_products_beside_permutation_spaces():
+    """A ``D P`` space whose tensors' other axes carry permutations (a mixed problem: ``Permutation`` at the
+    neighbours) reads the kept cross products and B's stored row norms (a gather keeps each row's entries):
+    the visit equals the in-memory one, the second visit reuses the product, and when the neighbour's
+    permutation moves the product is updated, not recomputed."""
+    from solvers.subproblems import gain, solve_local
+    arch = architectures.mlp([12, 16, 16, 16, 5])
+    a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+    b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+    classes = {"hidden.0": "permutation", "hidden.1": "permutation_scaling", "hidden.2": "permutation"}
+    problem = solvers.make_problem(arch.graph, a, b, classes=classes)
+    matcher = Matcher(problem)
+    g = np.random.default_rng(3)
+    tr = {s: GatherElement(torch.from_numpy(g.permutation(16))) for s in ("hidden.0", "hidden.2")}
+    tr["hidden.1"] = _random_monomials(problem, 4)["hidden.1"]
+    cls = problem.classes["hidden.1"]
+    for step in range(3):
+        if step == 2:  # hidden.0 moves at two units: the kept products take the difference
+            idx = tr["hidden.0"].index.clone()
+            idx[[0, 1]] = idx[[1, 0]]
+            tr["hidden.0"] = GatherElement(idx)
+        before = dict(matcher.cache.stats)
+        streamed = matcher.local("hidden.1", tr, stream=True, norms=True)
+        used = {k: matcher.cache.stats[k] - before[k] for k in before}
+        want_used = [dict(whole=2, reused=0, updated=0), dict(whole=0, reused=2, updated=0),
+                     dict(whole=0, reused=1, updated=1)][step]  # step 2: the edge reading hidden.0 is updated
+        assert {k: used[k] for k in want_used} == want_used, (step, used)
+        rows = matcher.local("hidden.1", tr)
+        for role in (Role.OUT, Role.IN):
+            torch.testing.assert_close(streamed.row_norms(role, "b"), rows.row_norms(role, "b"), rtol=1e-14, atol=0)
+        want, got = solve_local(cls, rows), solve_local(cls, streamed)
+        assert torch.equal(want.index, got.index)
+        torch.testing.assert_close(got.scales()[0], want.scales()[0], rtol=1e-10, atol=0)
+        assert gain(cls, streamed, tr["hidden.1"], got) == pytest.approx(gain(cls, rows, tr["hidden.1"], want),
+                                                                         rel=1e-9, abs=1e-9)
