@@ -11,7 +11,8 @@ random weights plus 20% generic noise on every parameter, nothing downloaded) th
 * **invariance** — the largest output change (float64) over one random transform of every admitted
   class of every space, each space alone, and all spaces at once (``check_invariance(examples=1)``);
 * **align** — weight matching of two random seeds with each space's standard class
-  (permutations; head permutations for attention), one thread, computation in ``--align-dtype``;
+  (permutations; head permutations for attention) — with ``--scaling``, ``PermutationScaling`` (the
+  full ReLU group) at every space that admits it — one thread, computation in ``--align-dtype``;
   seconds and sweeps;
 * **kept** — ``max |f(T·θ_B) − f(θ_B)|`` in float64 after applying the solved transforms.
 
@@ -26,6 +27,7 @@ CI environment)::
     python benchmarks/bench_real_models.py -k resnet vit        # names containing any of these
     python benchmarks/bench_real_models.py -k tv/vgg11_bn --profile tv/vgg11_bn --timeout 1200
     python benchmarks/bench_real_models.py --out table.md       # also write the table (Markdown)
+    python benchmarks/bench_real_models.py -k squeezenet vgg --no-invariance --scaling --align-dtype float64
 """
 from __future__ import annotations
 
@@ -276,7 +278,9 @@ def run_case(name: str, opts: dict, results) -> None:
         dtype = getattr(torch, opts["align_dtype"])
         with timer.installed():
             t = time.perf_counter()
-            sol = solvers.solve("weight_matching", g, pa, pb, seed=0, dtype=dtype)
+            classes = ({s.name: sy.PermutationScaling() for s in g.spaces() if g.admits(s.name, sy.PermutationScaling())}
+                       if opts["scaling"] else None)
+            sol = solvers.solve("weight_matching", g, pa, pb, seed=0, dtype=dtype, classes=classes)
             seconds = time.perf_counter() - t
         model_b.load_state_dict(sy.apply(g, pb, sol.transforms))
         kept = float((_outputs(model_b, x) - y).abs().max())
@@ -381,15 +385,18 @@ def main(argv=None) -> int:
     ap.add_argument("--no-invariance", dest="invariance", action="store_false")
     ap.add_argument("--no-align", dest="align", action="store_false")
     ap.add_argument("--align-dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--scaling", action="store_true",
+                    help="search PermutationScaling (D P) at every space that admits it")
     ap.add_argument("--profile", nargs="*", default=(), help="models whose per-space times to print")
     ap.add_argument("--top", type=int, default=12, help="spaces listed per profile (default 12)")
     ap.add_argument("--out", default=None, help="also write the table (Markdown) to this file")
     args = ap.parse_args(argv)
     names = [n for n in MODELS if args.k is None or any(k in n for k in args.k)]
     opts = dict(timeout=args.timeout, invariance=args.invariance, align=args.align, align_dtype=args.align_dtype,
-                profile=set(args.profile), top=args.top)
+                profile=set(args.profile), top=args.top, scaling=args.scaling)
     print(f"torch {torch.__version__}; images {IMG}×{IMG}, batch 2 (ViTs {VIT}, batch 1); weight matching in "
-          f"{args.align_dtype}, invariance and function kept in float64; timeout {args.timeout:.0f} s per model")
+          f"{args.align_dtype}{' with PermutationScaling where admitted' if args.scaling else ''}, invariance and "
+          f"function kept in float64; timeout {args.timeout:.0f} s per model")
     print(HEADER, flush=True)
     rows, profiles, results = [], [], []
     for name in names:
