@@ -23,7 +23,7 @@ import torch
 from symmetries.elements import DenseElement, Element, GatherElement, HeadElement
 from symmetries.roles import Role
 
-__all__ = ["Local", "Matcher", "search_units", "inner_product", "KEEP_BYTES"]
+__all__ = ["Local", "Matcher", "search_units", "inner_product", "row_squares", "KEEP_BYTES"]
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Local:
             else:
                 self._acc[role] = a @ b.T
             if norms:
-                sq = torch.linalg.vector_norm(b, dim=1).square_()
+                sq = row_squares(b)
                 self._norms[role] = self._norms[role].add_(sq) if role in self._norms else sq
         else:
             if self._acc:
@@ -177,6 +177,11 @@ class Local:
             for a, b in pairs:
                 sub.add(role, a[i * dm:(i + 1) * dm], b[j * dn:(j + 1) * dn])
         return sub
+
+
+def row_squares(b: torch.Tensor) -> torch.Tensor:
+    """``‖b[i]‖²`` per row of a matrix."""
+    return torch.linalg.vector_norm(b, dim=1).square_()
 
 
 def _gram(mats, size) -> torch.Tensor:

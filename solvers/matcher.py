@@ -18,7 +18,7 @@ from symmetries.roles import Role
 
 from solvers import cross_cache
 from solvers.errors import SolverInputError
-from solvers.local import Local
+from solvers.local import Local, row_squares
 from solvers.memory import problem_bytes, release_free_memory
 from solvers.stream import row_chunk
 
@@ -203,8 +203,7 @@ class Matcher:
         too wherever the other axes are only re-indexed (a gather keeps each row's entries, moved)."""
         key = (space, i)
         if key not in self._raw_sq:
-            rows = self.b_rows(space, eb, {}, n)
-            self._raw_sq[key] = torch.linalg.vector_norm(rows, dim=1).square_()
+            self._raw_sq[key] = row_squares(self.b_rows(space, eb, {}, n))
         return self._raw_sq[key]
 
     @staticmethod

@@ -206,7 +206,7 @@ def _tensor_view(problem, name: str, polished: set, fixed: dict, cross: bool = T
     for ax, group in sorted(by_axis.items()):
         mine = [e for e in group if e.space in polished]
         if mine and (len(mine) < len(group) or any(e.repeat is not None for e in mine)):
-            return _general_view(problem, name, polished, fixed), None
+            return _general_view(problem, name, polished, fixed, by_axis), None
         if mine:
             layout.append((ax, b.shape[ax], tuple(sorted(((e.space, e.role, *e.span(b.shape[ax])) for e in mine),
                                                          key=lambda x: x[2]))))
@@ -276,15 +276,11 @@ def _sum_free(x: torch.Tensor, free: list) -> np.ndarray:
     return (x.sum(free) if free else x).numpy()
 
 
-def _general_view(problem, name: str, polished: set, fixed: dict):
-    """``(E, F, axes)`` of a tensor with a repeated polished edge or an axis polished spaces share with others:
-    the transforms applied to B, then the sums (``None`` where a repeated polished edge shares its axis)."""
-    gb = problem.graph_b
+def _general_view(problem, name: str, polished: set, fixed: dict, by_axis: dict):
+    """``(E, F, axes)`` of a tensor with a repeated polished edge or an axis polished spaces share with others
+    (``by_axis``: its edges at ``fixed`` spaces per axis): the transforms applied to B, then the sums (``None``
+    where a repeated polished edge shares its axis)."""
     b, a = problem.params_b[name], problem.params_a[name]
-    by_axis = defaultdict(list)
-    for e in gb.edges_of(name):
-        if e.space in fixed:
-            by_axis[e.axis % b.dim()].append(e)
     axes = []  # (axis, size, [(space, role, start, stop)…]) of the axes a polished space indexes
     repeats = {}  # axis → (count, block) of a repeated polished edge (the axis's only edge)
     for ax, group in sorted(by_axis.items()):

@@ -202,11 +202,7 @@ def _grid_root(a: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     far = np.abs(a32) + np.abs(g32) > np.float32(SERIES_RADIUS)
     if far.any():
         x = np.where(far, np.maximum(a32, np.float32(1.0)), x)
-    a3 = np.float32(3.0) * a32
-    for _ in range(GRID32_STEPS):
-        x2 = x * x
-        x = x - (((x - a32) * x2 + g32) * x - np.float32(1.0)) / ((np.float32(4.0) * x - a3) * x2 + g32)
-    x = x.astype(np.float64)
+    x = _newton32(a32, g32, x, GRID32_STEPS)
     x2 = x * x
     dp = (4.0 * x - 3.0 * a) * x2 + g
     step = (((x - a) * x2 + g) * x - 1.0) / dp
@@ -218,14 +214,14 @@ def _grid_root(a: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, ok
 
 
-def _newton32(a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """:data:`FAST32_STEPS` unguarded Newton steps in float32 from ``max(1, A)``, returned in float64: a start
+def _newton32(a: np.ndarray, g: np.ndarray, x: np.ndarray | None = None, steps: int = FAST32_STEPS) -> np.ndarray:
+    """``steps`` unguarded Newton steps in float32 from ``x`` (default ``max(1, A)``), returned in float64: a start
     for the float64 steps, whose convergence and certificate decide (a row that went astray here fails
     them and takes the guarded path)."""
-    a32, g32 = a.astype(np.float32), g.astype(np.float32)
+    a32, g32 = a.astype(np.float32, copy=False), g.astype(np.float32, copy=False)
     a3 = np.float32(3.0) * a32
-    x = np.maximum(a32, np.float32(1.0))
-    for _ in range(FAST32_STEPS):
+    x = np.maximum(a32, np.float32(1.0)) if x is None else x
+    for _ in range(steps):
         x2 = x * x
         x = x - (((x - a32) * x2 + g32) * x - np.float32(1.0)) / ((np.float32(4.0) * x - a3) * x2 + g32)
     return x.astype(np.float64)
