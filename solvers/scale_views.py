@@ -303,8 +303,7 @@ def _general_view(problem, name: str, polished: set, fixed: dict, by_axis: dict)
             if ax in repeats else (shift(ax), size, spans) for ax, size, spans in axes]
     free = [ax for ax in range(b.dim()) if ax not in {x for x, _, _ in axes}]
     a64, b64 = a.detach().cpu().double(), b.detach().cpu().double()
-    e_ = ((a64 * b64).sum(free) if free else a64 * b64).numpy()
-    f_ = ((b64 * b64).sum(free) if free else b64 * b64).numpy()
+    e_, f_ = _sum_free(a64 * b64, free), _sum_free(b64 * b64, free)
     return e_, f_, [(size, spans) for _, size, spans in axes]
 
 

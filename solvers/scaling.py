@@ -24,8 +24,11 @@ Exact methods, one answer:
   largest root (``p`` increases beyond it), and where ``G t_i < 1`` the global minimiser — a
   certificate that does not depend on the path. **Fast path**: unguarded Newton from ``t = max(1, A)``
   (the root when ``A = G = 0``), vectorised over cache-sized blocks of the grid — four steps in float32
-  (twice the SIMD width), then float64 steps to convergence (about two) — then that certificate.
-  **Guarded path** for the rows it does not certify: monotone Newton from the right on the convex part (from ``max(1, t_i)``, or its Newton step where that lies left of the root, or
+  (twice the SIMD width), then float64 steps to convergence (about two) — then that certificate. The
+  ``D P`` pair grid (:func:`pair_grid`) starts instead from the root's second-order series in ``A, G``
+  and accepts one float64 step after three float32 ones where a Kantorovich-style bound shows it lands at
+  the root (:func:`_grid_root`). **Guarded path** for the rows neither certifies: monotone Newton from
+  the right on the convex part (from ``max(1, t_i)``, or its Newton step where that lies left of the root, or
   the bound ``B = max(3A⁺, (3G⁻)^⅓, 3^¼)``, ``p(B) ≥ 0``) and from ``0`` on the concave part — a
   tangent lies below a convex and above a concave function, so neither steps over a root; each
   leaves its part (no root there) or converges.
