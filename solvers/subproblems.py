@@ -36,7 +36,8 @@ from symmetries.roles import Role
 
 from solvers.errors import UnsupportedClassError
 from solvers.local import Local, inner_product
-from solvers.scaling import best_scale, pair_grid, scale_loss
+from solvers.scale_assignment import scale_assignment
+from solvers.scaling import best_scale, scale_loss
 from solvers.splits import split_update
 
 __all__ = ["solve_local", "subproblem", "has_subproblem", "subproblem_classes", "solve_heads", "solve_block",
@@ -152,7 +153,7 @@ def _norm_keeping(cls, local, *, backend="auto", current=None):
 @subproblem.register(PositiveScaling)
 @subproblem.register(PermutationScaling)
 def _scalings(cls, local, *, backend="auto", current=None):
-    return _scaling(cls, local, backend)
+    return _scaling(cls, local, backend, current)
 
 
 @subproblem.register(Invertible)
@@ -192,17 +193,17 @@ def _scale_terms(local: Local, diagonal: bool, index: torch.Tensor | None = None
                 zeta=cross(VAR), eps=norms(VAR))
 
 
-def _scaling(cls, local: Local, backend: str) -> GatherElement:
+def _scaling(cls, local: Local, backend: str, current: Element | None = None) -> GatherElement:
     if isinstance(cls, PositiveScaling):
         c, _ = best_scale(**_scale_terms(local, diagonal=True))
         return GatherElement.monomial(np.arange(local.n), c)
     terms = _scale_terms(local, diagonal=False)
     local._cache["scale_grid"] = terms  # scaling_loss reads the pairs' terms from here (no second pass)
-    c, f = pair_grid(**terms)
-    perm = assignment_permutation(f, maximize=False, backend=backend)
-    rows = np.arange(local.n)
-    el = GatherElement.monomial(perm, c[rows, perm])
-    local._cache["scale_solution"] = (el, float(f[rows, perm].sum()))  # its loss: the LAP's own cost
+    start = (current.index.cpu().numpy() if isinstance(current, GatherElement) and current.bijective
+             and tuple(current.shape) == (local.n, local.n) else None)
+    perm, c, f = scale_assignment(**terms, start=start, backend=backend)
+    el = GatherElement.monomial(perm, c)
+    local._cache["scale_solution"] = (el, float(f.sum()))  # its loss: the LAP's own cost
     return el
 
 
