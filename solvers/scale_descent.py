@@ -40,6 +40,9 @@ MAX_SWEEPS = 500
 BALANCE_RTOL = 1e-6  # balancing stops when no scale moves by more than this (relative)
 START_BALANCE_RTOL = 1e-3  # the staged start's balancing: a start, the D P sweeps decide (1e-6 gives the same sweeps)
 NEWTON_STEPS = 30
+#: Skip solves whose inputs are those of their last one (:func:`polish_scales`). Private switch: tests compare
+#: against the plain loop with it off.
+_SKIP_UNCHANGED = True
 
 
 def multipliers(views: ScaleViews, scales: dict, spaces: list[str], threshold: float, cross: bool = True) -> float:
@@ -101,16 +104,33 @@ def polish_scales(problem, matcher, spaces, transforms, threshold, previous: Sca
         return None
     scales = {s: transforms[s].scales()[0].numpy().copy() for s in spaces}
     colours, changed = views.colours(spaces), set()
+    # a solve whose inputs (its own scales and its neighbours') are those of its last one would return that
+    # one's answer again — kept already, or refused — so it is skipped; likewise the multipliers
+    near = {s: sorted(n) for s, n in views.neighbours(spaces).items()}
+    version = dict.fromkeys(spaces, 0)  # bumped whenever a space's scales change
+    seen: dict = {}  # per space the versions its last solve read
+
+    def inputs(space):
+        return (version[space], *(version[x] for x in near[space]))
+    quiet = None  # the versions at the last multipliers call that moved nothing
     for k in range(MAX_SWEEPS):
-        accepted = multipliers(views, scales, spaces, threshold) > 0
-        if accepted:
-            changed.update(spaces)
+        accepted = False
+        if tuple(version.values()) != quiet or not _SKIP_UNCHANGED:
+            accepted = multipliers(views, scales, spaces, threshold) > 0
+            if accepted:
+                changed.update(spaces)
+                version = {s: v + 1 for s, v in version.items()}
+            else:
+                quiet = tuple(version.values())
         for group in (colours if k % 2 == 0 else colours[::-1]):
-            for space, c, g in _solve_colour(views, group, scales):
+            todo = [space for space in group if seen.get(space) != inputs(space) or not _SKIP_UNCHANGED]
+            for space, c, g in _solve_colour(views, todo, scales) if todo else ():
                 if np.isfinite(c).all() and g > threshold:
                     scales[space] = c
                     changed.add(space)
+                    version[space] += 1
                     accepted = True
+                seen[space] = inputs(space)
         if not accepted:
             break
     for s in changed:

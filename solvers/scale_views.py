@@ -109,15 +109,21 @@ class ScaleViews:
         names = dict(alpha=a, beta=b, gamma=g, delta=d, zeta=z, eps=e)
         return {k: v for k, v in names.items() if cross or k in ("beta", "delta", "eps")}
 
-    def colours(self, spaces: list[str]) -> list[list[str]]:
-        """``spaces`` split into classes no tensor joins (greedy, in order): the scale problems of one class
-        are independent, so solving them together is the same as one after another."""
+    def neighbours(self, spaces: list[str]) -> dict[str, set]:
+        """Per space of ``spaces`` the others of ``spaces`` that share a tensor with it: the spaces its scale
+        terms (:meth:`terms`) read."""
         touching: dict[str, set] = {s: set() for s in spaces}
-        for t, (_, _, axes) in enumerate(self.tensors):
+        for _, _, axes in self.tensors:
             met = [sp for _, spans in axes for sp, *_ in spans]
             for sp in met:
                 if sp in touching:
-                    touching[sp].update(x for x in met if x != sp)
+                    touching[sp].update(x for x in met if x != sp and x in touching)
+        return touching
+
+    def colours(self, spaces: list[str]) -> list[list[str]]:
+        """``spaces`` split into classes no tensor joins (greedy, in order): the scale problems of one class
+        are independent, so solving them together is the same as one after another."""
+        touching = self.neighbours(spaces)
         colour: dict[str, int] = {}
         for sp in spaces:
             taken = {colour[x] for x in touching[sp] if x in colour}

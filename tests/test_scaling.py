@@ -12,6 +12,7 @@ from torch import nn
 
 import architectures
 import solvers
+import solvers.scale_descent as scale_descent
 import solvers.scaling as scaling
 from solvers.local import Matcher
 from solvers.scale_descent import ScaleViews, balanced_scales, multipliers
@@ -343,6 +344,27 @@ def test_scale_views_equal_per_space_terms_and_objective(net):
         exps["after"] = exps.get("after", 0.0) - 2 * e * m + f * m * m
     change = problem.objective(TransformSet(moved)) - problem.objective(TransformSet(tr))
     assert change == pytest.approx(exps["after"] - exps["before"], rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("net", ["mlp", "squeeze"])
+def test_polish_skips_solves_whose_inputs_did_not_change(net, monkeypatch):
+    """The polish skips a space whose own and neighbours' scales are those its last solve read (and the
+    multipliers when no scale moved since they last found nothing): the same scales, to the bit, as the plain
+    loop that solves everything every pass — with fewer solves."""
+    graph, problem = _scaling_problem(net, [7, 9, 8, 3])
+    calls = []
+    terms = ScaleViews.terms
+    monkeypatch.setattr(ScaleViews, "terms", lambda self, *a, **k: calls.append(1) or terms(self, *a, **k))
+    out = {}
+    for skip in (False, True):
+        monkeypatch.setattr(scale_descent, "_SKIP_UNCHANGED", skip)
+        calls.clear()
+        tr = _random_monomials(problem, 3)
+        scale_descent.polish_scales(problem, Matcher(problem), problem.spaces, tr, 1e-12)
+        out[skip] = ({s: tr[s].scales()[0].numpy() for s in problem.spaces}, len(calls))
+    for s in problem.spaces:
+        np.testing.assert_array_equal(out[True][0][s], out[False][0][s])
+    assert out[True][1] < out[False][1]
 
 
 def test_multipliers_lower_j_by_the_reported_gain():
