@@ -27,7 +27,9 @@ from solvers.scaling import pair_grid
 __all__ = ["scale_assignment"]
 
 BOUND_MIN = 48  # below this width the whole grid costs less than the bound and a second small solve
-MAX_ROUNDS = 6  # assignments on partly bounded grids before the rest of the grid is computed exactly
+BOUND_MAX = 1024  # above it the n × n assignment outweighs the grid (n = 2048: 155 ms against 170 ms): the whole grid
+MAX_ROUNDS = 3  # assignments on partly bounded grids before the rest of the grid is computed exactly
+SEED_MAX = 0.25  # a seed wider than this fraction of the grid: the whole grid instead (one assignment)
 S_MAX = 3.5  # the bound is used while every A + G stays below this (its denominator 4 − S⁺ ≥ 0.5)
 MARGIN = 1e-12  # the lower bound is lowered by this (relative to 2κ): its round-off never lifts it above f*
 
@@ -37,10 +39,12 @@ def scale_assignment(alpha, beta, gamma, delta, zeta=0.0, eps=0.0, *, start=None
     """``(π, c, f)``: the permutation minimising ``Σ_j f*_{j π(j)}`` over the ``n × n`` grid of scale terms
     (:mod:`solvers.scaling`: crosses ``n × n``, norms ``1 × n``), with each matched pair's best scale
     ``c_j`` and loss ``f_j = f*_{j π(j)}``. ``start``: a permutation near the answer (the current one), which
-    picks the pairs computed first; without it, the assignment on the lower bound. Where the bound does not
-    apply (``var`` edges, a zero norm, ``A + G ≥ 3.5`` somewhere, a small grid) the whole grid is solved."""
-    grid = _bounds(alpha, beta, gamma, delta, zeta, eps)
-    out = None if grid is None else _bounded(*grid, start, backend)
+    picks the pairs computed first. Without it, and where the bound does not apply (``var`` edges, a zero
+    norm, ``A + G ≥ 3.5`` somewhere, a grid narrower than :data:`BOUND_MIN` or wider than :data:`BOUND_MAX`, a seed
+    wider than :data:`SEED_MAX` of the grid), the whole grid is solved: each round is an ``n × n`` assignment,
+    which on wide grids costs more than the pair losses it spares."""
+    grid = None if start is None else _bounds(alpha, beta, gamma, delta, zeta, eps)
+    out = None if grid is None else _bounded(*grid, np.asarray(start, dtype=np.int64), backend)
     if out is None:
         c, f = pair_grid(alpha, beta, gamma, delta, zeta, eps)
         perm = assignment_permutation(f, maximize=False, backend=backend)
@@ -50,13 +54,14 @@ def scale_assignment(alpha, beta, gamma, delta, zeta=0.0, eps=0.0, *, start=None
 
 
 def _bounded(a, b, g, d, low, gap, start, backend):
-    """:func:`scale_assignment` on the bounded grid; ``None`` if a pair's exact loss is not finite."""
+    """:func:`scale_assignment` on the bounded grid; ``None`` (solve the whole grid) where the seed is wide or a
+    pair's exact loss is not finite."""
     n = low.shape[0]
     rows = np.arange(n)
-    if start is None:
-        start = assignment_permutation(low, maximize=False, backend=backend)
     cost, scale, exact = low, np.empty((n, n)), np.zeros((n, n), dtype=bool)
-    flat = _seed(low, gap, np.asarray(start, dtype=np.int64))
+    flat = _seed(low, gap, start)
+    if flat.size > SEED_MAX * n * n:
+        return None
     for _ in range(MAX_ROUNDS):
         if not _solve_pairs(flat, a, b, g, d, cost, scale, exact):
             return None
@@ -77,7 +82,7 @@ def _bounds(alpha, beta, gamma, delta, zeta, eps):
     if not all(isinstance(x, np.ndarray) for x in (alpha, beta, gamma, delta)) or np.any(zeta) or np.any(eps):
         return None
     a, g = alpha, gamma
-    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < BOUND_MIN or g.shape != a.shape:
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or not BOUND_MIN <= a.shape[0] <= BOUND_MAX or g.shape != a.shape:
         return None
     n = a.shape[0]
     b, d = beta.reshape(1, -1), delta.reshape(1, -1)

@@ -80,8 +80,8 @@ def _check(terms, start):
 @pytest.mark.parametrize("spread", [0.02, 0.15, 0.5])
 @pytest.mark.parametrize("start", ["none", "answer", "random"])
 def test_bounded_assignment_is_the_full_grids(spread, start):
-    """Random grids of small, typical and large correlations, started from nothing (the assignment on the
-    lower bound), from the answer (a later sweep's visit) and from an unrelated permutation."""
+    """Random grids of small, typical and large correlations, started from nothing (the whole grid), from the
+    answer (a later sweep's visit) and from an unrelated permutation."""
     for seed in range(3):
         terms, _ = _grid(96, spread, seed)
         s = {"none": None, "answer": _full(terms)[0],
@@ -105,7 +105,7 @@ def test_bounded_assignment_recovers_a_planted_permutation(noise):
     """B's units are A's, permuted and scaled, plus noise: the planted permutation is the answer, from any
     start."""
     terms, perm = _grid(128, noise, 3, planted=True)
-    for start in (None, np.arange(128)):
+    for start in (np.arange(128), np.random.default_rng(0).permutation(128)):
         found, _ = _check(terms, start)
         np.testing.assert_array_equal(found, perm)
 
@@ -120,6 +120,7 @@ def test_rounds_add_the_pairs_the_optimum_used_then_the_rest_of_the_grid(monkeyp
     computed, rounds = [], []
     solve, lap = sa._solve_pairs, sa.assignment_permutation
     monkeypatch.setattr(sa, "_seed", lambda low, gap, s: np.arange(s.size) * s.size + s)
+    monkeypatch.setattr(sa, "MAX_ROUNDS", 100)
 
     def counting(flat, *rest):
         computed.append(int((~rest[-1].reshape(-1)[flat]).sum()))
@@ -134,10 +135,10 @@ def test_rounds_add_the_pairs_the_optimum_used_then_the_rest_of_the_grid(monkeyp
     assert sum(computed) == 96 * 96
 
 
-@pytest.mark.parametrize("case", ["var", "zero_norm", "small", "strong", "one_role"])
+@pytest.mark.parametrize("case", ["var", "zero_norm", "small", "wide", "wide_seed", "strong", "one_role", "no_start"])
 def test_grids_the_bound_does_not_cover_are_solved_whole(case, monkeypatch):
-    """``var`` edges, a zero norm, a grid below BOUND_MIN, ``A + G`` near 4 and a role no edge plays: the whole
-    grid, the same answer as pair_grid's."""
+    """``var`` edges, a zero norm, a grid below BOUND_MIN or above BOUND_MAX, a seed wider than SEED_MAX, ``A + G``
+    near 4, a role no edge plays and no start: the whole grid, the same answer as pair_grid's."""
     n = 32 if case == "small" else 64
     terms, _ = _grid(n, 0.2, 5)
     if case == "var":
@@ -150,12 +151,17 @@ def test_grids_the_bound_does_not_cover_are_solved_whole(case, monkeypatch):
         terms["alpha"][0, 0] = 4.0 * np.sqrt(b0 * d0) / (d0 / b0) ** 0.25  # A = 4 at pair (0, 0)
     elif case == "one_role":
         terms.update(gamma=0.0, delta=0.0)
-    bounded = []
-    monkeypatch.setattr(sa, "_bounded", lambda *a: bounded.append(1) or None)
+    elif case == "wide":
+        monkeypatch.setattr(sa, "BOUND_MAX", n - 1)
+    elif case == "wide_seed":
+        monkeypatch.setattr(sa, "SEED_MAX", 0.0)
+    computed = []
+    monkeypatch.setattr(sa, "_solve_pairs", lambda *a: computed.append(1))
     c, f = pair_grid(**terms)
     rows = np.arange(n)
-    perm, cs, fs = sa.scale_assignment(**terms)
-    assert not bounded  # the bounded path was not entered
+    start = None if case == "no_start" else np.arange(n)
+    perm, cs, fs = sa.scale_assignment(**terms, start=start)
+    assert not computed  # no pair was solved alone: the whole grid was
     best = f[rows, assignment_permutation(f, maximize=False)].sum()
     assert abs(fs.sum() - best) <= 1e-12 * np.abs(f).sum()
     np.testing.assert_allclose(cs, c[rows, perm])
