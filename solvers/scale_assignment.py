@@ -47,10 +47,14 @@ def scale_assignment(alpha, beta, gamma, delta, zeta=0.0, eps=0.0, *, start=None
     out = None if grid is None else _bounded(*grid, np.asarray(start, dtype=np.int64), backend)
     if out is None:
         c, f = pair_grid(alpha, beta, gamma, delta, zeta, eps)
-        perm = assignment_permutation(f, maximize=False, backend=backend)
-        rows = np.arange(perm.size)
-        return perm, c[rows, perm], f[rows, perm]
+        return _matched(assignment_permutation(f, maximize=False, backend=backend), c, f)
     return out
+
+
+def _matched(perm, scale, cost):
+    """``(π, c, f)`` of the matched pairs ``(j, π(j))``."""
+    rows = np.arange(perm.size)
+    return perm, scale[rows, perm], cost[rows, perm]
 
 
 def _bounded(a, b, g, d, low, gap, start, backend):
@@ -68,12 +72,11 @@ def _bounded(a, b, g, d, low, gap, start, backend):
         perm = assignment_permutation(cost, maximize=False, backend=backend)
         missing = np.flatnonzero(~exact[rows, perm])
         if not missing.size:
-            return perm, scale[rows, perm], cost[rows, perm]
+            return _matched(perm, scale, cost)
         flat = missing * n + perm[missing]
     if not _solve_pairs(np.flatnonzero(~exact), a, b, g, d, cost, scale, exact):
         return None
-    perm = assignment_permutation(cost, maximize=False, backend=backend)
-    return perm, scale[rows, perm], cost[rows, perm]
+    return _matched(assignment_permutation(cost, maximize=False, backend=backend), scale, cost)
 
 
 def _bounds(alpha, beta, gamma, delta, zeta, eps):
