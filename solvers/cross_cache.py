@@ -14,8 +14,13 @@ axis re-indexed by a source map ``σ``: ``B̃[…, p, …] = B[…, σ(p), …]`
 transformer's residual reads every MLP's 3072 rows), within the bytes of the largest score matrix the
 solve builds anyway, an eighth of the two models' bytes, and :data:`CACHE_BYTES` (0: off) — or, where every
 product the solve could keep fits in :data:`SMALL_BYTES`, all of them whatever their depth (an MLP's hidden
-layers: memory is no concern there, and each revisit then costs the moved columns only). Every
-:data:`REFRESH` updates the product is recomputed whole, so round-off never accumulates further.
+layers: memory is no concern there, and each revisit then costs the moved columns only). A solve still
+moving units after :data:`WIDEN_AFTER` sweeps widens its cache to edges as long as the space is wide,
+within a quarter of the models' bytes (:meth:`CrossCache.widen`; VGG's three 4096 × 4096 products). Every
+:data:`REFRESH` updates the product
+is recomputed whole, so round-off never accumulates further. Spans (a concatenation's part) and repeated
+edges (a flatten's channels × positions) are kept like plain ones: :func:`~symmetries.blocks.unit_rows`
+reads them alike whole and at the moved positions.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ from symmetries.action import apply_axis
 from symmetries.blocks import unit_rows
 from symmetries.elements import GatherElement, HeadElement
 
-__all__ = ["CrossCache", "source_map", "MIN_DEPTH", "CACHE_BYTES", "SMALL_BYTES", "REFRESH", "MAX_CHANGED"]
+__all__ = ["CrossCache", "source_map", "MIN_DEPTH", "CACHE_BYTES", "SMALL_BYTES", "REFRESH", "MAX_CHANGED",
+           "WIDEN_AFTER", "WIDE_SHARE"]
 
 #: An edge is cached only if its rows are at least this many times longer than the space is wide.
 MIN_DEPTH = 4
@@ -39,6 +45,13 @@ SMALL_BYTES = min(CACHE_BYTES, 32 << 20)
 REFRESH = 8
 #: Above this fraction of moved positions the product is recomputed whole.
 MAX_CHANGED = 0.4
+#: A solve still moving units after this many sweeps is creeping (many sweeps, each moving a few units of
+#: wide spaces: VGG's two 4096-wide classifier spaces under ``PermutationScaling``): its cache then widens to
+#: edges as long as the space is wide, within :data:`WIDE_SHARE` of the models' bytes (:meth:`CrossCache.widen`).
+WIDEN_AFTER = 2
+#: The share of A's and B's bytes a widened cache may hold (and at most :data:`CACHE_BYTES`); a streamed
+#: problem never widens.
+WIDE_SHARE = 0.25
 
 
 class CrossCache:
@@ -51,6 +64,12 @@ class CrossCache:
         self._entries: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._work: dict[tuple, int] = {}  # per entry: the multiply-adds of recomputing it whole
         self.stats = {"whole": 0, "updated": 0, "reused": 0, "evicted": 0}
+
+    def widen(self, budget: int) -> None:
+        """Take edges whose rows are as long as the space is wide (depth 1), within ``budget`` bytes: a
+        solve past :data:`WIDEN_AFTER` sweeps revisits its spaces often enough for such products to pay."""
+        self.budget = max(self.budget, min(budget, CACHE_BYTES))
+        self.min_depth = min(self.min_depth, 1)
 
     def eligible(self, shape_b: tuple[int, ...], eb, other_axes: dict, transforms: dict, m: int,
                  n: int) -> int | None:

@@ -57,6 +57,9 @@ class Matcher:
                          max((m * n * size for m, n in problem.sizes.values()), default=0))
             if budget > 0:
                 self.cache = cross_cache.CrossCache(budget)
+        # a streamed problem's memory is its few tensors in flight: its cache never widens
+        self._wide_budget = 0 if problem.lazy else min(cross_cache.CACHE_BYTES,
+                                                       int(cross_cache.WIDE_SHARE * problem_bytes(problem)))
         for space in problem.spaces:
             m, n = problem.sizes[space]
             pairs, seen = [], {}
@@ -91,6 +94,16 @@ class Matcher:
                 continue
             for i, (ea, _) in enumerate(pairs):
                 self.a_rows[(space, i)] = _rows(problem.params_a[ea.parameter], ea, m)
+
+    def widen_cache(self) -> None:
+        """A creeping solve's cache (:data:`~solvers.cross_cache.WIDEN_AFTER`): edges as long as the space is
+        wide, within :data:`~solvers.cross_cache.WIDE_SHARE` of the models' bytes."""
+        if self._wide_budget <= 0:
+            return
+        if self.cache is None:
+            self.cache = cross_cache.CrossCache(self._wide_budget, min_depth=1)
+        else:
+            self.cache.widen(self._wide_budget)
 
     def _fixed_edges(self, pairs, m: int, n: int) -> tuple[int, ...]:
         """The edges meeting tensors on which no other axis is searched (an embedding, a first layer, a
@@ -183,7 +196,7 @@ class Matcher:
         if self.problem.lazy:  # the last edge's tensors (read from disk) go back to the OS before the next
             release_free_memory()
         step = self.chunks[ea.parameter] if stream else None
-        if step is None and stream and self.cache is not None and self._whole(ea, eb):
+        if step is None and stream and self.cache is not None:  # spans and repeats too: unit_rows reads them
             product = self._cached_cross(space, i, ea, eb, transforms, m, n)
             if product is not None:  # the other axis moved by a gather only: B's row norms are the raw rows'
                 loc.add_product(ea.role, product, self._raw_norms(space, i, eb, n) if norms else None)

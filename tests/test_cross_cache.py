@@ -1,13 +1,15 @@
 """solvers.cross_cache: a kept ``A_e B̃_eᵀ`` updated where the neighbour's permutation moved equals the product
 recomputed whole — plain edges, a repeated (flatten) edge, both roles — and weight matching finds the same
 alignment with the cache on and off."""
+import functools
+
 import pytest
 import torch
 from torch import nn
 
 import architectures
 import solvers
-from solvers import cross_cache
+from solvers import cross_cache, memory
 from solvers.local import Matcher
 from solvers.problem import make_problem
 from symmetries import Permutation
@@ -18,10 +20,10 @@ from symmetries.roles import Role
 class ConvFlat(nn.Module):
     """conv → ReLU → conv → ReLU → flatten (channels × 3 × 3 positions: a repeated edge) → fc → ReLU → fc."""
 
-    def __init__(self):
+    def __init__(self, width: int = 4):
         super().__init__()
         self.c1, self.c2 = nn.Conv2d(2, 6, 3), nn.Conv2d(6, 5, 3)
-        self.f1, self.f2 = nn.Linear(45, 4), nn.Linear(4, 3)
+        self.f1, self.f2 = nn.Linear(45, width), nn.Linear(width, 3)
 
     def forward(self, x):
         h = torch.relu(self.c2(torch.relu(self.c1(x))))
@@ -151,3 +153,69 @@ def test_a_full_budget_gives_way_to_a_product_that_costs_more_to_recompute():
     assert run([fc]) == ({fc}, 0)  # it fits alone
     assert run([fc, conv]) == ({conv}, 1)
     assert run([conv, fc]) == ({conv}, 0)
+
+
+def test_updated_products_equal_whole_ones_on_a_repeated_edge_of_the_visited_space():
+    """The visited space meets a tensor through a repeated edge (the conv's 5 channels × 9 positions flattened
+    into f1's inputs) while the other axis (f1's 16 units) moves: that product is kept and updated too."""
+    wide = functools.partial(ConvFlat, 16)  # two units of 16 moved: below MAX_CHANGED
+    graph = architectures.from_module(wide().double(), torch.zeros(1, 2, 7, 7, dtype=torch.float64))
+    problem = _problem(graph, module=wide)
+    repeated = next(e for e in graph.edges_of("f1.weight") if e.repeat is not None)
+    fc_space = next(e.space for e in graph.edges_of("f1.weight") if e.repeat is None)
+    stats = _check_space(problem, repeated.space, fc_space)
+    assert stats["updated"] >= 2, stats
+
+
+def test_a_widened_cache_keeps_edges_as_long_as_the_space_is_wide(monkeypatch):
+    """Past WIDEN_AFTER sweeps a solve widens its cache: depth 1 within WIDE_SHARE of the models' bytes — and the
+    products it then keeps (hidden rows shorter than MIN_DEPTH × the width) still equal whole ones."""
+    monkeypatch.setattr(cross_cache, "SMALL_BYTES", 0)
+    problem = _problem(architectures.mlp([64, 16, 16, 5]))  # WIDE_SHARE of the models holds a 16 × 16 product
+    matcher = Matcher(problem)
+    assert matcher.cache.min_depth == cross_cache.MIN_DEPTH
+    narrow = _check_space(problem, problem.spaces[1], problem.spaces[0])
+    assert narrow["updated"] == 0, narrow  # rows 16 long (the other hidden space's units): below 4 × 16
+    matcher.widen_cache()
+    assert matcher.cache.min_depth == 1
+    assert matcher.cache.budget == min(cross_cache.CACHE_BYTES, int(cross_cache.WIDE_SHARE * memory.problem_bytes(problem)))
+    widened = Matcher.widen_cache
+    monkeypatch.setattr(Matcher, "__init__", _widened_init(Matcher.__init__, widened))
+    wide = _check_space(problem, problem.spaces[1], problem.spaces[0])
+    assert wide["updated"] >= 2, wide
+
+
+def _widened_init(init, widen):
+    def new(self, problem):
+        init(self, problem)
+        widen(self)
+    return new
+
+
+def test_a_streamed_problem_never_widens_its_cache(monkeypatch):
+    """A lazy problem's memory is its tensors in flight: widening leaves its cache as it was (in memory, the same
+    problem's cache widens)."""
+    monkeypatch.setattr(cross_cache, "SMALL_BYTES", 0)
+    arch = architectures.mlp([64, 16, 16, 5])
+    a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+    b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+    for lazy in (False, True):
+        matcher = Matcher(make_problem(arch.graph, a, b, classes="permutation", dtype=torch.float64, lazy=lazy))
+        before = (matcher.cache.budget, matcher.cache.min_depth)
+        matcher.widen_cache()
+        assert ((matcher.cache.budget, matcher.cache.min_depth) == before) == lazy, (lazy, before)
+
+
+def test_weight_matching_widens_its_cache_only_when_it_creeps(monkeypatch):
+    """The forward start and two sweeps (the default mode on an MLP) never widen; the published loop's many
+    sweeps from the identity widen once, at the third."""
+    calls = []
+    widen = Matcher.widen_cache
+    monkeypatch.setattr(Matcher, "widen_cache", lambda self: (calls.append(1), widen(self))[1])
+    arch = architectures.mlp([6, 16, 16, 5])
+    a = {k: v.double() for k, v in arch.module(seed=0).state_dict().items()}
+    b = {k: v.double() for k, v in arch.module(seed=1).state_dict().items()}
+    quick = solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), seed=0)
+    assert quick.iterations <= cross_cache.WIDEN_AFTER and calls == []
+    slow = solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), seed=0, mode="rebasin")
+    assert slow.iterations > cross_cache.WIDEN_AFTER and calls == [1]

@@ -29,7 +29,7 @@ from symmetries.roles import Role
 from symmetries.transforms import TransformSet
 
 from solvers.errors import SolverInputError
-from solvers import memory
+from solvers import cross_cache, memory
 from solvers.local import inner_product
 from solvers.matcher import Matcher, search_units
 from solvers.reuse import TensorObjective, VisitLog
@@ -202,6 +202,8 @@ class WeightMatching(Solver):
         for it in range(int(max_iter)):
             iterations = it + 1
             progress = False
+            if it == cross_cache.WIDEN_AFTER:  # still moving: kept products pay on wider edges (solvers.cross_cache)
+                matcher.widen_cache()
             for u in rng.permutation(len(units)):
                 if _REUSE and log.repeats(u, transforms):  # same data, same current: the last visit again
                     skipped += 1
