@@ -71,6 +71,21 @@ class CrossCache:
         self.budget = max(self.budget, min(budget, CACHE_BYTES))
         self.min_depth = min(self.min_depth, 1)
 
+    def kept(self) -> list[tuple]:
+        """``(key, σ, product, age, work)`` of every kept product, the costliest to recompute first."""
+        return [(k, *self._entries[k], self._work[k]) for k in sorted(self._entries, key=lambda k: -self._work[k])]
+
+    def put(self, key, sigma: torch.Tensor, product: torch.Tensor, age: int, work: int) -> bool:
+        """Keep a product built elsewhere (another solve's, rescaled: :meth:`~solvers.matcher.Matcher.adopt`)
+        under ``key`` if it is new and fits the budget; whether it was kept."""
+        size = _nbytes(product)
+        if key in self._entries or self.used + size > self.budget:
+            return False
+        self._entries[key] = (sigma, product, age)
+        self._work[key] = work
+        self.used += size
+        return True
+
     def eligible(self, shape_b: tuple[int, ...], eb, other_axes: dict, transforms: dict, m: int,
                  n: int) -> int | None:
         """The one other axis of B's tensor that ``transforms`` move by a pure gather, if the edge is worth

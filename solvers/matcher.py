@@ -105,6 +105,31 @@ class Matcher:
         else:
             self.cache.widen(self._wide_budget)
 
+    def adopt(self, other: "Matcher", scales: dict[str, torch.Tensor]) -> int:
+        """Take the kept products of ``other`` — a Matcher of this problem with B's units scaled, ``B' = D B``
+        (``scales``: ``c`` per scaled space; the staged start's balanced B) — wherever they are this problem's
+        up to a column scaling: the edge's own space scaled (``out``: ``M = M' diag(1/c)``; ``in``:
+        ``M = M' diag(c)``), no other axis of the tensor at a scaled space, the same dtype and device.
+        Costliest first, within this cache's budget; ``other``'s products are rescaled in place. Returns how
+        many were taken."""
+        if self.cache is None or other.cache is None or other.problem.dtype != self.problem.dtype:
+            return 0
+        taken = 0
+        for (space, i), sigma, product, age, work in other.cache.kept():
+            ea, eb = self.edges[space][i]
+            dim = len(self.problem.shape(eb.parameter, "b"))
+            if ea.role is Role.VAR or any(f.space in scales for f in self.by_param_b[eb.parameter]
+                                          if f.axis % dim != eb.axis % dim):
+                continue
+            if space in scales:
+                c = scales[space].to(product.dtype).to(product.device)
+                if ea.role is Role.IN:
+                    product.mul_(c)
+                else:
+                    product.div_(c)
+            taken += self.cache.put((space, i), sigma, product, age, work)
+        return taken
+
     def _fixed_edges(self, pairs, m: int, n: int) -> tuple[int, ...]:
         """The edges meeting tensors on which no other axis is searched (an embedding, a first layer, a
         classifier read by the last layer): their sums ``Σ A_e B_eᵀ`` (and B's row norms) never change, and a

@@ -212,13 +212,16 @@ def _least_norm_scales(beta: np.ndarray, delta: np.ndarray, eps: np.ndarray) -> 
     return c
 
 
-def staged_start(solve, problem, transforms: dict, scaled: list[str], **options):
+def staged_start(solve, problem, transforms: dict, scaled: list[str], matcher=None, **options):
     """``(candidate transforms, their J, (views, J_p per tensor) or None)``: the problem solved with ``Permutation`` at its
     ``PermutationScaling`` spaces (``solve``: the weight-matching solver's ``solve``, ``options`` its
     options) on B balanced at the scaled spaces (module doc) and in float32 (a start: the float64 ``D P``
     sweeps that follow decide), the scales put back as ``T = D P D_bal``; on B as it is where balancing
     does not apply (``init`` given, widths changing, a tied axis). ``J`` of the candidate comes from its
-    :class:`ScaleViews` (which the first polish then reuses) and the objective of the tensors they miss."""
+    :class:`ScaleViews` (which the first polish then reuses) and the objective of the tensors they miss.
+    ``matcher``: the outer solve's, which adopts the permutation stage's kept products where the two
+    problems share their dtype (:meth:`~solvers.matcher.Matcher.adopt`: VGG's 4096 × 25 088 classifier
+    product, 11 s on one thread, is not built twice)."""
     classes = {s: Permutation() if isinstance(c, PermutationScaling) else c for s, c in problem.classes.items()}
     square = all(problem.sizes[s][0] == problem.sizes[s][1] for s in scaled)
     balanced = (_balance(problem, scaled, transforms, START_BALANCE_RTOL) if problem.init is None and not problem.lazy and square
@@ -230,8 +233,11 @@ def staged_start(solve, problem, transforms: dict, scaled: list[str], **options)
         if low != problem.dtype:  # gains below float32 round-off are not progress
             options = {**options, "tol": max(options.get("tol") or 0.0, 1e-6)}
         params_b = apply(problem.graph_b, problem.params_b, tb, check=False)
+        inner: list = []
         first = solve(dataclasses.replace(problem, classes=classes, dtype=low, params_a=_cast(problem.params_a, low),
-                                          params_b=_cast(params_b, low)), **options, record=False)
+                                          params_b=_cast(params_b, low)), **options, record=False, _matchers=inner)
+        if matcher is not None and inner:
+            matcher.adopt(inner.pop(), scales)
         candidate = dict(first.transforms)
         if all(isinstance(candidate[s], GatherElement) and candidate[s].bijective for s in scales):
             for s, c in scales.items():  # (D P · D_bal B)[j] = d[j] c[π(j)] B[π(j)]

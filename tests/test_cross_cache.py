@@ -1,6 +1,7 @@
 """solvers.cross_cache: a kept ``A_e B̃_eᵀ`` updated where the neighbour's permutation moved equals the product
 recomputed whole — plain edges, a repeated (flatten) edge, both roles — and weight matching finds the same
 alignment with the cache on and off."""
+import dataclasses
 import functools
 
 import pytest
@@ -12,7 +13,7 @@ import solvers
 from solvers import cross_cache, memory
 from solvers.local import Matcher
 from solvers.problem import make_problem
-from symmetries import Permutation
+from symmetries import Permutation, PermutationScaling, TransformSet, apply
 from symmetries.elements import GatherElement
 from symmetries.roles import Role
 
@@ -219,3 +220,58 @@ def test_weight_matching_widens_its_cache_only_when_it_creeps(monkeypatch):
     assert quick.iterations <= cross_cache.WIDEN_AFTER and calls == []
     slow = solvers.solve("weight_matching", arch.graph, a, b, classes=Permutation(), seed=0, mode="rebasin")
     assert slow.iterations > cross_cache.WIDEN_AFTER and calls == [1]
+
+
+def test_adopted_products_equal_whole_ones():
+    """A Matcher adopts the products another built on B' = D B (scales at the c1 and fc spaces) where the edge's own
+    space is scaled — out: M' diag(1/c), in: M' diag(c) — or not scaled, and none whose other axis is scaled."""
+    graph = architectures.from_module(ConvFlat().double(), torch.zeros(1, 2, 7, 7, dtype=torch.float64))
+    problem = _problem(graph, module=ConvFlat)
+    out_space = {e.parameter: e.space for s in problem.spaces for e in graph.edges_at(s) if e.axis == 0}
+    c1, c2, fc = out_space["c1.weight"], out_space["c2.weight"], out_space["f1.weight"]
+    gen = torch.Generator().manual_seed(3)
+    scales = {s: torch.rand(problem.sizes[s][1], generator=gen, dtype=torch.float64) + 0.5 for s in (c1, fc)}
+    d = TransformSet({s: GatherElement.monomial(torch.arange(len(c)), c) for s, c in scales.items()})
+    scaled = dataclasses.replace(problem, params_b=apply(graph, problem.params_b, d, check=False))
+    transforms = {s: GatherElement(torch.randperm(problem.sizes[s][1], generator=gen), problem.sizes[s][1])
+                  for s in problem.spaces}
+    inner, outer, whole = Matcher(scaled), Matcher(problem), Matcher(problem)
+    for matcher in (inner, whole):
+        for space in problem.spaces:
+            matcher.local(space, transforms, stream=True)
+    kept = {key: product for key, _, product, _, _ in whole.cache.kept()}
+    roles = {key: inner.edges[key[0]][key[1]][0].role for key in kept}
+    assert outer.adopt(inner, scales) > 0
+    adopted = {key: product for key, _, product, _, _ in outer.cache.kept()}
+    # c1's in-edge on c2.weight (c2 unscaled) and fc's out-edge on f1.weight (c2 unscaled): taken; c2's edges read
+    # c1 (c2.weight) or fc (f1.weight) on their other axis: left
+    assert {key[0] for key in adopted} == {c1, fc} and c2 in {key[0] for key in kept}, adopted.keys()
+    assert {roles[key] for key in adopted} == {Role.IN, Role.OUT}
+    for key, product in adopted.items():
+        assert torch.allclose(product, kept[key], rtol=0, atol=1e-12 * float(kept[key].abs().max())), key
+
+
+def test_the_staged_start_hands_its_products_to_the_outer_solve(monkeypatch):
+    """With PermutationScaling at the fc space only (its other axis read through the unscaled conv), the float32
+    permutation stage's products on balanced B serve the outer float32 solve — the same alignment as without."""
+    torch.manual_seed(0)
+    net_a = ConvFlat(16)
+    torch.manual_seed(1)
+    net_b = ConvFlat(16)
+    graph = architectures.from_module(net_a, torch.zeros(1, 2, 7, 7))
+    out_space = {e.parameter: e.space for s in graph.spaces() for e in graph.edges_at(s.name) if e.axis == 0}
+    classes = {out_space["c1.weight"]: Permutation(), out_space["c2.weight"]: Permutation(),
+               out_space["f1.weight"]: PermutationScaling()}
+    taken = []
+    adopt = Matcher.adopt
+    monkeypatch.setattr(Matcher, "adopt", lambda self, other, scales: taken.append(adopt(self, other, scales)) or taken[-1])
+    on = solvers.solve("weight_matching", graph, net_a.state_dict(), net_b.state_dict(), classes=classes, seed=0,
+                       dtype=torch.float32)
+    assert taken and taken[0] > 0
+    monkeypatch.setattr(Matcher, "adopt", lambda self, other, scales: 0)
+    off = solvers.solve("weight_matching", graph, net_a.state_dict(), net_b.state_dict(), classes=classes, seed=0,
+                        dtype=torch.float32)
+    assert on.iterations == off.iterations
+    assert on.objective_after == pytest.approx(off.objective_after, rel=1e-5)
+    for s in off.transforms:
+        assert torch.equal(on.transforms[s].index, off.transforms[s].index), s

@@ -122,7 +122,8 @@ class WeightMatching(Solver):
         return isinstance(cls, Trivial) or has_subproblem(cls)
 
     def solve(self, problem, *, mode: str = "default", max_iter: int = 100, tol: float | None = None,
-              backend: str = "auto", start: str | None = None, record: bool = True) -> Solution:
+              backend: str = "auto", start: str | None = None, record: bool = True,
+              _matchers: list | None = None) -> Solution:
         """``mode``: ``"default"`` or ``"rebasin"``; ``tol``: an update is kept if it lowers ``J`` by more
         than ``tol·J_start`` (default 1e-12 in float64, 1e-6 in float32; ``rebasin``: absolute 1e-12 on
         ``⟨P, cost⟩``); ``backend``: the LAP backend (:mod:`symmetries.assignment`); ``start``:
@@ -132,7 +133,9 @@ class WeightMatching(Solver):
         :func:`~solvers.scale_descent.staged_start` — instead) or ``"identity"``
         (start the sweeps from ``init`` or the identity). ``history``: ``J`` at the start, after the
         first pass (if kept) and after every sweep (``record=False``: after the last sweep only — one
-        evaluation of ``J`` per sweep saved, for a solve whose history nobody reads, like the staged start's)."""
+        evaluation of ``J`` per sweep saved, for a solve whose history nobody reads, like the staged start's).
+        ``_matchers`` (internal: the staged start's): a list the solve appends its
+        :class:`~solvers.matcher.Matcher` to, whose kept products the outer solve adopts."""
         if mode not in ("default", "rebasin"):
             raise ValueError(f"mode must be 'default' or 'rebasin', got {mode!r}")
         if int(max_iter) < 0:
@@ -183,7 +186,7 @@ class WeightMatching(Solver):
         polish = _MonomialDescent(problem, matcher, objective)
         seeded = None
         if staged:  # permutations first on balanced B (solvers.scale_descent), their scales next, then D P
-            candidate, value, seeded = staged_start(self.solve, problem, transforms, scaled, mode=mode,
+            candidate, value, seeded = staged_start(self.solve, problem, transforms, scaled, matcher, mode=mode,
                                                     max_iter=max_iter, tol=tol, backend=backend, start=start)
         elif start == "forward":
             candidate = self._forward(problem, matcher, units, transforms, backend, log, coupled, objective, trim,
@@ -229,6 +232,8 @@ class WeightMatching(Solver):
                 break
         if max_iter == 0:
             status = "converged"
+        if _matchers is not None:
+            _matchers.append(matcher)
         return Solution(TransformSet(transforms), objective_before, history[-1], iterations=iterations,
                         status=status, history=history,
                         message=f"{iterations} sweep(s), {len(units)} unit(s), mode={mode}, start={start}"
