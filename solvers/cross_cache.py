@@ -17,10 +17,10 @@ product the solve could keep fits in :data:`SMALL_BYTES`, all of them whatever t
 layers: memory is no concern there, and each revisit then costs the moved columns only). A solve still
 moving units after :data:`WIDEN_AFTER` sweeps widens its cache to edges as long as the space is wide,
 within a quarter of the models' bytes (:meth:`CrossCache.widen`; VGG's three 4096 × 4096 products). Every
-:data:`REFRESH` updates the product
-is recomputed whole, so round-off never accumulates further. Spans (a concatenation's part) and repeated
-edges (a flatten's channels × positions) are kept like plain ones: :func:`~symmetries.blocks.unit_rows`
-reads them alike whole and at the moved positions.
+:data:`REFRESH` updates the product is recomputed whole, so round-off never accumulates further. Spans (a
+concatenation's part) and repeated edges (a flatten's channels × positions) are kept like plain ones:
+:func:`~symmetries.blocks.unit_rows` reads them alike whole and at the moved positions. Another solve's
+products can be handed over (:meth:`CrossCache.kept`, :meth:`CrossCache.put`; the staged start's).
 """
 from __future__ import annotations
 
