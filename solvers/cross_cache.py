@@ -76,8 +76,8 @@ class CrossCache:
         return [(k, *self._entries[k], self._work[k]) for k in sorted(self._entries, key=lambda k: -self._work[k])]
 
     def put(self, key, sigma: torch.Tensor, product: torch.Tensor, age: int, work: int) -> bool:
-        """Keep a product built elsewhere (another solve's, rescaled: :meth:`~solvers.matcher.Matcher.adopt`)
-        under ``key`` if it is new and fits the budget; whether it was kept."""
+        """Keep ``product`` under ``key`` if the key is new and it fits the budget; whether it was kept (a
+        product built here, or elsewhere: another solve's, rescaled — :meth:`~solvers.matcher.Matcher.adopt`)."""
         size = _nbytes(product)
         if key in self._entries or self.used + size > self.budget:
             return False
@@ -137,10 +137,7 @@ class CrossCache:
             self._work.pop(key, None)
         if self.used + size > self.budget:
             self._make_room(size, work)
-        if self.used + size <= self.budget:
-            self._entries[key] = (sigma, product, 0)
-            self._work[key] = work
-            self.used += size
+        self.put(key, sigma, product, 0, work)
         self.stats["whole"] += 1
         return product
 
