@@ -22,7 +22,7 @@ import numpy as np
 
 from symmetries.assignment import assignment_permutation
 
-from solvers.scaling import pair_grid
+from solvers.scaling import pair_grid, quartic_variables
 
 __all__ = ["scale_assignment"]
 
@@ -92,8 +92,7 @@ def _bounds(alpha, beta, gamma, delta, zeta, eps):
     if b.shape[1] != n or d.shape[1] != n or not (b.min() > 0 and d.min() > 0 and np.isfinite(b).all()
                                                   and np.isfinite(d).all()):
         return None
-    rb, rd = np.sqrt(b), np.sqrt(d)
-    s, k = np.sqrt(rd / rb), rb * rd
+    s, k = quartic_variables(b, d)
     with np.errstate(all="ignore"):
         big_a, big_g = a * (s / k), g * (1.0 / (s * k))
         total = big_a + big_g  # S

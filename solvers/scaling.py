@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["best_scale", "best_scale_eig", "pair_grid", "scale_loss"]
+__all__ = ["best_scale", "best_scale_eig", "pair_grid", "quartic_variables", "scale_loss"]
 
 C_MIN, C_MAX = 1e-8, 1e8
 NEWTON_STEPS = 100  # per direction; rows not converged by then go to the eigenvalue path
@@ -125,14 +125,21 @@ FAST_STEPS = 8  # unguarded float64 Newton steps per block before the guarded pa
 FAST32_STEPS = 4  # float32 steps first (twice the SIMD width): to float32 accuracy, then two in float64 suffice
 
 
+def quartic_variables(beta, delta) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, κ) = ((δ/β)^¼, √(βδ))``: the quartic's variables ``c = s t``, ``f = κ h(t)``, ``A = αs/κ``,
+    ``G = γ/(sκ)`` (``nan`` where ``β ≤ 0`` or ``δ ≤ 0``)."""
+    with np.errstate(all="ignore"):
+        rb, rd = np.sqrt(np.where(beta > 0, beta, np.nan)), np.sqrt(np.where(delta > 0, delta, np.nan))
+        return np.sqrt(rd / rb), rb * rd
+
+
 def _quartic_min(a, b, g, d, grid: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(c*, f(c*))`` (broadcast shape) for ``ε = ζ = 0``; ``nan`` where not certified (``β ≤ 0`` or
     ``δ ≤ 0`` included). ``β, δ`` enter only through ``s`` and ``κ`` (``1 × n`` on the ``n × n`` grid),
     computed once; the grid is walked in blocks of rows, ``f = κ h(t)``, ``c = s t``. ``grid``: the roots by
     :func:`_grid_root` first (``f`` exact, ``c`` to about 1e-9), :func:`_fast_root` where it does not certify."""
     with np.errstate(all="ignore"):
-        rb, rd = np.sqrt(np.where(b > 0, b, np.nan)), np.sqrt(np.where(d > 0, d, np.nan))
-        s, k = np.sqrt(rd / rb), rb * rd
+        s, k = quartic_variables(b, d)
         u, v = s / k, 1.0 / (s * k)
         shape = np.broadcast_shapes(a.shape, b.shape, g.shape, d.shape)
         size = int(np.prod(shape))
